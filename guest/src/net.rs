@@ -1,0 +1,112 @@
+//! The listener: reads the granted address from the environment, binds and
+//! listens on it, and converts between WASI and std socket addresses.
+
+use crate::bindings::wasi::cli::environment::get_environment;
+use crate::bindings::wasi::io::poll::Pollable;
+use crate::bindings::wasi::sockets::instance_network::instance_network;
+use crate::bindings::wasi::sockets::network::{
+    ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
+};
+use crate::bindings::wasi::sockets::tcp::TcpSocket;
+use crate::bindings::wasi::sockets::tcp_create_socket::create_tcp_socket;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+/// The environment variable in which the host passes the granted address.
+pub const LISTEN_ADDR: &str = "LISTEN_ADDR";
+
+/// How many not-yet-accepted connections the kernel queues for us; large
+/// enough that a burst of clients is not dropped while we serve others.
+const BACKLOG: u64 = 1024;
+
+/// The address this guest was granted, from `LISTEN_ADDR`.
+pub fn listen_addr() -> Result<SocketAddr, String> {
+    let value = get_environment()
+        .into_iter()
+        .find(|(key, _)| key == LISTEN_ADDR)
+        .map(|(_, value)| value)
+        .ok_or_else(|| format!("{LISTEN_ADDR} is not set; the host passes the granted address in it"))?;
+    value
+        .parse()
+        .map_err(|e| format!("{LISTEN_ADDR}={value:?} is not an ip:port address: {e}"))
+}
+
+/// A listening TCP socket and the pollable that signals pending clients.
+pub struct Listener {
+    // Field order is drop order: the pollable is a child of the socket.
+    /// Ready when `accept` has a client to hand out.
+    pub ready: Pollable,
+    /// The listening socket.
+    pub socket: TcpSocket,
+}
+
+/// Binds and listens on `addr`.
+pub fn listen(addr: SocketAddr) -> Result<Listener, ErrorCode> {
+    let family = match addr {
+        SocketAddr::V4(_) => IpAddressFamily::Ipv4,
+        SocketAddr::V6(_) => IpAddressFamily::Ipv6,
+    };
+    let network = instance_network();
+    let socket = create_tcp_socket(family)?;
+    let ready = socket.subscribe();
+    socket.start_bind(&network, to_wasi(addr))?;
+    finish(&ready, || socket.finish_bind())?;
+    // Not every host honours the hint; a smaller backlog is not an error.
+    let _ = socket.set_listen_backlog_size(BACKLOG);
+    socket.start_listen()?;
+    finish(&ready, || socket.finish_listen())?;
+    Ok(Listener { ready, socket })
+}
+
+/// Completes a two-phase socket operation, waiting while it is in progress.
+fn finish<T>(
+    ready: &Pollable,
+    mut attempt: impl FnMut() -> Result<T, ErrorCode>,
+) -> Result<T, ErrorCode> {
+    loop {
+        match attempt() {
+            Err(ErrorCode::WouldBlock) => ready.block(),
+            other => return other,
+        }
+    }
+}
+
+/// Converts a std address to its WASI form.
+pub fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
+    match addr {
+        SocketAddr::V4(a) => {
+            let o = a.ip().octets();
+            IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                port: a.port(),
+                address: (o[0], o[1], o[2], o[3]),
+            })
+        }
+        SocketAddr::V6(a) => {
+            let s = a.ip().segments();
+            IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                port: a.port(),
+                flow_info: a.flowinfo(),
+                address: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+                scope_id: a.scope_id(),
+            })
+        }
+    }
+}
+
+/// Converts a WASI address to its std form.
+pub fn from_wasi(addr: IpSocketAddress) -> SocketAddr {
+    match addr {
+        IpSocketAddress::Ipv4(a) => {
+            let (b0, b1, b2, b3) = a.address;
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(b0, b1, b2, b3), a.port))
+        }
+        IpSocketAddress::Ipv6(a) => {
+            let (s0, s1, s2, s3, s4, s5, s6, s7) = a.address;
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::new(s0, s1, s2, s3, s4, s5, s6, s7),
+                a.port,
+                a.flow_info,
+                a.scope_id,
+            ))
+        }
+    }
+}
