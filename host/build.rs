@@ -7,7 +7,11 @@ mod build_guests;
 fn main() {
     let dir = build_guests::build("guest");
     let seed = dir.join("seed.wasm");
-    assert!(seed.is_file(), "the guest build did not produce {}", seed.display());
+    assert!(
+        seed.is_file(),
+        "the guest build did not produce {}",
+        seed.display()
+    );
     println!("cargo:rustc-env=DEFAULT_GUEST_WASM={}", seed.display());
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build_guests.rs");

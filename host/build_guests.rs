@@ -14,7 +14,9 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 /// profile and returns the directory holding the `.wasm` files.
 pub fn build(package: &str) -> PathBuf {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let workspace = workspace_root(&manifest_dir);
     // The nested cargo needs its own target directory: the outer cargo holds
     // the lock on the workspace's one for as long as this script runs.
@@ -24,7 +26,17 @@ pub fn build(package: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args(["build", "--locked", "--bins", "--profile", "guest", "--target", WASM_TARGET, "-p", package])
+        .args([
+            "build",
+            "--locked",
+            "--bins",
+            "--profile",
+            "guest",
+            "--target",
+            WASM_TARGET,
+            "-p",
+            package,
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // Flags meant for the outer, native build (or a clippy wrapper) must not
@@ -43,7 +55,10 @@ pub fn build(package: &str) -> PathBuf {
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the {package} guests: {e}"));
-    assert!(status.success(), "building the {package} guests for {WASM_TARGET} failed (see the errors above)");
+    assert!(
+        status.success(),
+        "building the {package} guests for {WASM_TARGET} failed (see the errors above)"
+    );
 
     let bin_dir = target_dir.join(WASM_TARGET).join("guest");
     // Rebuild when any source the guests were compiled from changes.
@@ -117,5 +132,8 @@ fn ensure_target_installed() {
         .args(["target", "add", WASM_TARGET])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(added, "the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` failed; run it by hand");
+    assert!(
+        added,
+        "the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` failed; run it by hand"
+    );
 }

@@ -14,6 +14,7 @@ use crate::bindings::wasi::sockets::tcp::{ShutdownType, TcpSocket};
 use crate::net::{self, Listener};
 use crate::{Protocol, log};
 use slab::Slab;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 
 /// The largest read handed to the protocol, as in the seed server.
@@ -31,12 +32,12 @@ const READS_PER_TURN: usize = 8;
 /// the clients already connected.
 const ACCEPTS_PER_TURN: usize = 64;
 
-/// Serves clients on the granted address with `protocol`, until the listener
-/// fails. Errors are logged before they are returned.
-pub fn run<P: Protocol>(mut protocol: P) -> Result<(), ()> {
-    let addr = net::listen_addr().map_err(|e| log!("error: {e}"))?;
-    let listener = net::listen(addr)
-        .map_err(|e| log!("error: cannot listen on {addr}: {}", e.message()))?;
+/// Serves clients on the granted address with `protocol`, forever; returns
+/// only if it cannot start, saying why.
+pub fn run<P: Protocol>(mut protocol: P) -> Result<Infallible, String> {
+    let addr = net::listen_addr()?;
+    let listener =
+        net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {}", e.message()))?;
     log!("listening on {addr}");
 
     let mut connections: Slab<Connection<P::Session>> = Slab::new();

@@ -50,8 +50,10 @@ pub trait Protocol: 'static {
 /// Exports `wasi:cli/run` for a guest whose behaviour is `$protocol`, built
 /// by the expression `$make`.
 ///
-/// A guest binary is `#![no_main]` and calls this once:
-/// `guest::serve!(Seed, Seed::default());`
+/// A guest binary starts with `#![cfg_attr(target_family = "wasm", no_main)]`
+/// and calls this once: `guest::serve!(Seed, Seed);`. Built for the host's
+/// own target (as `cargo build --workspace` does), the binary only explains
+/// how to build it for wasm.
 #[macro_export]
 macro_rules! serve {
     ($protocol:ty, $make:expr) => {
@@ -60,10 +62,22 @@ macro_rules! serve {
         impl $crate::bindings::exports::wasi::cli::run::Guest for GuestRun {
             fn run() -> ::core::result::Result<(), ()> {
                 let protocol: $protocol = $make;
-                $crate::event_loop::run(protocol)
+                match $crate::event_loop::run(protocol) {
+                    Ok(never) => match never {},
+                    Err(reason) => {
+                        $crate::log::line(&::std::format!("error: {reason}"));
+                        Err(())
+                    }
+                }
             }
         }
 
         $crate::bindings::export_run!(GuestRun with_types_in $crate::bindings);
+
+        #[cfg(not(target_family = "wasm"))]
+        fn main() {
+            eprintln!("this guest is a WebAssembly component: build it with `--target wasm32-wasip2`");
+            std::process::exit(2);
+        }
     };
 }

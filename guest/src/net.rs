@@ -24,7 +24,9 @@ pub fn listen_addr() -> Result<SocketAddr, String> {
         .into_iter()
         .find(|(key, _)| key == LISTEN_ADDR)
         .map(|(_, value)| value)
-        .ok_or_else(|| format!("{LISTEN_ADDR} is not set; the host passes the granted address in it"))?;
+        .ok_or_else(|| {
+            format!("{LISTEN_ADDR} is not set; the host passes the granted address in it")
+        })?;
     value
         .parse()
         .map_err(|e| format!("{LISTEN_ADDR}={value:?} is not an ip:port address: {e}"))

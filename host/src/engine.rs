@@ -64,7 +64,9 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// Not WebAssembly at all.
-    #[error("{path} is not a WebAssembly file (it does not start with the \\0asm header); pass a .wasm component")]
+    #[error(
+        "{path} is not a WebAssembly file (it does not start with the \\0asm header); pass a .wasm component"
+    )]
     NotWasm {
         /// The file, as given.
         path: String,
@@ -212,5 +214,8 @@ fn is_provided(name: &str, item: &ComponentItem) -> bool {
 
 /// An error chain on one line, for messages that must fit one.
 pub fn one_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
+    format!("{e:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }

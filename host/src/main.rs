@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         )
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -51,13 +54,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before anything can listen: a signal must never find the default
+    // disposition (death by signal, non-zero status) in place.
+    let stop = shutdown_signal()?;
     let (label, bytes, default_name) = match &cli.guest {
         Some(path) => (
             path.display().to_string(),
             engine::read(path)?,
             path.file_stem().map(|s| s.to_string_lossy().into_owned()),
         ),
-        None => ("the built-in guest".to_owned(), engine::DEFAULT_GUEST.to_vec(), Some("seed".to_owned())),
+        None => (
+            "the built-in guest".to_owned(),
+            engine::DEFAULT_GUEST.to_vec(),
+            Some("seed".to_owned()),
+        ),
     };
     let name: Arc<str> = cli
         .name
@@ -75,7 +85,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let sandbox = Sandbox {
         name: name.clone(),
-        grant: Arc::new(Grant { listen: vec![listen] }),
+        grant: Arc::new(Grant {
+            listen: vec![listen],
+        }),
     };
     info!(tenant = &*name, guest = label, %listen, "starting guest");
     let guest = tokio::spawn(async move { supervisor::run_once(&engine, &pre, &sandbox).await });
@@ -84,7 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(result) => result.map_err(Into::into),
             Err(e) => bail!("guest '{name}' task failed: {e}"),
         },
-        signal = shutdown_signal() => {
+        signal = stop => {
             info!("received {signal}, stopping");
             Ok(())
         }
@@ -97,21 +109,26 @@ fn check_listen_addr(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     match TcpListener::bind(addr) {
         Ok(probe) => Ok(probe.local_addr().unwrap_or(addr)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            bail!("listen address {addr} is already in use: stop what is using it or pass another --listen")
+            bail!(
+                "listen address {addr} is already in use: stop what is using it or pass another --listen"
+            )
         }
-        Err(e) => bail!("cannot listen on {addr}: {e}; pass an address of this machine with --listen"),
+        Err(e) => {
+            bail!("cannot listen on {addr}: {e}; pass an address of this machine with --listen")
+        }
     }
 }
 
-/// Resolves on SIGINT or SIGTERM, naming the signal.
-async fn shutdown_signal() -> &'static str {
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on
+/// either, naming it.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the default disposition still ends the process.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }

@@ -68,7 +68,9 @@ pub fn log_refusal(tenant: &str, refusal: Refusal, addr: SocketAddr) {
             %addr,
             "refused: outbound connection to {addr} is not granted"
         ),
-        Refusal::Udp => warn!(tenant, kind = "udp", %addr, "refused: UDP to/from {addr} is not granted"),
+        Refusal::Udp => {
+            warn!(tenant, kind = "udp", %addr, "refused: UDP to/from {addr} is not granted")
+        }
     }
 }
 
@@ -113,22 +115,38 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
 
     linker
         .instance(&format!("wasi:sockets/ip-name-lookup@{WASI}"))?
-        .func_new("resolve-addresses", |store, _ty, params, results| {
-            let tenant = store.data().name();
-            let name = match params.get(1) {
-                Some(Val::String(name)) => name.as_str(),
-                _ => "?",
-            };
-            warn!(tenant, kind = "dns", name, "refused: name lookup of {name:?} is not granted");
-            results[0] = access_denied();
-            Ok(())
+        .func_new_async("resolve-addresses", |mut store, _ty, params, results| {
+            Box::new(async move {
+                let name = match params.get(1) {
+                    Some(Val::String(name)) => name.as_str(),
+                    _ => "?",
+                };
+                let tenant = store.data().name();
+                warn!(
+                    tenant,
+                    kind = "dns",
+                    name,
+                    "refused: name lookup of {name:?} is not granted"
+                );
+                // A dynamic host function must release the `borrow<network>`
+                // it was handed, or the call fails.
+                if let Some(Val::Resource(network)) = params.first() {
+                    network.resource_drop_async(&mut store).await?;
+                }
+                results[0] = access_denied();
+                Ok(())
+            })
         })?;
 
     linker
         .instance(&format!("wasi:filesystem/preopens@{WASI}"))?
         .func_new("get-directories", |store, _ty, _params, results| {
             let tenant = store.data().name();
-            warn!(tenant, kind = "filesystem", "refused: the filesystem is not granted (no directories)");
+            warn!(
+                tenant,
+                kind = "filesystem",
+                "refused: the filesystem is not granted (no directories)"
+            );
             results[0] = Val::List(Vec::new());
             Ok(())
         })?;
@@ -155,14 +173,32 @@ mod tests {
     #[test]
     fn binds_only_the_granted_address() {
         let g = grant();
-        assert_eq!(g.decide("127.0.0.1:9800".parse().unwrap(), SocketAddrUse::TcpBind), None);
-        assert_eq!(g.decide("127.0.0.1:9800".parse().unwrap(), SocketAddrUse::TcpListen), None);
-        for other in ["127.0.0.1:9801", "0.0.0.0:9800", "[::]:9800", "127.0.0.2:9800"] {
-            assert_eq!(g.decide(other.parse().unwrap(), SocketAddrUse::TcpBind), Some(Refusal::Bind), "{other}");
+        assert_eq!(
+            g.decide("127.0.0.1:9800".parse().unwrap(), SocketAddrUse::TcpBind),
+            None
+        );
+        assert_eq!(
+            g.decide("127.0.0.1:9800".parse().unwrap(), SocketAddrUse::TcpListen),
+            None
+        );
+        for other in [
+            "127.0.0.1:9801",
+            "0.0.0.0:9800",
+            "[::]:9800",
+            "127.0.0.2:9800",
+        ] {
+            assert_eq!(
+                g.decide(other.parse().unwrap(), SocketAddrUse::TcpBind),
+                Some(Refusal::Bind),
+                "{other}"
+            );
         }
         // Listening is judged on the real local address, so an implicit bind
         // to the wildcard cannot become a listener on every interface.
-        assert_eq!(g.decide("0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind), None);
+        assert_eq!(
+            g.decide("0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind),
+            None
+        );
         assert_eq!(
             g.decide("0.0.0.0:41234".parse().unwrap(), SocketAddrUse::TcpListen),
             Some(Refusal::Bind)
@@ -171,14 +207,20 @@ mod tests {
 
     #[test]
     fn accepts_clients_from_any_peer() {
-        assert_eq!(grant().decide("10.1.2.3:5555".parse().unwrap(), SocketAddrUse::TcpAccept), None);
+        assert_eq!(
+            grant().decide("10.1.2.3:5555".parse().unwrap(), SocketAddrUse::TcpAccept),
+            None
+        );
     }
 
     #[test]
     fn refuses_outbound_and_udp() {
         let g = grant();
         let addr: SocketAddr = "127.0.0.1:9800".parse().unwrap();
-        assert_eq!(g.decide(addr, SocketAddrUse::TcpConnect), Some(Refusal::Connect));
+        assert_eq!(
+            g.decide(addr, SocketAddrUse::TcpConnect),
+            Some(Refusal::Connect)
+        );
         assert_eq!(g.decide(addr, SocketAddrUse::UdpBind), Some(Refusal::Udp));
         assert_eq!(g.decide(addr, SocketAddrUse::UdpSend), Some(Refusal::Udp));
     }

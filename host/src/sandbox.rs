@@ -62,7 +62,10 @@ impl Sandbox {
             .allow_tcp(true)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(policy::socket_addr_check(self.name.clone(), self.grant.clone()));
+            .socket_addr_check(policy::socket_addr_check(
+                self.name.clone(),
+                self.grant.clone(),
+            ));
         if let Some(first) = self.grant.listen.first() {
             builder.env("LISTEN_ADDR", first.to_string());
         }

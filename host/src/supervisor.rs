@@ -21,7 +21,10 @@ pub enum GuestError {
         reason: String,
     },
     /// The guest trapped: a panic, an out-of-bounds access, `unreachable`.
-    #[error("guest '{tenant}' trapped: {trap}{}", backtrace.as_deref().map(|b| format!("\nwasm backtrace:\n{b}")).unwrap_or_default())]
+    #[error(
+        "guest '{tenant}' trapped: {trap} (a guest's panic message, if any, is in its log above){}",
+        backtrace.as_deref().map(|b| format!("\nwasm backtrace:\n{b}")).unwrap_or_default()
+    )]
     Trapped {
         /// The tenant.
         tenant: String,
@@ -89,12 +92,20 @@ pub async fn run_once(
 /// Sorts a failed call into exit status, trap or host error.
 fn classify(tenant: String, e: wasmtime::Error) -> GuestError {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
-        return GuestError::ExitStatus { tenant, code: exit.0 };
+        return GuestError::ExitStatus {
+            tenant,
+            code: exit.0,
+        };
     }
     if let Some(&trap) = e.downcast_ref::<Trap>() {
-        let backtrace = e
-            .downcast_ref::<WasmBacktrace>()
-            .map(|bt| bt.to_string().trim_end().to_owned());
+        let backtrace = e.downcast_ref::<WasmBacktrace>().map(|bt| {
+            let text = bt.to_string();
+            // Drop wasmtime's own heading; ours precedes the frames.
+            let frames = text
+                .split_once('\n')
+                .map_or(text.as_str(), |(_, rest)| rest);
+            frames.trim_end().to_owned()
+        });
         return GuestError::Trapped {
             tenant,
             trap,

@@ -1,6 +1,6 @@
 //! The seed server's behaviour: every read is answered with
 //! `rust socket server : N`, N uniform in 0..100, one answer per line.
-#![no_main]
+#![cfg_attr(target_family = "wasm", no_main)]
 
 use guest::Protocol;
 use std::net::SocketAddr;

@@ -1,0 +1,109 @@
+//! The client the seed tutorial pairs with its server: connects to a TCP
+//! server, sends each line typed on stdin (or `--message`, `--count` times)
+//! and prints each reply.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use std::io::{BufRead, ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Talks to a TCP server one message at a time and prints every reply.
+#[derive(Debug, Parser)]
+#[command(name = "client", version, about)]
+struct Args {
+    /// The server's address.
+    #[arg(value_name = "HOST:PORT", default_value = "127.0.0.1:9800")]
+    addr: String,
+
+    /// Send this message instead of reading lines from stdin.
+    #[arg(long, short)]
+    message: Option<String>,
+
+    /// How many times to send --message.
+    #[arg(long, short, default_value_t = 1, requires = "message")]
+    count: u64,
+
+    /// Seconds to wait for connecting and for each reply.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+/// After the first bytes of a reply, how long to wait for more before the
+/// reply counts as complete (for servers whose replies end without a newline).
+const REPLY_SETTLE: Duration = Duration::from_millis(100);
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let addr = args
+        .addr
+        .to_socket_addrs()
+        .with_context(|| format!("{:?} is not a HOST:PORT address", args.addr))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", args.addr))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let mut stdout = std::io::stdout().lock();
+
+    let mut send = |message: &str| -> anyhow::Result<()> {
+        stream
+            .write_all(format!("{message}\n").as_bytes())
+            .with_context(|| format!("sending to {addr}"))?;
+        let reply = read_reply(&mut stream, timeout)
+            .with_context(|| format!("reading the reply from {addr}"))?;
+        writeln!(stdout, "{}", reply.trim_end_matches(['\r', '\n']))?;
+        stdout.flush()?;
+        Ok(())
+    };
+
+    match &args.message {
+        Some(message) => (0..args.count).try_for_each(|_| send(message)),
+        None => {
+            for line in std::io::stdin().lock().lines() {
+                send(&line.context("reading stdin")?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads one reply: whatever the server answers to one message, up to its
+/// newline, or until it pauses for [`REPLY_SETTLE`].
+fn read_reply(stream: &mut TcpStream, timeout: Duration) -> anyhow::Result<String> {
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    stream.set_read_timeout(Some(timeout))?;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) if reply.is_empty() => bail!("the server closed the connection"),
+            Ok(0) => break,
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                if reply.ends_with(b"\n") {
+                    break;
+                }
+                stream.set_read_timeout(Some(REPLY_SETTLE))?;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if reply.is_empty() {
+                    bail!("no reply within {} s", timeout.as_secs());
+                }
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}

@@ -1,0 +1,70 @@
+//! The client binary against the real host: messages in, replies out.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[test]
+fn client_sends_a_message_count_times_and_prints_each_reply() {
+    let (_host, addr) = Host::serve(None);
+    let output = Command::new(client_bin())
+        .args([&addr.to_string(), "--message", "hello", "--count", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in lines {
+        assert_seed_reply(&format!("{line}\n"));
+    }
+}
+
+#[test]
+fn client_sends_each_stdin_line() {
+    let (_host, addr) = Host::serve(None);
+    let mut child = Command::new(client_bin())
+        .arg(addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    stdout
+        .lines()
+        .for_each(|l| assert_seed_reply(&format!("{l}\n")));
+}
+
+#[test]
+fn client_reports_a_refused_connection_in_one_line() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = Command::new(client_bin())
+        .args([&free.to_string(), "-m", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("error: cannot connect to {free}:")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -1,0 +1,241 @@
+//! Shared helpers for the integration tests: start the real host binary,
+//! watch its log, talk to guests over real TCP on 127.0.0.1. Every wait is
+//! bounded.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The host binary under test.
+pub fn host_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_host")
+}
+
+/// The client binary under test.
+pub fn client_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_client")
+}
+
+/// A test guest's component, from `tests/guests/src/bin/{name}.rs`.
+pub fn test_guest(name: &str) -> PathBuf {
+    test_guests::path(name)
+}
+
+/// The log lines a process has written to stderr so far.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running host process, killed when dropped.
+pub struct Host {
+    child: Child,
+    log: Arc<Log>,
+}
+
+impl Host {
+    /// Starts the host with `args` (stdout discarded, stderr captured).
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Host {
+        let mut child = Command::new(host_bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the host binary starts");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
+            }
+        });
+        Host { child, log }
+    }
+
+    /// Starts the host on a free port with `guest` (the built-in guest if
+    /// `None`) and waits until the guest listens. Returns the host and the
+    /// address to connect to.
+    pub fn serve(guest: Option<&Path>) -> (Host, SocketAddr) {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(guest) = guest {
+            args.push(guest.into());
+        }
+        args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        let host = Host::start(&args);
+        let line = host.wait_for_log(": listening on ");
+        let addr = line
+            .split(": listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        wait_until_accepting(addr);
+        (host, addr)
+    }
+
+    /// Waits for a log line containing `needle` and returns it; panics with
+    /// the whole log after [`TIMEOUT`].
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no log line with {needle:?} within {TIMEOUT:?}; log:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal (e.g. "TERM", "INT") to the host.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the host to exit, at most [`TIMEOUT`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the host") {
+                // Let the log reader drain the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the host did not exit within {TIMEOUT:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Retries connecting until the guest accepts (it may log before it listens).
+pub fn wait_until_accepting(addr: SocketAddr) {
+    let deadline = Instant::now() + TIMEOUT;
+    while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} never accepted a connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects with the test timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting to the guest");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Sends `message` and reads one newline-terminated reply.
+pub fn round_trip(stream: &mut TcpStream, message: &[u8]) -> String {
+    stream.write_all(message).expect("sending");
+    read_line(stream)
+}
+
+/// Reads up to and including the next newline (byte by byte: replies are
+/// short and the test must not read past one reply).
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => panic!(
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&line)
+            ),
+            Ok(_) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    return String::from_utf8(line).expect("a UTF-8 reply");
+                }
+            }
+            Err(e) => panic!(
+                "reading a reply: {e} (after {:?})",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+}
+
+/// Asserts `reply` is exactly `rust socket server : N\n` with N in 0..100.
+pub fn assert_seed_reply(reply: &str) {
+    let n = reply
+        .strip_prefix("rust socket server : ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("malformed reply {reply:?}"));
+    assert!(n < 100, "N out of range in {reply:?}");
+}
+
+/// Runs the host to completion with `args`, returning its exit status and
+/// stderr; fails the test if it has not exited within [`TIMEOUT`].
+pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ExitStatus, String) {
+    let mut host = Host::start(args);
+    let status = host.wait_exit();
+    (status, host.log())
+}
+
+/// Asserts the output of a failed run is a clean error: the expected text,
+/// no Rust panic, no Rust backtrace.
+pub fn assert_clean_error(stderr: &str, expected: &str) {
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+    // A guest's own panic message reaches the log through its stderr, tagged
+    // `guest:`; any other panic is the host's.
+    let host_panic = stderr
+        .lines()
+        .any(|l| l.contains("panicked") && !l.contains(" guest: "));
+    assert!(!host_panic, "the host panicked:\n{stderr}");
+    assert!(
+        !stderr.contains("stack backtrace"),
+        "a Rust backtrace was printed:\n{stderr}"
+    );
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        error_lines.len(),
+        1,
+        "expected exactly one error line in:\n{stderr}"
+    );
+}

@@ -1,0 +1,158 @@
+//! Bad input gets one clear error line and a non-zero exit: never a panic,
+//! a Rust backtrace or a hang.
+
+mod common;
+
+use common::*;
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// Writes `bytes` to a fresh file named `name` and returns its path.
+fn fixture(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("host-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Runs the host with `guest` on a free port and checks it fails with `expected`.
+fn assert_rejected(guest: &std::path::Path, expected: &str) {
+    let (status, log) = run_host(&[
+        guest.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_clean_error(&log, expected);
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    assert_rejected(
+        std::path::Path::new("/nonexistent/guest.wasm"),
+        "error: cannot read /nonexistent/guest.wasm: No such file or directory",
+    );
+}
+
+#[test]
+fn a_directory_is_not_a_guest() {
+    let dir = std::env::temp_dir();
+    assert_rejected(&dir, &format!("error: cannot read {}", dir.display()));
+}
+
+#[test]
+fn a_file_that_is_not_wasm_is_rejected() {
+    let path = fixture("notes.wasm", b"this is a text file\n");
+    assert_rejected(&path, "is not a WebAssembly file");
+}
+
+#[test]
+fn an_empty_file_is_rejected() {
+    let path = fixture("empty.wasm", b"");
+    assert_rejected(&path, "is not a WebAssembly file");
+}
+
+#[test]
+fn a_core_module_is_rejected_with_how_to_build_a_component() {
+    let module = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+    let path = fixture("core.wasm", &module);
+    assert_rejected(
+        &path,
+        "is a core WebAssembly module, not a component: build the guest for the wasm32-wasip2 target",
+    );
+}
+
+#[test]
+fn a_corrupt_component_is_rejected() {
+    let mut bytes = wat::parse_str("(component)").unwrap();
+    bytes.extend_from_slice(b"\x07garbage that is not a section");
+    let path = fixture("corrupt.wasm", &bytes);
+    assert_rejected(&path, "is not a valid WebAssembly component:");
+}
+
+#[test]
+fn missing_imports_are_all_named() {
+    let component = wat::parse_str(
+        r#"(component
+            (import "acme:db/query@1.0.0" (instance))
+            (import "wasi:cli/environment@0.3.0" (instance))
+            (import "wasi:cli/stdout@0.2.6" (instance))
+        )"#,
+    )
+    .unwrap();
+    let path = fixture("imports.wasm", &component);
+    let (status, log) = run_host(&[
+        path.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert_clean_error(
+        &log,
+        "needs imports this host does not provide: acme:db/query@1.0.0, wasi:cli/environment@0.3.0;",
+    );
+    assert!(
+        !log.contains("wasi:cli/stdout@0.2.6,"),
+        "an older WASI 0.2 import is provided: {log}"
+    );
+}
+
+#[test]
+fn a_component_without_wasi_cli_run_is_rejected() {
+    let path = fixture("no-run.wasm", &wat::parse_str("(component)").unwrap());
+    assert_rejected(&path, "does not export wasi:cli/run");
+}
+
+#[test]
+fn an_invalid_listen_address_is_rejected() {
+    let (status, log) = run_host(&["--listen", "localhost"]);
+    assert_eq!(status.code(), Some(2), "usage errors exit 2: {log}");
+    assert!(
+        log.contains("error: invalid value 'localhost' for '--listen <IP:PORT>'"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn an_address_in_use_is_reported() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, log) = run_host(&["--listen", &addr]);
+    assert_eq!(status.code(), Some(1));
+    assert_clean_error(
+        &log,
+        &format!("error: listen address {addr} is already in use"),
+    );
+}
+
+#[test]
+fn an_address_of_another_machine_is_reported() {
+    let (status, log) = run_host(&["--listen", "192.0.2.1:9800"]);
+    assert_eq!(status.code(), Some(1));
+    assert_clean_error(&log, "error: cannot listen on 192.0.2.1:9800:");
+}
+
+#[test]
+fn help_explains_every_option() {
+    let output = std::process::Command::new(host_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "GUEST.wasm",
+        "--listen",
+        "--name",
+        "--help",
+        "--version",
+        "LISTEN_ADDR",
+    ] {
+        assert!(
+            help.contains(option),
+            "--help does not mention {option}:\n{help}"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! A hostile guest, driven by its test: each line a client sends names one
+//! thing to attempt, and the guest answers with one line saying what
+//! happened (`ok ...` or `denied ...`).
+//!
+//! Commands: `bind ADDR`, `connect ADDR`, `udp ADDR`, `resolve NAME`,
+//! `read PATH`, `env NAME`, `panic`, `exit CODE`. Serves one client at a time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::Duration;
+
+fn main() {
+    let addr = std::env::var("LISTEN_ADDR").expect("the host sets LISTEN_ADDR");
+    let listener = TcpListener::bind(&addr).expect("binding the granted address");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        // One buffered reader, writing through it: wasip2 sockets cannot
+        // be cloned.
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let answer = attempt(line.trim());
+            println!("{}: {answer}", line.trim());
+            if writeln!(reader.get_mut(), "{answer}").is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Tries what `command` says and describes the outcome.
+fn attempt(command: &str) -> String {
+    let (verb, arg) = command.split_once(' ').unwrap_or((command, ""));
+    let outcome = match verb {
+        "bind" => TcpListener::bind(arg).map(|l| format!("{:?}", l.local_addr())),
+        "connect" => match arg.parse() {
+            Ok(addr) => TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map(|_| "connected".into()),
+            Err(e) => return format!("bad address: {e}"),
+        },
+        "udp" => UdpSocket::bind(arg)
+            .and_then(|s| s.send_to(b"hello", arg))
+            .map(|n| format!("sent {n}")),
+        "resolve" => (arg, 80)
+            .to_socket_addrs()
+            .map(|addrs| format!("{:?}", addrs.collect::<Vec<_>>())),
+        "read" => std::fs::read_to_string(arg).map(|s| format!("{} bytes", s.len())),
+        "env" => {
+            return std::env::var(arg)
+                .map_or_else(|e| format!("denied {e}"), |v| format!("ok {v}"));
+        }
+        "panic" => panic!("asked to panic"),
+        "exit" => std::process::exit(arg.parse().unwrap_or(1)),
+        _ => return format!("unknown command {verb:?}"),
+    };
+    match outcome {
+        Ok(what) => format!("ok {what}"),
+        Err(e) => format!("denied {:?}: {e}", e.kind()),
+    }
+}

@@ -1,0 +1,176 @@
+//! The sandbox, proven with a hostile guest: every ungranted capability is
+//! refused, the guest sees the refusal, and the host logs what was tried.
+//! Also: any std::net component runs, and signals stop the host cleanly.
+
+mod common;
+
+use common::*;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+/// The hostile guest, running, with a connection to give it orders.
+fn hostile() -> (Host, SocketAddr, TcpStream) {
+    let (host, addr) = Host::serve(Some(&test_guest("hostile")));
+    let stream = connect(addr);
+    (host, addr, stream)
+}
+
+fn order(stream: &mut TcpStream, command: &str) -> String {
+    round_trip(stream, format!("{command}\n").as_bytes())
+}
+
+/// The warning the host logged about `needle`.
+fn refusal(host: &Host, needle: &str) -> String {
+    let line = host.wait_for_log(needle);
+    assert!(line.contains("WARN"), "refusals are warnings: {line}");
+    assert!(
+        line.contains("tenant=\"hostile\""),
+        "refusals name the tenant: {line}"
+    );
+    line
+}
+
+#[test]
+fn binding_another_port_is_refused_and_logged() {
+    let (host, addr, mut stream) = hostile();
+    let other = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1).max(1024));
+    let reply = order(&mut stream, &format!("bind {other}"));
+    assert!(reply.starts_with("denied"), "{reply}");
+    refusal(
+        &host,
+        &format!("refused: bind/listen on {other} is not granted"),
+    );
+}
+
+#[test]
+fn binding_all_interfaces_is_refused_and_logged() {
+    let (host, addr, mut stream) = hostile();
+    for wildcard in [
+        format!("0.0.0.0:{}", addr.port()),
+        format!("[::]:{}", addr.port()),
+    ] {
+        let reply = order(&mut stream, &format!("bind {wildcard}"));
+        assert!(reply.starts_with("denied"), "{wildcard}: {reply}");
+        refusal(
+            &host,
+            &format!("refused: bind/listen on {wildcard} is not granted"),
+        );
+    }
+}
+
+#[test]
+fn connecting_out_is_refused_and_logged() {
+    let (host, _addr, mut stream) = hostile();
+    // A real listener the guest would reach if it were allowed to.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let reply = order(&mut stream, &format!("connect {target_addr}"));
+    assert!(reply.starts_with("denied"), "{reply}");
+    refusal(
+        &host,
+        &format!("refused: outbound connection to {target_addr} is not granted"),
+    );
+    assert!(
+        target.accept().is_err(),
+        "the guest's connection reached the target"
+    );
+}
+
+#[test]
+fn udp_is_refused_and_logged() {
+    let (host, _addr, mut stream) = hostile();
+    let reply = order(&mut stream, "udp 127.0.0.1:0");
+    assert!(reply.starts_with("denied"), "{reply}");
+    refusal(&host, "refused: UDP sockets are not granted");
+}
+
+#[test]
+fn name_lookups_are_refused_and_logged() {
+    let (host, _addr, mut stream) = hostile();
+    let reply = order(&mut stream, "resolve localhost");
+    assert!(reply.starts_with("denied"), "{reply}");
+    refusal(
+        &host,
+        "refused: name lookup of \"localhost\" is not granted",
+    );
+}
+
+#[test]
+fn the_filesystem_is_refused_and_logged() {
+    let (host, _addr, mut stream) = hostile();
+    let reply = order(&mut stream, "read /etc/passwd");
+    assert!(reply.starts_with("denied"), "{reply}");
+    refusal(&host, "refused: the filesystem is not granted");
+}
+
+#[test]
+fn the_guest_sees_only_its_listen_address_in_the_environment() {
+    let (_host, addr, mut stream) = hostile();
+    assert_eq!(
+        order(&mut stream, "env LISTEN_ADDR"),
+        format!("ok {addr}\n")
+    );
+    for inherited in ["PATH", "HOME", "RUST_LOG", "CARGO_MANIFEST_DIR"] {
+        let reply = order(&mut stream, &format!("env {inherited}"));
+        assert!(reply.starts_with("denied"), "{inherited} leaked: {reply}");
+    }
+}
+
+#[test]
+fn the_guest_keeps_serving_after_refusals() {
+    let (_host, addr, mut stream) = hostile();
+    order(&mut stream, "connect 127.0.0.1:1");
+    order(&mut stream, "udp 127.0.0.1:0");
+    drop(stream);
+    let mut again = connect(addr);
+    assert!(order(&mut again, "env LISTEN_ADDR").starts_with("ok"));
+}
+
+#[test]
+fn a_plain_std_net_guest_runs() {
+    let (_host, addr) = Host::serve(Some(&test_guest("std-echo")));
+    let mut stream = connect(addr);
+    assert_eq!(round_trip(&mut stream, b"hi there\n"), "echo: hi there\n");
+}
+
+#[test]
+fn a_trapping_guest_is_reported_with_its_wasm_backtrace() {
+    let (mut host, _addr, mut stream) = hostile();
+    use std::io::Write;
+    stream.write_all(b"panic\n").unwrap();
+    let status = host.wait_exit();
+    assert_eq!(status.code(), Some(1), "a trap is a failure");
+    let log = host.log();
+    assert_clean_error(&log, "error: guest 'hostile' trapped:");
+    assert!(log.contains("wasm backtrace:"), "{log}");
+    // The guest's panic message reached the log through its stderr.
+    assert!(log.contains("asked to panic"), "{log}");
+}
+
+#[test]
+fn a_guest_exiting_with_an_error_status_is_reported() {
+    let (mut host, _addr, mut stream) = hostile();
+    use std::io::Write;
+    // WASI 0.2's `exit` carries only success or failure: any non-zero
+    // status arrives as 1.
+    stream.write_all(b"exit 3\n").unwrap();
+    assert_eq!(host.wait_exit().code(), Some(1));
+    assert_clean_error(&host.log(), "error: guest 'hostile' exited with status 1");
+}
+
+#[test]
+fn sigterm_stops_the_host_cleanly() {
+    let (mut host, _addr) = Host::serve(None);
+    host.signal("TERM");
+    assert_eq!(host.wait_exit().code(), Some(0));
+    host.wait_for_log("received SIGTERM, stopping");
+}
+
+#[test]
+fn sigint_stops_the_host_cleanly() {
+    let (mut host, addr) = Host::serve(None);
+    let _open_client = connect(addr);
+    host.signal("INT");
+    assert_eq!(host.wait_exit().code(), Some(0));
+    host.wait_for_log("received SIGINT, stopping");
+}

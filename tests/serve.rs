@@ -1,0 +1,169 @@
+//! The default guest serving over real TCP: the seed's reply to every
+//! message, many clients at once, and clients that misbehave.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+#[test]
+fn every_message_gets_a_seed_reply() {
+    let (_host, addr) = Host::serve(None);
+    let mut stream = connect(addr);
+    for message in [
+        &b"hello\n"[..],
+        b"x",
+        b"\x00\xff binary \r\n",
+        &[b'a'; 2048],
+    ] {
+        assert_seed_reply(&round_trip(&mut stream, message));
+    }
+}
+
+#[test]
+fn the_guest_logs_connects_payloads_and_disconnects() {
+    let (host, addr) = Host::serve(None);
+    let mut stream = connect(addr);
+    let local = stream.local_addr().unwrap();
+    assert_seed_reply(&round_trip(&mut stream, b"ping\x1b[31m\n"));
+    drop(stream);
+    host.wait_for_log(&format!("connected: {local}"));
+    // Control bytes arrive escaped, so a client cannot forge log lines.
+    host.wait_for_log(&format!("received 10 bytes from {local}: ping\\x1b[31m\\n"));
+    host.wait_for_log(&format!("disconnected: {local}"));
+}
+
+#[test]
+fn two_hundred_concurrent_clients_are_all_answered() {
+    let (_host, addr) = Host::serve(None);
+    const CLIENTS: usize = 200;
+    const ROUNDS: usize = 20;
+    // Every client connects before any starts talking, so the guest holds
+    // all 200 connections at once.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut stream = connect(addr);
+                barrier.wait();
+                for round in 0..ROUNDS {
+                    assert_seed_reply(&round_trip(
+                        &mut stream,
+                        format!("client {i} round {round}\n").as_bytes(),
+                    ));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("every client gets all its replies");
+    }
+}
+
+#[test]
+fn a_silent_client_does_not_hold_up_others() {
+    let (_host, addr) = Host::serve(None);
+    let _silent = connect(addr);
+    let mut half_sent = connect(addr);
+    half_sent.write_all(b"no newline and then nothing").unwrap();
+    let mut other = connect(addr);
+    for _ in 0..10 {
+        assert_seed_reply(&round_trip(&mut other, b"still here?\n"));
+    }
+}
+
+#[test]
+fn a_client_that_resets_does_not_disturb_the_others() {
+    let (host, addr) = Host::serve(None);
+    let mut steady = connect(addr);
+    assert_seed_reply(&round_trip(&mut steady, b"before\n"));
+    for _ in 0..20 {
+        let resetter = socket2::Socket::from(connect(addr));
+        let mut resetter_stream: std::net::TcpStream = resetter.try_clone().unwrap().into();
+        resetter_stream.write_all(b"about to vanish\n").unwrap();
+        // Linger 0: closing sends RST instead of FIN.
+        resetter.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(resetter_stream);
+        drop(resetter);
+        assert_seed_reply(&round_trip(&mut steady, b"during\n"));
+    }
+    assert_seed_reply(&round_trip(&mut steady, b"after\n"));
+    // The guest noticed and cleaned up instead of leaking the connections.
+    host.wait_for_log("disconnected:");
+}
+
+#[test]
+fn a_half_closed_client_still_gets_its_reply() {
+    let (_host, addr) = Host::serve(None);
+    let mut stream = connect(addr);
+    stream.write_all(b"last words\n").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    stream
+        .read_to_string(&mut rest)
+        .expect("the guest answers, then closes");
+    assert_seed_reply(&rest);
+}
+
+#[test]
+fn a_slow_reader_gets_every_reply_without_blocking_others() {
+    let (_host, addr) = Host::serve(None);
+    let mut flooder = connect(addr);
+    // Write far more than fits in socket buffers without reading a reply:
+    // the guest must stop reading from this client rather than queue
+    // without bound, and keep serving everyone else.
+    let writer_stream = flooder.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut writer_stream = writer_stream;
+        let chunk = [b'z'; 2048];
+        let mut sent = 0usize;
+        while sent < 8 << 20 {
+            if writer_stream.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        writer_stream.shutdown(Shutdown::Write).unwrap();
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = connect(addr);
+    for _ in 0..10 {
+        assert_seed_reply(&round_trip(&mut other, b"unaffected?\n"));
+    }
+    // Now read everything: every reply arrives whole, then the guest closes.
+    let mut replies = String::new();
+    flooder
+        .read_to_string(&mut replies)
+        .expect("all replies arrive");
+    let sent = writer.join().unwrap();
+    assert_eq!(
+        sent,
+        8 << 20,
+        "the guest kept reading as the replies drained"
+    );
+    let lines: Vec<&str> = replies.split_inclusive('\n').collect();
+    // Reads are at most 2048 bytes and each is answered.
+    assert!(
+        lines.len() >= sent / 2048,
+        "too few replies: {}",
+        lines.len()
+    );
+    for line in lines {
+        assert_seed_reply(line);
+    }
+}
+
+#[test]
+fn the_embedded_guest_serves_with_no_arguments() {
+    // The README's first command: `cargo run -p host`, default address.
+    let host = Host::start::<&str>(&[]);
+    host.wait_for_log("seed: listening on 127.0.0.1:9800");
+    let addr = "127.0.0.1:9800".parse().unwrap();
+    wait_until_accepting(addr);
+    let mut stream = connect(addr);
+    assert_seed_reply(&round_trip(&mut stream, b"hello\n"));
+}
