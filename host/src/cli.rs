@@ -4,26 +4,55 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Runs a TCP server written as a WebAssembly component, in a sandbox.
+/// Runs TCP servers written as WebAssembly components, each in a sandbox.
 ///
-/// The guest may bind and listen on the --listen address and accept clients
-/// there; it may not bind anything else, connect out, use UDP or DNS, read
-/// files or see the host's environment. Every refused attempt is logged.
+/// One tenant: `host [GUEST.wasm] [--listen ADDR]`. The guest may bind and
+/// listen on the --listen address and accept clients there; it may not bind
+/// anything else, connect out, use UDP or DNS, read files or see the host's
+/// environment. Every refused attempt is logged.
+///
+/// Many tenants: `host --config tenants.toml`, each with its own grants,
+/// limits and restart policy (see host/tenants.example.toml).
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about, long_about)]
 pub struct Cli {
-    /// The guest component (.wasm) to run. Without it the host runs its
-    /// built-in default guest, the seed server.
-    #[arg(value_name = "GUEST.wasm")]
+    /// The guest component (.wasm) to run as the one tenant. Without it (and
+    /// without --config) the host runs its built-in default guest, the seed
+    /// server.
+    #[arg(value_name = "GUEST.wasm", conflicts_with = "config")]
     pub guest: Option<PathBuf>,
 
     /// The address the guest is granted to listen on, passed to it in
     /// LISTEN_ADDR. Port 0 picks a free port (logged at start-up).
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9800")]
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        default_value = "127.0.0.1:9800",
+        conflicts_with = "config"
+    )]
     pub listen: SocketAddr,
 
     /// The name the guest's log lines are tagged with [default: the file
     /// name without .wasm, or "seed" for the built-in guest].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     pub name: Option<String>,
+
+    /// Run every tenant listed in this TOML manifest.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve the admin endpoint (GET /status, /healthz) on this address;
+    /// overrides the manifest's [host] admin.
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin: Option<SocketAddr>,
+
+    /// Cache compiled components here, so later starts skip compiling
+    /// [default: the manifest's [host] cache_dir, else
+    /// $XDG_CACHE_HOME/tcphost or ~/.cache/tcphost].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile every component afresh; read and write no cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
 }

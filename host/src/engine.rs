@@ -1,21 +1,28 @@
-//! The wasmtime engine and component loading: reading a guest file, telling
-//! the operator precisely what is wrong with it, and preparing it for fast
-//! instantiation.
+//! The wasmtime engine and the component cache: reading a guest file,
+//! telling the operator precisely what is wrong with it, compiling each
+//! distinct component once (and, with a cache directory, once across
+//! restarts of the host), and preparing it for fast instantiation.
 
 use crate::sandbox::TenantState;
-use std::path::Path;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
+use tracing::{debug, info, warn};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 /// The default guest (the seed server from `guest/`), embedded at build time.
 pub const DEFAULT_GUEST: &[u8] = include_bytes!(env!("DEFAULT_GUEST_WASM"));
 
-/// How often running guests are made to yield to the rest of the host.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often running guests are made to yield to the rest of the host; the
+/// unit in which CPU limits are measured.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The WASI 0.2 minor version the host links; guests built against this or
 /// any older 0.2 release link to it.
@@ -120,10 +127,21 @@ pub enum LoadError {
 }
 
 /// The engine every guest runs on: components, async calls and epoch
-/// interruption, so no guest can monopolise a thread.
-pub fn new_engine() -> anyhow::Result<Engine> {
+/// interruption, so no guest can monopolise a thread. With `pooling`,
+/// instances come from a pre-reserved pool sized for `max_instances`, each
+/// memory up to `max_memory` bytes.
+pub fn new_engine(pooling: Option<(u32, u64)>) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true).epoch_interruption(true);
+    if let Some((max_instances, max_memory)) = pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(max_instances)
+            .total_core_instances(max_instances.saturating_mul(4))
+            .total_memories(max_instances.saturating_mul(2))
+            .total_tables(max_instances.saturating_mul(4))
+            .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
     let engine = Engine::new(&config)?;
     start_epoch_ticker(&engine);
     Ok(engine)
@@ -152,25 +170,139 @@ pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     })
 }
 
-/// Compiles `bytes` (named `label` in errors), checks it against the guest
-/// world and links it, ready to instantiate.
-pub fn load(
+/// Compiles components, once per distinct content, and prepares them for
+/// instantiation.
+pub struct Loader {
+    engine: Engine,
+    linker: Linker<TenantState>,
+    cache_dir: Option<PathBuf>,
+    prepared: Mutex<HashMap<[u8; 32], Arc<CommandPre<TenantState>>>>,
+}
+
+impl Loader {
+    /// A loader for `engine`, caching compiled code in `cache_dir` if given.
+    pub fn new(engine: Engine, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let linker = crate::sandbox::linker(&engine)?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create the cache directory {}: {e}", dir.display())
+            })?;
+        }
+        Ok(Loader {
+            engine,
+            linker,
+            cache_dir,
+            prepared: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The engine components are compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Checks and compiles `bytes` (named `label` in errors) and links it,
+    /// ready to instantiate. The same bytes are compiled only once.
+    pub fn load(
+        &self,
+        label: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<CommandPre<TenantState>>, LoadError> {
+        let path = label.to_owned();
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path }),
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => return Err(LoadError::NotWasm { path }),
+        }
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(pre) = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
+            return Ok(pre.clone());
+        }
+        let component = self.compile(&path, bytes, &digest)?;
+        let pre = Arc::new(prepare(&self.engine, &self.linker, &path, &component)?);
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, pre.clone());
+        Ok(pre)
+    }
+
+    /// Compiles, or loads the compiled code from the cache.
+    fn compile(&self, path: &str, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, LoadError> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(self.cache_file_name(digest)));
+        if let Some(file) = cached.as_ref().filter(|f| f.is_file()) {
+            // SAFETY: the file was written by `Engine::precompile_component`
+            // of an engine with the same settings (both are in its name),
+            // into the host's own cache directory, which operators must keep
+            // writable by the host alone (see the README).
+            match unsafe { Component::deserialize_file(&self.engine, file) } {
+                Ok(component) => {
+                    debug!(guest = path, cache = %file.display(), "loaded compiled component from the cache");
+                    return Ok(component);
+                }
+                Err(e) => {
+                    warn!(cache = %file.display(), "ignoring unusable cache entry: {}", one_line(&e))
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: path.to_owned(),
+            reason: one_line(&e),
+        };
+        let component = match &cached {
+            Some(file) => {
+                let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
+                if let Err(e) = write_atomically(file, &compiled) {
+                    warn!(cache = %file.display(), "cannot write the compile cache: {e}");
+                }
+                // SAFETY: produced just now by this engine.
+                unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(invalid)?
+            }
+            None => Component::new(&self.engine, bytes).map_err(invalid)?,
+        };
+        info!(
+            guest = path,
+            ms = started.elapsed().as_millis(),
+            "compiled component"
+        );
+        Ok(component)
+    }
+
+    /// `<sha256 of the component>-<engine settings hash>.cwasm`.
+    fn cache_file_name(&self, digest: &[u8; 32]) -> String {
+        let mut hasher = DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}-{:016x}.cwasm", hasher.finish())
+    }
+}
+
+/// Writes `bytes` to `file` so that readers see all of it or nothing.
+fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
+}
+
+/// Checks a compiled component against the guest world and links it.
+fn prepare(
     engine: &Engine,
     linker: &Linker<TenantState>,
-    label: &str,
-    bytes: &[u8],
+    path: &str,
+    component: &Component,
 ) -> Result<CommandPre<TenantState>, LoadError> {
-    let path = label.to_owned();
-    match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path }),
-        Some([0, b'a', b's', b'm', ..]) => {}
-        _ => return Err(LoadError::NotWasm { path }),
-    }
-    let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
-        path: path.clone(),
-        reason: one_line(&e),
-    })?;
-
+    let path = path.to_owned();
     let ty = component.component_type();
     let missing: Vec<String> = ty
         .imports(engine)
@@ -193,7 +325,7 @@ pub fn load(
         path: path.clone(),
         reason: one_line(&e),
     };
-    let pre = linker.instantiate_pre(&component).map_err(link_error)?;
+    let pre = linker.instantiate_pre(component).map_err(link_error)?;
     CommandPre::new(pre).map_err(link_error)
 }
 

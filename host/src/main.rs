@@ -1,23 +1,31 @@
-//! The host: runs a TCP server written as a WebAssembly component, in a
-//! sandbox that grants it one listen address and nothing else.
+//! The host: runs TCP servers written as WebAssembly components, each in a
+//! sandbox that grants it its listen addresses and nothing else unless the
+//! manifest says so. One tenant from the command line, or many from a
+//! manifest, supervised side by side in one process.
 
+mod admin;
 mod cli;
 mod engine;
 mod guest_log;
+mod manifest;
 mod policy;
 mod sandbox;
 mod supervisor;
+mod tenant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use cli::Cli;
-use policy::Grant;
-use sandbox::Sandbox;
+use engine::Loader;
+use manifest::{ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tracing::info;
+use tenant::Tenant;
+use tracing::{error, info};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,54 +61,194 @@ fn main() -> ExitCode {
     code
 }
 
+/// The built-in guests, by the name `builtin:NAME` gives in a manifest.
+fn builtin(name: &str) -> Option<&'static [u8]> {
+    (name == "seed").then_some(engine::DEFAULT_GUEST)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Before anything can listen: a signal must never find the default
     // disposition (death by signal, non-zero status) in place.
     let stop = shutdown_signal()?;
-    let (label, bytes, default_name) = match &cli.guest {
+
+    let single = cli.config.is_none();
+    let mut manifest = match &cli.config {
+        Some(path) => manifest::load(path)?,
+        None => one_tenant(&cli)?,
+    };
+    for tenant in &mut manifest.tenants {
+        for addr in &mut tenant.listen {
+            *addr = match check_listen_addr(*addr) {
+                Ok(addr) => addr,
+                Err(e) if single => return Err(e),
+                Err(e) => return Err(e.context(format!("tenant '{}'", tenant.name))),
+            };
+        }
+    }
+    let admin_addr = cli.admin.or(manifest.admin);
+
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir
+            .clone()
+            .or(manifest.cache_dir.clone())
+            .or_else(default_cache_dir)
+    };
+    let pooling = manifest.pooling_allocator.then(|| {
+        let max_memory = manifest
+            .tenants
+            .iter()
+            .map(|t| t.limits.max_memory)
+            .max()
+            .unwrap_or(0);
+        // Room for every tenant twice over: restarts overlap teardown.
+        (
+            u32::try_from(manifest.tenants.len() * 2)
+                .unwrap_or(u32::MAX)
+                .max(2),
+            max_memory,
+        )
+    });
+    let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
+    let loader = Loader::new(engine, cache_dir)?;
+
+    let mut prepared = Vec::with_capacity(manifest.tenants.len());
+    for config in manifest.tenants {
+        let pre = load_component(&loader, &config, single)?;
+        prepared.push((Arc::new(Tenant::new(config)), pre));
+    }
+    let tenants: Arc<Vec<Arc<Tenant>>> =
+        Arc::new(prepared.iter().map(|(t, _)| t.clone()).collect());
+
+    if let Some(addr) = admin_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        info!(%bound, "admin: listening on {bound}");
+        let tenants = tenants.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, tenants).await {
+                error!("admin endpoint failed: {e}");
+            }
+        });
+    }
+
+    let mut supervisors = tokio::task::JoinSet::new();
+    for (tenant, pre) in prepared {
+        info!(tenant = tenant.name(), listen = ?tenant.config.listen, "starting tenant");
+        supervisors.spawn(supervisor::supervise(loader.engine().clone(), pre, tenant));
+    }
+    info!(tenants = tenants.len(), "host running");
+
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            signal = &mut stop => {
+                info!("received {signal}, stopping");
+                return Ok(());
+            }
+            finished = supervisors.join_next() => match finished {
+                // The one-tenant shorthand ends with its guest.
+                Some(Ok(outcome)) if single => return outcome.map_err(Into::into),
+                Some(Err(e)) if single => bail!("guest task failed: {e}"),
+                Some(_) => {}
+                // Every tenant has stopped for good: stay up for the admin
+                // endpoint and the operator, until signalled.
+                None => {
+                    info!("no tenant is running");
+                    let signal = (&mut stop).await;
+                    info!("received {signal}, stopping");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The manifest equivalent of `host [GUEST.wasm] --listen ADDR`: one tenant,
+/// default limits, never restarted (the host ends with its guest).
+fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
+    let (component, default_name) = match &cli.guest {
         Some(path) => (
-            path.display().to_string(),
-            engine::read(path)?,
+            ComponentSource::File(path.clone()),
             path.file_stem().map(|s| s.to_string_lossy().into_owned()),
         ),
         None => (
-            "the built-in guest".to_owned(),
-            engine::DEFAULT_GUEST.to_vec(),
+            ComponentSource::Builtin("seed".into()),
             Some("seed".to_owned()),
         ),
     };
-    let name: Arc<str> = cli
+    let name = cli
         .name
+        .clone()
         .or(default_name)
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| "guest".to_owned())
-        .into();
+        .unwrap_or_else(|| "guest".to_owned());
+    manifest::valid_name(&name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
+    Ok(Manifest {
+        admin: None,
+        cache_dir: None,
+        pooling_allocator: false,
+        tenants: vec![TenantConfig {
+            name,
+            component,
+            component_at: String::new(),
+            listen: vec![cli.listen],
+            env: BTreeMap::new(),
+            connect: Vec::new(),
+            limits: Limits {
+                restart: RestartPolicy::Never,
+                ..Limits::default()
+            },
+        }],
+    })
+}
 
-    let engine = engine::new_engine().context("cannot configure wasmtime")?;
-    let linker = sandbox::linker(&engine)
-        .map_err(anyhow::Error::from)
-        .context("cannot set up the WASI linker")?;
-    let pre = engine::load(&engine, &linker, &label, &bytes)?;
-    let listen = check_listen_addr(cli.listen)?;
-
-    let sandbox = Sandbox {
-        name: name.clone(),
-        grant: Arc::new(Grant {
-            listen: vec![listen],
-        }),
-    };
-    info!(tenant = &*name, guest = label, %listen, "starting guest");
-    let guest = tokio::spawn(async move { supervisor::run_once(&engine, &pre, &sandbox).await });
-    tokio::select! {
-        joined = guest => match joined {
-            Ok(result) => result.map_err(Into::into),
-            Err(e) => bail!("guest '{name}' task failed: {e}"),
-        },
-        signal = stop => {
-            info!("received {signal}, stopping");
-            Ok(())
+/// Reads, checks and compiles a tenant's component. Errors name the
+/// manifest line of its `component` key.
+fn load_component(
+    loader: &Loader,
+    config: &TenantConfig,
+    single: bool,
+) -> anyhow::Result<Arc<wasmtime_wasi::p2::bindings::CommandPre<sandbox::TenantState>>> {
+    let located = |e: anyhow::Error| {
+        if single {
+            e
+        } else {
+            e.context(format!("{}: tenant.component", config.component_at))
         }
-    }
+    };
+    let (label, bytes): (String, std::borrow::Cow<'static, [u8]>) = match &config.component {
+        ComponentSource::Builtin(name) => match builtin(name) {
+            Some(bytes) => (
+                if single {
+                    "the built-in guest".into()
+                } else {
+                    format!("builtin:{name}")
+                },
+                bytes.into(),
+            ),
+            None => {
+                return Err(located(anyhow::anyhow!(
+                    "there is no built-in guest named {name:?} (there is: seed)"
+                )));
+            }
+        },
+        ComponentSource::File(path) => (
+            path.display().to_string(),
+            engine::read(path).map_err(|e| located(e.into()))?.into(),
+        ),
+    };
+    loader.load(&label, &bytes).map_err(|e| located(e.into()))
+}
+
+/// `$XDG_CACHE_HOME/tcphost`, or `~/.cache/tcphost`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("tcphost"))
 }
 
 /// Checks that `addr` can be listened on before the guest tries, so the

@@ -1,17 +1,27 @@
 //! Socket policy: what network access a guest is granted, the decision for
-//! each attempt, and a warning in the log for every refusal.
+//! each attempt, a warning in the log for every refusal, and the host-side
+//! cap on open client connections.
 //!
 //! TCP attempts are checked through wasmtime-wasi's address check. UDP and
 //! name lookups are refused outright by replacing their entry points in the
 //! linker, so a guest never gets a UDP socket or a resolver at all, and the
 //! filesystem's preopens are replaced by an empty list that logs the ask.
+//! `accept` and the TCP socket destructor are wrapped to count the open
+//! connections the cap is enforced against.
 
+use crate::manifest::TenantConfig;
 use crate::sandbox::TenantState;
+use crate::tenant::{Counters, Tenant};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tracing::warn;
-use wasmtime::component::{Linker, Val};
-use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, ResourceType, Val};
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Host as _};
+use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, TcpSocket};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsView};
 
 /// The network capabilities granted to one guest. Nothing is granted unless
 /// it is listed here.
@@ -19,6 +29,17 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 pub struct Grant {
     /// Addresses the guest may bind and listen on, exactly (IP and port).
     pub listen: Vec<SocketAddr>,
+    /// Addresses the guest may connect to, exactly (IP and port).
+    pub connect: Vec<SocketAddr>,
+}
+
+impl From<&TenantConfig> for Grant {
+    fn from(config: &TenantConfig) -> Self {
+        Grant {
+            listen: config.listen.clone(),
+            connect: config.connect.clone(),
+        }
+    }
 }
 
 /// Why an attempt was refused, as logged.
@@ -45,7 +66,9 @@ impl Grant {
             }
             // Clients may come from anywhere; the listen grant is the gate.
             SocketAddrUse::TcpAccept => None,
-            SocketAddrUse::TcpConnect => Some(Refusal::Connect),
+            SocketAddrUse::TcpConnect => {
+                (!self.connect.contains(&addr)).then_some(Refusal::Connect)
+            }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
                 Some(Refusal::Udp)
             }
@@ -53,30 +76,38 @@ impl Grant {
     }
 }
 
-/// Logs a refused socket attempt.
-pub fn log_refusal(tenant: &str, refusal: Refusal, addr: SocketAddr) {
+/// Logs and counts a refused attempt of `kind` (the log's `kind` field).
+pub fn refuse(tenant: &Tenant, kind: &'static str, what: std::fmt::Arguments<'_>) {
+    Counters::bump(&tenant.counters.capability_refusals);
+    warn!(tenant = tenant.name(), kind, "refused: {what}");
+}
+
+/// Logs and counts a refused socket attempt.
+pub fn log_refusal(tenant: &Tenant, refusal: Refusal, addr: SocketAddr) {
     match refusal {
-        Refusal::Bind => warn!(
+        Refusal::Bind => refuse(
             tenant,
-            kind = "tcp-bind",
-            %addr,
-            "refused: bind/listen on {addr} is not granted"
+            "tcp-bind",
+            format_args!("bind/listen on {addr} is not granted"),
         ),
-        Refusal::Connect => warn!(
+        Refusal::Connect => refuse(
             tenant,
-            kind = "tcp-connect",
-            %addr,
-            "refused: outbound connection to {addr} is not granted"
+            "tcp-connect",
+            format_args!("outbound connection to {addr} is not granted"),
         ),
-        Refusal::Udp => {
-            warn!(tenant, kind = "udp", %addr, "refused: UDP to/from {addr} is not granted")
-        }
+        Refusal::Udp => refuse(
+            tenant,
+            "udp",
+            format_args!("UDP to/from {addr} is not granted"),
+        ),
     }
 }
 
-/// The address check installed in a guest's WASI context.
+/// The address check installed in a guest's WASI context. It also enforces
+/// the connection cap: past it, a new client is reset by wasmtime-wasi
+/// before the guest ever sees it.
 pub fn socket_addr_check(
-    tenant: Arc<str>,
+    tenant: Arc<Tenant>,
     grant: Arc<Grant>,
 ) -> impl Fn(SocketAddr, SocketAddrUse) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + Sync>>
 + Send
@@ -84,15 +115,80 @@ pub fn socket_addr_check(
 + 'static {
     move |addr, usage| {
         let verdict = grant.decide(addr, usage);
-        match verdict {
-            Some(refusal) => log_refusal(&tenant, refusal, addr),
-            None if matches!(usage, SocketAddrUse::TcpListen) => {
-                tracing::info!(tenant = &*tenant, %addr, "{tenant}: listening on {addr}")
+        let allowed = match verdict {
+            Some(refusal) => {
+                log_refusal(&tenant, refusal, addr);
+                false
             }
-            None => {}
-        }
-        Box::pin(std::future::ready(verdict.is_none()))
+            None if matches!(usage, SocketAddrUse::TcpAccept) => admit(&tenant, addr),
+            None => {
+                if matches!(usage, SocketAddrUse::TcpListen) {
+                    let name = tenant.name();
+                    tracing::info!(tenant = name, %addr, "{name}: listening on {addr}");
+                }
+                true
+            }
+        };
+        Box::pin(std::future::ready(allowed))
     }
+}
+
+/// Whether a new client fits under the tenant's connection cap.
+fn admit(tenant: &Tenant, peer: SocketAddr) -> bool {
+    let cap = u64::from(tenant.config.limits.max_connections);
+    let open = tenant.counters.connections_open.load(Ordering::Relaxed);
+    if open < cap {
+        return true;
+    }
+    Counters::bump(&tenant.counters.connections_refused);
+    let name = tenant.name();
+    warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}");
+    false
+}
+
+/// Wraps `accept` and the TCP socket destructor so the host knows how many
+/// client connections each guest holds open.
+fn count_connections(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
+    type Accepted = (
+        Resource<TcpSocket>,
+        Resource<DynInputStream>,
+        Resource<DynOutputStream>,
+    );
+    let mut tcp = linker.instance(&format!("wasi:sockets/tcp@{WASI}"))?;
+    tcp.func_wrap(
+        "[method]tcp-socket.accept",
+        |mut store: StoreContextMut<'_, TenantState>,
+         (listener,): (Resource<TcpSocket>,)|
+         -> wasmtime::Result<(Result<Accepted, ErrorCode>,)> {
+            let mut view = store.data_mut().sockets();
+            let accepted = match HostTcpSocket::accept(&mut view, listener) {
+                Ok(accepted) => accepted,
+                Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
+            };
+            let state = store.data_mut();
+            state.accepted.insert(accepted.0.rep());
+            let counters = &state.tenant.counters;
+            counters.connections_open.fetch_add(1, Ordering::Relaxed);
+            Counters::bump(&counters.connections_accepted);
+            Ok((Ok(accepted),))
+        },
+    )?;
+    tcp.resource(
+        "tcp-socket",
+        ResourceType::host::<TcpSocket>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            if state.accepted.remove(&rep) {
+                state
+                    .tenant
+                    .counters
+                    .connections_open
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+            HostTcpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
+        },
+    )?;
+    Ok(())
 }
 
 /// WASI 0.2 version whose entry points are replaced. Guests built against an
@@ -103,12 +199,16 @@ const WASI: &str = "0.2.12";
 /// attempt is refused with `access-denied` and logged.
 pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
+    count_connections(linker)?;
 
     linker
         .instance(&format!("wasi:sockets/udp-create-socket@{WASI}"))?
         .func_new("create-udp-socket", |store, _ty, _params, results| {
-            let tenant = store.data().name();
-            warn!(tenant, kind = "udp", "refused: UDP sockets are not granted");
+            refuse(
+                &store.data().tenant,
+                "udp",
+                format_args!("UDP sockets are not granted"),
+            );
             results[0] = access_denied();
             Ok(())
         })?;
@@ -121,12 +221,10 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
                     Some(Val::String(name)) => name.as_str(),
                     _ => "?",
                 };
-                let tenant = store.data().name();
-                warn!(
-                    tenant,
-                    kind = "dns",
-                    name,
-                    "refused: name lookup of {name:?} is not granted"
+                refuse(
+                    &store.data().tenant,
+                    "dns",
+                    format_args!("name lookup of {name:?} is not granted"),
                 );
                 // A dynamic host function must release the `borrow<network>`
                 // it was handed, or the call fails.
@@ -141,11 +239,10 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
     linker
         .instance(&format!("wasi:filesystem/preopens@{WASI}"))?
         .func_new("get-directories", |store, _ty, _params, results| {
-            let tenant = store.data().name();
-            warn!(
-                tenant,
-                kind = "filesystem",
-                "refused: the filesystem is not granted (no directories)"
+            refuse(
+                &store.data().tenant,
+                "filesystem",
+                format_args!("the filesystem is not granted (no directories)"),
             );
             results[0] = Val::List(Vec::new());
             Ok(())
@@ -167,6 +264,7 @@ mod tests {
     fn grant() -> Grant {
         Grant {
             listen: vec!["127.0.0.1:9800".parse().unwrap()],
+            connect: vec!["127.0.0.1:6379".parse().unwrap()],
         }
     }
 
@@ -210,6 +308,19 @@ mod tests {
         assert_eq!(
             grant().decide("10.1.2.3:5555".parse().unwrap(), SocketAddrUse::TcpAccept),
             None
+        );
+    }
+
+    #[test]
+    fn connects_only_where_granted() {
+        let g = grant();
+        assert_eq!(
+            g.decide("127.0.0.1:6379".parse().unwrap(), SocketAddrUse::TcpConnect),
+            None
+        );
+        assert_eq!(
+            g.decide("127.0.0.1:6380".parse().unwrap(), SocketAddrUse::TcpConnect),
+            Some(Refusal::Connect)
         );
     }
 

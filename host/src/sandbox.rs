@@ -1,33 +1,54 @@
 //! A tenant's sandbox: the WASI context built from its grant (and nothing
-//! else), the resource limits of its store, and the linker every guest is
-//! instantiated against.
+//! else), the limits of its store (memory, handles, CPU time without
+//! yielding), and the linker every guest is instantiated against.
 
+use crate::engine::EPOCH_TICK;
 use crate::guest_log::{GuestOutput, Stream};
 use crate::policy::{self, Grant};
+use crate::tenant::{Counters, Tenant};
+use std::collections::HashSet;
 use std::sync::Arc;
+use thiserror::Error;
+use tracing::warn;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{CallHook, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Most resources (sockets, streams, pollables) a guest may hold at once.
 /// A full table makes further calls fail instead of growing host memory.
 const MAX_RESOURCES: usize = 100_000;
 
-/// Largest linear memory a guest may grow to.
-const MAX_MEMORY: usize = 256 << 20;
+/// Largest table a guest may grow to, in elements.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The guest computed past its CPU limit without returning to the host.
+#[derive(Debug, Error)]
+#[error("ran {ran_ms} ms without yielding to the host, past its CPU limit of {limit_ms} ms")]
+pub struct CpuLimitExceeded {
+    /// How long it had run, in ms (a multiple of the epoch tick).
+    pub ran_ms: u128,
+    /// The limit, in ms.
+    pub limit_ms: u128,
+}
 
 /// Everything the host keeps per guest instance, inside its [`Store`].
 pub struct TenantState {
-    name: Arc<str>,
+    /// The tenant's shared record (name, config, counters).
+    pub tenant: Arc<Tenant>,
     ctx: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: MemoryLimiter,
+    /// Epoch ticks spent in wasm since the guest last called the host.
+    ticks_in_wasm: u64,
+    /// Handles (`rep`s) of the client sockets `accept` handed out and the
+    /// guest has not dropped yet: the connections counted against the cap.
+    pub accepted: HashSet<u32>,
 }
 
 impl TenantState {
-    /// The tenant's name, as used in the log.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Whether the guest asked for more memory than its limit allows.
+    pub fn hit_memory_limit(&self) -> bool {
+        self.limiter.refused
     }
 }
 
@@ -40,55 +61,128 @@ impl WasiView for TenantState {
     }
 }
 
-/// What the host needs to confine one guest.
-#[derive(Debug, Clone)]
-pub struct Sandbox {
-    /// The tenant's name, for the log and as the guest's only argument.
-    pub name: Arc<str>,
-    /// Network capabilities.
-    pub grant: Arc<Grant>,
+/// Refuses linear memory growth past the tenant's limit, and remembers it
+/// did so: the trap that usually follows is then reported as out of memory.
+struct MemoryLimiter {
+    tenant: Arc<Tenant>,
+    max_memory: usize,
+    refused: bool,
 }
 
-impl Sandbox {
-    /// A store for one instance of the guest, granting exactly `self.grant`.
-    pub fn store(&self, engine: &Engine) -> Store<TenantState> {
-        let mut builder = WasiCtx::builder();
-        // Capabilities are off unless enabled here: no preopened directories,
-        // no inherited environment or arguments, stdin empty.
-        builder
-            .arg(&*self.name)
-            .stdout(GuestOutput::new(self.name.clone(), Stream::Stdout))
-            .stderr(GuestOutput::new(self.name.clone(), Stream::Stderr))
-            .allow_tcp(true)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(policy::socket_addr_check(
-                self.name.clone(),
-                self.grant.clone(),
-            ));
-        if let Some(first) = self.grant.listen.first() {
-            builder.env("LISTEN_ADDR", first.to_string());
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired <= self.max_memory {
+            return Ok(true);
         }
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_RESOURCES);
-        let state = TenantState {
-            name: self.name.clone(),
-            ctx: builder.build(),
-            table,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(MAX_MEMORY)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .build(),
-        };
-        let mut store = Store::new(engine, state);
-        store.limiter(|state| &mut state.limits);
-        // Yield to the other tasks at every epoch tick, so a guest that
-        // computes for long never stalls the host.
-        store.epoch_deadline_async_yield_and_update(1);
-        store
+        if !self.refused {
+            warn!(
+                tenant = self.tenant.name(),
+                current,
+                desired,
+                limit = self.max_memory,
+                "refused: memory growth to {desired} bytes is past the limit of {} bytes",
+                self.max_memory
+            );
+        }
+        self.refused = true;
+        Counters::bump(&self.tenant.counters.memory_refusals);
+        Ok(false)
     }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+/// Builds the confined store for one instance of a tenant's guest.
+pub fn store(engine: &Engine, tenant: &Arc<Tenant>) -> Store<TenantState> {
+    let config = &tenant.config;
+    let name = config.name.as_str();
+    let grant = Arc::new(Grant::from(config));
+    let mut builder = WasiCtx::builder();
+    // Capabilities are off unless enabled here: no preopened directories,
+    // no inherited environment or arguments, stdin empty.
+    builder
+        .arg(name)
+        .stdout(GuestOutput::new(name.into(), Stream::Stdout))
+        .stderr(GuestOutput::new(name.into(), Stream::Stderr))
+        .allow_tcp(true)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(policy::socket_addr_check(tenant.clone(), grant));
+    for (key, value) in &config.env {
+        builder.env(key, value);
+    }
+    if let Some(first) = config.listen.first() {
+        builder.env("LISTEN_ADDR", first.to_string());
+    }
+    let all: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+    builder.env("LISTEN_ADDRS", all.join(","));
+
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    let state = TenantState {
+        tenant: tenant.clone(),
+        ctx: builder.build(),
+        table,
+        limiter: MemoryLimiter {
+            tenant: tenant.clone(),
+            max_memory: usize::try_from(config.limits.max_memory).unwrap_or(usize::MAX),
+            refused: false,
+        },
+        ticks_in_wasm: 0,
+        accepted: HashSet::new(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+
+    // CPU: every epoch tick spent in wasm counts; any call into the host
+    // (which is where a guest waits for I/O) resets the count. At each tick
+    // the guest yields to the other tenants; past the limit it is cut off.
+    let limit_ticks = (config.limits.cpu_limit.as_millis() / EPOCH_TICK.as_millis()).max(1);
+    store.call_hook(|mut store, hook| {
+        if matches!(hook, CallHook::CallingHost | CallHook::ReturningFromHost) {
+            store.data_mut().ticks_in_wasm = 0;
+        }
+        Ok(())
+    });
+    store.epoch_deadline_callback(move |mut store| {
+        let state = store.data_mut();
+        state.ticks_in_wasm += 1;
+        if u128::from(state.ticks_in_wasm) > limit_ticks {
+            Counters::bump(&state.tenant.counters.cpu_limit_kills);
+            return Err(CpuLimitExceeded {
+                ran_ms: u128::from(state.ticks_in_wasm) * EPOCH_TICK.as_millis(),
+                limit_ms: limit_ticks * EPOCH_TICK.as_millis(),
+            }
+            .into());
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store.set_epoch_deadline(1);
+    store
 }
 
 /// The linker all guests share: WASI 0.2 with the ungranted capabilities'

@@ -1,0 +1,429 @@
+//! The tenant manifest: a TOML file that lists every tenant the host runs,
+//! with its component, grants and limits, plus host-wide defaults.
+//!
+//! Parsing is strict: an unknown key, a duplicate name, two tenants on one
+//! address, a limit that does not parse are all errors that name the file,
+//! the line and the key, and nothing starts. `host/tenants.example.toml` is
+//! the commented reference.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use toml::Spanned;
+
+/// The prefix that names a component built into the host instead of a file.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// A manifest that cannot be used.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read {file}: {source}")]
+    Read {
+        /// The manifest, as given.
+        file: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Something at a known place in the file is wrong.
+    #[error("{file}:{line}: {key}: {message}")]
+    At {
+        /// The manifest, as given.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// The key (with its table) at fault.
+        key: String,
+        /// What is wrong and, where useful, what is expected.
+        message: String,
+    },
+}
+
+/// What happens when a tenant's guest stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Leave it stopped.
+    Never,
+    /// Restart after a trap, an error or a non-zero exit, not after a clean exit.
+    OnFailure,
+    /// Restart whenever it stops.
+    Always,
+}
+
+/// Resource limits and restart behaviour; every field is optional so the
+/// `[limits]` table and each tenant's `limits` can override only some.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default, deserialize_with = "size")]
+    max_memory: Option<u64>,
+    max_connections: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    cpu_limit: Option<Duration>,
+    restart: Option<RestartPolicy>,
+    #[serde(default, deserialize_with = "duration")]
+    restart_backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    restart_backoff_max: Option<Duration>,
+    crash_loop_limit: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    crash_loop_window: Option<Duration>,
+}
+
+impl RawLimits {
+    /// `self` where set, else `fallback`.
+    fn or(self, fallback: &Limits) -> Limits {
+        Limits {
+            max_memory: self.max_memory.unwrap_or(fallback.max_memory),
+            max_connections: self.max_connections.unwrap_or(fallback.max_connections),
+            cpu_limit: self.cpu_limit.unwrap_or(fallback.cpu_limit),
+            restart: self.restart.unwrap_or(fallback.restart),
+            restart_backoff: self.restart_backoff.unwrap_or(fallback.restart_backoff),
+            restart_backoff_max: self
+                .restart_backoff_max
+                .unwrap_or(fallback.restart_backoff_max),
+            crash_loop_limit: self.crash_loop_limit.unwrap_or(fallback.crash_loop_limit),
+            crash_loop_window: self.crash_loop_window.unwrap_or(fallback.crash_loop_window),
+        }
+    }
+}
+
+/// A tenant's effective limits and restart behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest linear memory, in bytes.
+    pub max_memory: u64,
+    /// Most client connections open at once; past it clients are reset.
+    pub max_connections: u32,
+    /// Longest a guest may compute without returning to the host.
+    pub cpu_limit: Duration,
+    /// What to do when the guest stops.
+    pub restart: RestartPolicy,
+    /// First restart delay; doubled after each restart in a row.
+    pub restart_backoff: Duration,
+    /// Largest restart delay.
+    pub restart_backoff_max: Duration,
+    /// Restarts allowed within `crash_loop_window` before the tenant is
+    /// marked failed.
+    pub crash_loop_limit: u32,
+    /// The window `crash_loop_limit` counts in.
+    pub crash_loop_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory: 128 << 20,
+            max_connections: 1024,
+            cpu_limit: Duration::from_millis(500),
+            restart: RestartPolicy::OnFailure,
+            restart_backoff: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(10),
+            crash_loop_limit: 5,
+            crash_loop_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    admin: Option<Spanned<SocketAddr>>,
+    cache_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pooling_allocator: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: Spanned<String>,
+    component: Spanned<String>,
+    listen: Spanned<Vec<Spanned<SocketAddr>>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    connect: Vec<SocketAddr>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    host: RawHost,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<RawTenant>,
+}
+
+/// Where a tenant's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// A guest compiled into the host (`builtin:seed`).
+    Builtin(String),
+    /// A file (relative paths are resolved against the manifest's directory).
+    File(PathBuf),
+}
+
+/// One tenant, validated.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// Unique name: log tag, admin key, the guest's only argument.
+    pub name: String,
+    /// The guest.
+    pub component: ComponentSource,
+    /// `file:line` of the `component` key, for load errors.
+    pub component_at: String,
+    /// Addresses granted for listening; the first is `LISTEN_ADDR`.
+    pub listen: Vec<SocketAddr>,
+    /// Extra environment variables for the guest.
+    pub env: BTreeMap<String, String>,
+    /// Addresses the guest may connect to (none by default).
+    pub connect: Vec<SocketAddr>,
+    /// Effective limits.
+    pub limits: Limits,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The admin endpoint's address, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Where compiled components are cached, if set.
+    pub cache_dir: Option<PathBuf>,
+    /// Whether instances come from wasmtime's pooling allocator.
+    pub pooling_allocator: bool,
+    /// Every tenant, in file order.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Reads and validates the manifest at `path`.
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        file: path.display().to_string(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates manifest `text`, read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    let file = path.display().to_string();
+    let base = path.parent().unwrap_or(Path::new("."));
+    let at = |span: Range<usize>, key: &str, message: String| ManifestError::At {
+        file: file.clone(),
+        line: line_of(text, span.start),
+        key: key.to_owned(),
+        message,
+    };
+
+    let raw: RawManifest = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        ManifestError::At {
+            file: file.clone(),
+            line: line_of(text, span.start),
+            key: key_at(text, span),
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+
+    let defaults = raw.limits.or(&Limits::default());
+    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    if let Some(admin) = &raw.host.admin {
+        addresses.insert(*admin.get_ref(), "the admin endpoint".to_owned());
+    }
+    let mut tenants = Vec::with_capacity(raw.tenants.len());
+    for tenant in raw.tenants {
+        let name = tenant.name.get_ref().clone();
+        if let Err(why) = valid_name(&name) {
+            return Err(at(tenant.name.span(), "tenant.name", why));
+        }
+        if names.insert(name.clone(), ()).is_some() {
+            return Err(at(
+                tenant.name.span(),
+                "tenant.name",
+                format!("duplicate tenant name {name:?}"),
+            ));
+        }
+
+        let listen_span = tenant.listen.span();
+        let listen: Vec<SocketAddr> = tenant
+            .listen
+            .into_inner()
+            .into_iter()
+            .map(|a| (a.span(), *a.get_ref()))
+            .map(|(span, addr)| {
+                // Port 0 asks for a free port, so it never collides.
+                if addr.port() != 0 {
+                    if let Some(owner) = addresses.insert(addr, format!("tenant {name:?}")) {
+                        return Err(at(
+                            span,
+                            "tenant.listen",
+                            format!("{addr} is already used by {owner}"),
+                        ));
+                    }
+                }
+                Ok(addr)
+            })
+            .collect::<Result<_, _>>()?;
+        if listen.is_empty() {
+            return Err(at(
+                listen_span,
+                "tenant.listen",
+                "at least one address is required".into(),
+            ));
+        }
+
+        let env_span = tenant.env.as_ref().map_or(0..0, Spanned::span);
+        let env = tenant.env.map(Spanned::into_inner).unwrap_or_default();
+        for key in env.keys() {
+            if key == "LISTEN_ADDR" || key == "LISTEN_ADDRS" {
+                return Err(at(
+                    env_span.clone(),
+                    "tenant.env",
+                    format!("{key} is set by the host"),
+                ));
+            }
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(at(
+                    env_span.clone(),
+                    "tenant.env",
+                    format!("{key:?} is not a valid variable name"),
+                ));
+            }
+        }
+
+        let component_span = tenant.component.span();
+        let component_at = format!("{file}:{}", line_of(text, component_span.start));
+        let spec = tenant.component.into_inner();
+        let component = match spec.strip_prefix(BUILTIN_PREFIX) {
+            Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
+            None => {
+                let path = base.join(&spec);
+                if !path.is_file() {
+                    return Err(at(
+                        component_span,
+                        "tenant.component",
+                        format!("{} does not exist or is not a file", path.display()),
+                    ));
+                }
+                ComponentSource::File(path)
+            }
+        };
+
+        let limits = tenant.limits.or(&defaults);
+        tenants.push(TenantConfig {
+            name,
+            component,
+            component_at,
+            listen,
+            env,
+            connect: tenant.connect,
+            limits,
+        });
+    }
+
+    Ok(Manifest {
+        admin: raw.host.admin.map(Spanned::into_inner),
+        cache_dir: raw.host.cache_dir.map(|dir| base.join(dir.into_inner())),
+        pooling_allocator: raw.host.pooling_allocator,
+        tenants,
+    })
+}
+
+/// Tenant names appear in logs, metrics and URLs: keep them plain.
+pub fn valid_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// 1-based line of byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key at or just before `span`, prefixed with its table, e.g.
+/// `tenant.max_memory`: what an operator searches the file for.
+fn key_at(text: &str, span: Range<usize>) -> String {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..start];
+    let ident = |s: &str| -> String {
+        s.trim_end()
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let key = match before.rfind('=') {
+        Some(eq) => ident(&before[..eq]),
+        None => {
+            let at = &text[start..span.end.min(text.len())];
+            at.split(|c: char| c == '=' || c.is_whitespace())
+                .find(|s| !s.is_empty())
+                .unwrap_or("")
+                .to_owned()
+        }
+    };
+    let table = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+    });
+    match (table, key.is_empty()) {
+        (Some(table), false) if !key.starts_with('[') && table != key => format!("{table}.{key}"),
+        (Some(table), _) => table,
+        (None, false) => key,
+        (None, true) => "(top level)".to_owned(),
+    }
+}
+
+/// Deserializes a size: bytes as an integer, or a string like "64 MiB".
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(n) => Ok(Some(n)),
+        Raw::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|b| Some(b.as_u64()))
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    "{text:?} is not a size; write e.g. \"64 MiB\" or a number of bytes"
+                ))
+            }),
+    }
+}
+
+/// Deserializes a duration written like "250ms", "2s", "1m".
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|_| {
+        de::Error::custom(format!(
+            "{text:?} is not a duration; write e.g. \"250ms\", \"2s\" or \"1m\""
+        ))
+    })
+}

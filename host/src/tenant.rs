@@ -1,0 +1,165 @@
+//! A tenant's shared runtime record: its configuration, its counters and its
+//! current state. The supervisor and the sandbox write it; the admin
+//! endpoint reads it.
+
+use crate::manifest::TenantConfig;
+use serde::Serialize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+/// Where a tenant is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Compiled, not yet instantiated.
+    Starting,
+    /// The guest is running.
+    Running,
+    /// Stopped, waiting out a backoff before the next start.
+    Restarting,
+    /// Stopped and left stopped by its restart policy.
+    Stopped,
+    /// Restarted too often: given up on; its addresses refuse connections.
+    Failed,
+}
+
+/// Counters kept per tenant. Relaxed atomics: they are statistics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Client connections open now.
+    pub connections_open: AtomicU64,
+    /// Client connections handed to the guest, ever.
+    pub connections_accepted: AtomicU64,
+    /// Client connections reset because the tenant was at its cap.
+    pub connections_refused: AtomicU64,
+    /// Times the guest was started again after stopping.
+    pub restarts: AtomicU64,
+    /// Traps (panics, CPU limit, out-of-bounds, ...).
+    pub traps: AtomicU64,
+    /// Times the guest was cut off for computing past its CPU limit.
+    pub cpu_limit_kills: AtomicU64,
+    /// Memory growths refused at the memory limit.
+    pub memory_refusals: AtomicU64,
+    /// Capability attempts refused (bind, connect, UDP, DNS, files).
+    pub capability_refusals: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Status {
+    state: State,
+    last_error: Option<String>,
+    since: SystemTime,
+}
+
+/// One tenant at run time.
+#[derive(Debug)]
+pub struct Tenant {
+    /// Its configuration, as validated from the manifest.
+    pub config: TenantConfig,
+    /// Its counters.
+    pub counters: Counters,
+    status: Mutex<Status>,
+}
+
+/// A point-in-time view of a tenant, as the admin endpoint reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Tenant name.
+    pub name: String,
+    /// Current state.
+    pub state: State,
+    /// Seconds since the state last changed.
+    pub state_for_secs: f64,
+    /// Granted listen addresses.
+    pub listen: Vec<String>,
+    /// The most recent failure, if any.
+    pub last_error: Option<String>,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// Open client connections.
+    pub connections_open: u64,
+    /// Connections handed to the guest, ever.
+    pub connections_accepted: u64,
+    /// Connections reset at the cap.
+    pub connections_refused: u64,
+    /// Traps so far.
+    pub traps: u64,
+    /// CPU limit cut-offs so far.
+    pub cpu_limit_kills: u64,
+    /// Memory growths refused so far.
+    pub memory_refusals: u64,
+    /// Refused capability attempts so far.
+    pub capability_refusals: u64,
+}
+
+impl Tenant {
+    /// A tenant that has not started yet.
+    pub fn new(config: TenantConfig) -> Self {
+        Tenant {
+            config,
+            counters: Counters::default(),
+            status: Mutex::new(Status {
+                state: State::Starting,
+                last_error: None,
+                since: SystemTime::now(),
+            }),
+        }
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Moves to `state`, keeping the last error.
+    pub fn set_state(&self, state: State) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.state != state {
+            status.state = state;
+            status.since = SystemTime::now();
+        }
+    }
+
+    /// Records a failure.
+    pub fn set_error(&self, error: String) {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(error);
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+
+    /// Everything the admin endpoint shows.
+    pub fn snapshot(&self) -> Snapshot {
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            name: self.config.name.clone(),
+            state: status.state,
+            state_for_secs: status.since.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+            listen: self.config.listen.iter().map(ToString::to_string).collect(),
+            last_error: status.last_error.clone(),
+            restarts: get(&c.restarts),
+            connections_open: get(&c.connections_open),
+            connections_accepted: get(&c.connections_accepted),
+            connections_refused: get(&c.connections_refused),
+            traps: get(&c.traps),
+            cpu_limit_kills: get(&c.cpu_limit_kills),
+            memory_refusals: get(&c.memory_refusals),
+            capability_refusals: get(&c.capability_refusals),
+        }
+    }
+}
