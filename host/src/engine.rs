@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -245,7 +245,7 @@ impl Loader {
             // writable by the host alone (see the README).
             match unsafe { Component::deserialize_file(&self.engine, file) } {
                 Ok(component) => {
-                    debug!(guest = path, cache = %file.display(), "loaded compiled component from the cache");
+                    info!(guest = path, cache = %file.display(), "loaded compiled component from the cache");
                     return Ok(component);
                 }
                 Err(e) => {

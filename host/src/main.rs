@@ -20,7 +20,7 @@ use engine::Loader;
 use manifest::{ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,13 +76,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => manifest::load(path)?,
         None => one_tenant(&cli)?,
     };
+    // Held for as long as the host runs: see `reserve`.
+    let mut reservations = Vec::new();
     for tenant in &mut manifest.tenants {
         for addr in &mut tenant.listen {
-            *addr = match check_listen_addr(*addr) {
-                Ok(addr) => addr,
+            let (reserved, socket) = match reserve(*addr) {
+                Ok(reservation) => reservation,
                 Err(e) if single => return Err(e),
                 Err(e) => return Err(e.context(format!("tenant '{}'", tenant.name))),
             };
+            *addr = reserved;
+            reservations.push(socket);
         }
     }
     let admin_addr = cli.admin.or(manifest.admin);
@@ -251,20 +255,34 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("tcphost"))
 }
 
-/// Checks that `addr` can be listened on before the guest tries, so the
-/// operator gets a clear error; port 0 is resolved to a free port.
-fn check_listen_addr(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    match TcpListener::bind(addr) {
-        Ok(probe) => Ok(probe.local_addr().unwrap_or(addr)),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+/// Reserves a tenant's listen address for as long as the host runs: a bound,
+/// never listening socket with SO_REUSEADDR. The guest's own bind (which
+/// wasmtime-wasi also makes with SO_REUSEADDR) and listen then succeed, while
+/// no other process, and no outgoing connection's ephemeral port, can take
+/// the port, not even between a guest's restarts. Checking here also gives
+/// the operator a clear error before any guest starts; port 0 is resolved to
+/// a free port.
+fn reserve(addr: SocketAddr) -> anyhow::Result<(SocketAddr, socket2::Socket)> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .with_context(|| format!("cannot create a socket for {addr}"))?;
+    socket
+        .set_reuse_address(true)
+        .with_context(|| format!("cannot reserve {addr}"))?;
+    if let Err(e) = socket.bind(&addr.into()) {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
             bail!(
                 "listen address {addr} is already in use: stop what is using it or pass another --listen"
             )
         }
-        Err(e) => {
-            bail!("cannot listen on {addr}: {e}; pass an address of this machine with --listen")
-        }
+        bail!("cannot listen on {addr}: {e}; pass an address of this machine with --listen")
     }
+    let bound = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    Ok((bound, socket))
 }
 
 /// Installs the SIGINT and SIGTERM handlers now; the future resolves on

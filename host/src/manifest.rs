@@ -256,25 +256,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         }
 
         let listen_span = tenant.listen.span();
-        let listen: Vec<SocketAddr> = tenant
-            .listen
-            .into_inner()
-            .into_iter()
-            .map(|a| (a.span(), *a.get_ref()))
-            .map(|(span, addr)| {
-                // Port 0 asks for a free port, so it never collides.
-                if addr.port() != 0 {
-                    if let Some(owner) = addresses.insert(addr, format!("tenant {name:?}")) {
-                        return Err(at(
-                            span,
-                            "tenant.listen",
-                            format!("{addr} is already used by {owner}"),
-                        ));
-                    }
-                }
-                Ok(addr)
-            })
-            .collect::<Result<_, _>>()?;
+        let mut listen = Vec::new();
+        for addr in tenant.listen.into_inner() {
+            let (span, addr) = (addr.span(), addr.into_inner());
+            // Port 0 asks for a free port, so it never collides.
+            if addr.port() != 0
+                && let Some(owner) = addresses.insert(addr, format!("tenant {name:?}"))
+            {
+                return Err(at(
+                    span,
+                    "tenant.listen",
+                    format!("{addr} is already used by {owner}"),
+                ));
+            }
+            listen.push(addr);
+        }
         if listen.is_empty() {
             return Err(at(
                 listen_span,
@@ -377,7 +373,15 @@ fn key_at(text: &str, span: Range<usize>) -> String {
     let key = match before.rfind('=') {
         Some(eq) => ident(&before[..eq]),
         None => {
-            let at = &text[start..span.end.min(text.len())];
+            let at = text[start..span.end.min(text.len())].trim_start();
+            if at.starts_with('[') {
+                // The error is about a whole table: name the table.
+                let header = at.lines().next().unwrap_or("");
+                return header
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_owned();
+            }
             at.split(|c: char| c == '=' || c.is_whitespace())
                 .find(|s| !s.is_empty())
                 .unwrap_or("")
@@ -390,7 +394,7 @@ fn key_at(text: &str, span: Range<usize>) -> String {
             .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
     });
     match (table, key.is_empty()) {
-        (Some(table), false) if !key.starts_with('[') && table != key => format!("{table}.{key}"),
+        (Some(table), false) if table != key => format!("{table}.{key}"),
         (Some(table), _) => table,
         (None, false) => key,
         (None, true) => "(top level)".to_owned(),
@@ -426,4 +430,142 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
             "{text:?} is not a duration; write e.g. \"250ms\", \"2s\" or \"1m\""
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Manifest, ManifestError> {
+        parse(Path::new("tenants.toml"), text)
+    }
+
+    fn error(text: &str) -> String {
+        parse_str(text)
+            .expect_err("the manifest is invalid")
+            .to_string()
+    }
+
+    const ONE: &str =
+        "[[tenant]]\nname = \"a\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:9801\"]\n";
+
+    #[test]
+    fn the_example_manifest_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants.example.toml");
+        let manifest = load(&path).expect("the example parses");
+        assert_eq!(manifest.tenants.len(), 2);
+        let small = &manifest.tenants[1];
+        assert_eq!(small.limits.max_memory, 16 << 20);
+        assert_eq!(small.limits.max_connections, 64);
+        assert_eq!(small.limits.cpu_limit, Duration::from_millis(100));
+        assert_eq!(small.limits.restart, RestartPolicy::Always);
+        // Not overridden: the [limits] default.
+        assert_eq!(small.limits.crash_loop_limit, 5);
+        assert_eq!(small.env.get("GREETING").map(String::as_str), Some("hello"));
+    }
+
+    #[test]
+    fn defaults_apply_and_tenants_override_them() {
+        let text = format!(
+            "[limits]\nmax_connections = 7\ncpu_limit = \"2s\"\n{ONE}limits = {{ cpu_limit = \"50ms\" }}\n"
+        );
+        let t = &parse_str(&text).unwrap().tenants[0];
+        assert_eq!(t.limits.max_connections, 7);
+        assert_eq!(t.limits.cpu_limit, Duration::from_millis(50));
+        assert_eq!(t.limits.max_memory, Limits::default().max_memory);
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_line_and_key() {
+        let text = format!("{ONE}colour = \"blue\"\n");
+        let e = error(&text);
+        assert!(
+            e.starts_with("tenants.toml:5: tenant.colour: unknown field `colour`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_name_is_an_error() {
+        let text = format!("{ONE}{}", ONE.replace("9801", "9802"));
+        assert_eq!(
+            error(&text),
+            "tenants.toml:6: tenant.name: duplicate tenant name \"a\""
+        );
+    }
+
+    #[test]
+    fn two_tenants_on_one_address_is_an_error() {
+        let text = format!("{ONE}{}", ONE.replace("\"a\"", "\"b\""));
+        assert_eq!(
+            error(&text),
+            "tenants.toml:8: tenant.listen: 127.0.0.1:9801 is already used by tenant \"a\""
+        );
+    }
+
+    #[test]
+    fn the_admin_address_cannot_be_a_tenant_address() {
+        let text = format!("[host]\nadmin = \"127.0.0.1:9801\"\n{ONE}");
+        assert!(error(&text).contains("127.0.0.1:9801 is already used by the admin endpoint"));
+    }
+
+    #[test]
+    fn a_limit_that_does_not_parse_names_its_key() {
+        let text = format!("{ONE}limits = {{ max_memory = \"12 parsecs\" }}\n");
+        let e = error(&text);
+        assert!(
+            e.starts_with("tenants.toml:5: tenant.max_memory: \"12 parsecs\" is not a size"),
+            "{e}"
+        );
+        let text = format!("[limits]\ncpu_limit = \"soon\"\n{ONE}");
+        let e = error(&text);
+        assert!(
+            e.starts_with("tenants.toml:2: limits.cpu_limit: \"soon\" is not a duration"),
+            "{e}"
+        );
+        let text = format!("[limits]\nrestart = \"sometimes\"\n{ONE}");
+        assert!(
+            error(&text).starts_with("tenants.toml:2: limits.restart: unknown variant `sometimes`")
+        );
+    }
+
+    #[test]
+    fn a_missing_component_file_is_an_error() {
+        let text = ONE.replace("builtin:seed", "no/such/guest.wasm");
+        assert_eq!(
+            error(&text),
+            "tenants.toml:3: tenant.component: no/such/guest.wasm does not exist or is not a file"
+        );
+    }
+
+    #[test]
+    fn a_tenant_needs_a_listen_address() {
+        let text = ONE.replace("[\"127.0.0.1:9801\"]", "[]");
+        assert_eq!(
+            error(&text),
+            "tenants.toml:4: tenant.listen: at least one address is required"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_an_error() {
+        let e = error("[[tenant]]\nname = \"a\"\nlisten = [\"127.0.0.1:1\"]\n");
+        assert!(
+            e.starts_with("tenants.toml:1: tenant: missing field `component`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_names_and_reserved_variables_are_errors() {
+        assert!(error(&ONE.replace("\"a\"", "\"a b\"")).contains("is not a valid name"));
+        let text = format!("{ONE}env = {{ LISTEN_ADDR = \"x\" }}\n");
+        assert!(error(&text).contains("LISTEN_ADDR is set by the host"));
+    }
+
+    #[test]
+    fn malformed_toml_is_located() {
+        let e = error("[[tenant]\nname = \"a\"\n");
+        assert!(e.starts_with("tenants.toml:1: "), "{e}");
+    }
 }

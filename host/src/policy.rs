@@ -242,7 +242,7 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
             refuse(
                 &store.data().tenant,
                 "filesystem",
-                format_args!("the filesystem is not granted (no directories)"),
+                format_args!("the filesystem is not granted (the guest asked for its directories and got none)"),
             );
             results[0] = Val::List(Vec::new());
             Ok(())

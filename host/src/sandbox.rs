@@ -40,6 +40,9 @@ pub struct TenantState {
     limiter: MemoryLimiter,
     /// Epoch ticks spent in wasm since the guest last called the host.
     ticks_in_wasm: u64,
+    /// Set while the epoch callback runs, so its own return to wasm is not
+    /// taken for the end of a host call.
+    in_epoch_callback: bool,
     /// Handles (`rep`s) of the client sockets `accept` handed out and the
     /// guest has not dropped yet: the connections counted against the cap.
     pub accepted: HashSet<u32>,
@@ -153,23 +156,31 @@ pub fn store(engine: &Engine, tenant: &Arc<Tenant>) -> Store<TenantState> {
             refused: false,
         },
         ticks_in_wasm: 0,
+        in_epoch_callback: false,
         accepted: HashSet::new(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
 
-    // CPU: every epoch tick spent in wasm counts; any call into the host
-    // (which is where a guest waits for I/O) resets the count. At each tick
+    // CPU: every epoch tick spent in wasm counts; any return from a host
+    // call (which is where a guest waits for I/O) resets the count. At each tick
     // the guest yields to the other tenants; past the limit it is cut off.
     let limit_ticks = (config.limits.cpu_limit.as_millis() / EPOCH_TICK.as_millis()).max(1);
+    // The epoch check itself enters and leaves the host, so the return from
+    // the epoch callback must not count as a host call.
     store.call_hook(|mut store, hook| {
-        if matches!(hook, CallHook::CallingHost | CallHook::ReturningFromHost) {
-            store.data_mut().ticks_in_wasm = 0;
+        if matches!(hook, CallHook::ReturningFromHost) {
+            let state = store.data_mut();
+            if std::mem::take(&mut state.in_epoch_callback) {
+                return Ok(());
+            }
+            state.ticks_in_wasm = 0;
         }
         Ok(())
     });
     store.epoch_deadline_callback(move |mut store| {
         let state = store.data_mut();
+        state.in_epoch_callback = true;
         state.ticks_in_wasm += 1;
         if u128::from(state.ticks_in_wasm) > limit_ticks {
             Counters::bump(&state.tenant.counters.cpu_limit_kills);

@@ -43,12 +43,12 @@ pub enum GuestError {
         backtrace: Option<String>,
     },
     /// The guest computed past its CPU limit without yielding.
-    #[error("guest '{tenant}' was stopped: it {source}")]
+    #[error("guest '{tenant}' was stopped: it {cpu}")]
     CpuLimit {
         /// The tenant.
         tenant: String,
         /// How long it ran.
-        source: CpuLimitExceeded,
+        cpu: CpuLimitExceeded,
     },
     /// The guest called `wasi:cli/exit` with a non-zero status.
     #[error("guest '{tenant}' exited with status {code}")]
@@ -124,10 +124,10 @@ fn classify(
     }
     if e.downcast_ref::<CpuLimitExceeded>().is_some() {
         Counters::bump(&record.counters.traps);
-        let source = e
+        let cpu = e
             .downcast::<CpuLimitExceeded>()
             .expect("checked just above");
-        return GuestError::CpuLimit { tenant, source };
+        return GuestError::CpuLimit { tenant, cpu };
     }
     if let Some(&trap) = e.downcast_ref::<Trap>() {
         Counters::bump(&record.counters.traps);

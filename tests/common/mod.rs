@@ -239,3 +239,174 @@ pub fn assert_clean_error(stderr: &str, expected: &str) {
         "expected exactly one error line in:\n{stderr}"
     );
 }
+
+/// A host running a manifest, with each tenant's address.
+pub struct Tenants {
+    /// The host process.
+    pub host: Host,
+    /// Tenant name to its (first) listen address.
+    pub addrs: std::collections::HashMap<String, SocketAddr>,
+    /// The admin endpoint, if the manifest enabled it.
+    pub admin: Option<SocketAddr>,
+    /// The directory holding the manifest.
+    pub dir: PathBuf,
+}
+
+/// A fresh directory for one test's files.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("host-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first address in a "NAME: listening on ADDR" (or similar) line.
+pub fn addr_after(line: &str, marker: &str) -> SocketAddr {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
+}
+
+impl Tenants {
+    /// Writes `manifest` to a scratch directory, starts the host on it with
+    /// `extra` arguments and waits until every tenant in `names` listens.
+    pub fn start(manifest: &str, names: &[&str], extra: &[&str]) -> Tenants {
+        let dir = scratch_dir("tenants");
+        let path = dir.join("tenants.toml");
+        std::fs::write(&path, manifest).unwrap();
+        let mut args: Vec<std::ffi::OsString> = vec!["--config".into(), path.into()];
+        args.extend(extra.iter().map(Into::into));
+        let host = Host::start(&args);
+        let mut addrs = std::collections::HashMap::new();
+        for name in names {
+            let marker = format!("{name}: listening on ");
+            let addr = addr_after(&host.wait_for_log(&marker), &marker);
+            wait_until_accepting(addr);
+            addrs.insert(name.to_string(), addr);
+        }
+        let admin = manifest.contains("admin =").then(|| {
+            addr_after(
+                &host.wait_for_log("admin: listening on "),
+                "admin: listening on ",
+            )
+        });
+        Tenants {
+            host,
+            addrs,
+            admin,
+            dir,
+        }
+    }
+
+    /// A tenant's address.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs[name]
+    }
+
+    /// One tenant's entry from `GET /status/NAME`.
+    pub fn status(&self, name: &str) -> serde_json::Value {
+        let (code, body) = http_get(
+            self.admin.expect("the manifest enables admin"),
+            &format!("/status/{name}"),
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("the status is JSON")
+    }
+
+    /// Polls `GET /status/NAME` until `ok` holds for it, at most [`TIMEOUT`].
+    pub fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let status = self.status(name);
+            if ok(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached {what}: {status}\nlog:\n{}",
+                self.host.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.0; returns the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = connect(addr);
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("an HTTP response");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+/// A well-behaved client hammering a tenant with round trips from its own
+/// thread, counting answers and failures, until stopped.
+pub struct Neighbour {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Neighbour {
+    /// Starts round trips to the seed guest at `addr`, one every few ms.
+    pub fn start(addr: SocketAddr) -> Neighbour {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut answered = 0u64;
+            let mut failures = Vec::new();
+            let mut stream = connect(addr);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let reply = round_trip(&mut stream, b"are you there?\n");
+                    assert_seed_reply(&reply);
+                }));
+                match outcome {
+                    Ok(()) => answered += 1,
+                    Err(_) => {
+                        failures.push(format!("round trip {answered} failed"));
+                        stream = connect(addr);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (answered, failures)
+        });
+        Neighbour { stop, thread }
+    }
+
+    /// Stops and asserts every request was answered.
+    pub fn assert_all_answered(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (answered, failures) = self.thread.join().expect("the neighbour thread");
+        assert!(
+            failures.is_empty(),
+            "the neighbour was disturbed: {failures:?}"
+        );
+        assert!(answered > 0, "the neighbour got no answers");
+        answered
+    }
+}

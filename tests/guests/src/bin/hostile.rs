@@ -3,7 +3,9 @@
 //! happened (`ok ...` or `denied ...`).
 //!
 //! Commands: `bind ADDR`, `connect ADDR`, `udp ADDR`, `resolve NAME`,
-//! `read PATH`, `env NAME`, `panic`, `exit CODE`. Serves one client at a time.
+//! `read PATH`, `env NAME`, `panic`, `exit CODE`, `spin` (compute forever),
+//! `alloc` (allocate without bound), `hoard` (from then on accept every
+//! connection and never read or close it). Serves one client at a time.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -24,11 +26,26 @@ fn main() {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
+            if line.trim() == "hoard" {
+                let _ = writeln!(reader.get_mut(), "ok hoarding");
+                hoard(&listener, reader.into_inner());
+            }
             let answer = attempt(line.trim());
             println!("{}: {answer}", line.trim());
             if writeln!(reader.get_mut(), "{answer}").is_err() {
                 break;
             }
+        }
+    }
+}
+
+/// Accepts every connection and holds it open without reading, forever.
+fn hoard(listener: &TcpListener, first: TcpStream) -> ! {
+    let mut held = vec![first];
+    loop {
+        if let Ok((stream, _)) = listener.accept() {
+            held.push(stream);
+            println!("hoarding {} connections", held.len());
         }
     }
 }
@@ -55,6 +72,19 @@ fn attempt(command: &str) -> String {
                 .map_or_else(|e| format!("denied {e}"), |v| format!("ok {v}"));
         }
         "panic" => panic!("asked to panic"),
+        "spin" => {
+            let mut n = 0u64;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
         "exit" => std::process::exit(arg.parse().unwrap_or(1)),
         _ => return format!("unknown command {verb:?}"),
     };

@@ -1,0 +1,370 @@
+//! Many tenants in one host: a manifest, isolation proven with hostile
+//! guests beside a well-behaved neighbour that must answer every request,
+//! restart policies, the connection cap, the admin status and the compile
+//! cache.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A manifest with the seed as `neighbour` and the hostile guest as
+/// `hostile`, whose extra `limits`/keys are `hostile_extra`.
+fn with_neighbour(hostile_extra: &str) -> String {
+    format!(
+        r#"
+[host]
+admin = "127.0.0.1:0"
+
+[[tenant]]
+name = "neighbour"
+component = "builtin:seed"
+listen = ["127.0.0.1:0"]
+
+[[tenant]]
+name = "hostile"
+component = "{}"
+listen = ["127.0.0.1:0"]
+{hostile_extra}
+"#,
+        test_guest("hostile").display()
+    )
+}
+
+fn order(stream: &mut TcpStream, command: &str) -> String {
+    round_trip(stream, format!("{command}\n").as_bytes())
+}
+
+/// Sends `command`, which kills the guest, without waiting for a reply.
+fn fire(addr: SocketAddr, command: &str) {
+    let mut stream = connect(addr);
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+}
+
+fn count(status: &serde_json::Value, key: &str) -> u64 {
+    status[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+}
+
+/// Waits until the hostile tenant has been restarted `n` times and is
+/// serving again, then checks it answers.
+fn wait_restarted(t: &Tenants, n: u64) {
+    t.wait_status("hostile", "restarted and running", |s| {
+        count(s, "restarts") >= n && s["state"] == "running"
+    });
+    wait_until_accepting(t.addr("hostile"));
+    assert!(order(&mut connect(t.addr("hostile")), "env LISTEN_ADDR").starts_with("ok"));
+}
+
+#[test]
+fn a_hundred_tenants_from_one_manifest_serve_concurrently() {
+    let mut manifest = String::new();
+    let names: Vec<String> = (0..100).map(|i| format!("t{i:03}")).collect();
+    for name in &names {
+        manifest += &format!(
+            "[[tenant]]\nname = \"{name}\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n\n"
+        );
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let t = Tenants::start(&manifest, &refs, &[]);
+    // Every tenant holds a connection at once, then each answers.
+    let mut streams: Vec<TcpStream> = refs.iter().map(|n| connect(t.addr(n))).collect();
+    for stream in &mut streams {
+        assert_seed_reply(&round_trip(stream, b"hello\n"));
+    }
+    // One component, compiled once for all hundred.
+    assert_eq!(
+        t.host.log().matches("compiled component").count(),
+        1,
+        "{}",
+        t.host.log()
+    );
+}
+
+#[test]
+fn a_guest_that_computes_forever_is_cut_off_and_restarted() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { cpu_limit = \"200ms\", restart_backoff = \"50ms\" }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    fire(t.addr("hostile"), "spin");
+    t.host.wait_for_log("guest 'hostile' was stopped: it ran");
+    wait_restarted(&t, 1);
+    let status = t.status("hostile");
+    assert_eq!(count(&status, "cpu_limit_kills"), 1, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("past its CPU limit of 200 ms"),
+        "{status}"
+    );
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn a_guest_that_allocates_without_bound_is_stopped_and_restarted() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { max_memory = \"32 MiB\", restart_backoff = \"50ms\" }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    fire(t.addr("hostile"), "alloc");
+    t.host.wait_for_log("refused: memory growth");
+    t.host
+        .wait_for_log("out of memory: growth past its limit of 33554432 bytes was refused");
+    wait_restarted(&t, 1);
+    let status = t.status("hostile");
+    assert!(count(&status, "memory_refusals") >= 1, "{status}");
+    assert_eq!(count(&status, "traps"), 1, "{status}");
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn a_guest_that_panics_on_a_request_is_restarted_and_counted() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { restart_backoff = \"50ms\" }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    for round in 1..=2 {
+        fire(t.addr("hostile"), "panic");
+        wait_restarted(&t, round);
+    }
+    let status = t.status("hostile");
+    assert_eq!(count(&status, "traps"), 2, "{status}");
+    assert!(
+        status["last_error"].as_str().unwrap().contains("trapped"),
+        "{status}"
+    );
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn the_connection_cap_resets_clients_past_it_before_the_guest_sees_them() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { max_connections = 5 }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let addr = t.addr("hostile");
+    let mut control = connect(addr);
+    assert_eq!(read_after(&mut control, "hoard"), "ok hoarding\n");
+    // The control connection plus four more fill the cap...
+    let held: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
+    t.wait_status("hostile", "5 open connections", |s| {
+        count(s, "connections_open") == 5
+    });
+    // ...and each one past it is reset promptly.
+    for _ in 0..5 {
+        let mut extra = connect(addr);
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        match extra.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("a connection past the cap got {n} bytes"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the reset was not prompt"
+        );
+    }
+    let status = t.wait_status("hostile", "5 refusals", |s| {
+        count(s, "connections_refused") >= 5
+    });
+    assert_eq!(count(&status, "connections_open"), 5, "{status}");
+    t.host.wait_for_log("hostile is at its cap of 5");
+    // The guest itself only ever saw the five it was allowed.
+    assert!(
+        !t.host.log().contains("hoarding 6 connections"),
+        "{}",
+        t.host.log()
+    );
+    drop(held);
+    neighbour.assert_all_answered();
+}
+
+/// Sends `command` and reads one line.
+fn read_after(stream: &mut TcpStream, command: &str) -> String {
+    order(stream, command)
+}
+
+#[test]
+fn a_guest_cannot_bind_another_tenants_address() {
+    let t = Tenants::start(&with_neighbour(""), &["neighbour", "hostile"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let theirs = t.addr("neighbour");
+    let reply = order(&mut connect(t.addr("hostile")), &format!("bind {theirs}"));
+    assert!(reply.starts_with("denied"), "{reply}");
+    t.host
+        .wait_for_log(&format!("refused: bind/listen on {theirs} is not granted"));
+    assert_eq!(count(&t.status("hostile"), "capability_refusals"), 1);
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn a_guest_connects_out_only_where_granted() {
+    let granted = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let (granted_addr, other_addr) = (granted.local_addr().unwrap(), other.local_addr().unwrap());
+    let t = Tenants::start(
+        &with_neighbour(&format!("connect = [\"{granted_addr}\"]")),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let mut control = connect(t.addr("hostile"));
+    assert_eq!(
+        order(&mut control, &format!("connect {granted_addr}")),
+        "ok connected\n"
+    );
+    granted.set_nonblocking(false).unwrap();
+    assert!(granted.accept().is_ok(), "the granted connection arrived");
+    let reply = order(&mut control, &format!("connect {other_addr}"));
+    assert!(reply.starts_with("denied"), "{reply}");
+    t.host.wait_for_log(&format!(
+        "refused: outbound connection to {other_addr} is not granted"
+    ));
+    assert!(other.accept().is_err(), "the ungranted connection arrived");
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn a_crash_looping_tenant_is_marked_failed_and_its_address_refuses() {
+    let extra =
+        "limits = { restart = \"always\", restart_backoff = \"20ms\", crash_loop_limit = 2 }";
+    let t = Tenants::start(&with_neighbour(extra), &["neighbour", "hostile"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let addr = t.addr("hostile");
+    for round in 1..=2 {
+        fire(addr, "exit 1");
+        wait_restarted(&t, round);
+    }
+    fire(addr, "exit 1");
+    let status = t.wait_status("hostile", "failed", |s| s["state"] == "failed");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("crash loop: restarted 2 times"),
+        "{status}"
+    );
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "a failed tenant's address refuses connections"
+    );
+    let (code, body) = http_get(t.admin.unwrap(), "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("hostile: Failed"), "{body}");
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn the_admin_status_shows_every_tenant() {
+    let t = Tenants::start(&with_neighbour(""), &["neighbour", "hostile"], &[]);
+    let _open = connect(t.addr("neighbour"));
+    let (code, body) = http_get(t.admin.unwrap(), "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let tenants = status["tenants"].as_array().unwrap();
+    assert_eq!(tenants.len(), 2);
+    for tenant in tenants {
+        assert_eq!(tenant["state"], "running", "{tenant}");
+        assert_eq!(tenant["restarts"], 0, "{tenant}");
+    }
+    t.wait_status("neighbour", "one open connection", |s| {
+        count(s, "connections_open") == 1
+    });
+    assert_eq!(
+        http_get(t.admin.unwrap(), "/healthz"),
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(http_get(t.admin.unwrap(), "/status/nobody").0, 404);
+}
+
+#[test]
+fn the_guest_gets_its_environment_and_all_its_addresses() {
+    let manifest = format!(
+        "[[tenant]]\nname = \"hostile\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\nenv = {{ GREETING = \"hello\" }}\n",
+        test_guest("hostile").display()
+    );
+    let t = Tenants::start(&manifest, &["hostile"], &[]);
+    let mut control = connect(t.addr("hostile"));
+    assert_eq!(order(&mut control, "env GREETING"), "ok hello\n");
+    let all = order(&mut control, "env LISTEN_ADDRS");
+    let addrs: Vec<SocketAddr> = all
+        .strip_prefix("ok ")
+        .and_then(|v| v.trim().split(',').map(|a| a.parse().ok()).collect())
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(addrs.len(), 2);
+    assert_eq!(addrs[0], t.addr("hostile"));
+    assert_ne!(addrs[0], addrs[1], "each port 0 gets its own free port");
+}
+
+#[test]
+fn a_warm_cache_reaches_listening_without_compiling() {
+    let cache = scratch_dir("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let manifest =
+        "[[tenant]]\nname = \"solo\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n";
+    let cold = Tenants::start(manifest, &["solo"], &["--cache-dir", cache_arg]);
+    cold.host.wait_for_log("compiled component");
+    drop(cold);
+    let warm = Tenants::start(manifest, &["solo"], &["--cache-dir", cache_arg]);
+    warm.host
+        .wait_for_log("loaded compiled component from the cache");
+    assert!(
+        !warm.host.log().contains("compiled component guest"),
+        "{}",
+        warm.host.log()
+    );
+    assert_seed_reply(&round_trip(&mut connect(warm.addr("solo")), b"warm?\n"));
+}
+
+#[test]
+fn an_invalid_manifest_starts_nothing() {
+    let dir = scratch_dir("invalid");
+    let path = dir.join("tenants.toml");
+    std::fs::write(&path, "[[tenant]]\nname = \"a\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\nlimits = { max_memory = \"lots\" }\n").unwrap();
+    let (status, log) = run_host(&[std::ffi::OsStr::new("--config"), path.as_os_str()]);
+    assert_eq!(status.code(), Some(1));
+    assert_clean_error(
+        &log,
+        &format!(
+            "error: {}:5: tenant.max_memory: \"lots\" is not a size",
+            path.display()
+        ),
+    );
+    assert!(!log.contains("listening on"), "{log}");
+}
+
+#[test]
+fn an_invalid_component_in_a_manifest_names_its_line() {
+    let dir = scratch_dir("badcomponent");
+    std::fs::write(dir.join("junk.wasm"), b"junk").unwrap();
+    let path = dir.join("tenants.toml");
+    std::fs::write(
+        &path,
+        "[[tenant]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\ncomponent = \"junk.wasm\"\n",
+    )
+    .unwrap();
+    let (status, log) = run_host(&[std::ffi::OsStr::new("--config"), path.as_os_str()]);
+    assert_eq!(status.code(), Some(1));
+    assert_clean_error(
+        &log,
+        &format!("error: {}:4: tenant.component: ", path.display()),
+    );
+    assert!(log.contains("is not a WebAssembly file"), "{log}");
+}
