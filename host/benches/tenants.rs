@@ -1,0 +1,232 @@
+//! Multi-tenant benchmark, run with `cargo bench -p host --bench tenants`.
+//!
+//! Measures, on this machine, with the release host:
+//! - resident memory per idle tenant, from 1 and 100 tenants of the seed guest;
+//! - time from exec to all 100 tenants listening, with a cold and with a warm
+//!   compile cache, with the default allocator and with the pooling allocator;
+//! - a neighbour's round-trip latency (p50, p99) alone, and while a hostile
+//!   tenant computes without end beside it.
+//!
+//! Prints a Markdown report (also written to `target/bench-tenants.md`).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TENANTS: usize = 100;
+const ROUND_TRIPS: usize = 5000;
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running host whose stderr lines arrive on a channel.
+struct Host {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    started: Instant,
+}
+
+impl Host {
+    fn start(manifest: &Path) -> Host {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .arg("--config")
+            .arg(manifest)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the host starts");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Host { child, lines, started }
+    }
+
+    /// Waits for `n` lines containing `marker`; returns the time since exec
+    /// and the address after the marker on each.
+    fn wait_for(&self, marker: &str, n: usize) -> (Duration, Vec<SocketAddr>) {
+        let mut addrs = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while addrs.len() < n {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("only {} of {n} {marker:?} lines", addrs.len()));
+            if let Some(rest) = line.split(marker).nth(1) {
+                addrs.push(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
+        }
+        (self.started.elapsed(), addrs)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn manifest(dir: &Path, tenants: usize, pooling: bool, extra: &str) -> PathBuf {
+    let mut text = format!("[host]\ncache_dir = \"cache\"\npooling_allocator = {pooling}\n\n");
+    for i in 0..tenants {
+        writeln!(text, "[[tenant]]\nname = \"t{i:03}\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+    }
+    text += extra;
+    let path = dir.join(format!("tenants-{tenants}-{pooling}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("host-bench-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Sequential round trips to the seed guest at `addr`; latencies in µs.
+fn round_trips(addr: SocketAddr, n: usize) -> Vec<f64> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        stream.write_all(b"ping\n").unwrap();
+        let mut got = 0;
+        while !buf[..got].contains(&b'\n') {
+            got += stream.read(&mut buf[got..]).unwrap();
+        }
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {:.1} GiB RAM, Linux {}",
+        mem_kib as f64 / (1 << 20) as f64,
+        kernel.trim()
+    )
+}
+
+fn main() {
+    let mut report = String::new();
+    writeln!(report, "Machine: {}; release build.\n", machine()).unwrap();
+
+    // Start-up and memory, with and without the pooling allocator.
+    writeln!(report, "| allocator | 100 tenants listening, cold cache | warm cache | RSS, 1 tenant | RSS, 100 tenants | per idle tenant |").unwrap();
+    writeln!(report, "| --- | --- | --- | --- | --- | --- |").unwrap();
+    for pooling in [false, true] {
+        let dir = fresh_dir(if pooling { "pool" } else { "default" });
+        let many = manifest(&dir, TENANTS, pooling, "");
+        let cold = {
+            let host = Host::start(&many);
+            host.wait_for(": listening on ", TENANTS).0
+        };
+        let (warm, rss_many) = {
+            let host = Host::start(&many);
+            let (t, _) = host.wait_for(": listening on ", TENANTS);
+            std::thread::sleep(Duration::from_secs(1));
+            (t, host.rss_kib())
+        };
+        let rss_one = {
+            let host = Host::start(&manifest(&dir, 1, pooling, ""));
+            host.wait_for(": listening on ", 1);
+            std::thread::sleep(Duration::from_secs(1));
+            host.rss_kib()
+        };
+        let per = (rss_many as f64 - rss_one as f64) / (TENANTS - 1) as f64;
+        writeln!(
+            report,
+            "| {} | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {per:.0} KiB |",
+            if pooling { "pooling" } else { "on demand (default)" },
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3,
+            rss_one as f64 / 1024.0,
+            rss_many as f64 / 1024.0,
+        )
+        .unwrap();
+    }
+
+    // A neighbour's latency, alone and beside a tenant computing forever.
+    let dir = fresh_dir("neighbour");
+    let hostile = test_guests::path("hostile");
+    let extra = format!(
+        "[[tenant]]\nname = \"hostile\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ cpu_limit = \"1h\" }}\n",
+        hostile.display()
+    );
+    let host = Host::start(&manifest(&dir, 1, false, &extra));
+    let (_, addrs) = host.wait_for(": listening on ", 2);
+    // Tenants start in manifest order: the neighbour first.
+    let (neighbour, hostile_addr) = (addrs[0], addrs[1]);
+    round_trips(neighbour, 500); // warm-up
+    let alone = round_trips(neighbour, ROUND_TRIPS);
+    let mut spin = TcpStream::connect(hostile_addr).unwrap();
+    spin.write_all(b"spin\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let beside = round_trips(neighbour, ROUND_TRIPS);
+    writeln!(report, "\nNeighbour round trips ({ROUND_TRIPS} sequential, one client):\n").unwrap();
+    writeln!(report, "| neighbour | p50 | p99 | max |").unwrap();
+    writeln!(report, "| --- | --- | --- | --- |").unwrap();
+    for (label, l) in [("alone", &alone), ("beside a tenant spinning on a core", &beside)] {
+        writeln!(
+            report,
+            "| {label} | {:.0} µs | {:.0} µs | {:.0} µs |",
+            percentile(l, 0.5),
+            percentile(l, 0.99),
+            l.last().unwrap()
+        )
+        .unwrap();
+    }
+    writeln!(
+        report,
+        "\np99 beside the spinning tenant / p99 alone: {:.2}x",
+        percentile(&beside, 0.99) / percentile(&alone, 0.99)
+    )
+    .unwrap();
+
+    print!("{report}");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tenants.md");
+    std::fs::write(&out, &report).unwrap();
+}
