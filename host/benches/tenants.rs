@@ -48,12 +48,16 @@ impl Host {
                 }
             }
         });
-        Host { child, lines, started }
+        Host {
+            child,
+            lines,
+            started,
+        }
     }
 
     /// Waits for `n` lines containing `marker`; returns the time since exec
-    /// and the address after the marker on each.
-    fn wait_for(&self, marker: &str, n: usize) -> (Duration, Vec<SocketAddr>) {
+    /// and, from each line, the word before the marker and the address after.
+    fn wait_for(&self, marker: &str, n: usize) -> (Duration, Vec<(String, SocketAddr)>) {
         let mut addrs = Vec::new();
         let deadline = Instant::now() + TIMEOUT;
         while addrs.len() < n {
@@ -61,8 +65,12 @@ impl Host {
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("only {} of {n} {marker:?} lines", addrs.len()));
-            if let Some(rest) = line.split(marker).nth(1) {
-                addrs.push(rest.split_whitespace().next().unwrap().parse().unwrap());
+            if let Some((before, after)) = line.split_once(marker) {
+                let name = before.split_whitespace().last().unwrap_or("").to_owned();
+                addrs.push((
+                    name,
+                    after.split_whitespace().next().unwrap().parse().unwrap(),
+                ));
             }
         }
         (self.started.elapsed(), addrs)
@@ -108,7 +116,9 @@ fn fresh_dir(tag: &str) -> PathBuf {
 fn round_trips(addr: SocketAddr, n: usize) -> Vec<f64> {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buf = [0u8; 64];
     let mut latencies = Vec::with_capacity(n);
     for _ in 0..n {
@@ -180,13 +190,18 @@ fn main() {
         writeln!(
             report,
             "| {} | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {per:.0} KiB |",
-            if pooling { "pooling" } else { "on demand (default)" },
+            if pooling {
+                "pooling"
+            } else {
+                "on demand (default)"
+            },
             cold.as_secs_f64() * 1e3,
             warm.as_secs_f64() * 1e3,
             rss_one as f64 / 1024.0,
             rss_many as f64 / 1024.0,
         )
         .unwrap();
+        eprint!("{report}");
     }
 
     // A neighbour's latency, alone and beside a tenant computing forever.
@@ -198,18 +213,31 @@ fn main() {
     );
     let host = Host::start(&manifest(&dir, 1, false, &extra));
     let (_, addrs) = host.wait_for(": listening on ", 2);
-    // Tenants start in manifest order: the neighbour first.
-    let (neighbour, hostile_addr) = (addrs[0], addrs[1]);
+    let addr_of = |name: &str| {
+        addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap()
+    };
+    let (neighbour, hostile_addr) = (addr_of("t000"), addr_of("hostile"));
     round_trips(neighbour, 500); // warm-up
     let alone = round_trips(neighbour, ROUND_TRIPS);
     let mut spin = TcpStream::connect(hostile_addr).unwrap();
     spin.write_all(b"spin\n").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let beside = round_trips(neighbour, ROUND_TRIPS);
-    writeln!(report, "\nNeighbour round trips ({ROUND_TRIPS} sequential, one client):\n").unwrap();
+    writeln!(
+        report,
+        "\nNeighbour round trips ({ROUND_TRIPS} sequential, one client):\n"
+    )
+    .unwrap();
     writeln!(report, "| neighbour | p50 | p99 | max |").unwrap();
     writeln!(report, "| --- | --- | --- | --- |").unwrap();
-    for (label, l) in [("alone", &alone), ("beside a tenant spinning on a core", &beside)] {
+    for (label, l) in [
+        ("alone", &alone),
+        ("beside a tenant spinning on a core", &beside),
+    ] {
         writeln!(
             report,
             "| {label} | {:.0} µs | {:.0} µs | {:.0} µs |",
