@@ -11,6 +11,7 @@ mod manifest;
 mod policy;
 mod sandbox;
 mod supervisor;
+mod tcp;
 mod tenant;
 
 use anyhow::{Context, bail};
@@ -76,18 +77,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => manifest::load(path)?,
         None => one_tenant(&cli)?,
     };
-    // Held for as long as the host runs: see `reserve`.
-    let mut reservations = Vec::new();
+    // The host listens on every tenant address itself, from now until it
+    // stops: see crate::tcp.
+    let mut listeners = Vec::with_capacity(manifest.tenants.len());
     for tenant in &mut manifest.tenants {
+        let mut own = Vec::with_capacity(tenant.listen.len());
         for addr in &mut tenant.listen {
-            let (reserved, socket) = match reserve(*addr) {
-                Ok(reservation) => reservation,
+            let listener = match listen(*addr) {
+                Ok(listener) => listener,
                 Err(e) if single => return Err(e),
                 Err(e) => return Err(e.context(format!("tenant '{}'", tenant.name))),
             };
-            *addr = reserved;
-            reservations.push(socket);
+            *addr = listener.local_addr().unwrap_or(*addr);
+            own.push(listener);
         }
+        listeners.push(own);
     }
     let admin_addr = cli.admin.or(manifest.admin);
 
@@ -118,9 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let loader = Loader::new(engine, cache_dir)?;
 
     let mut prepared = Vec::with_capacity(manifest.tenants.len());
-    for config in manifest.tenants {
+    for (config, listeners) in manifest.tenants.into_iter().zip(listeners) {
         let pre = load_component(&loader, &config, single)?;
-        prepared.push((Arc::new(Tenant::new(config)), pre));
+        prepared.push((Arc::new(Tenant::new(config, listeners)), pre));
     }
     let tenants: Arc<Vec<Arc<Tenant>>> =
         Arc::new(prepared.iter().map(|(t, _)| t.clone()).collect());
@@ -255,34 +259,16 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("tcphost"))
 }
 
-/// Reserves a tenant's listen address for as long as the host runs: a bound,
-/// never listening socket with SO_REUSEADDR. The guest's own bind (which
-/// wasmtime-wasi also makes with SO_REUSEADDR) and listen then succeed, while
-/// no other process, and no outgoing connection's ephemeral port, can take
-/// the port, not even between a guest's restarts. Checking here also gives
-/// the operator a clear error before any guest starts; port 0 is resolved to
-/// a free port.
-fn reserve(addr: SocketAddr) -> anyhow::Result<(SocketAddr, socket2::Socket)> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
-        .with_context(|| format!("cannot create a socket for {addr}"))?;
-    socket
-        .set_reuse_address(true)
-        .with_context(|| format!("cannot reserve {addr}"))?;
-    if let Err(e) = socket.bind(&addr.into()) {
+/// Opens the host's listener for a tenant address, with a clear error if it
+/// is taken or not on this machine; port 0 picks a free port.
+fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tcp::host_listener(addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            bail!(
-                "listen address {addr} is already in use: stop what is using it or pass another --listen"
-            )
+            anyhow::anyhow!("listen address {addr} is already in use: stop what is using it or pass another --listen")
+        } else {
+            anyhow::anyhow!("cannot listen on {addr}: {e}; pass an address of this machine with --listen")
         }
-        bail!("cannot listen on {addr}: {e}; pass an address of this machine with --listen")
-    }
-    let bound = socket
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(addr);
-    Ok((bound, socket))
+    })
 }
 
 /// Installs the SIGINT and SIGTERM handlers now; the future resolves on

@@ -1,27 +1,19 @@
 //! Socket policy: what network access a guest is granted, the decision for
-//! each attempt, a warning in the log for every refusal, and the host-side
-//! cap on open client connections.
+//! each attempt, and a warning in the log (and a count) for every refusal.
 //!
-//! TCP attempts are checked through wasmtime-wasi's address check. UDP and
-//! name lookups are refused outright by replacing their entry points in the
-//! linker, so a guest never gets a UDP socket or a resolver at all, and the
-//! filesystem's preopens are replaced by an empty list that logs the ask.
-//! `accept` and the TCP socket destructor are wrapped to count the open
-//! connections the cap is enforced against.
+//! TCP attempts are decided here and enforced by the host's TCP
+//! implementation (crate::tcp). UDP and name lookups are refused outright by
+//! replacing their entry points in the linker, so a guest never gets a UDP
+//! socket or a resolver at all, and the filesystem's preopens are replaced
+//! by an empty list that logs the ask. The linker must allow shadowing.
 
 use crate::manifest::TenantConfig;
 use crate::sandbox::TenantState;
 use crate::tenant::{Counters, Tenant};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tracing::warn;
-use wasmtime::StoreContextMut;
-use wasmtime::component::{Linker, Resource, ResourceType, Val};
-use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Host as _};
-use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, TcpSocket};
-use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsView};
+use wasmtime::component::{Linker, Val};
+use wasmtime_wasi::sockets::SocketAddrUse;
 
 /// The network capabilities granted to one guest. Nothing is granted unless
 /// it is listed here.
@@ -103,104 +95,14 @@ pub fn log_refusal(tenant: &Tenant, refusal: Refusal, addr: SocketAddr) {
     }
 }
 
-/// The address check installed in a guest's WASI context. It also enforces
-/// the connection cap: past it, a new client is reset by wasmtime-wasi
-/// before the guest ever sees it.
-pub fn socket_addr_check(
-    tenant: Arc<Tenant>,
-    grant: Arc<Grant>,
-) -> impl Fn(SocketAddr, SocketAddrUse) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + Sync>>
-+ Send
-+ Sync
-+ 'static {
-    move |addr, usage| {
-        let verdict = grant.decide(addr, usage);
-        let allowed = match verdict {
-            Some(refusal) => {
-                log_refusal(&tenant, refusal, addr);
-                false
-            }
-            None if matches!(usage, SocketAddrUse::TcpAccept) => admit(&tenant, addr),
-            None => {
-                if matches!(usage, SocketAddrUse::TcpListen) {
-                    let name = tenant.name();
-                    tracing::info!(tenant = name, %addr, "{name}: listening on {addr}");
-                }
-                true
-            }
-        };
-        Box::pin(std::future::ready(allowed))
-    }
-}
-
-/// Whether a new client fits under the tenant's connection cap.
-fn admit(tenant: &Tenant, peer: SocketAddr) -> bool {
-    let cap = u64::from(tenant.config.limits.max_connections);
-    let open = tenant.counters.connections_open.load(Ordering::Relaxed);
-    if open < cap {
-        return true;
-    }
-    Counters::bump(&tenant.counters.connections_refused);
-    let name = tenant.name();
-    warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}");
-    false
-}
-
-/// Wraps `accept` and the TCP socket destructor so the host knows how many
-/// client connections each guest holds open.
-fn count_connections(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
-    type Accepted = (
-        Resource<TcpSocket>,
-        Resource<DynInputStream>,
-        Resource<DynOutputStream>,
-    );
-    let mut tcp = linker.instance(&format!("wasi:sockets/tcp@{WASI}"))?;
-    tcp.func_wrap(
-        "[method]tcp-socket.accept",
-        |mut store: StoreContextMut<'_, TenantState>,
-         (listener,): (Resource<TcpSocket>,)|
-         -> wasmtime::Result<(Result<Accepted, ErrorCode>,)> {
-            let mut view = store.data_mut().sockets();
-            let accepted = match HostTcpSocket::accept(&mut view, listener) {
-                Ok(accepted) => accepted,
-                Err(e) => return Ok((Err(view.convert_error_code(e)?),)),
-            };
-            let state = store.data_mut();
-            state.accepted.insert(accepted.0.rep());
-            let counters = &state.tenant.counters;
-            counters.connections_open.fetch_add(1, Ordering::Relaxed);
-            Counters::bump(&counters.connections_accepted);
-            Ok((Ok(accepted),))
-        },
-    )?;
-    tcp.resource(
-        "tcp-socket",
-        ResourceType::host::<TcpSocket>(),
-        |mut store, rep| {
-            let state = store.data_mut();
-            if state.accepted.remove(&rep) {
-                state
-                    .tenant
-                    .counters
-                    .connections_open
-                    .fetch_sub(1, Ordering::Relaxed);
-            }
-            HostTcpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
-        },
-    )?;
-    Ok(())
-}
-
 /// WASI 0.2 version whose entry points are replaced. Guests built against an
 /// older 0.2.x link to these too (semver-compatible linking).
 const WASI: &str = "0.2.12";
 
 /// Replaces the entry points of capabilities that are never granted, so each
-/// attempt is refused with `access-denied` and logged.
+/// attempt is refused with `access-denied` and logged. `linker` must allow
+/// shadowing.
 pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    count_connections(linker)?;
-
     linker
         .instance(&format!("wasi:sockets/udp-create-socket@{WASI}"))?
         .func_new("create-udp-socket", |store, _ty, _params, results| {
@@ -248,7 +150,6 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
             Ok(())
         })?;
 
-    linker.allow_shadowing(false);
     Ok(())
 }
 

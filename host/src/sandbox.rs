@@ -6,7 +6,6 @@ use crate::engine::EPOCH_TICK;
 use crate::guest_log::{GuestOutput, Stream};
 use crate::policy::{self, Grant};
 use crate::tenant::{Counters, Tenant};
-use std::collections::HashSet;
 use std::sync::Arc;
 use thiserror::Error;
 use tracing::warn;
@@ -43,12 +42,19 @@ pub struct TenantState {
     /// Set while the epoch callback runs, so its own return to wasm is not
     /// taken for the end of a host call.
     in_epoch_callback: bool,
-    /// Handles (`rep`s) of the client sockets `accept` handed out and the
-    /// guest has not dropped yet: the connections counted against the cap.
-    pub accepted: HashSet<u32>,
+    /// This instance's guest version: only the tenant's current version
+    /// accepts new connections.
+    pub generation: u64,
+    /// What the guest may do on the network.
+    pub grant: Arc<Grant>,
 }
 
 impl TenantState {
+    /// The guest's resources.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     /// Whether the guest asked for more memory than its limit allows.
     pub fn hit_memory_limit(&self) -> bool {
         self.limiter.refused
@@ -119,8 +125,9 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Builds the confined store for one instance of a tenant's guest.
-pub fn store(engine: &Engine, tenant: &Arc<Tenant>) -> Store<TenantState> {
+/// Builds the confined store for one instance (guest version `generation`)
+/// of a tenant's guest.
+pub fn store(engine: &Engine, tenant: &Arc<Tenant>, generation: u64) -> Store<TenantState> {
     let config = &tenant.config;
     let name = config.name.as_str();
     let grant = Arc::new(Grant::from(config));
@@ -131,10 +138,11 @@ pub fn store(engine: &Engine, tenant: &Arc<Tenant>) -> Store<TenantState> {
         .arg(name)
         .stdout(GuestOutput::new(name.into(), Stream::Stdout))
         .stderr(GuestOutput::new(name.into(), Stream::Stderr))
-        .allow_tcp(true)
+        // TCP is the host's own implementation (crate::tcp), UDP and name
+        // lookups are refused at their entry points (crate::policy).
+        .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .socket_addr_check(policy::socket_addr_check(tenant.clone(), grant));
+        .allow_ip_name_lookup(false);
     for (key, value) in &config.env {
         builder.env(key, value);
     }
@@ -157,7 +165,8 @@ pub fn store(engine: &Engine, tenant: &Arc<Tenant>) -> Store<TenantState> {
         },
         ticks_in_wasm: 0,
         in_epoch_callback: false,
-        accepted: HashSet::new(),
+        generation,
+        grant,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -201,6 +210,9 @@ pub fn store(engine: &Engine, tenant: &Arc<Tenant>) -> Store<TenantState> {
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<TenantState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    linker.allow_shadowing(true);
+    crate::tcp::add_to_linker(&mut linker)?;
     policy::refuse_ungranted(&mut linker)?;
+    linker.allow_shadowing(false);
     Ok(linker)
 }

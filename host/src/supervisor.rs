@@ -82,7 +82,7 @@ pub async fn run_once(
     tenant: &Arc<Tenant>,
 ) -> Result<(), GuestError> {
     let name = tenant.name().to_owned();
-    let mut store = sandbox::store(engine, tenant);
+    let mut store = sandbox::store(engine, tenant, tenant.next_generation());
     let command = pre
         .instantiate_async(&mut store)
         .await
@@ -212,6 +212,7 @@ pub async fn supervise(
                     .map_or("clean exit".to_owned(), ToString::to_string)
             ));
             tenant.set_state(State::Failed);
+            tenant.close_listeners();
             return outcome;
         }
         recent_restarts.push_back(now);

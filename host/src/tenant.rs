@@ -4,9 +4,12 @@
 
 use crate::manifest::TenantConfig;
 use serde::Serialize;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use tokio::net::TcpListener;
 
 /// Where a tenant is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,6 +70,13 @@ pub struct Tenant {
     /// Its counters.
     pub counters: Counters,
     status: Mutex<Status>,
+    /// The host's listening sockets for the tenant's addresses, handed to
+    /// each guest version in turn; closed when the tenant stops for good.
+    listeners: Mutex<HashMap<SocketAddr, Arc<TcpListener>>>,
+    /// The last guest version (instance) handed out.
+    last_generation: AtomicU64,
+    /// The guest version that accepts new connections.
+    current_generation: AtomicU64,
 }
 
 /// A point-in-time view of a tenant, as the admin endpoint reports it.
@@ -101,8 +111,13 @@ pub struct Snapshot {
 }
 
 impl Tenant {
-    /// A tenant that has not started yet.
-    pub fn new(config: TenantConfig) -> Self {
+    /// A tenant that has not started yet, listening (in the host) on
+    /// `listeners`, whose addresses are its granted ones.
+    pub fn new(config: TenantConfig, listeners: Vec<TcpListener>) -> Self {
+        let listeners = listeners
+            .into_iter()
+            .filter_map(|l| Some((l.local_addr().ok()?, Arc::new(l))))
+            .collect();
         Tenant {
             config,
             counters: Counters::default(),
@@ -111,7 +126,43 @@ impl Tenant {
                 last_error: None,
                 since: SystemTime::now(),
             }),
+            listeners: Mutex::new(listeners),
+            last_generation: AtomicU64::new(0),
+            current_generation: AtomicU64::new(0),
         }
+    }
+
+    /// The host's listener for granted address `addr`, unless closed.
+    pub fn listener(&self, addr: SocketAddr) -> Option<Arc<TcpListener>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+    }
+
+    /// Closes the tenant's listeners: its addresses refuse connections.
+    pub fn close_listeners(&self) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// A number for a new guest version (instance).
+    pub fn next_generation(&self) -> u64 {
+        self.last_generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Makes `generation` the version that accepts new connections.
+    pub fn make_current(&self, generation: u64) {
+        self.current_generation
+            .fetch_max(generation, Ordering::AcqRel);
+    }
+
+    /// Whether `generation` accepts new connections.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.current_generation.load(Ordering::Acquire) == generation
     }
 
     /// The tenant's name.

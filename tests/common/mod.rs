@@ -364,48 +364,65 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// thread, counting answers and failures, until stopped.
 pub struct Neighbour {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+    answered: Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl Neighbour {
     /// Starts round trips to the seed guest at `addr`, one every few ms.
     pub fn start(addr: SocketAddr) -> Neighbour {
+        use std::sync::atomic::Ordering::Relaxed;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), answered.clone());
         let thread = std::thread::spawn(move || {
-            let mut answered = 0u64;
             let mut failures = Vec::new();
             let mut stream = connect(addr);
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while !flag.load(Relaxed) {
                 stream
                     .set_read_timeout(Some(Duration::from_secs(5)))
                     .unwrap();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let reply = round_trip(&mut stream, b"are you there?\n");
-                    assert_seed_reply(&reply);
+                    assert_seed_reply(&round_trip(&mut stream, b"are you there?\n"));
                 }));
                 match outcome {
-                    Ok(()) => answered += 1,
+                    Ok(()) => {
+                        count.fetch_add(1, Relaxed);
+                    }
                     Err(_) => {
-                        failures.push(format!("round trip {answered} failed"));
+                        failures.push(format!(
+                            "round trip after {} answers failed",
+                            count.load(Relaxed)
+                        ));
                         stream = connect(addr);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            (answered, failures)
+            failures
         });
-        Neighbour { stop, thread }
+        Neighbour {
+            stop,
+            answered,
+            thread,
+        }
     }
 
-    /// Stops and asserts every request was answered.
+    /// Stops (after at least one answer) and asserts every request was
+    /// answered; returns how many were.
     pub fn assert_all_answered(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (answered, failures) = self.thread.join().expect("the neighbour thread");
+        use std::sync::atomic::Ordering::Relaxed;
+        let deadline = Instant::now() + TIMEOUT;
+        while self.answered.load(Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop.store(true, Relaxed);
+        let failures = self.thread.join().expect("the neighbour thread");
         assert!(
             failures.is_empty(),
             "the neighbour was disturbed: {failures:?}"
         );
+        let answered = self.answered.load(Relaxed);
         assert!(answered > 0, "the neighbour got no answers");
         answered
     }

@@ -1,0 +1,849 @@
+//! The guests' TCP sockets (`wasi:sockets/tcp` and `tcp-create-socket`),
+//! implemented by the host instead of wasmtime-wasi so that the host owns
+//! every listening socket.
+//!
+//! Socket activation: a tenant's listen addresses are bound and listening in
+//! the host from start-up to shutdown. When a guest binds and listens on a
+//! granted address it is handed the host's listener; only the tenant's
+//! current guest version accepts from it, so a new version takes over new
+//! connections the moment it listens, with no gap in which a client could
+//! be refused, while the old version keeps serving the connections it has.
+//!
+//! Also here, because this is where connections come and go: the connection
+//! cap (a client past it is reset before the guest sees it), the open
+//! connection count, and the refusal of every ungranted bind and connect.
+
+use crate::policy::{Refusal, log_refusal};
+use crate::sandbox::TenantState;
+use crate::tenant::{Counters, Tenant};
+use bytes::{Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use tokio::net::{TcpListener, TcpStream};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, DynPollable, InputStream, OutputStream, Pollable,
+};
+use wasmtime_wasi::p2::{StreamError, StreamResult};
+use wasmtime_wasi::sockets::SocketAddrUse;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "
+            package tcphost:host;
+            world sockets {
+                import wasi:sockets/tcp@0.2.12;
+                import wasi:sockets/tcp-create-socket@0.2.12;
+            }
+        ",
+        world: "tcphost:host/sockets",
+        imports: { default: trappable },
+        require_store_data_send: true,
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:sockets/network": wasmtime_wasi::p2::bindings::sockets::network,
+            "wasi:sockets/tcp.tcp-socket": super::GuestTcp,
+        },
+    });
+}
+
+use bindings::wasi::sockets::tcp::{self, Duration as WasiDuration, HostTcpSocket, ShutdownType};
+use bindings::wasi::sockets::tcp_create_socket;
+
+/// Most bytes one `read` returns, and one `write` permit.
+const MAX_IO: usize = 64 * 1024;
+
+/// Replaces wasmtime-wasi's TCP with the host's in `linker`.
+pub fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<TenantState>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    tcp::add_to_linker::<TenantState, HasSelf<TenantState>>(linker, |s| s)?;
+    tcp_create_socket::add_to_linker::<TenantState, HasSelf<TenantState>>(linker, |s| s)?;
+    Ok(())
+}
+
+/// Socket options a guest may set; applied to connected sockets.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    keep_alive: bool,
+    keep_alive_idle: WasiDuration,
+    keep_alive_interval: WasiDuration,
+    keep_alive_count: u32,
+    hop_limit: u8,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive: false,
+            keep_alive_idle: 7_200_000_000_000,
+            keep_alive_interval: 75_000_000_000,
+            keep_alive_count: 9,
+            hop_limit: 64,
+        }
+    }
+}
+
+enum State {
+    /// Created, not bound.
+    Fresh,
+    /// `start-bind` accepted; `finish-bind` completes it.
+    BindStarted(SocketAddr),
+    /// Bound to a granted listen address (or the wildcard, for connecting).
+    Bound(SocketAddr),
+    /// `start-listen` accepted on the host's listener for this address.
+    ListenStarted(SocketAddr, Arc<TcpListener>),
+    /// Listening through the host's listener.
+    Listening {
+        addr: SocketAddr,
+        listener: Arc<TcpListener>,
+        /// A client accepted by `subscribe`'s readiness check, not yet
+        /// handed to the guest.
+        ready: Option<(TcpStream, SocketAddr)>,
+    },
+    /// An outbound connection in progress.
+    Connecting(tokio::task::JoinHandle<std::io::Result<TcpStream>>),
+    /// The outbound connection finished; `finish-connect` reports it.
+    ConnectDone(std::io::Result<TcpStream>),
+    /// Connected; the streams have been handed out.
+    Connected {
+        stream: Arc<TcpStream>,
+        /// Set for accepted clients: counts against the connection cap
+        /// until the guest drops the socket.
+        _open: Option<OpenConnection>,
+    },
+    /// Failed for good.
+    Closed,
+}
+
+/// One open client connection of a tenant, counted while it lives.
+struct OpenConnection(Arc<Tenant>);
+
+impl OpenConnection {
+    fn new(tenant: &Arc<Tenant>) -> Self {
+        tenant
+            .counters
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        Counters::bump(&tenant.counters.connections_accepted);
+        OpenConnection(tenant.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A guest's TCP socket (the `tcp-socket` resource).
+pub struct GuestTcp {
+    family: IpAddressFamily,
+    state: State,
+    options: Options,
+    /// The guest version (instance) this socket belongs to.
+    generation: u64,
+    tenant: Arc<Tenant>,
+}
+
+impl GuestTcp {
+    fn stream(&self) -> Result<&Arc<TcpStream>, ErrorCode> {
+        match &self.state {
+            State::Connected { stream, .. } => Ok(stream),
+            _ => Err(ErrorCode::InvalidState),
+        }
+    }
+
+    fn sock_ref(&self) -> Option<socket2::SockRef<'_>> {
+        match &self.state {
+            State::Connected { stream, .. } => Some(socket2::SockRef::from(stream.as_ref())),
+            _ => None,
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestTcp {
+    async fn ready(&mut self) {
+        match &mut self.state {
+            State::Connecting(handle) => {
+                let result = handle
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                self.state = State::ConnectDone(result);
+            }
+            State::Listening {
+                listener, ready, ..
+            } => {
+                if ready.is_some() {
+                    return;
+                }
+                // A version that has been replaced accepts no more clients.
+                if !self.tenant.is_current(self.generation) {
+                    return std::future::pending().await;
+                }
+                if let Ok(accepted) = listener.accept().await {
+                    *ready = Some(accepted);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn family_of(addr: &SocketAddr) -> IpAddressFamily {
+    match addr {
+        SocketAddr::V4(_) => IpAddressFamily::Ipv4,
+        SocketAddr::V6(_) => IpAddressFamily::Ipv6,
+    }
+}
+
+fn error_code(e: &std::io::Error) -> ErrorCode {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => ErrorCode::ConnectionRefused,
+        K::ConnectionReset => ErrorCode::ConnectionReset,
+        K::ConnectionAborted => ErrorCode::ConnectionAborted,
+        K::TimedOut => ErrorCode::Timeout,
+        K::AddrInUse => ErrorCode::AddressInUse,
+        K::AddrNotAvailable => ErrorCode::AddressNotBindable,
+        K::PermissionDenied => ErrorCode::AccessDenied,
+        K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown => ErrorCode::RemoteUnreachable,
+        K::OutOfMemory => ErrorCode::OutOfMemory,
+        _ => ErrorCode::Unknown,
+    }
+}
+
+/// Pushes the input and output streams of `stream` as children of `socket`.
+fn push_streams(
+    table: &mut ResourceTable,
+    socket: &Resource<GuestTcp>,
+    stream: &Arc<TcpStream>,
+) -> wasmtime::Result<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
+    let input: DynInputStream = Box::new(Reader {
+        stream: stream.clone(),
+        eof: false,
+    });
+    let output: DynOutputStream = Box::new(Writer {
+        stream: stream.clone(),
+        pending: Bytes::new(),
+        failed: None,
+    });
+    Ok((
+        table.push_child(input, socket)?,
+        table.push_child(output, socket)?,
+    ))
+}
+
+impl TenantState {
+    fn new_socket(&self, family: IpAddressFamily, state: State) -> GuestTcp {
+        GuestTcp {
+            family,
+            state,
+            options: Options::default(),
+            generation: self.generation,
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// Takes the next client from a listening socket, resetting those past
+    /// the connection cap.
+    fn next_client(
+        &mut self,
+        this: &Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<(TcpStream, SocketAddr), ErrorCode>> {
+        let socket = self.table().get_mut(this)?;
+        let current = socket.tenant.is_current(socket.generation);
+        let State::Listening {
+            listener, ready, ..
+        } = &mut socket.state
+        else {
+            return Ok(Err(ErrorCode::InvalidState));
+        };
+        loop {
+            let client = match ready.take() {
+                Some(client) => client,
+                None if !current => return Ok(Err(ErrorCode::WouldBlock)),
+                None => match listener.poll_accept(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(Ok(client)) => client,
+                    Poll::Ready(Err(e)) => return Ok(Err(error_code(&e))),
+                    Poll::Pending => return Ok(Err(ErrorCode::WouldBlock)),
+                },
+            };
+            let tenant = &socket.tenant;
+            let cap = u64::from(tenant.config.limits.max_connections);
+            if tenant.counters.connections_open.load(Ordering::Relaxed) < cap {
+                return Ok(Ok(client));
+            }
+            // Reset rather than close, so the client knows at once.
+            let _ = socket2::SockRef::from(&client.0).set_linger(Some(std::time::Duration::ZERO));
+            drop(client.0);
+            Counters::bump(&tenant.counters.connections_refused);
+            let name = tenant.name();
+            tracing::warn!(tenant = name, peer = %client.1, cap, "refused: connection from {} reset, {name} is at its cap of {cap}", client.1);
+        }
+    }
+}
+
+impl tcp_create_socket::Host for TenantState {
+    fn create_tcp_socket(
+        &mut self,
+        family: IpAddressFamily,
+    ) -> wasmtime::Result<Result<Resource<GuestTcp>, ErrorCode>> {
+        let socket = self.new_socket(family, State::Fresh);
+        Ok(Ok(self.table().push(socket)?))
+    }
+}
+
+impl tcp::Host for TenantState {}
+
+impl HostTcpSocket for TenantState {
+    fn start_bind(
+        &mut self,
+        this: Resource<GuestTcp>,
+        _network: Resource<wasmtime_wasi::p2::Network>,
+        local: IpSocketAddress,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let addr = SocketAddr::from(local);
+        let grant = self.grant.clone();
+        let socket = self.table().get_mut(&this)?;
+        if !matches!(socket.state, State::Fresh) {
+            return Ok(Err(ErrorCode::InvalidState));
+        }
+        if family_of(&addr) != socket.family {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpBind) {
+            log_refusal(&socket.tenant, refusal, addr);
+            return Ok(Err(ErrorCode::AccessDenied));
+        }
+        socket.state = State::BindStarted(addr);
+        Ok(Ok(()))
+    }
+
+    fn finish_bind(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let socket = self.table().get_mut(&this)?;
+        match socket.state {
+            State::BindStarted(addr) => {
+                socket.state = State::Bound(addr);
+                Ok(Ok(()))
+            }
+            _ => Ok(Err(ErrorCode::NotInProgress)),
+        }
+    }
+
+    fn start_connect(
+        &mut self,
+        this: Resource<GuestTcp>,
+        _network: Resource<wasmtime_wasi::p2::Network>,
+        remote: IpSocketAddress,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let addr = SocketAddr::from(remote);
+        let grant = self.grant.clone();
+        let socket = self.table().get_mut(&this)?;
+        if !matches!(socket.state, State::Fresh | State::Bound(_)) {
+            return Ok(Err(ErrorCode::InvalidState));
+        }
+        if family_of(&addr) != socket.family || addr.port() == 0 || addr.ip().is_unspecified() {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpConnect) {
+            log_refusal(&socket.tenant, refusal, addr);
+            return Ok(Err(ErrorCode::AccessDenied));
+        }
+        socket.state = State::Connecting(tokio::spawn(TcpStream::connect(addr)));
+        Ok(Ok(()))
+    }
+
+    fn finish_connect(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<(Resource<DynInputStream>, Resource<DynOutputStream>), ErrorCode>>
+    {
+        let socket = self.table().get_mut(&this)?;
+        let result = match std::mem::replace(&mut socket.state, State::Closed) {
+            State::ConnectDone(result) => result,
+            State::Connecting(handle) if handle.is_finished() => futures_now(handle)
+                .unwrap_or_else(|| Err(std::io::Error::other("connect task lost"))),
+            State::Connecting(handle) => {
+                socket.state = State::Connecting(handle);
+                return Ok(Err(ErrorCode::WouldBlock));
+            }
+            other => {
+                socket.state = other;
+                return Ok(Err(ErrorCode::NotInProgress));
+            }
+        };
+        match result {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let stream = Arc::new(stream);
+                socket.state = State::Connected {
+                    stream: stream.clone(),
+                    _open: None,
+                };
+                Ok(Ok(push_streams(self.table(), &this, &stream)?))
+            }
+            Err(e) => Ok(Err(error_code(&e))),
+        }
+    }
+
+    fn start_listen(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let grant = self.grant.clone();
+        let socket = self.table().get_mut(&this)?;
+        let addr = match socket.state {
+            State::Bound(addr) => addr,
+            // Listening without binding first would bind the wildcard.
+            State::Fresh => {
+                let wildcard = match socket.family {
+                    IpAddressFamily::Ipv4 => SocketAddr::from(([0, 0, 0, 0], 0)),
+                    IpAddressFamily::Ipv6 => SocketAddr::from(([0u16; 8], 0)),
+                };
+                log_refusal(&socket.tenant, Refusal::Bind, wildcard);
+                return Ok(Err(ErrorCode::AccessDenied));
+            }
+            _ => return Ok(Err(ErrorCode::InvalidState)),
+        };
+        if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpListen) {
+            log_refusal(&socket.tenant, refusal, addr);
+            return Ok(Err(ErrorCode::AccessDenied));
+        }
+        let Some(listener) = socket.tenant.listener(addr) else {
+            return Ok(Err(ErrorCode::AddressNotBindable));
+        };
+        socket.state = State::ListenStarted(addr, listener);
+        Ok(Ok(()))
+    }
+
+    fn finish_listen(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let socket = self.table().get_mut(&this)?;
+        match std::mem::replace(&mut socket.state, State::Closed) {
+            State::ListenStarted(addr, listener) => {
+                socket.state = State::Listening {
+                    addr,
+                    listener,
+                    ready: None,
+                };
+                // From now on new clients come to this version.
+                socket.tenant.make_current(socket.generation);
+                let name = socket.tenant.name();
+                tracing::info!(tenant = name, %addr, generation = socket.generation, "{name}: listening on {addr}");
+                Ok(Ok(()))
+            }
+            other => {
+                socket.state = other;
+                Ok(Err(ErrorCode::NotInProgress))
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<
+        Result<
+            (
+                Resource<GuestTcp>,
+                Resource<DynInputStream>,
+                Resource<DynOutputStream>,
+            ),
+            ErrorCode,
+        >,
+    > {
+        let (stream, peer) = match self.next_client(&this)? {
+            Ok(client) => client,
+            Err(code) => return Ok(Err(code)),
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = Arc::new(stream);
+        let family = family_of(&peer);
+        let open = OpenConnection::new(&self.tenant);
+        let client = self.new_socket(
+            family,
+            State::Connected {
+                stream: stream.clone(),
+                _open: Some(open),
+            },
+        );
+        let client = self.table().push(client)?;
+        let (input, output) = push_streams(self.table(), &client, &stream)?;
+        Ok(Ok((client, input, output)))
+    }
+
+    fn local_address(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<IpSocketAddress, ErrorCode>> {
+        let socket = self.table().get(&this)?;
+        Ok(match &socket.state {
+            State::Bound(addr) | State::ListenStarted(addr, _) | State::Listening { addr, .. } => {
+                Ok((*addr).into())
+            }
+            State::Connected { stream, .. } => stream
+                .local_addr()
+                .map(Into::into)
+                .map_err(|e| error_code(&e)),
+            _ => Err(ErrorCode::InvalidState),
+        })
+    }
+
+    fn remote_address(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<IpSocketAddress, ErrorCode>> {
+        let socket = self.table().get(&this)?;
+        Ok(socket
+            .stream()
+            .and_then(|s| s.peer_addr().map(Into::into).map_err(|e| error_code(&e))))
+    }
+
+    fn is_listening(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<bool> {
+        Ok(matches!(
+            self.table().get(&this)?.state,
+            State::Listening { .. }
+        ))
+    }
+
+    fn address_family(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<IpAddressFamily> {
+        Ok(self.table().get(&this)?.family)
+    }
+
+    fn set_listen_backlog_size(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: u64,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        // The host's listener has its own backlog; the hint is accepted.
+        let socket = self.table().get(&this)?;
+        Ok(match (&socket.state, value) {
+            (_, 0) => Err(ErrorCode::InvalidArgument),
+            (State::Connected { .. } | State::Connecting(_), _) => Err(ErrorCode::InvalidState),
+            _ => Ok(()),
+        })
+    }
+
+    fn keep_alive_enabled(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<bool, ErrorCode>> {
+        Ok(Ok(self.table().get(&this)?.options.keep_alive))
+    }
+
+    fn set_keep_alive_enabled(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: bool,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let socket = self.table().get_mut(&this)?;
+        socket.options.keep_alive = value;
+        if let Some(sock) = socket.sock_ref() {
+            let _ = sock.set_keepalive(value);
+        }
+        Ok(Ok(()))
+    }
+
+    fn keep_alive_idle_time(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<WasiDuration, ErrorCode>> {
+        Ok(Ok(self.table().get(&this)?.options.keep_alive_idle))
+    }
+
+    fn set_keep_alive_idle_time(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: WasiDuration,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        if value == 0 {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        self.table().get_mut(&this)?.options.keep_alive_idle = value;
+        Ok(Ok(()))
+    }
+
+    fn keep_alive_interval(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<WasiDuration, ErrorCode>> {
+        Ok(Ok(self.table().get(&this)?.options.keep_alive_interval))
+    }
+
+    fn set_keep_alive_interval(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: WasiDuration,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        if value == 0 {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        self.table().get_mut(&this)?.options.keep_alive_interval = value;
+        Ok(Ok(()))
+    }
+
+    fn keep_alive_count(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<u32, ErrorCode>> {
+        Ok(Ok(self.table().get(&this)?.options.keep_alive_count))
+    }
+
+    fn set_keep_alive_count(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: u32,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        if value == 0 {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        self.table().get_mut(&this)?.options.keep_alive_count = value;
+        Ok(Ok(()))
+    }
+
+    fn hop_limit(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Result<u8, ErrorCode>> {
+        Ok(Ok(self.table().get(&this)?.options.hop_limit))
+    }
+
+    fn set_hop_limit(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: u8,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        if value == 0 {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        self.table().get_mut(&this)?.options.hop_limit = value;
+        Ok(Ok(()))
+    }
+
+    fn receive_buffer_size(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<u64, ErrorCode>> {
+        let socket = self.table().get(&this)?;
+        Ok(Ok(socket
+            .sock_ref()
+            .and_then(|s| s.recv_buffer_size().ok())
+            .unwrap_or(131_072) as u64))
+    }
+
+    fn set_receive_buffer_size(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: u64,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        if value == 0 {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        if let Some(sock) = self.table().get(&this)?.sock_ref() {
+            let _ = sock.set_recv_buffer_size(usize::try_from(value).unwrap_or(usize::MAX));
+        }
+        Ok(Ok(()))
+    }
+
+    fn send_buffer_size(
+        &mut self,
+        this: Resource<GuestTcp>,
+    ) -> wasmtime::Result<Result<u64, ErrorCode>> {
+        let socket = self.table().get(&this)?;
+        Ok(Ok(socket
+            .sock_ref()
+            .and_then(|s| s.send_buffer_size().ok())
+            .unwrap_or(131_072) as u64))
+    }
+
+    fn set_send_buffer_size(
+        &mut self,
+        this: Resource<GuestTcp>,
+        value: u64,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        if value == 0 {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        if let Some(sock) = self.table().get(&this)?.sock_ref() {
+            let _ = sock.set_send_buffer_size(usize::try_from(value).unwrap_or(usize::MAX));
+        }
+        Ok(Ok(()))
+    }
+
+    fn subscribe(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Resource<DynPollable>> {
+        wasmtime_wasi::p2::subscribe(self.table(), this)
+    }
+
+    fn shutdown(
+        &mut self,
+        this: Resource<GuestTcp>,
+        how: ShutdownType,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let socket = self.table().get(&this)?;
+        let Some(sock) = socket.sock_ref() else {
+            return Ok(Err(ErrorCode::InvalidState));
+        };
+        let how = match how {
+            ShutdownType::Receive => std::net::Shutdown::Read,
+            ShutdownType::Send => std::net::Shutdown::Write,
+            ShutdownType::Both => std::net::Shutdown::Both,
+        };
+        // A peer that is already gone makes this fail; the socket is done
+        // either way.
+        let _ = sock.shutdown(how);
+        Ok(Ok(()))
+    }
+
+    fn drop(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<()> {
+        // Fails (and traps the guest) if its streams are still alive.
+        self.table().delete(this)?;
+        Ok(())
+    }
+}
+
+/// The result of a finished task, without blocking.
+fn futures_now<T>(mut handle: tokio::task::JoinHandle<T>) -> Option<T> {
+    match std::pin::Pin::new(&mut handle).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result.ok(),
+        Poll::Pending => None,
+    }
+}
+
+/// The read half of a connection, as a `wasi:io` input stream.
+struct Reader {
+    stream: Arc<TcpStream>,
+    eof: bool,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Reader {
+    async fn ready(&mut self) {
+        if !self.eof {
+            let _ = self.stream.readable().await;
+        }
+    }
+}
+
+impl InputStream for Reader {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if self.eof {
+            return Err(StreamError::Closed);
+        }
+        let mut buf = BytesMut::with_capacity(size.min(MAX_IO));
+        if buf.capacity() == 0 {
+            return Ok(Bytes::new());
+        }
+        match self.stream.try_read_buf(&mut buf) {
+            Ok(0) => {
+                self.eof = true;
+                Err(StreamError::Closed)
+            }
+            Ok(_) => Ok(buf.freeze()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Bytes::new()),
+            Err(e) => Err(StreamError::LastOperationFailed(e.into())),
+        }
+    }
+}
+
+/// The write half of a connection, as a `wasi:io` output stream. What the
+/// socket does not take at once waits in `pending` (at most one permit's
+/// worth) and is written as the socket drains.
+struct Writer {
+    stream: Arc<TcpStream>,
+    pending: Bytes,
+    failed: Option<std::io::ErrorKind>,
+}
+
+impl Writer {
+    /// Writes as much of `pending` as the socket takes now.
+    fn drain(&mut self) -> StreamResult<()> {
+        if let Some(kind) = self.failed {
+            return Err(failure(kind));
+        }
+        while !self.pending.is_empty() {
+            match self.stream.try_write(&self.pending) {
+                Ok(n) => {
+                    let _ = self.pending.split_to(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.failed = Some(e.kind());
+                    self.pending = Bytes::new();
+                    return Err(failure(e.kind()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn failure(kind: std::io::ErrorKind) -> StreamError {
+    if kind == std::io::ErrorKind::BrokenPipe {
+        StreamError::Closed
+    } else {
+        StreamError::LastOperationFailed(std::io::Error::from(kind).into())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Writer {
+    async fn ready(&mut self) {
+        while !self.pending.is_empty() && self.failed.is_none() {
+            if self.stream.writable().await.is_err() {
+                return;
+            }
+            if self.drain().is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for Writer {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if !self.pending.is_empty() {
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "write without a permit from check-write"
+            )));
+        }
+        self.pending = bytes;
+        self.drain()
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.drain()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.drain()?;
+        Ok(if self.pending.is_empty() { MAX_IO } else { 0 })
+    }
+
+    async fn cancel(&mut self) {
+        // Bytes the guest wrote are sent before the stream goes, within
+        // reason: a peer that never reads cannot hold the guest forever.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.ready()).await;
+    }
+}
+
+/// Binds and listens on `addr` for a tenant: the host's listener, handed to
+/// each guest version in turn. Port 0 picks a free port.
+pub fn host_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
