@@ -1,20 +1,27 @@
 //! The opt-in admin endpoint: HTTP on an operator-chosen address, for
-//! people and probes. `GET /status` lists every tenant (state, restarts,
-//! connections, last error, counters) as JSON; `GET /status/{name}` shows
-//! one; `GET /healthz` answers 200 when every tenant is running, 503 with
-//! the ones that are not otherwise.
+//! people and probes.
+//!
+//! - `GET /status`: every tenant (state, version, restarts, connections,
+//!   counters, last error) as JSON; `GET /status/{name}`: one tenant.
+//! - `GET /healthz`: 200 when every tenant is running, else 503 naming the
+//!   others.
+//! - `POST /tenants/{name}/swap` with a component (a path on the host, or
+//!   `builtin:NAME`) as the body: swaps that tenant's guest live; 200 with
+//!   the time the new version took to listen, or 422 with why not (the old
+//!   version keeps serving).
+//! - `POST /reload`: re-reads the manifest, as SIGHUP does; 200 with what
+//!   changed, or 422 with why nothing did.
 
-use crate::tenant::{Snapshot, State, Tenant};
+use crate::control::Control;
+use crate::manifest::{BUILTIN_PREFIX, ComponentSource};
+use crate::tenant::{Snapshot, State as TenantState};
 use axum::Json;
-use axum::extract::{Path, State as Shared};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 use std::sync::Arc;
-
-/// Every tenant the host runs, shared with the handlers.
-type Tenants = Arc<Vec<Arc<Tenant>>>;
 
 #[derive(Serialize)]
 struct StatusBody {
@@ -22,32 +29,38 @@ struct StatusBody {
 }
 
 /// Serves the admin endpoint on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, tenants: Tenants) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/status", get(status))
         .route("/status/{name}", get(status_of))
         .route("/healthz", get(healthz))
-        .with_state(tenants);
+        .route("/tenants/{name}/swap", post(swap))
+        .route("/reload", post(reload))
+        .with_state(control);
     axum::serve(listener, app).await
 }
 
-async fn status(Shared(tenants): Shared<Tenants>) -> Json<StatusBody> {
+async fn status(State(control): State<Arc<Control>>) -> Json<StatusBody> {
     Json(StatusBody {
-        tenants: tenants.iter().map(|t| t.snapshot()).collect(),
+        tenants: control.tenants().iter().map(|t| t.snapshot()).collect(),
     })
 }
 
-async fn status_of(Shared(tenants): Shared<Tenants>, Path(name): Path<String>) -> Response {
-    match tenants.iter().find(|t| t.name() == name) {
+async fn status_of(State(control): State<Arc<Control>>, Path(name): Path<String>) -> Response {
+    match control.tenants().iter().find(|t| t.name() == name) {
         Some(tenant) => Json(tenant.snapshot()).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no tenant named {name:?}\n")).into_response(),
     }
 }
 
-async fn healthz(Shared(tenants): Shared<Tenants>) -> Response {
-    let unhealthy: Vec<String> = tenants
+async fn healthz(State(control): State<Arc<Control>>) -> Response {
+    let unhealthy: Vec<String> = control
+        .tenants()
         .iter()
-        .filter(|t| t.state() != State::Running)
+        .filter(|t| t.state() != TenantState::Running)
         .map(|t| format!("{}: {:?}", t.name(), t.state()))
         .collect();
     if unhealthy.is_empty() {
@@ -58,5 +71,50 @@ async fn healthz(Shared(tenants): Shared<Tenants>) -> Response {
             format!("{}\n", unhealthy.join("\n")),
         )
             .into_response()
+    }
+}
+
+async fn swap(
+    State(control): State<Arc<Control>>,
+    Path(name): Path<String>,
+    body: String,
+) -> Response {
+    let component = body.trim();
+    if component.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body must name a component: a path, or builtin:NAME\n",
+        )
+            .into_response();
+    }
+    let source = match component.strip_prefix(BUILTIN_PREFIX) {
+        Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
+        None => ComponentSource::File(component.into()),
+    };
+    match control.swap(&name, source).await {
+        Ok(took) => (
+            StatusCode::OK,
+            format!(
+                "swapped {name} to {component}; the new version listened after {} ms\n",
+                took.as_millis()
+            ),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not swapped: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn reload(State(control): State<Arc<Control>>) -> Response {
+    match control.reload().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not reloaded, nothing changed: {e}\n"),
+        )
+            .into_response(),
     }
 }

@@ -20,6 +20,14 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 /// The default guest (the seed server from `guest/`), embedded at build time.
 pub const DEFAULT_GUEST: &[u8] = include_bytes!(env!("DEFAULT_GUEST_WASM"));
 
+/// Every guest built into the host, by name (`builtin:NAME` in a manifest).
+pub const BUILTIN_GUESTS: &[(&str, &[u8])] = &[
+    ("seed", DEFAULT_GUEST),
+    ("echo", include_bytes!(env!("ECHO_GUEST_WASM"))),
+    ("upper", include_bytes!(env!("UPPER_GUEST_WASM"))),
+    ("kv", include_bytes!(env!("KV_GUEST_WASM"))),
+];
+
 /// How often running guests are made to yield to the rest of the host; the
 /// unit in which CPU limits are measured.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

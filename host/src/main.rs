@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod control;
 mod engine;
 mod guest_log;
 mod manifest;
@@ -14,9 +15,10 @@ mod supervisor;
 mod tcp;
 mod tenant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use cli::Cli;
+use control::Control;
 use engine::Loader;
 use manifest::{ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig};
 use std::collections::BTreeMap;
@@ -25,7 +27,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tenant::Tenant;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
@@ -62,23 +63,18 @@ fn main() -> ExitCode {
     code
 }
 
-/// The built-in guests, by the name `builtin:NAME` gives in a manifest.
-fn builtin(name: &str) -> Option<&'static [u8]> {
-    (name == "seed").then_some(engine::DEFAULT_GUEST)
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Before anything can listen: a signal must never find the default
     // disposition (death by signal, non-zero status) in place.
-    let stop = shutdown_signal()?;
+    let mut signals = Signals::new()?;
 
     let single = cli.config.is_none();
     let mut manifest = match &cli.config {
         Some(path) => manifest::load(path)?,
         None => one_tenant(&cli)?,
     };
-    // The host listens on every tenant address itself, from now until it
-    // stops: see crate::tcp.
+    // The host listens on every tenant address itself, from now until the
+    // tenant goes: see crate::tcp.
     let mut listeners = Vec::with_capacity(manifest.tenants.len());
     for tenant in &mut manifest.tenants {
         let mut own = Vec::with_capacity(tenant.listen.len());
@@ -89,7 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => return Err(e.context(format!("tenant '{}'", tenant.name))),
             };
             *addr = listener.local_addr().unwrap_or(*addr);
-            own.push(listener);
+            own.push(Arc::new(listener));
         }
         listeners.push(own);
     }
@@ -110,7 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|t| t.limits.max_memory)
             .max()
             .unwrap_or(0);
-        // Room for every tenant twice over: restarts overlap teardown.
+        // Room for every tenant twice over: swaps and restarts overlap.
         (
             u32::try_from(manifest.tenants.len() * 2)
                 .unwrap_or(u32::MAX)
@@ -119,15 +115,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     });
     let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
-    let loader = Loader::new(engine, cache_dir)?;
+    let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone());
 
     let mut prepared = Vec::with_capacity(manifest.tenants.len());
     for (config, listeners) in manifest.tenants.into_iter().zip(listeners) {
-        let pre = load_component(&loader, &config, single)?;
-        prepared.push((Arc::new(Tenant::new(config, listeners)), pre));
+        // The shorthand names its guest by file, not by manifest line.
+        let at = if single {
+            ""
+        } else {
+            config.component_at.as_str()
+        };
+        let pre = control.load(&config.component, at)?;
+        prepared.push((config, listeners, pre));
     }
-    let tenants: Arc<Vec<Arc<Tenant>>> =
-        Arc::new(prepared.iter().map(|(t, _)| t.clone()).collect());
+    let names: Vec<String> = prepared.iter().map(|(c, _, _)| c.name.clone()).collect();
 
     if let Some(addr) = admin_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -135,42 +136,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
         let bound = listener.local_addr().unwrap_or(addr);
         info!(%bound, "admin: listening on {bound}");
-        let tenants = tenants.clone();
+        let control = control.clone();
         tokio::spawn(async move {
-            if let Err(e) = admin::serve(listener, tenants).await {
+            if let Err(e) = admin::serve(listener, control).await {
                 error!("admin endpoint failed: {e}");
             }
         });
     }
-
-    let mut supervisors = tokio::task::JoinSet::new();
-    for (tenant, pre) in prepared {
-        info!(tenant = tenant.name(), listen = ?tenant.config.listen, "starting tenant");
-        supervisors.spawn(supervisor::supervise(loader.engine().clone(), pre, tenant));
+    for (config, listeners, pre) in prepared {
+        control.start(config, listeners, pre);
     }
-    info!(tenants = tenants.len(), "host running");
+    info!(tenants = names.len(), "host running");
+    tokio::spawn(control::watch_components(control.clone()));
 
-    tokio::pin!(stop);
+    // The one-tenant shorthand ends with its guest.
+    let mut guest = match single {
+        true => control.take_task(&names[0]),
+        false => None,
+    };
     loop {
         tokio::select! {
-            signal = &mut stop => {
-                info!("received {signal}, stopping");
-                return Ok(());
+            joined = async { guest.as_mut().expect("guarded").await }, if guest.is_some() => {
+                return match joined {
+                    Ok(outcome) => outcome.map_err(Into::into),
+                    Err(e) => Err(anyhow::anyhow!("guest task failed: {e}")),
+                };
             }
-            finished = supervisors.join_next() => match finished {
-                // The one-tenant shorthand ends with its guest.
-                Some(Ok(outcome)) if single => return outcome.map_err(Into::into),
-                Some(Err(e)) if single => bail!("guest task failed: {e}"),
-                Some(_) => {}
-                // Every tenant has stopped for good: stay up for the admin
-                // endpoint and the operator, until signalled.
-                None => {
-                    info!("no tenant is running");
-                    let signal = (&mut stop).await;
-                    info!("received {signal}, stopping");
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => {
+                    info!("received {name}, stopping");
                     return Ok(());
                 }
-            }
+                Signal::Reload => match control.reload().await {
+                    Ok(report) => info!(?report, "SIGHUP: manifest reloaded"),
+                    Err(e) => error!("SIGHUP: manifest not reloaded, nothing changed: {e}"),
+                },
+            },
         }
     }
 }
@@ -213,44 +214,6 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
     })
 }
 
-/// Reads, checks and compiles a tenant's component. Errors name the
-/// manifest line of its `component` key.
-fn load_component(
-    loader: &Loader,
-    config: &TenantConfig,
-    single: bool,
-) -> anyhow::Result<Arc<wasmtime_wasi::p2::bindings::CommandPre<sandbox::TenantState>>> {
-    let located = |e: anyhow::Error| {
-        if single {
-            e
-        } else {
-            e.context(format!("{}: tenant.component", config.component_at))
-        }
-    };
-    let (label, bytes): (String, std::borrow::Cow<'static, [u8]>) = match &config.component {
-        ComponentSource::Builtin(name) => match builtin(name) {
-            Some(bytes) => (
-                if single {
-                    "the built-in guest".into()
-                } else {
-                    format!("builtin:{name}")
-                },
-                bytes.into(),
-            ),
-            None => {
-                return Err(located(anyhow::anyhow!(
-                    "there is no built-in guest named {name:?} (there is: seed)"
-                )));
-            }
-        },
-        ComponentSource::File(path) => (
-            path.display().to_string(),
-            engine::read(path).map_err(|e| located(e.into()))?.into(),
-        ),
-    };
-    loader.load(&label, &bytes).map_err(|e| located(e.into()))
-}
-
 /// `$XDG_CACHE_HOME/tcphost`, or `~/.cache/tcphost`.
 fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -271,16 +234,36 @@ fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
-/// Installs the SIGINT and SIGTERM handlers now; the future resolves on
-/// either, naming it.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok(async move {
+/// A signal the host acts on.
+enum Signal {
+    /// SIGINT or SIGTERM (named): stop.
+    Stop(&'static str),
+    /// SIGHUP: reload the manifest.
+    Reload,
+}
+
+/// The host's signal handlers, installed when created.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
         }
-    })
+    }
 }

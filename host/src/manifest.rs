@@ -74,6 +74,8 @@ struct RawLimits {
     crash_loop_limit: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
     crash_loop_window: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    drain_timeout: Option<Duration>,
 }
 
 impl RawLimits {
@@ -90,6 +92,7 @@ impl RawLimits {
                 .unwrap_or(fallback.restart_backoff_max),
             crash_loop_limit: self.crash_loop_limit.unwrap_or(fallback.crash_loop_limit),
             crash_loop_window: self.crash_loop_window.unwrap_or(fallback.crash_loop_window),
+            drain_timeout: self.drain_timeout.unwrap_or(fallback.drain_timeout),
         }
     }
 }
@@ -114,6 +117,9 @@ pub struct Limits {
     pub crash_loop_limit: u32,
     /// The window `crash_loop_limit` counts in.
     pub crash_loop_window: Duration,
+    /// After a live swap, how long the old version may keep serving the
+    /// connections it has before they are closed and it is dropped.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -127,6 +133,7 @@ impl Default for Limits {
             restart_backoff_max: Duration::from_secs(10),
             crash_loop_limit: 5,
             crash_loop_window: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -174,7 +181,7 @@ pub enum ComponentSource {
 }
 
 /// One tenant, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantConfig {
     /// Unique name: log tag, admin key, the guest's only argument.
     pub name: String,

@@ -4,9 +4,11 @@
 
 use crate::engine::EPOCH_TICK;
 use crate::guest_log::{GuestOutput, Stream};
+use crate::manifest::TenantConfig;
 use crate::policy::{self, Grant};
 use crate::tenant::{Counters, Tenant};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use thiserror::Error;
 use tracing::warn;
 use wasmtime::component::{Linker, ResourceTable};
@@ -47,6 +49,10 @@ pub struct TenantState {
     pub generation: u64,
     /// What the guest may do on the network.
     pub grant: Arc<Grant>,
+    /// The configuration this instance was started with.
+    pub config: Arc<TenantConfig>,
+    /// Client connections this instance holds open.
+    pub open: Arc<AtomicU64>,
 }
 
 impl TenantState {
@@ -126,11 +132,17 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 /// Builds the confined store for one instance (guest version `generation`)
-/// of a tenant's guest.
-pub fn store(engine: &Engine, tenant: &Arc<Tenant>, generation: u64) -> Store<TenantState> {
-    let config = &tenant.config;
+/// of a tenant's guest, configured by `config`; it counts its open client
+/// connections in `open`.
+pub fn store(
+    engine: &Engine,
+    tenant: &Arc<Tenant>,
+    config: &Arc<TenantConfig>,
+    generation: u64,
+    open: Arc<AtomicU64>,
+) -> Store<TenantState> {
     let name = config.name.as_str();
-    let grant = Arc::new(Grant::from(config));
+    let grant = Arc::new(Grant::from(&**config));
     let mut builder = WasiCtx::builder();
     // Capabilities are off unless enabled here: no preopened directories,
     // no inherited environment or arguments, stdin empty.
@@ -167,6 +179,8 @@ pub fn store(engine: &Engine, tenant: &Arc<Tenant>, generation: u64) -> Store<Te
         in_epoch_callback: false,
         generation,
         grant,
+        config: config.clone(),
+        open,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);

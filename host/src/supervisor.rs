@@ -1,16 +1,21 @@
 //! Runs each tenant's guest and keeps it running according to its restart
 //! policy: exponential backoff between restarts, and a crash-loop limit past
-//! which the tenant is marked failed. Turns how a guest ended into an outcome
+//! which the tenant is marked failed. Swaps a tenant's guest live: the new
+//! version starts beside the old, takes over new connections once it
+//! listens, and the old one drains. Turns how a guest ended into an outcome
 //! the operator can act on: a clean exit, an error status, a trap with its
 //! wasm backtrace, the CPU limit, the memory limit.
 
-use crate::manifest::RestartPolicy;
+use crate::manifest::{RestartPolicy, TenantConfig};
 use crate::sandbox::{self, CpuLimitExceeded, TenantState};
 use crate::tenant::{Counters, State, Tenant};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use wasmtime::{Engine, Trap, WasmBacktrace};
 use wasmtime_wasi::I32Exit;
@@ -74,15 +79,19 @@ pub enum GuestError {
     },
 }
 
-/// Instantiates the guest in a fresh sandbox and runs its `wasi:cli/run`
-/// to completion.
-pub async fn run_once(
-    engine: &Engine,
-    pre: &CommandPre<TenantState>,
-    tenant: &Arc<Tenant>,
+/// Instantiates the guest (version `generation`, configured by `config`) in
+/// a fresh sandbox and runs its `wasi:cli/run` to completion.
+async fn run_once(
+    engine: Engine,
+    pre: Arc<CommandPre<TenantState>>,
+    tenant: Arc<Tenant>,
+    config: Arc<TenantConfig>,
+    generation: u64,
+    open: Arc<AtomicU64>,
 ) -> Result<(), GuestError> {
+    let tenant = &tenant;
     let name = tenant.name().to_owned();
-    let mut store = sandbox::store(engine, tenant, tenant.next_generation());
+    let mut store = sandbox::store(&engine, tenant, &config, generation, open);
     let command = pre
         .instantiate_async(&mut store)
         .await
@@ -94,6 +103,7 @@ pub async fn run_once(
     info!(tenant = name, "guest started");
     let outcome = command.wasi_cli_run().call_run(&mut store).await;
     let out_of_memory = store.data().hit_memory_limit();
+    let max_memory = config.limits.max_memory;
     match outcome {
         Ok(Ok(())) => {
             info!(tenant = name, "guest finished");
@@ -105,15 +115,21 @@ pub async fn run_once(
             info!(tenant = name, "guest finished");
             Ok(())
         }
-        Err(e) => Err(classify(name, e, out_of_memory, tenant)),
+        Err(e) => Err(classify(
+            name,
+            e,
+            out_of_memory.then_some(max_memory),
+            tenant,
+        )),
     }
 }
 
 /// Sorts a failed call into exit status, CPU limit, trap or host error.
+/// `out_of_memory` is the memory limit, if the guest was refused growth.
 fn classify(
     tenant: String,
     e: wasmtime::Error,
-    out_of_memory: bool,
+    out_of_memory: Option<u64>,
     record: &Tenant,
 ) -> GuestError {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
@@ -139,13 +155,11 @@ fn classify(
                 .map_or(text.as_str(), |(_, rest)| rest);
             frames.trim_end().to_owned()
         });
-        let cause = if out_of_memory {
-            format!(
-                " (out of memory: growth past its limit of {} bytes was refused)",
-                record.config.limits.max_memory
-            )
-        } else {
-            " (a guest's panic message, if any, is in its log above)".to_owned()
+        let cause = match out_of_memory {
+            Some(limit) => {
+                format!(" (out of memory: growth past its limit of {limit} bytes was refused)")
+            }
+            None => " (a guest's panic message, if any, is in its log above)".to_owned(),
         };
         return GuestError::Trapped {
             tenant,
@@ -160,20 +174,173 @@ fn classify(
     }
 }
 
-/// Runs a tenant's guest, restarting it as its policy says, until the policy
-/// leaves it stopped or failed. Returns the last run's outcome.
+/// How long a new guest version may take to start listening during a live
+/// swap before the swap is abandoned.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an operator can ask of a running tenant's supervisor.
+pub enum Command {
+    /// Replace the running guest with `pre`, configured by `config`, without
+    /// a gap; the reply says how long the new version took to listen.
+    Swap {
+        /// The new configuration (component, limits, grants).
+        config: Arc<TenantConfig>,
+        /// The new component, compiled and linked.
+        pre: Arc<CommandPre<TenantState>>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Duration, String>>,
+    },
+}
+
+/// A running guest instance; dropping it stops the guest.
+struct Instance {
+    generation: u64,
+    task: JoinHandle<Result<(), GuestError>>,
+    /// Client connections it holds.
+    open: Arc<AtomicU64>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Instance {
+    fn start(
+        engine: &Engine,
+        pre: &Arc<CommandPre<TenantState>>,
+        tenant: &Arc<Tenant>,
+        config: Arc<TenantConfig>,
+    ) -> Self {
+        let generation = tenant.next_generation();
+        let open = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run_once(
+            engine.clone(),
+            pre.clone(),
+            tenant.clone(),
+            config,
+            generation,
+            open.clone(),
+        ));
+        Instance {
+            generation,
+            task,
+            open,
+        }
+    }
+
+    /// Waits for the guest to end.
+    async fn finished(&mut self) -> Result<(), GuestError> {
+        match (&mut self.task).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(GuestError::Host {
+                tenant: String::new(),
+                reason: format!("the guest task ended abnormally: {e}"),
+            }),
+        }
+    }
+}
+
+/// Starts `pre` beside `current` and, once it listens, makes it current; the
+/// old instance drains in the background. On failure `current` is untouched.
+async fn swap(
+    engine: &Engine,
+    tenant: &Arc<Tenant>,
+    current: &mut Instance,
+    config: Arc<TenantConfig>,
+    pre: &Arc<CommandPre<TenantState>>,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut next = Instance::start(engine, pre, tenant, config.clone());
+    let generation = next.generation;
+    tokio::select! {
+        () = tenant.until_current(generation) => {}
+        outcome = next.finished() => {
+            return Err(match outcome {
+                Ok(()) => "the new version exited before it listened".to_owned(),
+                Err(e) => format!("the new version failed before it listened: {e}"),
+            });
+        }
+        () = tokio::time::sleep(SWAP_TIMEOUT) => {
+            return Err(format!("the new version did not listen within {SWAP_TIMEOUT:?}"));
+        }
+    }
+    let took = started.elapsed();
+    let drain = config.limits.drain_timeout;
+    tenant.set_config(config);
+    let old = std::mem::replace(current, next);
+    let name = tenant.name().to_owned();
+    info!(
+        tenant = name,
+        generation,
+        ms = took.as_millis(),
+        "swapped to a new version"
+    );
+    tokio::spawn(drain_then_drop(name, old, drain));
+    Ok(took)
+}
+
+/// Lets a replaced instance finish its connections, up to `deadline`, then
+/// drops it (closing whatever is still open).
+async fn drain_then_drop(tenant: String, mut old: Instance, deadline: Duration) {
+    let until = Instant::now() + deadline;
+    loop {
+        let open = old.open.load(Ordering::Relaxed);
+        if open == 0 {
+            info!(
+                tenant,
+                generation = old.generation,
+                "old version drained and dropped"
+            );
+            return;
+        }
+        if Instant::now() >= until {
+            warn!(
+                tenant,
+                generation = old.generation,
+                open,
+                "drain deadline of {deadline:?} passed: closing {open} connections of the old version"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = old.finished() => return,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// Runs a tenant's guest, restarting it as its policy says, and swapping it
+/// live on command, until the policy leaves it stopped or failed. Returns
+/// the last run's outcome.
 pub async fn supervise(
     engine: Engine,
-    pre: Arc<CommandPre<TenantState>>,
+    mut pre: Arc<CommandPre<TenantState>>,
     tenant: Arc<Tenant>,
+    mut commands: mpsc::Receiver<Command>,
 ) -> Result<(), GuestError> {
-    let limits = tenant.config.limits.clone();
     let name = tenant.name().to_owned();
-    let mut backoff = limits.restart_backoff;
+    let mut backoff = tenant.config().limits.restart_backoff;
     let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
     loop {
         let started = Instant::now();
-        let outcome = run_once(&engine, &pre, &tenant).await;
+        let mut current = Instance::start(&engine, &pre, &tenant, tenant.config());
+        let outcome = loop {
+            tokio::select! {
+                outcome = current.finished() => break outcome,
+                Some(command) = commands.recv() => match command {
+                    Command::Swap { config, pre: next, reply } => {
+                        let result = swap(&engine, &tenant, &mut current, config, &next).await;
+                        if result.is_ok() {
+                            pre = next;
+                        }
+                        let _ = reply.send(result);
+                    }
+                },
+            }
+        };
+        let limits = tenant.config().limits.clone();
         if let Err(e) = &outcome {
             error!(tenant = name, "{e}");
             tenant.set_error(e.to_string());

@@ -19,7 +19,7 @@ use crate::tenant::{Counters, Tenant};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use tokio::net::{TcpListener, TcpStream};
 use wasmtime::component::{Resource, ResourceTable};
@@ -121,26 +121,35 @@ enum State {
     Closed,
 }
 
-/// One open client connection of a tenant, counted while it lives.
-struct OpenConnection(Arc<Tenant>);
+/// One open client connection, counted for its tenant and for the guest
+/// instance that holds it, while it lives.
+struct OpenConnection {
+    tenant: Arc<Tenant>,
+    instance: Arc<AtomicU64>,
+}
 
 impl OpenConnection {
-    fn new(tenant: &Arc<Tenant>) -> Self {
+    fn new(tenant: &Arc<Tenant>, instance: &Arc<AtomicU64>) -> Self {
         tenant
             .counters
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
+        instance.fetch_add(1, Ordering::Relaxed);
         Counters::bump(&tenant.counters.connections_accepted);
-        OpenConnection(tenant.clone())
+        OpenConnection {
+            tenant: tenant.clone(),
+            instance: instance.clone(),
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0
+        self.tenant
             .counters
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
+        self.instance.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -260,6 +269,7 @@ impl TenantState {
         &mut self,
         this: &Resource<GuestTcp>,
     ) -> wasmtime::Result<Result<(TcpStream, SocketAddr), ErrorCode>> {
+        let cap = u64::from(self.config.limits.max_connections);
         let socket = self.table().get_mut(this)?;
         let current = socket.tenant.is_current(socket.generation);
         let State::Listening {
@@ -279,7 +289,6 @@ impl TenantState {
                 },
             };
             let tenant = &socket.tenant;
-            let cap = u64::from(tenant.config.limits.max_connections);
             if tenant.counters.connections_open.load(Ordering::Relaxed) < cap {
                 return Ok(Ok(client));
             }
@@ -471,7 +480,7 @@ impl HostTcpSocket for TenantState {
         let _ = stream.set_nodelay(true);
         let stream = Arc::new(stream);
         let family = family_of(&peer);
-        let open = OpenConnection::new(&self.tenant);
+        let open = OpenConnection::new(&self.tenant, &self.open);
         let client = self.new_socket(
             family,
             State::Connected {

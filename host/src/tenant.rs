@@ -65,8 +65,9 @@ struct Status {
 /// One tenant at run time.
 #[derive(Debug)]
 pub struct Tenant {
-    /// Its configuration, as validated from the manifest.
-    pub config: TenantConfig,
+    name: String,
+    /// Its configuration, replaced by a live swap or a manifest reload.
+    config: Mutex<Arc<TenantConfig>>,
     /// Its counters.
     pub counters: Counters,
     status: Mutex<Status>,
@@ -76,7 +77,7 @@ pub struct Tenant {
     /// The last guest version (instance) handed out.
     last_generation: AtomicU64,
     /// The guest version that accepts new connections.
-    current_generation: AtomicU64,
+    current_generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// A point-in-time view of a tenant, as the admin endpoint reports it.
@@ -84,6 +85,10 @@ pub struct Tenant {
 pub struct Snapshot {
     /// Tenant name.
     pub name: String,
+    /// The component it runs.
+    pub component: String,
+    /// The guest version accepting new connections (1 for the first).
+    pub generation: u64,
     /// Current state.
     pub state: State,
     /// Seconds since the state last changed.
@@ -113,13 +118,14 @@ pub struct Snapshot {
 impl Tenant {
     /// A tenant that has not started yet, listening (in the host) on
     /// `listeners`, whose addresses are its granted ones.
-    pub fn new(config: TenantConfig, listeners: Vec<TcpListener>) -> Self {
+    pub fn new(config: TenantConfig, listeners: Vec<Arc<TcpListener>>) -> Self {
         let listeners = listeners
             .into_iter()
-            .filter_map(|l| Some((l.local_addr().ok()?, Arc::new(l))))
+            .filter_map(|l| Some((l.local_addr().ok()?, l)))
             .collect();
         Tenant {
-            config,
+            name: config.name.clone(),
+            config: Mutex::new(Arc::new(config)),
             counters: Counters::default(),
             status: Mutex::new(Status {
                 state: State::Starting,
@@ -128,8 +134,40 @@ impl Tenant {
             }),
             listeners: Mutex::new(listeners),
             last_generation: AtomicU64::new(0),
-            current_generation: AtomicU64::new(0),
+            current_generation: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// The configuration new guest versions start with.
+    pub fn config(&self) -> Arc<TenantConfig> {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the configuration (after a successful swap).
+    pub fn set_config(&self, config: Arc<TenantConfig>) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// Adds host listeners (for addresses a reload grants).
+    pub fn add_listeners(
+        &self,
+        listeners: impl IntoIterator<Item = (SocketAddr, Arc<TcpListener>)>,
+    ) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(listeners);
+    }
+
+    /// Closes the host listeners of addresses not in `keep`.
+    pub fn retain_listeners(&self, keep: &[SocketAddr]) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|addr, _| keep.contains(addr));
     }
 
     /// The host's listener for granted address `addr`, unless closed.
@@ -156,18 +194,30 @@ impl Tenant {
 
     /// Makes `generation` the version that accepts new connections.
     pub fn make_current(&self, generation: u64) {
-        self.current_generation
-            .fetch_max(generation, Ordering::AcqRel);
+        self.current_generation.send_if_modified(|current| {
+            let newer = generation > *current;
+            if newer {
+                *current = generation;
+            }
+            newer
+        });
     }
 
     /// Whether `generation` accepts new connections.
     pub fn is_current(&self, generation: u64) -> bool {
-        self.current_generation.load(Ordering::Acquire) == generation
+        *self.current_generation.borrow() == generation
+    }
+
+    /// Resolves once `generation` (or a later one) accepts new connections.
+    pub async fn until_current(&self, generation: u64) {
+        let mut current = self.current_generation.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = current.wait_for(|g| *g >= generation).await;
     }
 
     /// The tenant's name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
     }
 
     /// Moves to `state`, keeping the last error.
@@ -197,11 +247,17 @@ impl Tenant {
         let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let config = self.config();
         Snapshot {
-            name: self.config.name.clone(),
+            name: self.name.clone(),
+            component: match &config.component {
+                crate::manifest::ComponentSource::Builtin(name) => format!("builtin:{name}"),
+                crate::manifest::ComponentSource::File(path) => path.display().to_string(),
+            },
+            generation: *self.current_generation.borrow(),
             state: status.state,
             state_for_secs: status.since.elapsed().map_or(0.0, |d| d.as_secs_f64()),
-            listen: self.config.listen.iter().map(ToString::to_string).collect(),
+            listen: config.listen.iter().map(ToString::to_string).collect(),
             last_error: status.last_error.clone(),
             restarts: get(&c.restarts),
             connections_open: get(&c.connections_open),

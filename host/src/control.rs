@@ -1,0 +1,405 @@
+//! The running set of tenants and what an operator can do to it while the
+//! host runs: swap a tenant's component live, reload the manifest (adding,
+//! removing and changing tenants without touching the others). Shared by
+//! SIGHUP, the component file watcher and the admin endpoint; operations
+//! run one at a time.
+
+use crate::engine::{self, Loader};
+use crate::manifest::{self, ComponentSource, TenantConfig};
+use crate::sandbox::TenantState;
+use crate::supervisor::{self, Command, GuestError};
+use crate::tenant::{State, Tenant};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+type Pre = Arc<CommandPre<TenantState>>;
+
+/// One running tenant.
+struct Running {
+    tenant: Arc<Tenant>,
+    pre: Pre,
+    commands: mpsc::Sender<Command>,
+    task: Option<JoinHandle<Result<(), GuestError>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// What a manifest reload did.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadReport {
+    /// Tenants started.
+    pub added: Vec<String>,
+    /// Tenants stopped and removed.
+    pub removed: Vec<String>,
+    /// Tenants swapped to a new component or configuration.
+    pub changed: Vec<String>,
+    /// Tenants left exactly as they were.
+    pub unchanged: Vec<String>,
+    /// Tenants whose change failed (they keep running as they were).
+    pub failed: BTreeMap<String, String>,
+}
+
+/// The tenants and the means to change them.
+pub struct Control {
+    loader: Loader,
+    manifest: Option<PathBuf>,
+    running: Mutex<BTreeMap<String, Running>>,
+    /// Serialises swaps and reloads.
+    ops: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    /// A control with no tenants yet; `manifest` is where reloads read from.
+    pub fn new(loader: Loader, manifest: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(Control {
+            loader,
+            manifest,
+            running: Mutex::new(BTreeMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every tenant, in name order.
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        self.running().values().map(|r| r.tenant.clone()).collect()
+    }
+
+    /// The component files tenants run, for the file watcher.
+    pub fn component_files(&self) -> Vec<PathBuf> {
+        self.running()
+            .values()
+            .filter_map(|r| match &r.tenant.config().component {
+                ComponentSource::File(path) => Some(path.clone()),
+                ComponentSource::Builtin(_) => None,
+            })
+            .collect()
+    }
+
+    /// Starts a tenant on its (already open) `listeners`.
+    pub fn start(&self, config: TenantConfig, listeners: Vec<Arc<TcpListener>>, pre: Pre) {
+        let name = config.name.clone();
+        let tenant = Arc::new(Tenant::new(config, listeners));
+        let (commands, inbox) = mpsc::channel(4);
+        info!(tenant = name, listen = ?tenant.config().listen, "starting tenant");
+        let task = tokio::spawn(supervisor::supervise(
+            self.loader.engine().clone(),
+            pre.clone(),
+            tenant.clone(),
+            inbox,
+        ));
+        self.running().insert(
+            name,
+            Running {
+                tenant,
+                pre,
+                commands,
+                task: Some(task),
+            },
+        );
+    }
+
+    /// Hands over a tenant's supervisor task (for the one-tenant mode, whose
+    /// host ends with its guest).
+    pub fn take_task(&self, name: &str) -> Option<JoinHandle<Result<(), GuestError>>> {
+        self.running().get_mut(name).and_then(|r| r.task.take())
+    }
+
+    /// Compiles (or finds) the component `source`, named in errors by `at`.
+    pub fn load(&self, source: &ComponentSource, at: &str) -> anyhow::Result<Pre> {
+        load_component(&self.loader, source, at)
+    }
+
+    /// Swaps tenant `name` to the component `source`, live. Fails, leaving
+    /// the running version serving, if the component cannot be read,
+    /// compiled, linked, or its guest does not start listening.
+    pub async fn swap(&self, name: &str, source: ComponentSource) -> Result<Duration, String> {
+        let _one_at_a_time = self.ops.lock().await;
+        let tenant = self
+            .running()
+            .get(name)
+            .map(|r| r.tenant.clone())
+            .ok_or_else(|| format!("no tenant named {name:?}"))?;
+        let pre = self.load(&source, "").map_err(|e| format!("{e:#}"))?;
+        let config = TenantConfig {
+            component: source,
+            ..(*tenant.config()).clone()
+        };
+        self.swap_to(name, Arc::new(config), pre).await
+    }
+
+    async fn swap_to(
+        &self,
+        name: &str,
+        config: Arc<TenantConfig>,
+        pre: Pre,
+    ) -> Result<Duration, String> {
+        let (commands, tenant) = {
+            let running = self.running();
+            let r = running
+                .get(name)
+                .ok_or_else(|| format!("no tenant named {name:?}"))?;
+            (r.commands.clone(), r.tenant.clone())
+        };
+        if matches!(tenant.state(), State::Failed | State::Stopped) {
+            return Err(format!("tenant {name:?} is not running"));
+        }
+        let (reply, outcome) = oneshot::channel();
+        commands
+            .send(Command::Swap {
+                config,
+                pre: pre.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| format!("tenant {name:?} is not running"))?;
+        let result = outcome
+            .await
+            .unwrap_or_else(|_| Err(format!("tenant {name:?} stopped during the swap")));
+        match &result {
+            Ok(took) => {
+                if let Some(r) = self.running().get_mut(name) {
+                    r.pre = pre;
+                }
+                info!(tenant = name, ms = took.as_millis(), "live swap done");
+            }
+            Err(e) => warn!(
+                tenant = name,
+                "live swap refused, the running version keeps serving: {e}"
+            ),
+        }
+        result
+    }
+
+    /// Swaps every tenant running the component file `path` whose content
+    /// changed (the file watcher's trigger).
+    pub async fn component_file_changed(&self, path: &Path) {
+        let names: Vec<(String, Pre)> = self
+            .running()
+            .iter()
+            .filter(|(_, r)| r.tenant.config().component == ComponentSource::File(path.to_owned()))
+            .map(|(name, r)| (name.clone(), r.pre.clone()))
+            .collect();
+        for (name, running_pre) in names {
+            let source = ComponentSource::File(path.to_owned());
+            match self.load(&source, "") {
+                // The same bytes (e.g. touched, or written back): nothing to do.
+                Ok(pre) if Arc::ptr_eq(&pre, &running_pre) => {}
+                Ok(_) => {
+                    info!(tenant = name, file = %path.display(), "component file changed: swapping");
+                    let _ = self.swap(&name, source).await;
+                }
+                Err(e) => warn!(
+                    tenant = name,
+                    "component file changed but cannot be used, keeping the running version: {e:#}"
+                ),
+            }
+        }
+    }
+
+    /// Re-reads the manifest and applies the difference. Nothing changes if
+    /// the manifest is invalid, a new component does not load, or a new
+    /// address cannot be listened on.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let _one_at_a_time = self.ops.lock().await;
+        let path = self
+            .manifest
+            .as_ref()
+            .ok_or("there is no manifest to reload (the host runs one tenant)")?;
+        let manifest = manifest::load(path).map_err(|e| e.to_string())?;
+
+        // Prepare everything that can fail before changing anything.
+        let existing: HashMap<String, (Arc<TenantConfig>, Pre)> = self
+            .running()
+            .iter()
+            .map(|(name, r)| (name.clone(), (r.tenant.config(), r.pre.clone())))
+            .collect();
+        let mut plans = Vec::new();
+        for mut config in manifest.tenants {
+            let old = existing.get(&config.name);
+            let mut listeners = Vec::new();
+            for addr in &mut config.listen {
+                let held = old.and_then(|(c, _)| c.listen.contains(addr).then_some(*addr));
+                match held {
+                    Some(_) => {}
+                    None => {
+                        let listener = crate::tcp::host_listener(*addr).map_err(|e| {
+                            format!("tenant '{}': cannot listen on {addr}: {e}", config.name)
+                        })?;
+                        *addr = listener.local_addr().unwrap_or(*addr);
+                        listeners.push((*addr, Arc::new(listener)));
+                    }
+                }
+            }
+            let pre = self
+                .load(&config.component, &config.component_at)
+                .map_err(|e| format!("{e:#}"))?;
+            plans.push((config, listeners, pre));
+        }
+
+        let mut report = ReloadReport::default();
+        let keep: Vec<String> = plans.iter().map(|(c, _, _)| c.name.clone()).collect();
+        let removed: Vec<String> = existing
+            .keys()
+            .filter(|n| !keep.contains(n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(r) = self.running().remove(&name) {
+                r.tenant.set_state(State::Stopped);
+                r.tenant.close_listeners();
+                info!(tenant = name, "tenant removed");
+            }
+            report.removed.push(name);
+        }
+        for (config, listeners, pre) in plans {
+            let name = config.name.clone();
+            match existing.get(&name) {
+                None => {
+                    self.start(config, listeners.into_iter().map(|(_, l)| l).collect(), pre);
+                    report.added.push(name);
+                }
+                Some((old, old_pre)) if **old == config && Arc::ptr_eq(old_pre, &pre) => {
+                    report.unchanged.push(name);
+                }
+                Some(_) => {
+                    let tenant = self.running().get(&name).map(|r| r.tenant.clone());
+                    let Some(tenant) = tenant else { continue };
+                    tenant.add_listeners(listeners.iter().cloned());
+                    let keep_addrs = config.listen.clone();
+                    let old_addrs = tenant.config().listen.clone();
+                    match self.swap_to(&name, Arc::new(config), pre).await {
+                        Ok(_) => {
+                            tenant.retain_listeners(&keep_addrs);
+                            report.changed.push(name);
+                        }
+                        Err(e) => {
+                            tenant.retain_listeners(&old_addrs);
+                            report.failed.insert(name, e);
+                        }
+                    }
+                }
+            }
+        }
+        info!(
+            added = report.added.len(),
+            removed = report.removed.len(),
+            changed = report.changed.len(),
+            unchanged = report.unchanged.len(),
+            failed = report.failed.len(),
+            "manifest reloaded"
+        );
+        Ok(report)
+    }
+}
+
+/// The built-in guests, by the name `builtin:NAME` gives in a manifest.
+fn builtin(name: &str) -> Option<&'static [u8]> {
+    engine::BUILTIN_GUESTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
+}
+
+/// Reads, checks and compiles a component. Errors are prefixed with `at`
+/// (the manifest line of its `component` key) when given.
+pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> anyhow::Result<Pre> {
+    let located = |e: anyhow::Error| {
+        if at.is_empty() {
+            e
+        } else {
+            e.context(format!("{at}: tenant.component"))
+        }
+    };
+    let (label, bytes): (String, std::borrow::Cow<'static, [u8]>) = match source {
+        ComponentSource::Builtin(name) => match builtin(name) {
+            Some(bytes) => (format!("builtin:{name}"), bytes.into()),
+            None => {
+                return Err(located(anyhow::anyhow!(
+                    "there is no built-in guest named {name:?} (there are: seed, echo, upper, kv)"
+                )));
+            }
+        },
+        ComponentSource::File(path) => (
+            path.display().to_string(),
+            engine::read(path).map_err(|e| located(e.into()))?.into(),
+        ),
+    };
+    loader.load(&label, &bytes).map_err(|e| located(e.into()))
+}
+
+/// Watches the component files tenants run and swaps a tenant when its file
+/// changes. Watches directories, so a file replaced by rename (the safe way
+/// to update one) is seen too.
+pub async fn watch_components(control: Arc<Control>) {
+    use notify::{RecursiveMode, Watcher};
+    let (events, mut inbox) = mpsc::unbounded_channel();
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                let _ = events.send(event.paths);
+            }
+        }) {
+            Ok(watcher) => watcher,
+            Err(e) => {
+                warn!("cannot watch component files, swaps on file change are off: {e}");
+                return;
+            }
+        };
+    let mut watched: Vec<PathBuf> = Vec::new();
+    loop {
+        // Follow the tenants: a reload may add or remove component files.
+        let mut dirs: Vec<PathBuf> = control
+            .component_files()
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in &dirs {
+            if !watched.contains(dir) {
+                match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => watched.push(dir.clone()),
+                    Err(e) => {
+                        warn!(dir = %dir.display(), "cannot watch for component changes: {e}")
+                    }
+                }
+            }
+        }
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            Some(paths) = inbox.recv() => {
+                // Let a burst of writes settle, then act once per file.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut changed: Vec<PathBuf> = paths;
+                while let Ok(more) = inbox.try_recv() {
+                    changed.extend(more);
+                }
+                changed.sort();
+                changed.dedup();
+                let files = control.component_files();
+                for path in changed.iter().filter(|p| files.contains(p)) {
+                    control.component_file_changed(path).await;
+                }
+            }
+            () = tick => {}
+        }
+    }
+}
