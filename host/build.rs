@@ -6,7 +6,7 @@
 mod build_guests;
 
 fn main() {
-    let dir = build_guests::build("guest");
+    let dir = build_guests::build("guest", "guest");
     for (var, name) in [
         ("DEFAULT_GUEST_WASM", "seed"),
         ("ECHO_GUEST_WASM", "echo"),

@@ -10,9 +10,10 @@ use std::process::Command;
 /// The target guests are built for.
 pub const WASM_TARGET: &str = "wasm32-wasip2";
 
-/// Builds every binary of `package` for [`WASM_TARGET`] with the `guest`
-/// profile and returns the directory holding the `.wasm` files.
-pub fn build(package: &str) -> PathBuf {
+/// Builds every binary of `package` (in `package_dir`, relative to the
+/// workspace root) for [`WASM_TARGET`] with the `guest` profile and returns
+/// the directory holding the `.wasm` files.
+pub fn build(package: &str, package_dir: &str) -> PathBuf {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest_dir = PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
@@ -58,6 +59,17 @@ pub fn build(package: &str) -> PathBuf {
     assert!(
         status.success(),
         "building the {package} guests for {WASM_TARGET} failed (see the errors above)"
+    );
+
+    // A new guest binary is not in any dep-info file yet.
+    let package_dir = workspace.join(package_dir);
+    println!(
+        "cargo:rerun-if-changed={}",
+        package_dir.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        package_dir.join("src/bin").display()
     );
 
     let bin_dir = target_dir.join(WASM_TARGET).join("guest");

@@ -11,10 +11,10 @@ use crate::supervisor::{self, Command, GuestError};
 use crate::tenant::{State, Tenant};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -99,13 +99,16 @@ impl Control {
         let tenant = Arc::new(Tenant::new(config, listeners));
         let (commands, inbox) = mpsc::channel(4);
         info!(tenant = name, listen = ?tenant.config().listen, "starting tenant");
+        // Registered before its guest can start listening, so a request
+        // naming it cannot arrive first.
+        let mut running = self.running();
         let task = tokio::spawn(supervisor::supervise(
             self.loader.engine().clone(),
             pre.clone(),
             tenant.clone(),
             inbox,
         ));
-        self.running().insert(
+        running.insert(
             name,
             Running {
                 tenant,
@@ -235,18 +238,24 @@ impl Control {
         for mut config in manifest.tenants {
             let old = existing.get(&config.name);
             let mut listeners = Vec::new();
-            for addr in &mut config.listen {
-                let held = old.and_then(|(c, _)| c.listen.contains(addr).then_some(*addr));
-                match held {
-                    Some(_) => {}
-                    None => {
-                        let listener = crate::tcp::host_listener(*addr).map_err(|e| {
-                            format!("tenant '{}': cannot listen on {addr}: {e}", config.name)
-                        })?;
-                        *addr = listener.local_addr().unwrap_or(*addr);
-                        listeners.push((*addr, Arc::new(listener)));
-                    }
+            for (i, addr) in config.listen.iter_mut().enumerate() {
+                // Port 0 means "any free port": a tenant that already has one
+                // keeps it.
+                if addr.port() == 0
+                    && let Some(held) = old
+                        .and_then(|(c, _)| c.listen.get(i))
+                        .filter(|a| a.ip() == addr.ip())
+                {
+                    *addr = *held;
                 }
+                if old.is_some_and(|(c, _)| c.listen.contains(addr)) {
+                    continue;
+                }
+                let listener = crate::tcp::host_listener(*addr).map_err(|e| {
+                    format!("tenant '{}': cannot listen on {addr}: {e}", config.name)
+                })?;
+                *addr = listener.local_addr().unwrap_or(*addr);
+                listeners.push((*addr, Arc::new(listener)));
             }
             let pre = self
                 .load(&config.component, &config.component_at)
@@ -348,58 +357,80 @@ pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> an
 /// Watches the component files tenants run and swaps a tenant when its file
 /// changes. Watches directories, so a file replaced by rename (the safe way
 /// to update one) is seen too.
-pub async fn watch_components(control: Arc<Control>) {
-    use notify::{RecursiveMode, Watcher};
-    let (events, mut inbox) = mpsc::unbounded_channel();
-    let mut watcher =
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+pub struct ComponentWatcher {
+    control: Arc<Control>,
+    watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    watched: Vec<PathBuf>,
+}
+
+impl ComponentWatcher {
+    /// Starts watching the tenants' component files now (so no change after
+    /// this call is missed).
+    pub fn new(control: Arc<Control>) -> notify::Result<Self> {
+        let (sender, events) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
-                let _ = events.send(event.paths);
+                let _ = sender.send(event.paths);
             }
-        }) {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                warn!("cannot watch component files, swaps on file change are off: {e}");
-                return;
-            }
+        })?;
+        let mut this = ComponentWatcher {
+            control,
+            watcher,
+            events,
+            watched: Vec::new(),
         };
-    let mut watched: Vec<PathBuf> = Vec::new();
-    loop {
-        // Follow the tenants: a reload may add or remove component files.
-        let mut dirs: Vec<PathBuf> = control
+        this.follow_tenants();
+        Ok(this)
+    }
+
+    /// Watches the directories of every tenant's component file (a reload
+    /// may have added some).
+    fn follow_tenants(&mut self) {
+        use notify::{RecursiveMode, Watcher};
+        let mut dirs: Vec<PathBuf> = self
+            .control
             .component_files()
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))
             .collect();
         dirs.sort();
         dirs.dedup();
-        for dir in &dirs {
-            if !watched.contains(dir) {
-                match watcher.watch(dir, RecursiveMode::NonRecursive) {
-                    Ok(()) => watched.push(dir.clone()),
-                    Err(e) => {
-                        warn!(dir = %dir.display(), "cannot watch for component changes: {e}")
-                    }
+        for dir in dirs {
+            if self.watched.contains(&dir) {
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    info!(dir = %dir.display(), "watching for component changes");
+                    self.watched.push(dir);
                 }
+                Err(e) => warn!(dir = %dir.display(), "cannot watch for component changes: {e}"),
             }
         }
-        let tick = tokio::time::sleep(Duration::from_secs(1));
-        tokio::select! {
-            Some(paths) = inbox.recv() => {
-                // Let a burst of writes settle, then act once per file.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let mut changed: Vec<PathBuf> = paths;
-                while let Ok(more) = inbox.try_recv() {
-                    changed.extend(more);
+    }
+
+    /// Swaps tenants as their files change, until the host stops.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                Some(paths) = self.events.recv() => {
+                    // Let a burst of writes settle, then act once per file.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let mut changed = paths;
+                    while let Ok(more) = self.events.try_recv() {
+                        changed.extend(more);
+                    }
+                    changed.sort();
+                    changed.dedup();
+                    let files = self.control.component_files();
+                    for path in changed.iter().filter(|p| files.contains(p)) {
+                        self.control.component_file_changed(path).await;
+                    }
                 }
-                changed.sort();
-                changed.dedup();
-                let files = control.component_files();
-                for path in changed.iter().filter(|p| files.contains(p)) {
-                    control.component_file_changed(path).await;
-                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            () = tick => {}
+            self.follow_tenants();
         }
     }
 }

@@ -71,12 +71,12 @@ const PROVIDED: &[&str] = &[
 #[derive(Debug, Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file, as given.
         path: String,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not WebAssembly at all.
     #[error(
@@ -172,9 +172,9 @@ fn start_epoch_ticker(engine: &Engine) {
 
 /// Reads a guest component from `path`.
 pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|source| LoadError::Read {
+    std::fs::read(path).map_err(|error| LoadError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -147,7 +147,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         control.start(config, listeners, pre);
     }
     info!(tenants = names.len(), "host running");
-    tokio::spawn(control::watch_components(control.clone()));
+    match control::ComponentWatcher::new(control.clone()) {
+        Ok(watcher) => {
+            tokio::spawn(watcher.run());
+        }
+        Err(e) => warn!("cannot watch component files, so changing one swaps nothing: {e}"),
+    }
 
     // The one-tenant shorthand ends with its guest.
     let mut guest = match single {
@@ -224,7 +229,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 /// Opens the host's listener for a tenant address, with a clear error if it
 /// is taken or not on this machine; port 0 picks a free port.
-fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+fn listen(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     tcp::host_listener(addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!("listen address {addr} is already in use: stop what is using it or pass another --listen")

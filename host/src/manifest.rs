@@ -23,12 +23,12 @@ pub const BUILTIN_PREFIX: &str = "builtin:";
 #[derive(Debug, Error)]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("cannot read {file}: {source}")]
+    #[error("cannot read {file}: {error}")]
     Read {
         /// The manifest, as given.
         file: String,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Something at a known place in the file is wrong.
     #[error("{file}:{line}: {key}: {message}")]
@@ -214,9 +214,9 @@ pub struct Manifest {
 
 /// Reads and validates the manifest at `path`.
 pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
         file: path.display().to_string(),
-        source,
+        error,
     })?;
     parse(path, &text)
 }

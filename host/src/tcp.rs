@@ -18,10 +18,12 @@ use crate::sandbox::TenantState;
 use crate::tenant::{Counters, Tenant};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress};
 use wasmtime_wasi::p2::{
@@ -98,13 +100,14 @@ enum State {
     Bound(SocketAddr),
     /// `start-listen` accepted on the host's listener for this address.
     ListenStarted(SocketAddr, Arc<TcpListener>),
-    /// Listening through the host's listener.
+    /// Listening through the host's listener: a duplicate of its socket,
+    /// registered for readiness on its own. Readiness never accepts: a
+    /// client is taken from the queue only by the guest's `accept`, and only
+    /// while this version is current, so no client can be stranded in a
+    /// version that is being replaced.
     Listening {
         addr: SocketAddr,
-        listener: Arc<TcpListener>,
-        /// A client accepted by `subscribe`'s readiness check, not yet
-        /// handed to the guest.
-        ready: Option<(TcpStream, SocketAddr)>,
+        listener: AsyncFd<TcpListener>,
     },
     /// An outbound connection in progress.
     Connecting(tokio::task::JoinHandle<std::io::Result<TcpStream>>),
@@ -189,19 +192,13 @@ impl Pollable for GuestTcp {
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 self.state = State::ConnectDone(result);
             }
-            State::Listening {
-                listener, ready, ..
-            } => {
-                if ready.is_some() {
-                    return;
-                }
+            State::Listening { listener, .. } => {
                 // A version that has been replaced accepts no more clients.
                 if !self.tenant.is_current(self.generation) {
                     return std::future::pending().await;
                 }
-                if let Ok(accepted) = listener.accept().await {
-                    *ready = Some(accepted);
-                }
+                // Cleared by `accept` when it finds the queue empty.
+                let _ = listener.readable().await;
             }
             _ => {}
         }
@@ -272,32 +269,37 @@ impl TenantState {
         let cap = u64::from(self.config.limits.max_connections);
         let socket = self.table().get_mut(this)?;
         let current = socket.tenant.is_current(socket.generation);
-        let State::Listening {
-            listener, ready, ..
-        } = &mut socket.state
-        else {
+        let State::Listening { listener, .. } = &socket.state else {
             return Ok(Err(ErrorCode::InvalidState));
         };
+        if !current {
+            return Ok(Err(ErrorCode::WouldBlock));
+        }
         loop {
-            let client = match ready.take() {
-                Some(client) => client,
-                None if !current => return Ok(Err(ErrorCode::WouldBlock)),
-                None => match listener.poll_accept(&mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(Ok(client)) => client,
-                    Poll::Ready(Err(e)) => return Ok(Err(error_code(&e))),
-                    Poll::Pending => return Ok(Err(ErrorCode::WouldBlock)),
-                },
+            let (client, peer) = match listener.get_ref().accept() {
+                Ok(client) => client,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The queue is empty: the next readiness wait must wait.
+                    if let Poll::Ready(Ok(mut guard)) =
+                        listener.poll_read_ready(&mut Context::from_waker(Waker::noop()))
+                    {
+                        guard.clear_ready();
+                    }
+                    return Ok(Err(ErrorCode::WouldBlock));
+                }
+                Err(e) => return Ok(Err(error_code(&e))),
             };
             let tenant = &socket.tenant;
             if tenant.counters.connections_open.load(Ordering::Relaxed) < cap {
-                return Ok(Ok(client));
+                client.set_nonblocking(true)?;
+                return Ok(Ok((TcpStream::from_std(client)?, peer)));
             }
             // Reset rather than close, so the client knows at once.
-            let _ = socket2::SockRef::from(&client.0).set_linger(Some(std::time::Duration::ZERO));
-            drop(client.0);
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            drop(client);
             Counters::bump(&tenant.counters.connections_refused);
             let name = tenant.name();
-            tracing::warn!(tenant = name, peer = %client.1, cap, "refused: connection from {} reset, {name} is at its cap of {cap}", client.1);
+            tracing::warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}");
         }
     }
 }
@@ -442,11 +444,22 @@ impl HostTcpSocket for TenantState {
         let socket = self.table().get_mut(&this)?;
         match std::mem::replace(&mut socket.state, State::Closed) {
             State::ListenStarted(addr, listener) => {
-                socket.state = State::Listening {
-                    addr,
-                    listener,
-                    ready: None,
+                // A duplicate (its own descriptor) so each version has its
+                // own readiness registration on the one listening socket.
+                let registered = listener.try_clone().and_then(|dup| {
+                    // SAFETY: `dup` is an open descriptor owned by the
+                    // AsyncFd for its whole life (std's TcpListener closes
+                    // it only when dropped, and always reports the same fd).
+                    unsafe { AsyncFd::register(dup) }.map_err(std::io::Error::from)
+                });
+                let listener = match registered {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        socket.state = State::Closed;
+                        return Ok(Err(error_code(&e)));
+                    }
                 };
+                socket.state = State::Listening { addr, listener };
                 // From now on new clients come to this version.
                 socket.tenant.make_current(socket.generation);
                 let name = socket.tenant.name();
@@ -854,5 +867,5 @@ pub fn host_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }

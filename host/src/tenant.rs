@@ -6,10 +6,10 @@ use crate::manifest::TenantConfig;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::net::TcpListener;
 
 /// Where a tenant is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

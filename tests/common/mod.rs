@@ -23,6 +23,18 @@ pub fn client_bin() -> &'static str {
     env!("CARGO_BIN_EXE_client")
 }
 
+/// One of the repository's guests (`guest/src/bin/{name}.rs`), as built
+/// for embedding in the host.
+pub fn repo_guest(name: &str) -> PathBuf {
+    PathBuf::from(match name {
+        "seed" => env!("DEFAULT_GUEST_WASM"),
+        "echo" => env!("ECHO_GUEST_WASM"),
+        "upper" => env!("UPPER_GUEST_WASM"),
+        "kv" => env!("KV_GUEST_WASM"),
+        other => panic!("no guest named {other}"),
+    })
+}
+
 /// A test guest's component, from `tests/guests/src/bin/{name}.rs`.
 pub fn test_guest(name: &str) -> PathBuf {
     test_guests::path(name)
@@ -342,8 +354,26 @@ impl Tenants {
 
 /// `GET path` over HTTP/1.0; returns the status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
+}
+
+/// `POST path` with `body` over HTTP/1.0; returns the status code and body.
+pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn http(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut stream = connect(addr);
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream
         .read_to_string(&mut response)

@@ -10,7 +10,7 @@ fn main() {
     if std::env::var("TARGET").is_ok_and(|t| t == build_guests::WASM_TARGET) {
         return;
     }
-    let dir = build_guests::build("test-guests");
+    let dir = build_guests::build("test-guests", "tests/guests");
     println!("cargo:rustc-env=TEST_GUESTS_DIR={}", dir.display());
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../../host/build_guests.rs");

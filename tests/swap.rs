@@ -1,0 +1,289 @@
+//! Live swaps: a tenant's guest replaced by another while clients keep
+//! talking to it; no request lost, no connection refused, broken releases
+//! refused, old versions drained; and manifest reloads that touch only what
+//! changed.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A manifest running `component` as tenant "live", with the admin endpoint.
+fn live(component: &str, limits: &str) -> String {
+    format!(
+        "[host]\nadmin = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"live\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ {limits} }}\n"
+    )
+}
+
+fn swap(t: &Tenants, component: &str) -> (u16, String) {
+    http_post(t.admin.unwrap(), "/tenants/live/swap", component)
+}
+
+/// The reply of a fresh connection to `message`.
+fn fresh_reply(addr: SocketAddr, message: &str) -> String {
+    round_trip(&mut connect(addr), format!("{message}\n").as_bytes())
+}
+
+#[test]
+fn ten_swaps_under_load_lose_no_request_and_refuse_no_connection() {
+    let echo = repo_guest("echo");
+    let upper = repo_guest("upper");
+    let t = Tenants::start(
+        &live(&echo.display().to_string(), "drain_timeout = \"60s\""),
+        &["live"],
+        &[],
+    );
+    let addr = t.addr("live");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, requests) = (stop.clone(), requests.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Fresh connections keep arriving during every swap.
+                    let mut stream = match TcpStream::connect_timeout(&addr, TIMEOUT) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            errors.push(format!("connect: {e}"));
+                            continue;
+                        }
+                    };
+                    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    for _ in 0..5 {
+                        n += 1;
+                        let message = format!("client{c}-request{n}");
+                        let reply = round_trip(&mut stream, format!("{message}\n").as_bytes());
+                        if reply != format!("{message}\n")
+                            && reply != format!("{}\n", message.to_uppercase())
+                        {
+                            errors.push(format!("{message}: wrong reply {reply:?}"));
+                        }
+                        requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Exactly one reply per request: nothing more arrives.
+                    stream.shutdown(Shutdown::Write).unwrap();
+                    let mut rest = Vec::new();
+                    if let Err(e) = stream.read_to_end(&mut rest) {
+                        errors.push(format!("closing: {e}"));
+                    }
+                    if !rest.is_empty() {
+                        errors.push(format!("extra bytes after the replies: {rest:?}"));
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+
+    for round in 0..10 {
+        let (to, expect) = if round % 2 == 0 {
+            (&upper, "HELLO\n")
+        } else {
+            (&echo, "hello\n")
+        };
+        let before = requests.load(Ordering::Relaxed);
+        let (code, body) = swap(&t, &to.display().to_string());
+        assert_eq!(code, 200, "swap {round}: {body}");
+        // New connections now reach the new version.
+        assert_eq!(fresh_reply(addr, "hello"), expect, "after swap {round}");
+        // The load kept flowing through the swap.
+        let deadline = Instant::now() + TIMEOUT;
+        while requests.load(Ordering::Relaxed) < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled after swap {round}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let errors: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(t.status("live")["generation"], 11);
+    assert!(requests.load(Ordering::Relaxed) > 200);
+}
+
+#[test]
+fn broken_components_are_refused_and_the_old_version_keeps_serving() {
+    let t = Tenants::start(&live("builtin:echo", ""), &["live"], &[]);
+    let addr = t.addr("live");
+    let dir = scratch_dir("broken");
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x0d\0\x01\0 certainly not a component").unwrap();
+    let wrong_world = dir.join("wrong-world.wasm");
+    std::fs::write(&wrong_world, wat::parse_str("(component)").unwrap()).unwrap();
+    let cases = [
+        (
+            garbage.display().to_string(),
+            "is not a valid WebAssembly component",
+        ),
+        (
+            wrong_world.display().to_string(),
+            "does not export wasi:cli/run",
+        ),
+        (
+            test_guest("trap-at-start").display().to_string(),
+            "failed before it listened",
+        ),
+        (
+            "/no/such/guest.wasm".to_owned(),
+            "cannot read /no/such/guest.wasm",
+        ),
+        (
+            "builtin:nonesuch".to_owned(),
+            "no built-in guest named \"nonesuch\"",
+        ),
+    ];
+    let mut held = connect(addr);
+    for (component, why) in cases {
+        let (code, body) = swap(&t, &component);
+        assert_eq!(code, 422, "{component}: {body}");
+        assert!(body.contains(why), "{component}: {body}");
+        assert_eq!(fresh_reply(addr, "still echo"), "still echo\n");
+        assert_eq!(round_trip(&mut held, b"held\n"), "held\n");
+    }
+    let status = t.status("live");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["component"], "builtin:echo", "{status}");
+}
+
+#[test]
+fn the_drain_deadline_closes_connections_that_outstay_it() {
+    let t = Tenants::start(
+        &live("builtin:echo", "drain_timeout = \"500ms\""),
+        &["live"],
+        &[],
+    );
+    let addr = t.addr("live");
+    let mut old = connect(addr);
+    assert_eq!(round_trip(&mut old, b"before\n"), "before\n");
+    let (code, body) = swap(&t, "builtin:upper");
+    assert_eq!(code, 200, "{body}");
+    // The old version still serves its connection until the deadline...
+    assert_eq!(round_trip(&mut old, b"during\n"), "during\n");
+    assert_eq!(fresh_reply(addr, "new"), "NEW\n");
+    // ...then the host closes it.
+    let started = Instant::now();
+    let mut buf = [0u8; 8];
+    match old.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("unexpected {n} bytes"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    t.host
+        .wait_for_log("drain deadline of 500ms passed: closing 1 connections of the old version");
+}
+
+#[test]
+fn an_old_version_without_connections_is_dropped_at_once() {
+    let t = Tenants::start(
+        &live("builtin:echo", "drain_timeout = \"1h\""),
+        &["live"],
+        &[],
+    );
+    let (code, body) = swap(&t, "builtin:upper");
+    assert_eq!(code, 200, "{body}");
+    t.host.wait_for_log("old version drained and dropped");
+}
+
+#[test]
+fn a_changed_component_file_is_swapped_in() {
+    let dir = scratch_dir("watched");
+    let file = dir.join("live.wasm");
+    std::fs::copy(repo_guest("echo"), &file).unwrap();
+    let t = Tenants::start(&live(&file.display().to_string(), ""), &["live"], &[]);
+    let addr = t.addr("live");
+    assert_eq!(fresh_reply(addr, "hi"), "hi\n");
+    t.host.wait_for_log("watching for component changes");
+    // Replace it the safe way: write beside, then rename over.
+    let tmp = dir.join("live.wasm.tmp");
+    std::fs::copy(repo_guest("upper"), &tmp).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while fresh_reply(addr, "hi") != "HI\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the file change was not swapped in:\n{}",
+            t.host.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A broken write is refused; the running version stays.
+    std::fs::write(&tmp, b"half a compon").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    t.host
+        .wait_for_log("component file changed but cannot be used");
+    assert_eq!(fresh_reply(addr, "hi"), "HI\n");
+}
+
+#[test]
+fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
+    let tenant = |name: &str, component: &str| {
+        format!(
+            "[[tenant]]\nname = \"{name}\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\n\n"
+        )
+    };
+    let head = "[host]\nadmin = \"127.0.0.1:0\"\n\n";
+    let before = format!(
+        "{head}{}{}{}",
+        tenant("keep", "builtin:echo"),
+        tenant("gone", "builtin:echo"),
+        tenant("change", "builtin:echo")
+    );
+    let t = Tenants::start(&before, &["keep", "gone", "change"], &[]);
+    let mut kept = connect(t.addr("keep"));
+    assert_eq!(round_trip(&mut kept, b"one\n"), "one\n");
+
+    // An invalid manifest changes nothing.
+    let path = t.dir.join("tenants.toml");
+    std::fs::write(&path, format!("{before}bogus = 1\n")).unwrap();
+    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("unknown field `bogus`"), "{body}");
+
+    let after = format!(
+        "{head}{}{}{}",
+        tenant("keep", "builtin:echo"),
+        tenant("change", "builtin:upper"),
+        tenant("new", "builtin:echo")
+    );
+    std::fs::write(&path, after).unwrap();
+    t.host.signal("HUP");
+    t.host.wait_for_log("SIGHUP: manifest reloaded");
+    let new = addr_after(
+        &t.host.wait_for_log("new: listening on "),
+        "new: listening on ",
+    );
+    assert_eq!(fresh_reply(new, "added"), "added\n");
+    assert_eq!(fresh_reply(t.addr("change"), "changed"), "CHANGED\n");
+    assert!(
+        TcpStream::connect(t.addr("gone")).is_err(),
+        "a removed tenant's address refuses"
+    );
+    // The unaffected tenant: same version, same connection.
+    assert_eq!(round_trip(&mut kept, b"two\n"), "two\n");
+    assert_eq!(t.status("keep")["generation"], 1);
+    assert_eq!(t.status("change")["generation"], 2);
+    let (_, status) = http_get(t.admin.unwrap(), "/status");
+    assert!(!status.contains("\"gone\""), "{status}");
+}
