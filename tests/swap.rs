@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -286,4 +286,25 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
     assert_eq!(t.status("change")["generation"], 2);
     let (_, status) = http_get(t.admin.unwrap(), "/status");
     assert!(!status.contains("\"gone\""), "{status}");
+}
+
+#[test]
+fn the_kv_guest_keeps_state_across_connections_until_swapped_out() {
+    let t = Tenants::start(&live("builtin:kv", ""), &["live"], &[]);
+    let addr = t.addr("live");
+    let mut a = connect(addr);
+    assert_eq!(round_trip(&mut a, b"SET colour blue\n"), "OK\n");
+    // A command may arrive in pieces.
+    a.write_all(b"SET size ").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(round_trip(&mut a, b"large\n"), "OK\n");
+    let mut b = connect(addr);
+    assert_eq!(round_trip(&mut b, b"GET colour\n"), "VALUE blue\n");
+    assert_eq!(round_trip(&mut b, b"COUNT\n"), "COUNT 2\n");
+    assert_eq!(round_trip(&mut b, b"DEL size\n"), "OK\n");
+    assert_eq!(round_trip(&mut b, b"GET size\n"), "NONE\n");
+    assert_eq!(round_trip(&mut b, b"FLY away\n"), "ERROR\n");
+    // A new version starts with an empty store: state lives in the guest.
+    assert_eq!(swap(&t, "builtin:kv").0, 200);
+    assert_eq!(fresh_reply(addr, "GET colour"), "NONE\n");
 }

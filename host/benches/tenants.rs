@@ -5,7 +5,9 @@
 //! - time from exec to all 100 tenants listening, with a cold and with a warm
 //!   compile cache, with the default allocator and with the pooling allocator;
 //! - a neighbour's round-trip latency (p50, p99) alone, and while a hostile
-//!   tenant computes without end beside it.
+//!   tenant computes without end beside it;
+//! - live swaps under load: from the swap request to the first reply from
+//!   the new version, and the load's errors during the swaps.
 //!
 //! Prints a Markdown report (also written to `target/bench-tenants.md`).
 
@@ -254,7 +256,107 @@ fn main() {
     )
     .unwrap();
 
+    swaps(&mut report);
+
     print!("{report}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tenants.md");
     std::fs::write(&out, &report).unwrap();
+}
+
+/// `POST path` with `body` to the admin endpoint; returns the status line.
+fn post(admin: SocketAddr, path: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.lines().next().unwrap_or("").to_owned()
+}
+
+/// The reply to `message` on a fresh connection.
+fn fresh(addr: SocketAddr, message: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(message.as_bytes())?;
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while !buf[..got].contains(&b'\n') {
+        let n = stream.read(&mut buf[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(String::from_utf8_lossy(&buf[..got]).into_owned())
+}
+
+const SWAPS: usize = 20;
+
+fn swaps(report: &mut String) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = fresh_dir("swap");
+    let manifest = dir.join("swap.toml");
+    std::fs::write(
+        &manifest,
+        "[host]\nadmin = \"127.0.0.1:0\"\ncache_dir = \"cache\"\n\n[[tenant]]\nname = \"live\"\ncomponent = \"builtin:echo\"\nlisten = [\"127.0.0.1:0\"]\nlimits = { drain_timeout = \"60s\" }\n",
+    )
+    .unwrap();
+    let host = Host::start(&manifest);
+    let (_, admin) = host.wait_for("admin: listening on ", 1);
+    let (_, addrs) = host.wait_for(": listening on ", 1);
+    let (admin, addr) = (admin[0].1, addrs[0].1);
+
+    // Load: four clients, each a fresh connection per five round trips.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (requests, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, requests, errors) = (stop.clone(), requests.clone(), errors.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..5 {
+                        match fresh(addr, "ping\n") {
+                            Ok(r) if r == "ping\n" || r == "PING\n" => requests.fetch_add(1, Ordering::Relaxed),
+                            _ => errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut latencies = Vec::with_capacity(SWAPS);
+    for i in 0..SWAPS {
+        let (to, expect) = if i % 2 == 0 { ("builtin:upper", "HELLO\n") } else { ("builtin:echo", "hello\n") };
+        let started = Instant::now();
+        let status = post(admin, "/tenants/live/swap", to);
+        assert!(status.contains("200"), "swap {i}: {status}");
+        while fresh(addr, "hello\n").ok().as_deref() != Some(expect) {}
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.into_iter().for_each(|t| t.join().unwrap());
+    latencies.sort_by(f64::total_cmp);
+    writeln!(
+        report,
+        "\nLive swaps ({SWAPS}, echo <-> upper, four clients opening fresh connections throughout):\n"
+    )
+    .unwrap();
+    writeln!(report, "| swap request to first reply from the new version, p50 | max | requests served during the swaps | errors |").unwrap();
+    writeln!(report, "| --- | --- | --- | --- |").unwrap();
+    writeln!(
+        report,
+        "| {:.1} ms | {:.1} ms | {} | {} |",
+        percentile(&latencies, 0.5),
+        latencies.last().unwrap(),
+        requests.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    )
+    .unwrap();
 }
