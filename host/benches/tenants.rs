@@ -67,6 +67,10 @@ impl Host {
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("only {} of {n} {marker:?} lines", addrs.len()));
+            // The guests' own log lines (target `guest`) say "listening on" too.
+            if line.contains(" guest: ") {
+                continue;
+            }
             if let Some((before, after)) = line.split_once(marker) {
                 let name = before.split_whitespace().last().unwrap_or("").to_owned();
                 addrs.push((
@@ -321,7 +325,9 @@ fn swaps(report: &mut String) {
                 while !stop.load(Ordering::Relaxed) {
                     for _ in 0..5 {
                         match fresh(addr, "ping\n") {
-                            Ok(r) if r == "ping\n" || r == "PING\n" => requests.fetch_add(1, Ordering::Relaxed),
+                            Ok(r) if r == "ping\n" || r == "PING\n" => {
+                                requests.fetch_add(1, Ordering::Relaxed)
+                            }
                             _ => errors.fetch_add(1, Ordering::Relaxed),
                         };
                     }
@@ -332,7 +338,11 @@ fn swaps(report: &mut String) {
     std::thread::sleep(Duration::from_millis(500));
     let mut latencies = Vec::with_capacity(SWAPS);
     for i in 0..SWAPS {
-        let (to, expect) = if i % 2 == 0 { ("builtin:upper", "HELLO\n") } else { ("builtin:echo", "hello\n") };
+        let (to, expect) = if i % 2 == 0 {
+            ("builtin:upper", "HELLO\n")
+        } else {
+            ("builtin:echo", "hello\n")
+        };
         let started = Instant::now();
         let status = post(admin, "/tenants/live/swap", to);
         assert!(status.contains("200"), "swap {i}: {status}");
