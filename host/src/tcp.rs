@@ -276,18 +276,20 @@ impl TenantState {
             return Ok(Err(ErrorCode::WouldBlock));
         }
         loop {
-            let (client, peer) = match listener.get_ref().accept() {
-                Ok(client) => client,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // The queue is empty: the next readiness wait must wait.
-                    if let Poll::Ready(Ok(mut guard)) =
-                        listener.poll_read_ready(&mut Context::from_waker(Waker::noop()))
-                    {
-                        guard.clear_ready();
-                    }
-                    return Ok(Err(ErrorCode::WouldBlock));
-                }
-                Err(e) => return Ok(Err(error_code(&e))),
+            // Readiness first, then accept through the guard: it clears the
+            // readiness only if nothing arrived meanwhile, so no wakeup is
+            // lost between an empty queue and the next wait.
+            let mut guard = match listener.poll_read_ready(&mut Context::from_waker(Waker::noop()))
+            {
+                Poll::Ready(Ok(guard)) => guard,
+                Poll::Ready(Err(e)) => return Ok(Err(error_code(&e))),
+                Poll::Pending => return Ok(Err(ErrorCode::WouldBlock)),
+            };
+            let (client, peer) = match guard.try_io(|inner| inner.get_ref().accept()) {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => return Ok(Err(error_code(&e))),
+                // Nothing queued after all: readiness cleared, ask again.
+                Err(_would_block) => continue,
             };
             let tenant = &socket.tenant;
             if tenant.counters.connections_open.load(Ordering::Relaxed) < cap {

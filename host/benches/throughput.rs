@@ -1,0 +1,432 @@
+//! Request/response throughput and latency, run with
+//! `cargo bench -p host --bench throughput`; regenerates `BENCHMARKS.md`.
+//!
+//! Side by side in one run, on this machine: the host running the default
+//! guest (the seed server), a native tokio server giving the same reply, and
+//! the seed's Go server when `go` is installed. Each client sends a short
+//! message and waits for the reply before sending the next. Cases: 1, 50 and
+//! 1000 busy clients, and 50 busy beside 5000 idle connections. Also: the
+//! host's memory per idle connection (10,000 of them), and the time from
+//! exec to accepting connections, cold and with a warm compile cache.
+//!
+//! The load generator runs in this process on one thread; the servers get
+//! the rest of the machine.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WARM_UP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+const IDLE_FOR_MEMORY: usize = 10_000;
+
+/// A server under test, killed when dropped.
+struct Server {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A free port on 127.0.0.1.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits until `addr` accepts a connection; returns how long that took.
+fn wait_accepting(addr: SocketAddr, since: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never accepted");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    since.elapsed()
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("host-throughput-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The host running the default guest from a manifest, with room for the
+/// connections the cases open. Logs go where the Go server's go: nowhere.
+fn host(dir: &Path) -> Server {
+    let addr = free_addr();
+    let manifest = dir.join("bench.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[host]\ncache_dir = \"cache\"\n\n[[tenant]]\nname = \"seed\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\nlimits = {{ max_connections = 20000 }}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .arg("--config")
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_accepting(addr, Instant::now());
+    Server {
+        name: "host + seed guest",
+        child,
+        addr,
+    }
+}
+
+fn native() -> Server {
+    let addr = free_addr();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["serve-native", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_accepting(addr, Instant::now());
+    Server {
+        name: "native tokio",
+        child,
+        addr,
+    }
+}
+
+fn go_seed(dir: &Path) -> Option<Server> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed-server.go");
+    let binary = dir.join("seed-server");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOFLAGS", "-mod=mod")
+        .status()
+        .ok()?
+        .success();
+    if !built {
+        return None;
+    }
+    let addr = free_addr();
+    let child = Command::new(&binary)
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_accepting(addr, Instant::now());
+    Some(Server {
+        name: "seed's Go server",
+        child,
+        addr,
+    })
+}
+
+/// The native baseline: tokio, a task per connection, the seed's reply.
+fn serve_native(addr: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut buf = [0u8; 2048];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let n: u32 = rand_below_100();
+                            if stream
+                                .write_all(format!("rust socket server : {n}\n").as_bytes())
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A cheap random number below 100 (xorshift; the baseline must not be
+/// slowed by a heavier generator than the guest's).
+fn rand_below_100() -> u32 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id())));
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x % 100) as u32
+    })
+}
+
+/// Results of one case against one server.
+struct Outcome {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// `busy` clients doing round trips beside `idle` silent connections.
+fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut held = Vec::with_capacity(idle);
+        for _ in 0..idle {
+            held.push(
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .expect("an idle connection"),
+            );
+        }
+        let measuring = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::with_capacity(busy);
+        for _ in 0..busy {
+            let (measuring, stop) = (measuring.clone(), stop.clone());
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("a busy connection");
+            stream.set_nodelay(true).unwrap();
+            clients.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    stream.write_all(b"ping\n").await.expect("sending");
+                    let mut got = 0;
+                    while !buf[..got].contains(&b'\n') {
+                        let n = stream.read(&mut buf[got..]).await.expect("a reply");
+                        assert!(n > 0, "the server closed a busy connection");
+                        got += n;
+                    }
+                    if measuring.load(Ordering::Relaxed) {
+                        latencies.push(started.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+                latencies
+            }));
+        }
+        tokio::time::sleep(WARM_UP).await;
+        measuring.store(true, Ordering::Relaxed);
+        tokio::time::sleep(MEASURE).await;
+        measuring.store(false, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for client in clients {
+            all.extend(client.await.unwrap());
+        }
+        drop(held);
+        all.sort_by(f64::total_cmp);
+        let at = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize];
+        Outcome {
+            per_sec: all.len() as f64 / MEASURE.as_secs_f64(),
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+        }
+    })
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let go = Command::new("go")
+        .arg("version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "no Go toolchain".into());
+    format!(
+        "{cores} cores ({model}), {:.1} GiB RAM, Linux {}; {rustc}; {go}; wasmtime 48.0.8; release build",
+        mem_kib as f64 / (1 << 20) as f64,
+        kernel.trim()
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve-native") {
+        return serve_native(&args[2]);
+    }
+    let dir = scratch("run");
+    let mut report = String::new();
+    writeln!(report, "# Benchmarks\n").unwrap();
+    writeln!(report, "Regenerated by `cargo bench -p host --bench throughput` (multi-tenant figures: `cargo bench -p host --bench tenants`, in the README).\n").unwrap();
+    writeln!(report, "Machine: {}.\n", machine()).unwrap();
+    writeln!(report, "Request/response: each client sends `ping\\n` and waits for the one-line reply before the next; {}s measured after {}s of warm-up; the load generator runs on one thread of the same machine.\n", MEASURE.as_secs(), WARM_UP.as_secs()).unwrap();
+
+    let cases: [(&str, usize, usize); 4] = [
+        ("1 busy", 1, 0),
+        ("50 busy", 50, 0),
+        ("1000 busy", 1000, 0),
+        ("50 busy + 5000 idle", 50, 5000),
+    ];
+    let mut servers: Vec<Box<dyn Fn() -> Option<Server>>> = vec![
+        Box::new(|| Some(native())),
+        Box::new({
+            let dir = dir.clone();
+            move || Some(host(&dir))
+        }),
+    ];
+    {
+        let dir = dir.clone();
+        servers.push(Box::new(move || go_seed(&dir)));
+    }
+    let mut rows: Vec<(String, Vec<Option<Outcome>>)> = Vec::new();
+    for start in &servers {
+        let Some(server) = start() else {
+            eprintln!("no Go toolchain: the seed's Go server is left out");
+            continue;
+        };
+        let outcomes = cases
+            .iter()
+            .map(|(label, busy, idle)| {
+                eprintln!("{}: {label}", server.name);
+                Some(load(server.addr, *busy, *idle))
+            })
+            .collect();
+        rows.push((server.name.to_owned(), outcomes));
+    }
+
+    writeln!(
+        report,
+        "| case | server | round trips/s | vs native | p50 | p99 | p99 vs native |"
+    )
+    .unwrap();
+    writeln!(report, "| --- | --- | --- | --- | --- | --- | --- |").unwrap();
+    for (i, (label, _, _)) in cases.iter().enumerate() {
+        let native = rows[0].1[i].as_ref().unwrap();
+        for (name, outcomes) in &rows {
+            let Some(o) = &outcomes[i] else { continue };
+            writeln!(
+                report,
+                "| {label} | {name} | {:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x |",
+                o.per_sec,
+                o.per_sec / native.per_sec,
+                o.p50_us,
+                o.p99_us,
+                o.p99_us / native.p99_us
+            )
+            .unwrap();
+        }
+    }
+
+    // Memory per idle connection, host and guest together.
+    let server = host(&dir);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = server.rss_kib();
+    let addr = server.addr;
+    let held: Vec<std::net::TcpStream> = (0..IDLE_FOR_MEMORY)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // Let the guest accept them all.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = server.rss_kib();
+    drop(held);
+    drop(server);
+    writeln!(
+        report,
+        "\nMemory: the host's RSS went from {:.1} MiB to {:.1} MiB holding {IDLE_FOR_MEMORY} idle connections: {:.1} KiB per connection, host and guest together.\n",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after as f64 - before as f64) / IDLE_FOR_MEMORY as f64
+    )
+    .unwrap();
+
+    // Exec to accepting connections, one tenant from the command line.
+    let cache = scratch("cache");
+    let mut start = || {
+        let addr = free_addr();
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["--listen", &addr.to_string(), "--cache-dir"])
+            .arg(&cache)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let took = wait_accepting(addr, started);
+        let _ = child.kill();
+        let log = BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let _ = child.wait();
+        (took, log.contains("compiled component"))
+    };
+    let (cold, compiled) = start();
+    assert!(compiled, "the first start compiles");
+    let warm: Vec<Duration> = (0..5).map(|_| start().0).collect();
+    let best = warm.iter().min().unwrap();
+    let worst = warm.iter().max().unwrap();
+    writeln!(
+        report,
+        "Start-up, exec to the first accepted connection: {:.0} ms cold (compiling the guest), {:.1} to {:.1} ms with a warm compile cache (5 starts).\n",
+        cold.as_secs_f64() * 1e3,
+        best.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3
+    )
+    .unwrap();
+
+    print!("{report}");
+    std::fs::write(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md"),
+        &report,
+    )
+    .unwrap();
+}
