@@ -389,7 +389,7 @@ fn main() {
 
     // Exec to accepting connections, one tenant from the command line.
     let cache = scratch("cache");
-    let mut start = || {
+    let start = || {
         let addr = free_addr();
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
