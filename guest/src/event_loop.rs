@@ -7,6 +7,7 @@
 //! takes it. Memory is bounded: while more than [`MAX_PENDING`] bytes of
 //! answers wait for a slow reader, the loop stops reading from that client.
 
+use crate::bindings::wasi::clocks::monotonic_clock::subscribe_duration;
 use crate::bindings::wasi::io::poll::{Pollable, poll};
 use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 use crate::bindings::wasi::sockets::network::ErrorCode;
@@ -32,6 +33,17 @@ const READS_PER_TURN: usize = 8;
 /// the clients already connected.
 const ACCEPTS_PER_TURN: usize = 64;
 
+/// A connection active within this many turns is polled every turn.
+const HOT_TURNS: u64 = 32;
+
+/// Every connection, quiet or not, is polled at least every this many turns.
+const FULL_POLL_EVERY: u64 = 16;
+
+/// Longest a poll of only the active connections waits before every
+/// connection is polled again: the most a quiet client's first message can
+/// be delayed, in nanoseconds.
+const COLD_WAIT_NS: u64 = 2_000_000;
+
 /// Serves clients on the granted address with `protocol`, forever; returns
 /// only if it cannot start, saying why.
 pub fn run<P: Protocol>(mut protocol: P) -> Result<Infallible, String> {
@@ -43,12 +55,26 @@ pub fn run<P: Protocol>(mut protocol: P) -> Result<Infallible, String> {
     let mut connections: Slab<Connection<P::Session>> = Slab::new();
     let mut interests: Vec<Interest> = Vec::new();
     let mut ready: Vec<Interest> = Vec::new();
+    let mut turn: u64 = 0;
+    let mut last_full: u64 = 0;
+    let mut force_full = true;
     loop {
+        turn += 1;
+        // The host's poll costs time for every pollable listed, ready or
+        // not. Connections that were active lately ("hot") are polled every
+        // turn; quiet ones only every FULL_POLL_EVERY turns, or once the
+        // hot ones have been silent for COLD_WAIT.
+        let full = force_full || turn - last_full >= FULL_POLL_EVERY;
         interests.clear();
-        let mut pollables: Vec<&Pollable> = Vec::with_capacity(1 + 2 * connections.len());
+        let mut pollables: Vec<&Pollable> = Vec::with_capacity(2 + 2 * connections.len());
         pollables.push(&listener.ready);
         interests.push(Interest::Accept);
+        let mut skipped = 0usize;
         for (id, conn) in connections.iter() {
+            if !full && !conn.is_hot(turn) {
+                skipped += 1;
+                continue;
+            }
             if conn.wants_read() {
                 pollables.push(&conn.readable);
                 interests.push(Interest::Read(id));
@@ -58,19 +84,34 @@ pub fn run<P: Protocol>(mut protocol: P) -> Result<Infallible, String> {
                 interests.push(Interest::Write(id));
             }
         }
+        let timer = (skipped > 0).then(|| subscribe_duration(COLD_WAIT_NS));
+        if let Some(timer) = &timer {
+            pollables.push(timer);
+            interests.push(Interest::Timer);
+        }
+        if full {
+            last_full = turn;
+        }
+        force_full = false;
+        // Log lines of the last turn go out in one write before waiting.
+        crate::log::flush();
         let ready_indices = poll(&pollables);
         drop(pollables);
+        drop(timer);
 
         ready.clear();
         ready.extend(ready_indices.iter().map(|&i| interests[i as usize]));
         for &event in &ready {
             match event {
-                Interest::Accept => accept(&listener, &mut connections, &mut protocol),
+                Interest::Accept => accept(&listener, &mut connections, &mut protocol, turn),
+                // The hot connections were quiet: look at every one next.
+                Interest::Timer => force_full = true,
                 Interest::Read(id) | Interest::Write(id) => {
                     // An earlier event in this batch may have closed it.
                     let Some(conn) = connections.get_mut(id) else {
                         continue;
                     };
+                    conn.last_active = turn;
                     let step = match event {
                         Interest::Read(_) => conn.on_readable(&mut protocol),
                         _ => conn.on_writable(),
@@ -90,6 +131,8 @@ enum Interest {
     Accept,
     Read(usize),
     Write(usize),
+    /// The bound on a poll that left quiet connections out.
+    Timer,
 }
 
 /// Whether a connection lives on after an event.
@@ -104,6 +147,7 @@ fn accept<P: Protocol>(
     listener: &Listener,
     connections: &mut Slab<Connection<P::Session>>,
     protocol: &mut P,
+    turn: u64,
 ) {
     for _ in 0..ACCEPTS_PER_TURN {
         let (socket, input, output) = match listener.socket.accept() {
@@ -131,7 +175,9 @@ fn accept<P: Protocol>(
             session: Some(session),
             pending: Vec::new(),
             sent: 0,
+            permit: 0,
             eof: false,
+            last_active: turn,
         });
     }
 }
@@ -151,13 +197,23 @@ struct Connection<S> {
     /// Answers not yet accepted by the output stream, from `sent` on.
     pending: Vec<u8>,
     sent: usize,
+    /// Bytes the output stream has agreed to take without another
+    /// `check-write`.
+    permit: usize,
     /// The client closed its side; answer what is pending, then close.
     eof: bool,
+    /// The last turn of the loop with an event on this connection.
+    last_active: u64,
 }
 
 impl<S> Connection<S> {
     fn unsent(&self) -> usize {
         self.pending.len() - self.sent
+    }
+
+    /// Active lately, or with work in progress: polled every turn.
+    fn is_hot(&self, turn: u64) -> bool {
+        turn - self.last_active <= HOT_TURNS || self.wants_write()
     }
 
     fn wants_read(&self) -> bool {
@@ -180,6 +236,7 @@ impl<S> Connection<S> {
             match self.input.read(READ_SIZE) {
                 Ok(data) if data.is_empty() => break,
                 Ok(data) => {
+                    let full = data.len() as u64 == READ_SIZE;
                     log!(
                         "received {} bytes from {}: {}",
                         data.len(),
@@ -188,6 +245,11 @@ impl<S> Connection<S> {
                     );
                     if let Some(session) = self.session.as_mut() {
                         protocol.receive(session, &data, &mut self.pending);
+                    }
+                    // A short read drained the socket: reading again would
+                    // only cost a call that finds nothing.
+                    if !full {
+                        break;
                     }
                 }
                 Err(StreamError::Closed) => {
@@ -206,15 +268,23 @@ impl<S> Connection<S> {
     /// Writes as much pending output as the stream accepts now.
     fn on_writable(&mut self) -> Step {
         while self.unsent() > 0 {
-            let permitted = match self.output.check_write() {
-                Ok(0) => break,
-                Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
-                Err(e) => return self.write_failed(e),
-            };
-            let end = self.pending.len().min(self.sent.saturating_add(permitted));
+            // A permit from `check-write` lasts until writes use it up, so
+            // most replies need no `check-write` call of their own.
+            if self.permit == 0 {
+                self.permit = match self.output.check_write() {
+                    Ok(0) => break,
+                    Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                    Err(e) => return self.write_failed(e),
+                };
+            }
+            let end = self
+                .pending
+                .len()
+                .min(self.sent.saturating_add(self.permit));
             if let Err(e) = self.output.write(&self.pending[self.sent..end]) {
                 return self.write_failed(e);
             }
+            self.permit -= end - self.sent;
             self.sent = end;
         }
         if self.unsent() == 0 {

@@ -66,6 +66,7 @@ macro_rules! serve {
                     Ok(never) => match never {},
                     Err(reason) => {
                         $crate::log::line(&::std::format!("error: {reason}"));
+                        $crate::log::flush();
                         Err(())
                     }
                 }

@@ -309,8 +309,22 @@ fn machine() -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("serve-native") {
-        return serve_native(&args[2]);
+    match args.get(1).map(String::as_str) {
+        Some("serve-native") => return serve_native(&args[2]),
+        // `load ADDR BUSY IDLE`: one case against a server started by hand.
+        Some("load") => {
+            let o = load(
+                args[2].parse().unwrap(),
+                args[3].parse().unwrap(),
+                args[4].parse().unwrap(),
+            );
+            println!(
+                "{:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs",
+                o.per_sec, o.p50_us, o.p99_us
+            );
+            return;
+        }
+        _ => {}
     }
     let dir = scratch("run");
     let mut report = String::new();
