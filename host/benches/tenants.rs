@@ -11,6 +11,8 @@
 //!
 //! Prints a Markdown report (also written to `target/bench-tenants.md`).
 
+mod support;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::{machine, rss_kib, scratch};
 
 const TENANTS: usize = 100;
 const ROUND_TRIPS: usize = 5000;
@@ -83,13 +86,7 @@ impl Host {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc")
+        rss_kib(self.child.id())
     }
 }
 
@@ -109,13 +106,6 @@ fn manifest(dir: &Path, tenants: usize, pooling: bool, extra: &str) -> PathBuf {
     let path = dir.join(format!("tenants-{tenants}-{pooling}.toml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn fresh_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("host-bench-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Sequential round trips to the seed guest at `addr`; latencies in µs.
@@ -144,37 +134,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{cores} cores ({model}), {:.1} GiB RAM, Linux {}",
-        mem_kib as f64 / (1 << 20) as f64,
-        kernel.trim()
-    )
-}
-
 fn main() {
     let mut report = String::new();
-    writeln!(report, "Machine: {}; release build.\n", machine()).unwrap();
+    writeln!(report, "Machine: {}.\n", machine()).unwrap();
 
     // Start-up and memory, with and without the pooling allocator.
     writeln!(report, "| allocator | 100 tenants listening, cold cache | warm cache | RSS, 1 tenant | RSS, 100 tenants | per idle tenant |").unwrap();
     writeln!(report, "| --- | --- | --- | --- | --- | --- |").unwrap();
     for pooling in [false, true] {
-        let dir = fresh_dir(if pooling { "pool" } else { "default" });
+        let dir = scratch(if pooling { "pool" } else { "default" });
         let many = manifest(&dir, TENANTS, pooling, "");
         let cold = {
             let host = Host::start(&many);
@@ -211,7 +179,7 @@ fn main() {
     }
 
     // A neighbour's latency, alone and beside a tenant computing forever.
-    let dir = fresh_dir("neighbour");
+    let dir = scratch("neighbour");
     let hostile = test_guests::path("hostile");
     let extra = format!(
         "[[tenant]]\nname = \"hostile\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ cpu_limit = \"1h\" }}\n",
@@ -303,7 +271,7 @@ const SWAPS: usize = 20;
 fn swaps(report: &mut String) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let dir = fresh_dir("swap");
+    let dir = scratch("swap");
     let manifest = dir.join("swap.toml");
     std::fs::write(
         &manifest,

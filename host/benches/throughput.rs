@@ -12,14 +12,17 @@
 //! The load generator runs in this process on one thread; the servers get
 //! the rest of the machine.
 
+mod support;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use support::{machine, rss_kib, scratch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -42,13 +45,7 @@ impl Drop for Server {
 
 impl Server {
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_kib(self.child.id())
     }
 }
 
@@ -78,13 +75,6 @@ fn wait_accepting(addr: SocketAddr, since: Instant) -> Duration {
             return since.elapsed();
         }
     }
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("host-throughput-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The host running the default guest from a manifest, with room for the
@@ -273,38 +263,6 @@ fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
             p99_us: at(0.99),
         }
     })
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let rustc = Command::new("rustc")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let go = Command::new("go")
-        .arg("version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|_| "no Go toolchain".into());
-    format!(
-        "{cores} cores ({model}), {:.1} GiB RAM, Linux {}; {rustc}; {go}; wasmtime 48.0.8; release build",
-        mem_kib as f64 / (1 << 20) as f64,
-        kernel.trim()
-    )
 }
 
 fn main() {

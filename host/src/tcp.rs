@@ -304,6 +304,34 @@ impl TenantState {
             tracing::warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}");
         }
     }
+    /// Stores a socket option that must not be zero (WASI's rule for every
+    /// size, count and duration option).
+    fn set_nonzero<V: PartialEq + Default>(
+        &mut self,
+        this: &Resource<GuestTcp>,
+        value: V,
+        store: impl FnOnce(&mut GuestTcp, V),
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        if value == V::default() {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        store(self.table().get_mut(this)?, value);
+        Ok(Ok(()))
+    }
+
+    /// A kernel buffer size of a connected socket (a typical default before
+    /// it connects).
+    fn buffer_size(
+        &mut self,
+        this: &Resource<GuestTcp>,
+        get: fn(&socket2::Socket) -> std::io::Result<usize>,
+    ) -> wasmtime::Result<Result<u64, ErrorCode>> {
+        let socket = self.table().get(this)?;
+        Ok(Ok(socket
+            .sock_ref()
+            .and_then(|s| get(&s).ok())
+            .unwrap_or(131_072) as u64))
+    }
 }
 
 impl tcp_create_socket::Host for TenantState {
@@ -592,11 +620,7 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: WasiDuration,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        if value == 0 {
-            return Ok(Err(ErrorCode::InvalidArgument));
-        }
-        self.table().get_mut(&this)?.options.keep_alive_idle = value;
-        Ok(Ok(()))
+        self.set_nonzero(&this, value, |s, v| s.options.keep_alive_idle = v)
     }
 
     fn keep_alive_interval(
@@ -611,11 +635,7 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: WasiDuration,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        if value == 0 {
-            return Ok(Err(ErrorCode::InvalidArgument));
-        }
-        self.table().get_mut(&this)?.options.keep_alive_interval = value;
-        Ok(Ok(()))
+        self.set_nonzero(&this, value, |s, v| s.options.keep_alive_interval = v)
     }
 
     fn keep_alive_count(
@@ -630,11 +650,7 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: u32,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        if value == 0 {
-            return Ok(Err(ErrorCode::InvalidArgument));
-        }
-        self.table().get_mut(&this)?.options.keep_alive_count = value;
-        Ok(Ok(()))
+        self.set_nonzero(&this, value, |s, v| s.options.keep_alive_count = v)
     }
 
     fn hop_limit(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Result<u8, ErrorCode>> {
@@ -646,22 +662,14 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: u8,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        if value == 0 {
-            return Ok(Err(ErrorCode::InvalidArgument));
-        }
-        self.table().get_mut(&this)?.options.hop_limit = value;
-        Ok(Ok(()))
+        self.set_nonzero(&this, value, |s, v| s.options.hop_limit = v)
     }
 
     fn receive_buffer_size(
         &mut self,
         this: Resource<GuestTcp>,
     ) -> wasmtime::Result<Result<u64, ErrorCode>> {
-        let socket = self.table().get(&this)?;
-        Ok(Ok(socket
-            .sock_ref()
-            .and_then(|s| s.recv_buffer_size().ok())
-            .unwrap_or(131_072) as u64))
+        self.buffer_size(&this, socket2::Socket::recv_buffer_size)
     }
 
     fn set_receive_buffer_size(
@@ -669,24 +677,19 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: u64,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        if value == 0 {
-            return Ok(Err(ErrorCode::InvalidArgument));
-        }
-        if let Some(sock) = self.table().get(&this)?.sock_ref() {
-            let _ = sock.set_recv_buffer_size(usize::try_from(value).unwrap_or(usize::MAX));
-        }
-        Ok(Ok(()))
+        let size = usize::try_from(value).unwrap_or(usize::MAX);
+        self.set_nonzero(&this, size, |s, v| {
+            if let Some(sock) = s.sock_ref() {
+                let _ = sock.set_recv_buffer_size(v);
+            }
+        })
     }
 
     fn send_buffer_size(
         &mut self,
         this: Resource<GuestTcp>,
     ) -> wasmtime::Result<Result<u64, ErrorCode>> {
-        let socket = self.table().get(&this)?;
-        Ok(Ok(socket
-            .sock_ref()
-            .and_then(|s| s.send_buffer_size().ok())
-            .unwrap_or(131_072) as u64))
+        self.buffer_size(&this, socket2::Socket::send_buffer_size)
     }
 
     fn set_send_buffer_size(
@@ -694,13 +697,12 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: u64,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        if value == 0 {
-            return Ok(Err(ErrorCode::InvalidArgument));
-        }
-        if let Some(sock) = self.table().get(&this)?.sock_ref() {
-            let _ = sock.set_send_buffer_size(usize::try_from(value).unwrap_or(usize::MAX));
-        }
-        Ok(Ok(()))
+        let size = usize::try_from(value).unwrap_or(usize::MAX);
+        self.set_nonzero(&this, size, |s, v| {
+            if let Some(sock) = s.sock_ref() {
+                let _ = sock.set_send_buffer_size(v);
+            }
+        })
     }
 
     fn subscribe(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Resource<DynPollable>> {
