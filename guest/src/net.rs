@@ -49,13 +49,18 @@ pub fn listen(addr: SocketAddr) -> Result<Listener, ErrorCode> {
     };
     let network = instance_network();
     let socket = create_tcp_socket(family)?;
+    {
+        let pending = socket.subscribe();
+        socket.start_bind(&network, to_wasi(addr))?;
+        finish(&pending, || socket.finish_bind())?;
+        // Not every host honours the hint; a smaller backlog is not an error.
+        let _ = socket.set_listen_backlog_size(BACKLOG);
+        socket.start_listen()?;
+        finish(&pending, || socket.finish_listen())?;
+    }
+    // Subscribed once listening, so a host can tell this pollable waits for
+    // clients (this host then checks it without the general poll's cost).
     let ready = socket.subscribe();
-    socket.start_bind(&network, to_wasi(addr))?;
-    finish(&ready, || socket.finish_bind())?;
-    // Not every host honours the hint; a smaller backlog is not an error.
-    let _ = socket.set_listen_backlog_size(BACKLOG);
-    socket.start_listen()?;
-    finish(&ready, || socket.finish_listen())?;
     Ok(Listener { ready, socket })
 }
 

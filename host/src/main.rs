@@ -10,6 +10,7 @@ mod engine;
 mod guest_log;
 mod manifest;
 mod policy;
+mod poll;
 mod sandbox;
 mod supervisor;
 mod tcp;

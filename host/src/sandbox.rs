@@ -53,6 +53,8 @@ pub struct TenantState {
     pub config: Arc<TenantConfig>,
     /// Client connections this instance holds open.
     pub open: Arc<AtomicU64>,
+    /// Which pollables the fast path of `poll` can check directly.
+    pub fast: crate::poll::FastPoll,
 }
 
 impl TenantState {
@@ -181,6 +183,7 @@ pub fn store(
         grant,
         config: config.clone(),
         open,
+        fast: crate::poll::FastPoll::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -226,6 +229,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<TenantState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     linker.allow_shadowing(true);
     crate::tcp::add_to_linker(&mut linker)?;
+    crate::poll::add_to_linker(&mut linker)?;
     policy::refuse_ungranted(&mut linker)?;
     linker.allow_shadowing(false);
     Ok(linker)

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::Resource;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress};
 use wasmtime_wasi::p2::{
     DynInputStream, DynOutputStream, DynPollable, InputStream, OutputStream, Pollable,
@@ -107,7 +107,7 @@ enum State {
     /// version that is being replaced.
     Listening {
         addr: SocketAddr,
-        listener: AsyncFd<TcpListener>,
+        listener: Arc<AsyncFd<TcpListener>>,
     },
     /// An outbound connection in progress.
     Connecting(tokio::task::JoinHandle<std::io::Result<TcpStream>>),
@@ -228,9 +228,10 @@ fn error_code(e: &std::io::Error) -> ErrorCode {
     }
 }
 
-/// Pushes the input and output streams of `stream` as children of `socket`.
+/// Pushes the input and output streams of `stream` as children of `socket`,
+/// the input one known to the fast poll.
 fn push_streams(
-    table: &mut ResourceTable,
+    state: &mut TenantState,
     socket: &Resource<GuestTcp>,
     stream: &Arc<TcpStream>,
 ) -> wasmtime::Result<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
@@ -243,10 +244,13 @@ fn push_streams(
         pending: Bytes::new(),
         failed: None,
     });
-    Ok((
+    let table = state.table();
+    let (input, output) = (
         table.push_child(input, socket)?,
         table.push_child(output, socket)?,
-    ))
+    );
+    state.fast.add_stream(input.rep(), stream.clone());
+    Ok((input, output))
 }
 
 impl TenantState {
@@ -431,7 +435,7 @@ impl HostTcpSocket for TenantState {
                     stream: stream.clone(),
                     _open: None,
                 };
-                Ok(Ok(push_streams(self.table(), &this, &stream)?))
+                Ok(Ok(push_streams(self, &this, &stream)?))
             }
             Err(e) => Ok(Err(error_code(&e))),
         }
@@ -489,7 +493,10 @@ impl HostTcpSocket for TenantState {
                         return Ok(Err(error_code(&e)));
                     }
                 };
-                socket.state = State::Listening { addr, listener };
+                socket.state = State::Listening {
+                    addr,
+                    listener: Arc::new(listener),
+                };
                 // From now on new clients come to this version.
                 socket.tenant.make_current(socket.generation);
                 let name = socket.tenant.name();
@@ -532,7 +539,7 @@ impl HostTcpSocket for TenantState {
             },
         );
         let client = self.table().push(client)?;
-        let (input, output) = push_streams(self.table(), &client, &stream)?;
+        let (input, output) = push_streams(self, &client, &stream)?;
         Ok(Ok((client, input, output)))
     }
 
@@ -706,7 +713,20 @@ impl HostTcpSocket for TenantState {
     }
 
     fn subscribe(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Resource<DynPollable>> {
-        wasmtime_wasi::p2::subscribe(self.table(), this)
+        let socket = self.table().get(&this)?;
+        let fast = match &socket.state {
+            State::Listening { listener, .. } => Some(crate::poll::Fast::Accept {
+                listener: listener.clone(),
+                tenant: socket.tenant.clone(),
+                generation: socket.generation,
+            }),
+            _ => None,
+        };
+        let pollable = wasmtime_wasi::p2::subscribe(self.table(), this)?;
+        if let Some(fast) = fast {
+            self.fast.add_pollable(pollable.rep(), fast);
+        }
+        Ok(pollable)
     }
 
     fn shutdown(

@@ -1,0 +1,221 @@
+//! `wasi:io/poll` with a fast path for the guests' TCP.
+//!
+//! wasmtime-wasi's `poll` builds a boxed future and registers a waker for
+//! every pollable in the list on every call, so a guest holding thousands of
+//! idle connections pays for all of them each time it waits. Here the
+//! pollables of TCP input streams and listeners (the host's own, see
+//! crate::tcp) are checked directly against their socket's readiness, with
+//! one waker per instance that stays registered across calls: a quiet
+//! socket costs a readiness check, not an allocation and a registration.
+//! Every other pollable (clocks, output streams, stdio, connects) goes
+//! through wasmtime-wasi's `poll` unchanged.
+//!
+//! To know which pollable is which, the host wraps the entry points that
+//! create and destroy them: `input-stream.subscribe`, the input stream and
+//! pollable destructors, and `tcp-socket.subscribe` (in crate::tcp).
+
+use crate::sandbox::TenantState;
+use crate::tenant::Tenant;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, ResourceType};
+use wasmtime_wasi::p2::bindings::io::poll::Host as _;
+use wasmtime_wasi::p2::bindings::io::streams::HostInputStream as _;
+use wasmtime_wasi::p2::{DynInputStream, DynPollable};
+
+/// WASI 0.2 version whose entry points are replaced.
+const WASI: &str = "0.2.12";
+
+/// A pollable whose readiness the host can check directly.
+#[derive(Clone)]
+pub enum Fast {
+    /// Data (or end of stream) to read on a connection.
+    Read(Arc<TcpStream>),
+    /// A client waiting on a listener; only the current guest version's
+    /// listener is ever ready.
+    Accept {
+        /// The listener (this version's duplicate of the host's socket).
+        listener: Arc<AsyncFd<TcpListener>>,
+        /// Whose listener.
+        tenant: Arc<Tenant>,
+        /// The guest version that subscribed.
+        generation: u64,
+    },
+}
+
+impl Fast {
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Fast::Read(stream) => stream.poll_read_ready(cx).map(|_| ()),
+            Fast::Accept {
+                listener,
+                tenant,
+                generation,
+            } => {
+                if !tenant.is_current(*generation) {
+                    return Poll::Pending;
+                }
+                // The readiness stays set until `accept` finds the queue empty.
+                listener.poll_read_ready(cx).map(|_| ())
+            }
+        }
+    }
+}
+
+/// Per-instance state of the fast path.
+#[derive(Default)]
+pub struct FastPoll {
+    /// Input streams over the host's TCP connections, by resource `rep`.
+    streams: std::collections::HashMap<u32, Arc<TcpStream>>,
+    /// Pollables with a fast readiness check, by resource `rep`.
+    pollables: std::collections::HashMap<u32, Fast>,
+    /// Woken by any registered socket's readiness.
+    wake: Arc<Notify>,
+}
+
+struct NotifyWaker(Arc<Notify>);
+
+impl Wake for NotifyWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
+}
+
+impl FastPoll {
+    /// Records that input stream `stream` reads from `connection`.
+    pub fn add_stream(&mut self, stream: u32, connection: Arc<TcpStream>) {
+        self.streams.insert(stream, connection);
+    }
+
+    /// Records a fast pollable.
+    pub fn add_pollable(&mut self, pollable: u32, fast: Fast) {
+        self.pollables.insert(pollable, fast);
+    }
+}
+
+/// Replaces `poll` and the entry points that create and destroy pollables
+/// and input streams. `linker` must allow shadowing.
+pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
+    let mut streams = linker.instance(&format!("wasi:io/streams@{WASI}"))?;
+    streams.func_wrap(
+        "[method]input-stream.subscribe",
+        |mut store: StoreContextMut<'_, TenantState>, (stream,): (Resource<DynInputStream>,)| {
+            let rep = stream.rep();
+            let state = store.data_mut();
+            let pollable = state.table().subscribe(stream)?;
+            if let Some(connection) = state.fast.streams.get(&rep).cloned() {
+                state
+                    .fast
+                    .add_pollable(pollable.rep(), Fast::Read(connection));
+            }
+            Ok((pollable,))
+        },
+    )?;
+    streams.resource_async(
+        "input-stream",
+        ResourceType::host::<DynInputStream>(),
+        |mut store, rep| {
+            Box::new(async move {
+                let state = store.data_mut();
+                state.fast.streams.remove(&rep);
+                wasmtime_wasi::p2::bindings::io::streams::HostInputStream::drop(
+                    state.table(),
+                    Resource::new_own(rep),
+                )
+                .await
+            })
+        },
+    )?;
+
+    let mut poll = linker.instance(&format!("wasi:io/poll@{WASI}"))?;
+    poll.resource(
+        "pollable",
+        ResourceType::host::<DynPollable>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.fast.pollables.remove(&rep);
+            wasmtime_wasi::p2::bindings::io::poll::HostPollable::drop(
+                state.table(),
+                Resource::new_own(rep),
+            )
+        },
+    )?;
+    poll.func_wrap_async(
+        "poll",
+        |mut store: StoreContextMut<'_, TenantState>, (list,): (Vec<Resource<DynPollable>>,)| {
+            Box::new(async move { Ok((poll_list(&mut store, list).await?,)) })
+        },
+    )?;
+    Ok(())
+}
+
+/// `poll`: the indices of the ready pollables in `list`, waiting until at
+/// least one is.
+async fn poll_list(
+    store: &mut StoreContextMut<'_, TenantState>,
+    list: Vec<Resource<DynPollable>>,
+) -> wasmtime::Result<Vec<u32>> {
+    if list.is_empty() {
+        wasmtime::bail!("empty poll list");
+    }
+    let state = store.data_mut();
+    let mut fast: Vec<(u32, Fast)> = Vec::new();
+    let mut generic: Vec<(u32, u32)> = Vec::new();
+    for (index, pollable) in list.iter().enumerate() {
+        let index = u32::try_from(index)?;
+        match state.fast.pollables.get(&pollable.rep()) {
+            Some(f) => fast.push((index, f.clone())),
+            None => generic.push((index, pollable.rep())),
+        }
+    }
+    let wake = state.fast.wake.clone();
+    let waker = Waker::from(Arc::new(NotifyWaker(wake.clone())));
+    loop {
+        let mut ready: Vec<u32> = {
+            let mut cx = Context::from_waker(&waker);
+            fast.iter()
+                .filter(|(_, f)| f.poll_ready(&mut cx).is_ready())
+                .map(|(index, _)| *index)
+                .collect()
+        };
+        if generic.is_empty() {
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+            wake.notified().await;
+            continue;
+        }
+        let borrowed = generic
+            .iter()
+            .map(|(_, rep)| Resource::new_borrow(*rep))
+            .collect();
+        let table = store.data_mut().table();
+        let mut others = std::pin::pin!(table.poll(borrowed));
+        if !ready.is_empty() {
+            // Report the other pollables that are ready now, without waiting.
+            let now = others
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            if let Poll::Ready(others) = now {
+                ready.extend(others?.into_iter().map(|i| generic[i as usize].0));
+            }
+            ready.sort_unstable();
+            return Ok(ready);
+        }
+        tokio::select! {
+            others = &mut others => {
+                return Ok(others?.into_iter().map(|i| generic[i as usize].0).collect());
+            }
+            () = wake.notified() => {}
+        }
+    }
+}
