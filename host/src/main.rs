@@ -155,14 +155,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Err(e) => warn!("cannot watch component files, so changing one swaps nothing: {e}"),
     }
 
-    // The one-tenant shorthand ends with its guest.
-    let mut guest = match single {
-        true => control.take_task(&names[0]),
-        false => None,
+    // The one-tenant shorthand ends with its guest; a manifest host runs
+    // until it is signalled.
+    let guest = single.then(|| control.take_task(&names[0])).flatten();
+    let guest_done = async move {
+        match guest {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
     };
+    tokio::pin!(guest_done);
     loop {
         tokio::select! {
-            joined = async { guest.as_mut().expect("guarded").await }, if guest.is_some() => {
+            joined = &mut guest_done => {
                 return match joined {
                     Ok(outcome) => outcome.map_err(Into::into),
                     Err(e) => Err(anyhow::anyhow!("guest task failed: {e}")),

@@ -194,6 +194,7 @@ pub enum Command {
 
 /// A running guest instance; dropping it stops the guest.
 struct Instance {
+    tenant: String,
     generation: u64,
     task: JoinHandle<Result<(), GuestError>>,
     /// Client connections it holds.
@@ -224,6 +225,7 @@ impl Instance {
             open.clone(),
         ));
         Instance {
+            tenant: tenant.name().to_owned(),
             generation,
             task,
             open,
@@ -235,7 +237,7 @@ impl Instance {
         match (&mut self.task).await {
             Ok(outcome) => outcome,
             Err(e) => Err(GuestError::Host {
-                tenant: String::new(),
+                tenant: self.tenant.clone(),
                 reason: format!("the guest task ended abnormally: {e}"),
             }),
         }
