@@ -167,3 +167,15 @@ fn the_embedded_guest_serves_with_no_arguments() {
     let mut stream = connect(addr);
     assert_seed_reply(&round_trip(&mut stream, b"hello\n"));
 }
+
+#[test]
+fn without_a_usable_cache_directory_the_host_compiles_and_serves() {
+    let host = Host::start_with_env(
+        &["--listen", "127.0.0.1:0"],
+        &[("HOME", "/proc/no-such-home"), ("XDG_CACHE_HOME", "")],
+    );
+    host.wait_for_log("no compile cache (cannot create its directory");
+    let line = host.wait_for_log("seed: listening on ");
+    let addr = addr_after(&line, "seed: listening on ");
+    assert_seed_reply(&round_trip(&mut connect(addr), b"hello\n"));
+}

@@ -92,13 +92,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let admin_addr = cli.admin.or(manifest.admin);
 
-    let cache_dir = if cli.no_cache {
-        None
-    } else {
-        cli.cache_dir
-            .clone()
-            .or(manifest.cache_dir.clone())
-            .or_else(default_cache_dir)
+    let cache_dir = match (
+        cli.no_cache,
+        cli.cache_dir.clone().or(manifest.cache_dir.clone()),
+    ) {
+        (true, _) => None,
+        (false, Some(chosen)) => Some(chosen),
+        // The default is a convenience: without a usable one, compile.
+        (false, None) => default_cache_dir().filter(|dir| match std::fs::create_dir_all(dir) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(dir = %dir.display(), "no compile cache (cannot create its directory: {e})");
+                false
+            }
+        }),
     };
     let pooling = manifest.pooling_allocator.then(|| {
         let max_memory = manifest
@@ -225,11 +232,16 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
     })
 }
 
-/// `$XDG_CACHE_HOME/tcphost`, or `~/.cache/tcphost`.
+/// `$XDG_CACHE_HOME/tcphost`, or `~/.cache/tcphost` (relative settings
+/// are ignored, as the XDG specification says).
 fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let base =
+        absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".cache")))?;
     Some(base.join("tcphost"))
 }
 

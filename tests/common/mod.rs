@@ -56,7 +56,21 @@ pub struct Host {
 impl Host {
     /// Starts the host with `args` (stdout discarded, stderr captured).
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Host {
-        let mut child = Command::new(host_bin())
+        Host::start_with_env(args, &[])
+    }
+
+    /// Starts the host with `args` and environment variables `env` set (an
+    /// empty value removes the variable).
+    pub fn start_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Host {
+        let mut command = Command::new(host_bin());
+        for (key, value) in env {
+            if value.is_empty() {
+                command.env_remove(key);
+            } else {
+                command.env(key, value);
+            }
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
