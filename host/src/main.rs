@@ -3,25 +3,13 @@
 //! manifest says so. One tenant from the command line, or many from a
 //! manifest, supervised side by side in one process.
 
-mod admin;
-mod cli;
-mod control;
-mod engine;
-mod guest_log;
-mod manifest;
-mod policy;
-mod poll;
-mod sandbox;
-mod supervisor;
-mod tcp;
-mod tenant;
-
 use anyhow::Context;
 use clap::Parser;
-use cli::Cli;
-use control::Control;
-use engine::Loader;
-use manifest::{ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig};
+use host::cli::Cli;
+use host::control::{self, Control};
+use host::engine::{self, Loader};
+use host::manifest::{self, ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig};
+use host::{admin, tcp};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -1,0 +1,16 @@
+//! The host as a library: everything the `host` binary is made of, so the
+//! fuzz targets and tests can drive the manifest parser and the component
+//! loader directly. Each module owns one concern; see the README's layout.
+
+pub mod admin;
+pub mod cli;
+pub mod control;
+pub mod engine;
+pub mod guest_log;
+pub mod manifest;
+pub mod policy;
+pub mod poll;
+pub mod sandbox;
+pub mod supervisor;
+pub mod tcp;
+pub mod tenant;
