@@ -5,6 +5,8 @@
 //!   counters, last error) as JSON; `GET /status/{name}`: one tenant.
 //! - `GET /healthz`: 200 when every tenant is running, else 503 naming the
 //!   others.
+//! - `GET /metrics`: counters per tenant and host-wide, for Prometheus
+//!   (crate::metrics).
 //! - `POST /tenants/{name}/swap` with a component (a path on the host, or
 //!   `builtin:NAME`) as the body: swaps that tenant's guest live; 200 with
 //!   the time the new version took to listen, or 422 with why not (the old
@@ -37,6 +39,7 @@ pub async fn serve(
         .route("/status", get(status))
         .route("/status/{name}", get(status_of))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/tenants/{name}/swap", post(swap))
         .route("/reload", post(reload))
         .with_state(control);
@@ -71,6 +74,20 @@ async fn healthz(State(control): State<Arc<Control>>) -> Response {
             format!("{}\n", unhealthy.join("\n")),
         )
             .into_response()
+    }
+}
+
+async fn metrics(State(control): State<Arc<Control>>) -> Response {
+    match crate::metrics::render(&control) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
     }
 }
 

@@ -82,6 +82,32 @@ impl Control {
         self.running().values().map(|r| r.tenant.clone()).collect()
     }
 
+    /// Graceful stop, first half: every tenant stops accepting (its
+    /// addresses refuse new clients) while its open connections run on.
+    pub fn stop_accepting(&self) {
+        for tenant in self.tenants() {
+            tenant.stop_accepting();
+        }
+    }
+
+    /// Graceful stop, second half: resolves once every tenant has no open
+    /// connection or has had its drain timeout, counted from now. Returns
+    /// the connections still open then.
+    pub async fn drained(&self) -> u64 {
+        let start = tokio::time::Instant::now();
+        let tenants = self.tenants();
+        loop {
+            let elapsed = start.elapsed();
+            let waiting = tenants
+                .iter()
+                .any(|t| t.open_connections() > 0 && elapsed < t.config().limits.drain_timeout);
+            if !waiting {
+                return tenants.iter().map(|t| t.open_connections()).sum();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The component files tenants run, for the file watcher.
     pub fn component_files(&self) -> Vec<PathBuf> {
         self.running()

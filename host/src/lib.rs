@@ -4,10 +4,12 @@
 
 pub mod admin;
 pub mod cli;
+pub mod connection;
 pub mod control;
 pub mod engine;
 pub mod guest_log;
 pub mod manifest;
+pub mod metrics;
 pub mod policy;
 pub mod poll;
 pub mod sandbox;

@@ -170,7 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             signal = signals.next() => match signal {
                 Signal::Stop(name) => {
-                    info!("received {name}, stopping");
+                    stop(&control, &mut signals, name).await;
                     return Ok(());
                 }
                 Signal::Reload => match control.reload().await {
@@ -178,6 +178,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(e) => error!("SIGHUP: manifest not reloaded, nothing changed: {e}"),
                 },
             },
+        }
+    }
+}
+
+/// Graceful stop: no new connections; open ones may finish, each tenant's
+/// for up to its drain timeout; a second SIGINT or SIGTERM cuts it short.
+async fn stop(control: &Control, signals: &mut Signals, name: &str) {
+    control.stop_accepting();
+    let open: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
+    info!(
+        open,
+        "received {name}: accepting no more clients; waiting for {open} open connections (a second signal stops at once)"
+    );
+    let second = async {
+        loop {
+            if let Signal::Stop(name) = signals.next().await {
+                return name;
+            }
+        }
+    };
+    tokio::select! {
+        left = control.drained() => {
+            if left == 0 {
+                info!("every connection closed; stopped");
+            } else {
+                warn!(left, "drain timeout passed; stopped, closing {left} connections");
+            }
+        }
+        second = second => {
+            let left: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
+            warn!(left, "received {second} again: stopped at once, closing {left} connections");
         }
     }
 }

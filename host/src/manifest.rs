@@ -76,6 +76,12 @@ struct RawLimits {
     crash_loop_window: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     drain_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "size")]
+    max_bytes_in: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    max_bytes_out: Option<u64>,
 }
 
 impl RawLimits {
@@ -93,6 +99,19 @@ impl RawLimits {
             crash_loop_limit: self.crash_loop_limit.unwrap_or(fallback.crash_loop_limit),
             crash_loop_window: self.crash_loop_window.unwrap_or(fallback.crash_loop_window),
             drain_timeout: self.drain_timeout.unwrap_or(fallback.drain_timeout),
+            // Zero switches a host-wide default off for one tenant.
+            idle_timeout: self
+                .idle_timeout
+                .or(fallback.idle_timeout)
+                .filter(|d| !d.is_zero()),
+            max_bytes_in: self
+                .max_bytes_in
+                .or(fallback.max_bytes_in)
+                .filter(|&n| n > 0),
+            max_bytes_out: self
+                .max_bytes_out
+                .or(fallback.max_bytes_out)
+                .filter(|&n| n > 0),
         }
     }
 }
@@ -117,9 +136,19 @@ pub struct Limits {
     pub crash_loop_limit: u32,
     /// The window `crash_loop_limit` counts in.
     pub crash_loop_window: Duration,
-    /// After a live swap, how long the old version may keep serving the
-    /// connections it has before they are closed and it is dropped.
+    /// After a live swap, or when the host is stopping, how long a guest
+    /// version may keep serving the connections it has before they are
+    /// closed and it is dropped.
     pub drain_timeout: Duration,
+    /// A client connection with no byte in either direction for this long
+    /// is closed by the host; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Bytes one client connection may send to the guest before the host
+    /// closes it; `None`: unlimited.
+    pub max_bytes_in: Option<u64>,
+    /// Bytes the guest may send on one client connection before the host
+    /// closes it; `None`: unlimited.
+    pub max_bytes_out: Option<u64>,
 }
 
 impl Default for Limits {
@@ -134,6 +163,9 @@ impl Default for Limits {
             crash_loop_limit: 5,
             crash_loop_window: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            idle_timeout: None,
+            max_bytes_in: None,
+            max_bytes_out: None,
         }
     }
 }

@@ -68,10 +68,52 @@ impl Grant {
     }
 }
 
-/// Logs and counts a refused attempt of `kind` (the log's `kind` field).
-pub fn refuse(tenant: &Tenant, kind: &'static str, what: std::fmt::Arguments<'_>) {
+/// A capability a guest can be refused, as logs and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Binding or listening on an address not granted.
+    TcpBind,
+    /// Connecting out to an address not granted.
+    TcpConnect,
+    /// Any UDP.
+    Udp,
+    /// Name lookups.
+    Dns,
+    /// The filesystem.
+    Filesystem,
+}
+
+impl Capability {
+    /// Every kind, in the order counters keep them.
+    pub const ALL: [Capability; 5] = [
+        Capability::TcpBind,
+        Capability::TcpConnect,
+        Capability::Udp,
+        Capability::Dns,
+        Capability::Filesystem,
+    ];
+
+    /// The name in logs (`kind` field) and metrics (`kind` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::TcpBind => "tcp-bind",
+            Capability::TcpConnect => "tcp-connect",
+            Capability::Udp => "udp",
+            Capability::Dns => "dns",
+            Capability::Filesystem => "filesystem",
+        }
+    }
+}
+
+/// Logs and counts a refused attempt at `kind`.
+pub fn refuse(tenant: &Tenant, kind: Capability, what: std::fmt::Arguments<'_>) {
     Counters::bump(&tenant.counters.capability_refusals);
-    warn!(tenant = tenant.name(), kind, "refused: {what}");
+    Counters::bump(&tenant.counters.refusals_by_kind[kind as usize]);
+    warn!(
+        tenant = tenant.name(),
+        kind = kind.as_str(),
+        "refused: {what}"
+    );
 }
 
 /// Logs and counts a refused socket attempt.
@@ -79,17 +121,17 @@ pub fn log_refusal(tenant: &Tenant, refusal: Refusal, addr: SocketAddr) {
     match refusal {
         Refusal::Bind => refuse(
             tenant,
-            "tcp-bind",
+            Capability::TcpBind,
             format_args!("bind/listen on {addr} is not granted"),
         ),
         Refusal::Connect => refuse(
             tenant,
-            "tcp-connect",
+            Capability::TcpConnect,
             format_args!("outbound connection to {addr} is not granted"),
         ),
         Refusal::Udp => refuse(
             tenant,
-            "udp",
+            Capability::Udp,
             format_args!("UDP to/from {addr} is not granted"),
         ),
     }
@@ -108,7 +150,7 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
         .func_new("create-udp-socket", |store, _ty, _params, results| {
             refuse(
                 &store.data().tenant,
-                "udp",
+                Capability::Udp,
                 format_args!("UDP sockets are not granted"),
             );
             results[0] = access_denied();
@@ -125,7 +167,7 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
                 };
                 refuse(
                     &store.data().tenant,
-                    "dns",
+                    Capability::Dns,
                     format_args!("name lookup of {name:?} is not granted"),
                 );
                 // A dynamic host function must release the `borrow<network>`
@@ -143,7 +185,7 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
         .func_new("get-directories", |store, _ty, _params, results| {
             refuse(
                 &store.data().tenant,
-                "filesystem",
+                Capability::Filesystem,
                 format_args!("the filesystem is not granted (the guest asked for its directories and got none)"),
             );
             results[0] = Val::List(Vec::new());

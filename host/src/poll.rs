@@ -60,6 +60,9 @@ impl Fast {
                 if !tenant.is_current(*generation) {
                     return Poll::Pending;
                 }
+                if tenant.accept_backoff.wake_after_pause(cx.waker()) {
+                    return Poll::Pending;
+                }
                 // The readiness stays set until `accept` finds the queue empty.
                 listener.poll_read_ready(cx).map(|_| ())
             }

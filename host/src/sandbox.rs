@@ -8,7 +8,7 @@ use crate::manifest::TenantConfig;
 use crate::policy::{self, Grant};
 use crate::tenant::{Counters, Tenant};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 use tracing::warn;
 use wasmtime::component::{Linker, ResourceTable};
@@ -84,6 +84,18 @@ struct MemoryLimiter {
     tenant: Arc<Tenant>,
     max_memory: usize,
     refused: bool,
+    /// Linear memory this instance holds, counted in the tenant's gauge.
+    held: u64,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        // The store, and with it the instance's memory, is going.
+        self.tenant
+            .counters
+            .memory_bytes
+            .fetch_sub(self.held, Ordering::Relaxed);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -94,6 +106,12 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired <= self.max_memory {
+            let grown = desired.saturating_sub(current) as u64;
+            self.held += grown;
+            self.tenant
+                .counters
+                .memory_bytes
+                .fetch_add(grown, Ordering::Relaxed);
             return Ok(true);
         }
         if !self.refused {
@@ -176,6 +194,7 @@ pub fn store(
             tenant: tenant.clone(),
             max_memory: usize::try_from(config.limits.max_memory).unwrap_or(usize::MAX),
             refused: false,
+            held: 0,
         },
         ticks_in_wasm: 0,
         in_epoch_callback: false,
@@ -216,6 +235,7 @@ pub fn store(
             }
             .into());
         }
+        Counters::bump(&state.tenant.counters.cpu_yields);
         Ok(UpdateDeadline::Yield(1))
     });
     store.set_epoch_deadline(1);

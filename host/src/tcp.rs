@@ -13,6 +13,7 @@
 //! cap (a client past it is reset before the guest sees it), the open
 //! connection count, and the refusal of every ungranted bind and connect.
 
+use crate::connection::{Policed, is_resource_error};
 use crate::policy::{Refusal, log_refusal};
 use crate::sandbox::TenantState;
 use crate::tenant::{Counters, Tenant};
@@ -129,10 +130,16 @@ enum State {
 struct OpenConnection {
     tenant: Arc<Tenant>,
     instance: Arc<AtomicU64>,
+    /// The idle watchdog, if the tenant has an idle timeout.
+    watchdog: Option<tokio::task::AbortHandle>,
 }
 
 impl OpenConnection {
-    fn new(tenant: &Arc<Tenant>, instance: &Arc<AtomicU64>) -> Self {
+    fn new(
+        tenant: &Arc<Tenant>,
+        instance: &Arc<AtomicU64>,
+        watchdog: Option<tokio::task::AbortHandle>,
+    ) -> Self {
         tenant
             .counters
             .connections_open
@@ -142,12 +149,16 @@ impl OpenConnection {
         OpenConnection {
             tenant: tenant.clone(),
             instance: instance.clone(),
+            watchdog,
         }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.abort();
+        }
         self.tenant
             .counters
             .connections_open
@@ -197,6 +208,9 @@ impl Pollable for GuestTcp {
                 if !self.tenant.is_current(self.generation) {
                     return std::future::pending().await;
                 }
+                if let Some(until) = self.tenant.accept_backoff.paused() {
+                    tokio::time::sleep_until(until).await;
+                }
                 // Cleared by `accept` when it finds the queue empty.
                 let _ = listener.readable().await;
             }
@@ -234,15 +248,18 @@ fn push_streams(
     state: &mut TenantState,
     socket: &Resource<GuestTcp>,
     stream: &Arc<TcpStream>,
+    policed: Arc<Policed>,
 ) -> wasmtime::Result<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
     let input: DynInputStream = Box::new(Reader {
         stream: stream.clone(),
         eof: false,
+        policed: policed.clone(),
     });
     let output: DynOutputStream = Box::new(Writer {
         stream: stream.clone(),
         pending: Bytes::new(),
         failed: None,
+        policed,
     });
     let table = state.table();
     let (input, output) = (
@@ -276,7 +293,9 @@ impl TenantState {
         let State::Listening { listener, .. } = &socket.state else {
             return Ok(Err(ErrorCode::InvalidState));
         };
-        if !current {
+        // Paused after accepts failed for want of file descriptors: the
+        // clients wait in the backlog until the pause ends.
+        if !current || socket.tenant.accept_backoff.paused().is_some() {
             return Ok(Err(ErrorCode::WouldBlock));
         }
         loop {
@@ -291,11 +310,25 @@ impl TenantState {
             };
             let (client, peer) = match guard.try_io(|inner| inner.get_ref().accept()) {
                 Ok(Ok(client)) => client,
+                Ok(Err(e)) if is_resource_error(&e) => {
+                    let addr = listener
+                        .get_ref()
+                        .local_addr()
+                        .unwrap_or(([0, 0, 0, 0], 0).into());
+                    socket
+                        .tenant
+                        .accept_backoff
+                        .failed(&socket.tenant, addr, &e);
+                    return Ok(Err(ErrorCode::WouldBlock));
+                }
+                // The client gave up while queued: take the next one.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
                 Ok(Err(e)) => return Ok(Err(error_code(&e))),
                 // Nothing queued after all: readiness cleared, ask again.
                 Err(_would_block) => continue,
             };
             let tenant = &socket.tenant;
+            tenant.accept_backoff.succeeded();
             if tenant.counters.connections_open.load(Ordering::Relaxed) < cap {
                 client.set_nonblocking(true)?;
                 return Ok(Ok((TcpStream::from_std(client)?, peer)));
@@ -435,7 +468,9 @@ impl HostTcpSocket for TenantState {
                     stream: stream.clone(),
                     _open: None,
                 };
-                Ok(Ok(push_streams(self, &this, &stream)?))
+                let peer = stream.peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
+                let policed = Policed::outbound(&self.tenant, peer);
+                Ok(Ok(push_streams(self, &this, &stream, policed)?))
             }
             Err(e) => Ok(Err(error_code(&e))),
         }
@@ -530,7 +565,12 @@ impl HostTcpSocket for TenantState {
         let _ = stream.set_nodelay(true);
         let stream = Arc::new(stream);
         let family = family_of(&peer);
-        let open = OpenConnection::new(&self.tenant, &self.open);
+        let policed = Policed::new(&self.tenant, peer);
+        let watchdog = policed
+            .clone()
+            .watch_idle(Arc::downgrade(&stream))
+            .map(|watch| tokio::spawn(watch).abort_handle());
+        let open = OpenConnection::new(&self.tenant, &self.open, watchdog);
         let client = self.new_socket(
             family,
             State::Connected {
@@ -539,7 +579,7 @@ impl HostTcpSocket for TenantState {
             },
         );
         let client = self.table().push(client)?;
-        let (input, output) = push_streams(self, &client, &stream)?;
+        let (input, output) = push_streams(self, &client, &stream, policed)?;
         Ok(Ok((client, input, output)))
     }
 
@@ -768,6 +808,7 @@ fn futures_now<T>(mut handle: tokio::task::JoinHandle<T>) -> Option<T> {
 struct Reader {
     stream: Arc<TcpStream>,
     eof: bool,
+    policed: Arc<Policed>,
 }
 
 #[wasmtime_wasi::async_trait]
@@ -784,16 +825,25 @@ impl InputStream for Reader {
         if self.eof {
             return Err(StreamError::Closed);
         }
-        let mut buf = BytesMut::with_capacity(size.min(MAX_IO));
-        if buf.capacity() == 0 {
+        if size == 0 {
             return Ok(Bytes::new());
         }
+        let allowed = self.policed.read_allowance(&self.stream, size.min(MAX_IO));
+        if allowed == 0 {
+            // At its inbound byte limit: closed by the host.
+            self.eof = true;
+            return Err(StreamError::Closed);
+        }
+        let mut buf = BytesMut::with_capacity(allowed);
         match self.stream.try_read_buf(&mut buf) {
             Ok(0) => {
                 self.eof = true;
                 Err(StreamError::Closed)
             }
-            Ok(_) => Ok(buf.freeze()),
+            Ok(n) => {
+                self.policed.received(n);
+                Ok(buf.freeze())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Bytes::new()),
             Err(e) => Err(StreamError::LastOperationFailed(e.into())),
         }
@@ -807,6 +857,7 @@ struct Writer {
     stream: Arc<TcpStream>,
     pending: Bytes,
     failed: Option<std::io::ErrorKind>,
+    policed: Arc<Policed>,
 }
 
 impl Writer {
@@ -819,6 +870,7 @@ impl Writer {
             match self.stream.try_write(&self.pending) {
                 Ok(n) => {
                     let _ = self.pending.split_to(n);
+                    self.policed.sent(n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -861,6 +913,11 @@ impl OutputStream for Writer {
             return Err(StreamError::Trap(wasmtime::format_err!(
                 "write without a permit from check-write"
             )));
+        }
+        if !self.policed.may_send(&self.stream, bytes.len()) {
+            // At its outbound byte limit: closed by the host.
+            self.failed = Some(std::io::ErrorKind::BrokenPipe);
+            return Err(StreamError::Closed);
         }
         self.pending = bytes;
         self.drain()

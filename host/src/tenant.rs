@@ -2,7 +2,9 @@
 //! current state. The supervisor and the sandbox write it; the admin
 //! endpoint reads it.
 
+use crate::connection::AcceptBackoff;
 use crate::manifest::TenantConfig;
+use crate::policy::Capability;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +48,22 @@ pub struct Counters {
     pub memory_refusals: AtomicU64,
     /// Capability attempts refused (bind, connect, UDP, DNS, files).
     pub capability_refusals: AtomicU64,
+    /// The same, by kind, indexed by `Capability as usize`.
+    pub refusals_by_kind: [AtomicU64; Capability::ALL.len()],
+    /// Bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_out: AtomicU64,
+    /// Times a running guest was interrupted (epoch tick) to let others run.
+    pub cpu_yields: AtomicU64,
+    /// Linear memory the tenant's instances hold now, in bytes (a gauge).
+    pub memory_bytes: AtomicU64,
+    /// Accepts that failed (out of file descriptors, memory, ...).
+    pub accept_errors: AtomicU64,
+    /// Client connections the host closed after their idle timeout.
+    pub idle_closed: AtomicU64,
+    /// Client connections the host closed at a byte limit.
+    pub byte_limit_closed: AtomicU64,
 }
 
 impl Counters {
@@ -70,6 +88,8 @@ pub struct Tenant {
     config: Mutex<Arc<TenantConfig>>,
     /// Its counters.
     pub counters: Counters,
+    /// Pauses accepting when accepts fail for want of resources.
+    pub accept_backoff: AcceptBackoff,
     status: Mutex<Status>,
     /// The host's listening sockets for the tenant's addresses, handed to
     /// each guest version in turn; closed when the tenant stops for good.
@@ -127,6 +147,7 @@ impl Tenant {
             name: config.name.clone(),
             config: Mutex::new(Arc::new(config)),
             counters: Counters::default(),
+            accept_backoff: AcceptBackoff::default(),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_error: None,
@@ -177,6 +198,26 @@ impl Tenant {
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
             .cloned()
+    }
+
+    /// Client connections open now, over all guest versions.
+    pub fn open_connections(&self) -> u64 {
+        self.counters.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting for good, as the host stops: no guest version is
+    /// current any more, and the listening sockets (shared with every
+    /// version) are shut down, so the addresses refuse new clients at once.
+    pub fn stop_accepting(&self) {
+        self.current_generation.send_replace(u64::MAX);
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let _ = socket2::SockRef::from(listener.as_ref()).shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Closes the tenant's listeners: its addresses refuse connections.

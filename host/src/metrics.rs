@@ -1,0 +1,246 @@
+//! The admin endpoint's `GET /metrics`: every tenant's counters and the
+//! host's totals, in the Prometheus (OpenMetrics) text format, read from
+//! the tenants' own counters at scrape time, so serving traffic costs
+//! nothing extra for metrics.
+//!
+//! Totals cover the tenants the host runs now: a tenant removed by a
+//! manifest reload takes its counts with it.
+
+use crate::control::Control;
+use crate::policy::Capability;
+use crate::tenant::{State, Tenant};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::fmt::Error;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every tenant state, as the `state` label names it.
+const STATES: [(State, &str); 5] = [
+    (State::Starting, "starting"),
+    (State::Running, "running"),
+    (State::Restarting, "restarting"),
+    (State::Stopped, "stopped"),
+    (State::Failed, "failed"),
+];
+
+/// The metrics of the host that `control` runs, as text.
+pub fn render(control: &Arc<Control>) -> Result<String, Error> {
+    let mut registry = Registry::with_prefix("tcphost");
+    registry.register_collector(Box::new(Tenants(control.clone())));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// Reads the tenants' counters when scraped.
+struct Tenants(Arc<Control>);
+
+impl std::fmt::Debug for Tenants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tenants")
+    }
+}
+
+/// A per-tenant counter: metric name, help, and where to read it.
+type Field = (&'static str, &'static str, fn(&Tenant) -> &AtomicU64);
+
+/// Per-tenant counters, each also summed into a `host_` total.
+const COUNTERS: [Field; 12] = [
+    (
+        "connections_accepted",
+        "Client connections handed to the guest.",
+        |t| &t.counters.connections_accepted,
+    ),
+    (
+        "connections_refused",
+        "Client connections reset because the tenant was at its connection cap.",
+        |t| &t.counters.connections_refused,
+    ),
+    (
+        "connections_idle_closed",
+        "Client connections the host closed after their idle timeout.",
+        |t| &t.counters.idle_closed,
+    ),
+    (
+        "connections_byte_limit_closed",
+        "Client connections the host closed at a byte limit.",
+        |t| &t.counters.byte_limit_closed,
+    ),
+    (
+        "accept_errors",
+        "Accepts that failed for want of a resource (file descriptors, memory).",
+        |t| &t.counters.accept_errors,
+    ),
+    ("received_bytes", "Bytes received from clients.", |t| {
+        &t.counters.bytes_in
+    }),
+    ("sent_bytes", "Bytes sent to clients.", |t| {
+        &t.counters.bytes_out
+    }),
+    (
+        "guest_traps",
+        "Guest traps: panics, CPU limit, out of memory, invalid accesses.",
+        |t| &t.counters.traps,
+    ),
+    (
+        "guest_restarts",
+        "Times a guest was started again after stopping.",
+        |t| &t.counters.restarts,
+    ),
+    (
+        "cpu_yields",
+        "Times a running guest was interrupted so that others could run.",
+        |t| &t.counters.cpu_yields,
+    ),
+    (
+        "cpu_limit_kills",
+        "Times a guest was cut off for computing past its CPU limit.",
+        |t| &t.counters.cpu_limit_kills,
+    ),
+    (
+        "memory_refusals",
+        "Linear memory growths refused at the memory limit.",
+        |t| &t.counters.memory_refusals,
+    ),
+];
+
+/// Per-tenant gauges, each also summed into a `host_` total.
+const GAUGES: [Field; 2] = [
+    ("connections_open", "Client connections open now.", |t| {
+        &t.counters.connections_open
+    }),
+    (
+        "memory_bytes",
+        "Linear memory the tenant's guest instances hold.",
+        |t| &t.counters.memory_bytes,
+    ),
+];
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn as_gauge(value: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+impl Collector for Tenants {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), Error> {
+        let tenants = self.0.tenants();
+        for (name, help, field) in COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for t in &tenants {
+                let labels = [("tenant", t.name())];
+                ConstCounter::new(get(field(t))).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, field) in GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for t in &tenants {
+                let labels = [("tenant", t.name())];
+                as_gauge(get(field(t))).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "capability_refusals",
+            "Refused attempts to use a capability the tenant was not granted, by kind.",
+            None,
+            MetricType::Counter,
+        )?;
+        for t in &tenants {
+            for kind in Capability::ALL {
+                let labels = [("tenant", t.name()), ("kind", kind.as_str())];
+                let value = get(&t.counters.refusals_by_kind[kind as usize]);
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "tenant_state",
+            "1 for the state each tenant is in, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in &tenants {
+            let now = t.state();
+            for (state, label) in STATES {
+                let labels = [("tenant", t.name()), ("state", label)];
+                as_gauge(u64::from(now == state)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        // Host-wide totals.
+        let sum = |field: fn(&Tenant) -> &AtomicU64| -> u64 {
+            tenants.iter().map(|t| get(field(t))).sum()
+        };
+        for (name, help, field) in COUNTERS {
+            let name = format!("host_{name}");
+            let help = format!("All tenants: {help}");
+            let family = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
+            ConstCounter::new(sum(field)).encode(family)?;
+        }
+        for (name, help, field) in GAUGES {
+            let name = format!("host_{name}");
+            let help = format!("All tenants: {help}");
+            let family = encoder.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
+            as_gauge(sum(field)).encode(family)?;
+        }
+        let family = encoder.encode_descriptor(
+            "host_capability_refusals",
+            "All tenants: refused attempts to use a capability not granted.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(sum(|t| &t.counters.capability_refusals)).encode(family)?;
+        let mut family = encoder.encode_descriptor(
+            "host_tenants",
+            "Tenants in each state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, label) in STATES {
+            let count = tenants.iter().filter(|t| t.state() == state).count();
+            as_gauge(count as u64).encode(family.encode_family(&[("state", label)])?)?;
+        }
+        if let Some((rss, fds)) = process_usage() {
+            let family = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of the host process.",
+                None,
+                MetricType::Gauge,
+            )?;
+            as_gauge(rss).encode(family)?;
+            let family = encoder.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors of the host process.",
+                None,
+                MetricType::Gauge,
+            )?;
+            as_gauge(fds).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+/// The host process's resident memory in bytes and open file descriptors,
+/// from `/proc` (Linux).
+fn process_usage() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some((rss_kib * 1024, fds))
+}
