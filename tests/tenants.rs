@@ -373,3 +373,70 @@ fn an_invalid_component_in_a_manifest_names_its_line() {
     );
     assert!(log.contains("is not a WebAssembly file"), "{log}");
 }
+
+#[test]
+fn metrics_count_each_tenants_traffic_refusals_traps_and_restarts() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { restart_backoff = \"50ms\" }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let admin = t.admin.unwrap();
+    let mut client = connect(t.addr("neighbour"));
+    let mut replied = 0;
+    for _ in 0..3 {
+        let reply = round_trip(&mut client, b"12345\n");
+        assert_seed_reply(&reply);
+        replied += reply.len();
+    }
+    let mut hostile = connect(t.addr("hostile"));
+    let theirs = t.addr("neighbour");
+    assert!(order(&mut hostile, &format!("bind {theirs}")).starts_with("denied"));
+    assert!(order(&mut hostile, "udp 127.0.0.1:9").starts_with("denied"));
+    assert!(order(&mut hostile, "resolve example.com").starts_with("denied"));
+    drop(hostile);
+    fire(t.addr("hostile"), "panic");
+    wait_restarted(&t, 1);
+
+    let m = metrics(admin);
+    let get = |series: &str| -> f64 {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in {m:?}"))
+    };
+    let n = "tenant=\"neighbour\"";
+    let h = "tenant=\"hostile\"";
+    assert_eq!(get(&format!("tcphost_received_bytes_total{{{n}}}")), 18.0);
+    assert_eq!(
+        get(&format!("tcphost_sent_bytes_total{{{n}}}")),
+        replied as f64
+    );
+    assert_eq!(get(&format!("tcphost_connections_open{{{n}}}")), 1.0);
+    assert!(get(&format!("tcphost_connections_accepted_total{{{h}}}")) >= 3.0);
+    for kind in ["tcp-bind", "udp", "dns"] {
+        assert_eq!(
+            get(&format!(
+                "tcphost_capability_refusals_total{{{h},kind=\"{kind}\"}}"
+            )),
+            1.0,
+            "{kind}"
+        );
+    }
+    assert_eq!(get(&format!("tcphost_guest_traps_total{{{h}}}")), 1.0);
+    assert_eq!(get(&format!("tcphost_guest_restarts_total{{{h}}}")), 1.0);
+    assert!(get(&format!("tcphost_memory_bytes{{{h}}}")) > 0.0);
+    assert_eq!(
+        get(&format!("tcphost_tenant_state{{{h},state=\"running\"}}")),
+        1.0
+    );
+    assert_eq!(get("tcphost_host_tenants{state=\"running\"}"), 2.0);
+    // std's runtime asks for preopened directories at start: those are
+    // refusals too.
+    let by_kind: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("tcphost_capability_refusals_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(get("tcphost_host_capability_refusals_total"), by_kind);
+    assert!(get("tcphost_host_received_bytes_total") >= 18.0);
+    assert!(get("tcphost_process_open_fds") > 0.0);
+}

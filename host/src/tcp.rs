@@ -257,7 +257,8 @@ fn push_streams(
     });
     let output: DynOutputStream = Box::new(Writer {
         stream: stream.clone(),
-        pending: Bytes::new(),
+        pending: BytesMut::new(),
+        permit: 0,
         failed: None,
         policed,
     });
@@ -851,34 +852,57 @@ impl InputStream for Reader {
 }
 
 /// The write half of a connection, as a `wasi:io` output stream. What the
-/// socket does not take at once waits in `pending` (at most one permit's
-/// worth) and is written as the socket drains.
+/// socket does not take at once waits in `pending` (at most [`MAX_IO`]
+/// bytes: a permit from `check-write` never exceeds the room left) and is
+/// written as the socket drains.
 struct Writer {
     stream: Arc<TcpStream>,
-    pending: Bytes,
+    pending: BytesMut,
+    /// Bytes the guest may still write on its last `check-write`.
+    permit: usize,
     failed: Option<std::io::ErrorKind>,
     policed: Arc<Policed>,
 }
 
+/// A drained buffer larger than this is let go, so an idle connection keeps
+/// no memory from a past burst.
+const KEEP_BUFFER: usize = 4096;
+
 impl Writer {
-    /// Writes as much of `pending` as the socket takes now.
-    fn drain(&mut self) -> StreamResult<()> {
+    /// Sends as much of `data` as the socket takes now; returns how much.
+    fn send_now(&mut self, data: &[u8]) -> StreamResult<usize> {
         if let Some(kind) = self.failed {
             return Err(failure(kind));
         }
-        while !self.pending.is_empty() {
-            match self.stream.try_write(&self.pending) {
+        let mut sent = 0;
+        while sent < data.len() {
+            match self.stream.try_write(&data[sent..]) {
                 Ok(n) => {
-                    let _ = self.pending.split_to(n);
+                    sent += n;
                     self.policed.sent(n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     self.failed = Some(e.kind());
-                    self.pending = Bytes::new();
+                    self.pending = BytesMut::new();
                     return Err(failure(e.kind()));
                 }
             }
+        }
+        Ok(sent)
+    }
+
+    /// Writes as much of `pending` as the socket takes now.
+    fn drain(&mut self) -> StreamResult<()> {
+        if self.pending.is_empty() {
+            return self.failed.map_or(Ok(()), |kind| Err(failure(kind)));
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let sent = self.send_now(&pending)?;
+        self.pending = pending;
+        let _ = self.pending.split_to(sent);
+        if self.pending.is_empty() && self.pending.capacity() > KEEP_BUFFER {
+            self.pending = BytesMut::new();
         }
         Ok(())
     }
@@ -909,9 +933,11 @@ impl Pollable for Writer {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for Writer {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        if !self.pending.is_empty() {
+        if bytes.len() > self.permit {
             return Err(StreamError::Trap(wasmtime::format_err!(
-                "write without a permit from check-write"
+                "write of {} bytes past the {} that check-write permitted",
+                bytes.len(),
+                self.permit
             )));
         }
         if !self.policed.may_send(&self.stream, bytes.len()) {
@@ -919,8 +945,16 @@ impl OutputStream for Writer {
             self.failed = Some(std::io::ErrorKind::BrokenPipe);
             return Err(StreamError::Closed);
         }
-        self.pending = bytes;
-        self.drain()
+        self.permit -= bytes.len();
+        if self.pending.is_empty() {
+            // The common case: straight to the socket, no copy.
+            let sent = self.send_now(&bytes)?;
+            self.pending.extend_from_slice(&bytes[sent..]);
+            Ok(())
+        } else {
+            self.pending.extend_from_slice(&bytes);
+            self.drain()
+        }
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -929,7 +963,8 @@ impl OutputStream for Writer {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         self.drain()?;
-        Ok(if self.pending.is_empty() { MAX_IO } else { 0 })
+        self.permit = MAX_IO - self.pending.len();
+        Ok(self.permit)
     }
 
     async fn cancel(&mut self) {

@@ -70,8 +70,12 @@ impl Host {
                 command.env(key, value);
             }
         }
+        command.args(args);
+        Host::spawn(&mut command)
+    }
+
+    fn spawn(command: &mut Command) -> Host {
         let mut child = command
-            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,6 +93,45 @@ impl Host {
             }
         });
         Host { child, log }
+    }
+
+    /// Starts the host with `args`, allowed at most `files` open file
+    /// descriptors (through the shell's `ulimit`, then `exec`).
+    pub fn start_with_fd_limit<S: AsRef<std::ffi::OsStr>>(args: &[S], files: u32) -> Host {
+        let script = format!("ulimit -n {files} && exec \"$0\" \"$@\"");
+        let mut full: Vec<std::ffi::OsString> = vec!["-c".into(), script.into(), host_bin().into()];
+        full.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        Host::spawn(Command::new("sh").args(full))
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The host's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// CPU time the host has used so far (user + system).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
     }
 
     /// Starts the host on a free port with `guest` (the built-in guest if
@@ -402,6 +445,43 @@ fn http(addr: SocketAddr, request: &str) -> (u16, String) {
         .map_or("", |(_, b)| b)
         .to_owned();
     (code, body)
+}
+
+/// The samples of `GET /metrics`, by series (`name{labels}`).
+pub fn metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (code, body) = http_get(admin, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_owned(), value.parse().expect("a numeric sample"))
+        })
+        .collect()
+}
+
+/// One series of `GET /metrics`, e.g.
+/// `tcphost_connections_open{tenant="seed"}`; panics if it is missing.
+pub fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let all = metrics(admin);
+    *all.get(series)
+        .unwrap_or_else(|| panic!("no series {series} in /metrics: {all:?}"))
+}
+
+/// Polls `series` until `ok` holds for it, at most [`TIMEOUT`].
+pub fn wait_metric(admin: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let value = metric(admin, series);
+        if ok(value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {value} for {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A well-behaved client hammering a tenant with round trips from its own

@@ -1,0 +1,261 @@
+//! Abusive clients against a tenant, each beside a well-behaved client that
+//! must keep getting answers: thousands of idle connections, slowloris
+//! writers, clients that never read, connect-and-reset storms, a host out
+//! of file descriptors; and the per-connection limits an operator can set
+//! (idle timeout, bytes in, bytes out).
+
+mod common;
+
+use common::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// A manifest with the admin endpoint and one tenant `t` running
+/// `component` with `limits`.
+fn one(component: &str, limits: &str) -> String {
+    format!(
+        "[host]\nadmin = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ {limits} }}\n"
+    )
+}
+
+fn series(name: &str) -> String {
+    format!("{name}{{tenant=\"t\"}}")
+}
+
+/// Reads until the end of the stream or an error; returns what arrived and
+/// whether the stream ended (rather than timing out).
+fn read_to_end_or_timeout(stream: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (all, true),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (all, true),
+            Err(_) => return (all, false),
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_idle_connections_leave_the_tenant_serving() {
+    let t = Tenants::start(&one("builtin:seed", "max_connections = 12000"), &["t"], &[]);
+    let (addr, admin) = (t.addr("t"), t.admin.unwrap());
+    let before = t.host.rss_kib();
+    let neighbour = Neighbour::start(addr);
+    let mut idle: Vec<TcpStream> = (0..10_000).map(|_| connect(addr)).collect();
+    wait_metric(admin, &series("tcphost_connections_open"), |n| {
+        n >= 10_000.0
+    });
+    // Every idle client is still served when it speaks.
+    for stream in idle.iter_mut().step_by(1000) {
+        assert_seed_reply(&round_trip(stream, b"still here\n"));
+    }
+    let grown = t.host.rss_kib().saturating_sub(before);
+    // 8 KiB per connection is the budget (BENCHMARKS.md measures 1.6).
+    assert!(
+        grown < 10_000 * 8,
+        "the host grew by {grown} KiB for 10000 idle connections"
+    );
+    neighbour.assert_all_answered();
+    drop(idle);
+    wait_metric(admin, &series("tcphost_connections_open"), |n| n == 0.0);
+}
+
+#[test]
+fn slowloris_writers_do_not_hold_up_other_clients() {
+    let t = Tenants::start(&one("builtin:seed", ""), &["t"], &[]);
+    let addr = t.addr("t");
+    let neighbour = Neighbour::start(addr);
+    let mut slow: Vec<TcpStream> = (0..200).map(|_| connect(addr)).collect();
+    // A byte a second each, for three seconds; each byte is a read the
+    // guest answers.
+    for second in 0..3 {
+        for stream in &mut slow {
+            stream.write_all(b"x").unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let mut reply = [0u8; 64];
+        let n = slow[second].read(&mut reply).unwrap();
+        assert!(n > 0, "a slow writer got its answer");
+    }
+    assert!(neighbour.assert_all_answered() > 0);
+}
+
+#[test]
+fn clients_that_never_read_cannot_grow_the_host() {
+    let t = Tenants::start(&one("builtin:echo", ""), &["t"], &[]);
+    let addr = t.addr("t");
+    let before = t.host.rss_kib();
+    let neighbour_echo = connect(addr);
+    // Twenty clients write as fast as they can and never read the echoes.
+    let writers: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = connect(addr);
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut written = 0usize;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    match stream.write(&chunk) {
+                        Ok(n) => written += n,
+                        // Backpressure: nobody takes more.
+                        Err(_) => return (written, true, stream),
+                    }
+                }
+                (written, false, stream)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut held = Vec::new();
+    for writer in writers {
+        let (written, blocked, stream) = writer.join().unwrap();
+        assert!(
+            blocked,
+            "a client that never reads wrote {written} bytes without being held back"
+        );
+        total += written;
+        held.push(stream);
+    }
+    let grown = t.host.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "the host grew by {grown} KiB while 20 clients wrote {total} bytes unread"
+    );
+    // The tenant still answers someone who reads.
+    let mut echo = neighbour_echo;
+    assert_eq!(round_trip(&mut echo, b"hello\n"), "hello\n");
+}
+
+#[test]
+fn a_connect_and_reset_storm_leaves_nothing_behind() {
+    let t = Tenants::start(&one("builtin:seed", ""), &["t"], &[]);
+    let (addr, admin) = (t.addr("t"), t.admin.unwrap());
+    let neighbour = Neighbour::start(addr);
+    let storms: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let stream = connect(addr);
+                    if i % 2 == 0 {
+                        // Some say something first.
+                        let _ = (&stream).write_all(b"boo\n");
+                    }
+                    let socket = socket2::SockRef::from(&stream);
+                    socket.set_linger(Some(Duration::ZERO)).unwrap();
+                    drop(stream);
+                }
+            })
+        })
+        .collect();
+    for storm in storms {
+        storm.join().unwrap();
+    }
+    neighbour.assert_all_answered();
+    wait_metric(admin, &series("tcphost_connections_open"), |n| n == 0.0);
+    assert!(metric(admin, &series("tcphost_connections_accepted_total")) >= 2000.0);
+}
+
+#[test]
+fn out_of_file_descriptors_the_host_backs_off_and_recovers() {
+    let dir = scratch_dir("fds");
+    let manifest = dir.join("tenants.toml");
+    std::fs::write(&manifest, one("builtin:seed", "")).unwrap();
+    let host = Host::start_with_fd_limit(&["--config".as_ref(), manifest.as_os_str()], 40);
+    let marker = "t: listening on ";
+    let addr = addr_after(&host.wait_for_log(marker), marker);
+    let admin = addr_after(
+        &host.wait_for_log("admin: listening on "),
+        "admin: listening on ",
+    );
+    // More clients than descriptors: the kernel queues the rest.
+    let mut clients: Vec<TcpStream> = (0..60).map(|_| connect(addr)).collect();
+    host.wait_for_log("Too many open files");
+    let cpu = host.cpu_time();
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = host.cpu_time() - cpu;
+    assert!(
+        spent < Duration::from_millis(500),
+        "the host spent {spent:?} of CPU in 2 s while out of descriptors: a busy loop"
+    );
+    let reports = host.log().matches("Too many open files").count();
+    assert_eq!(reports, 1, "logged once per interval:\n{}", host.log());
+
+    // Descriptors come back (the host holds at most the ~20 it could
+    // open): the clients still queued are served.
+    let mut queued = clients.split_off(50);
+    drop(clients);
+    let last = queued.last_mut().unwrap();
+    assert_seed_reply(&round_trip(last, b"finally\n"));
+    assert!(metric(admin, &series("tcphost_accept_errors_total")) >= 2.0);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let t = Tenants::start(&one("builtin:seed", "idle_timeout = \"1s\""), &["t"], &[]);
+    let (addr, admin) = (t.addr("t"), t.admin.unwrap());
+    let mut idle = connect(addr);
+    assert_seed_reply(&round_trip(&mut idle, b"hi\n"));
+    let mut busy = connect(addr);
+    let started = Instant::now();
+    // The busy one speaks every 300 ms for 3 s and stays open; the idle
+    // one is closed about a second after its last byte.
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_seed_reply(&round_trip(&mut busy, b"busy\n"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (rest, ended) = read_to_end_or_timeout(&mut idle);
+    assert!(ended && rest.is_empty(), "the idle connection was closed");
+    t.host.wait_for_log("idle for 1s");
+    assert_eq!(
+        metric(admin, &series("tcphost_connections_idle_closed_total")),
+        1.0
+    );
+}
+
+#[test]
+fn a_client_past_its_inbound_byte_limit_is_disconnected() {
+    let t = Tenants::start(&one("builtin:echo", "max_bytes_in = 1000"), &["t"], &[]);
+    let (addr, admin) = (t.addr("t"), t.admin.unwrap());
+    let mut client = connect(addr);
+    let line = format!("{}\n", "a".repeat(599));
+    assert_eq!(round_trip(&mut client, line.as_bytes()), line);
+    // 1200 bytes sent in all: the guest sees the first 1000, then the end.
+    client.write_all(line.as_bytes()).unwrap();
+    let (echoed, ended) = read_to_end_or_timeout(&mut client);
+    assert!(ended, "the connection was closed");
+    assert_eq!(
+        echoed.len(),
+        400,
+        "exactly the bytes under the limit arrived"
+    );
+    t.host.wait_for_log("sent its limit of 1000 bytes");
+    assert_eq!(
+        metric(
+            admin,
+            &series("tcphost_connections_byte_limit_closed_total")
+        ),
+        1.0
+    );
+    // Other clients are untouched.
+    assert_eq!(round_trip(&mut connect(addr), b"ok\n"), "ok\n");
+}
+
+#[test]
+fn a_guest_past_its_outbound_byte_limit_on_a_connection_is_cut_off() {
+    let t = Tenants::start(&one("builtin:echo", "max_bytes_out = 100"), &["t"], &[]);
+    let addr = t.addr("t");
+    let mut client = connect(addr);
+    let line = format!("{}\n", "b".repeat(59));
+    assert_eq!(round_trip(&mut client, line.as_bytes()), line);
+    client.write_all(line.as_bytes()).unwrap();
+    let (more, ended) = read_to_end_or_timeout(&mut client);
+    assert!(ended && more.is_empty(), "no byte past the limit was sent");
+    t.host
+        .wait_for_log("would pass its limit of 100 bytes sent");
+}
