@@ -22,10 +22,27 @@ pub fn build(package: &str, package_dir: &str) -> PathBuf {
     // The nested cargo needs its own target directory: the outer cargo holds
     // the lock on the workspace's one for as long as this script runs.
     let target_dir = out_dir.join("wasm-target");
-    ensure_target_installed();
+    // Normally the guests are built by the toolchain building the host. A
+    // host built by another one (the fuzz targets need nightly, whose
+    // wasm32-wasip2 standard library may not exist) names the toolchain
+    // for the guests here.
+    println!("cargo:rerun-if-env-changed=TCPHOST_GUEST_TOOLCHAIN");
+    let toolchain = std::env::var("TCPHOST_GUEST_TOOLCHAIN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    ensure_target_installed(toolchain.as_deref());
 
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = match &toolchain {
+        Some(toolchain) => {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["run", toolchain, "cargo"]);
+            for var in ["RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "CARGO"] {
+                cmd.env_remove(var);
+            }
+            cmd
+        }
+        None => Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+    };
     cmd.current_dir(&workspace)
         .args([
             "build",
@@ -128,9 +145,16 @@ fn emit_rerun(path: &str) {
 /// The toolchain file lists the target, but rustup does not add targets to an
 /// already installed toolchain by itself: add it once, so a fresh clone builds
 /// with no extra step.
-fn ensure_target_installed() {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let sysroot = Command::new(rustc)
+fn ensure_target_installed(toolchain: Option<&str>) {
+    let mut rustc = match toolchain {
+        Some(toolchain) => {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["run", toolchain, "rustc"]).env_remove("RUSTC");
+            cmd
+        }
+        None => Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into())),
+    };
+    let sysroot = rustc
         .args(["--print", "sysroot"])
         .output()
         .ok()
@@ -140,10 +164,12 @@ fn ensure_target_installed() {
         return;
     }
     println!("cargo:warning=adding the {WASM_TARGET} target with rustup (needed to build guests)");
-    let added = Command::new("rustup")
-        .args(["target", "add", WASM_TARGET])
-        .status()
-        .is_ok_and(|s| s.success());
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", WASM_TARGET]);
+    if let Some(toolchain) = toolchain {
+        add.args(["--toolchain", toolchain]);
+    }
+    let added = add.status().is_ok_and(|s| s.success());
     assert!(
         added,
         "the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` failed; run it by hand"

@@ -81,6 +81,25 @@ fn connections_that_outstay_the_drain_timeout_are_closed() {
 }
 
 #[test]
+fn the_health_check_fails_while_draining() {
+    let manifest = format!("[host]\nadmin = \"127.0.0.1:0\"\n\n{}", seed_draining("1h"));
+    let t = Tenants::start(&manifest, &["t"], &[]);
+    let admin = t.admin.unwrap();
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    // Answered, so the guest holds it: the host has a connection to wait for.
+    let mut open = connect(t.addrs["t"]);
+    assert_seed_reply(&round_trip(&mut open, b"hello\n"));
+    t.host.signal("TERM");
+    t.host
+        .wait_for_log("received SIGTERM: accepting no more clients");
+    let (code, body) = http_get(admin, "/healthz");
+    assert_eq!(
+        (code, body.as_str()),
+        (503, "stopping: draining open connections\n")
+    );
+}
+
+#[test]
 fn a_second_signal_stops_at_once() {
     let t = Tenants::start(&seed_draining("1h"), &["t"], &[]);
     let mut host = t.host;

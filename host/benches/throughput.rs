@@ -407,19 +407,5 @@ fn main() {
     .unwrap();
 
     print!("{report}");
-    write_results(&report);
-}
-
-/// Replaces the generated part of `BENCHMARKS.md` (between its markers)
-/// with `report`, keeping the text around it.
-fn write_results(report: &str) {
-    const START: &str = "<!-- results:start -->";
-    const END: &str = "<!-- results:end -->";
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let (before, after) = match (old.find(START), old.find(END)) {
-        (Some(start), Some(end)) if start < end => (&old[..start], &old[end + END.len()..]),
-        _ => ("# Benchmarks\n\n", "\n"),
-    };
-    std::fs::write(&path, format!("{before}{START}\n{report}{END}{after}")).unwrap();
+    support::write_section("results", &report);
 }

@@ -4,7 +4,7 @@
 //! - `GET /status`: every tenant (state, version, restarts, connections,
 //!   counters, last error) as JSON; `GET /status/{name}`: one tenant.
 //! - `GET /healthz`: 200 when every tenant is running, else 503 naming the
-//!   others.
+//!   others (or saying the host is stopping).
 //! - `GET /metrics`: counters per tenant and host-wide, for Prometheus
 //!   (crate::metrics).
 //! - `POST /tenants/{name}/swap` with a component (a path on the host, or
@@ -60,6 +60,13 @@ async fn status_of(State(control): State<Arc<Control>>, Path(name): Path<String>
 }
 
 async fn healthz(State(control): State<Arc<Control>>) -> Response {
+    if control.is_stopping() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping: draining open connections\n",
+        )
+            .into_response();
+    }
     let unhealthy: Vec<String> = control
         .tenants()
         .iter()

@@ -60,6 +60,8 @@ pub struct Control {
     running: Mutex<BTreeMap<String, Running>>,
     /// Serialises swaps and reloads.
     ops: tokio::sync::Mutex<()>,
+    /// Set once a graceful stop has begun.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -70,6 +72,7 @@ impl Control {
             manifest,
             running: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -85,9 +88,16 @@ impl Control {
     /// Graceful stop, first half: every tenant stops accepting (its
     /// addresses refuse new clients) while its open connections run on.
     pub fn stop_accepting(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for tenant in self.tenants() {
             tenant.stop_accepting();
         }
+    }
+
+    /// Whether a graceful stop has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Graceful stop, second half: resolves once every tenant has no open

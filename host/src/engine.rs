@@ -151,12 +151,13 @@ pub fn new_engine(pooling: Option<(u32, u64)>) -> anyhow::Result<Engine> {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     let engine = Engine::new(&config)?;
-    start_epoch_ticker(&engine);
+    start_epoch_ticker(&engine)
+        .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker thread: {e}"))?;
     Ok(engine)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
-fn start_epoch_ticker(engine: &Engine) {
+fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("epoch-ticker".into())
@@ -167,7 +168,7 @@ fn start_epoch_ticker(engine: &Engine) {
                 std::thread::sleep(EPOCH_TICK);
             }
         })
-        .expect("spawning a thread at start-up");
+        .map(drop)
 }
 
 /// Reads a guest component from `path`.

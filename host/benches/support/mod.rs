@@ -1,7 +1,9 @@
-//! What both benchmarks need: a description of the machine, resident
-//! memory of a process, and a scratch directory.
+//! What the benchmarks share: a description of the machine, resident
+//! memory of a process, a scratch directory, and writing a generated
+//! section of BENCHMARKS.md.
+#![allow(dead_code, reason = "each benchmark uses a subset")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Cores, CPU model, memory, kernel and toolchains, for the reports.
@@ -52,4 +54,25 @@ pub fn scratch(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Replaces the part of `BENCHMARKS.md` between `<!-- {tag}:start -->` and
+/// `<!-- {tag}:end -->` with `report`, keeping the text around it; appends
+/// the section if the markers are missing.
+pub fn write_section(tag: &str, report: &str) {
+    let (start, end) = (
+        format!("<!-- {tag}:start -->"),
+        format!("<!-- {tag}:end -->"),
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(s), Some(e)) if s < e => format!(
+            "{}{start}\n{report}{end}{}",
+            &old[..s],
+            &old[e + end.len()..]
+        ),
+        _ => format!("{}\n\n{start}\n{report}{end}\n", old.trim_end()),
+    };
+    std::fs::write(&path, new).unwrap();
 }

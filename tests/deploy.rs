@@ -1,0 +1,66 @@
+//! The deployment recipes hold manifests the host accepts: the container
+//! image's default, and the one in the Kubernetes ConfigMap, whose drain
+//! timeout must end before the pod's grace period does. (CI checks the
+//! Dockerfile and the Kubernetes objects themselves with hadolint and
+//! kubernetes-validate; see .ci/run.)
+
+use std::path::Path;
+use std::time::Duration;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// The `tenants.toml` block of the ConfigMap (a YAML literal block).
+fn configmap_manifest() -> String {
+    let yaml = std::fs::read_to_string(repo("host/deploy/kubernetes/configmap.yaml")).unwrap();
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "tenants.toml: |");
+    lines.next().expect("a tenants.toml entry in the ConfigMap");
+    lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_image_default_manifest_is_valid() {
+    let path = repo("host/deploy/tenants.container.toml");
+    let manifest = host::manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(manifest.tenants.len(), 1);
+    assert!(manifest.admin.is_some(), "the image serves its probes");
+}
+
+#[test]
+fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
+    let text = configmap_manifest();
+    let manifest = host::manifest::parse(Path::new("configmap/tenants.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        manifest.admin.is_some(),
+        "readiness needs the admin endpoint"
+    );
+    let deployment =
+        std::fs::read_to_string(repo("host/deploy/kubernetes/deployment.yaml")).unwrap();
+    let grace: u64 = deployment
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("terminationGracePeriodSeconds in the Deployment");
+    for tenant in &manifest.tenants {
+        assert!(
+            tenant.limits.drain_timeout < Duration::from_secs(grace),
+            "{} drains for {:?}, past the pod's {grace} s grace period",
+            tenant.name,
+            tenant.limits.drain_timeout
+        );
+        for addr in &tenant.listen {
+            assert!(
+                deployment.contains(&format!("containerPort: {}", addr.port())),
+                "{}'s port {} is not a container port",
+                tenant.name,
+                addr.port()
+            );
+        }
+    }
+}
