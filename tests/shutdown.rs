@@ -81,7 +81,7 @@ fn connections_that_outstay_the_drain_timeout_are_closed() {
 }
 
 #[test]
-fn the_health_check_fails_while_draining() {
+fn while_draining_the_health_check_fails_and_nothing_new_starts() {
     let manifest = format!("[host]\nadmin = \"127.0.0.1:0\"\n\n{}", seed_draining("1h"));
     let t = Tenants::start(&manifest, &["t"], &[]);
     let admin = t.admin.unwrap();
@@ -97,6 +97,15 @@ fn the_health_check_fails_while_draining() {
         (code, body.as_str()),
         (503, "stopping: draining open connections\n")
     );
+    // Nothing new starts while stopping.
+    let (code, body) = http_post(admin, "/tenants/t/swap", "builtin:echo");
+    assert_eq!(
+        (code, body.as_str()),
+        (422, "not swapped: the host is stopping\n")
+    );
+    let (code, _) = http_post(admin, "/reload", "");
+    assert_eq!(code, 422);
+    assert_seed_reply(&round_trip(&mut open, b"still the seed\n"));
 }
 
 #[test]

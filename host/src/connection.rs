@@ -103,13 +103,13 @@ impl Policed {
         wanted.min(usize::try_from(left).unwrap_or(usize::MAX))
     }
 
-    /// Whether the guest may send `len` more bytes; if not, the connection
-    /// has been closed.
-    pub fn may_send(&self, stream: &TcpStream, len: usize) -> bool {
+    /// Whether the guest may send `len` more bytes, beside `queued` bytes
+    /// written but not yet sent; if not, the connection has been closed.
+    pub fn may_send(&self, stream: &TcpStream, queued: usize, len: usize) -> bool {
         let Some(max) = self.max_out else {
             return true;
         };
-        let after = self.bytes_out.load(Ordering::Relaxed) + len as u64;
+        let after = self.bytes_out.load(Ordering::Relaxed) + queued as u64 + len as u64;
         if after > max {
             self.close(stream, Reason::BytesOut);
             return false;
@@ -214,6 +214,8 @@ pub struct AcceptBackoff {
     paused_until: AtomicU64,
     /// Set while a task waits to wake the guest at the end of the pause.
     wake_scheduled: Arc<AtomicBool>,
+    /// Who to wake then: the last to ask (the current guest version).
+    waker: Arc<Mutex<Option<std::task::Waker>>>,
     state: Mutex<BackoffState>,
 }
 
@@ -237,13 +239,16 @@ impl AcceptBackoff {
         let Some(until) = self.paused() else {
             return false;
         };
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
         if !self.wake_scheduled.swap(true, Ordering::AcqRel) {
-            let waker = waker.clone();
-            let scheduled = self.wake_scheduled.clone();
+            let (scheduled, stored) = (self.wake_scheduled.clone(), self.waker.clone());
             tokio::spawn(async move {
                 tokio::time::sleep_until(until).await;
                 scheduled.store(false, Ordering::Release);
-                waker.wake();
+                let waker = stored.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
             });
         }
         true

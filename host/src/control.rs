@@ -95,6 +95,15 @@ impl Control {
         }
     }
 
+    /// Changes (swaps, reloads) are refused once the host is stopping.
+    fn refuse_if_stopping(&self) -> Result<(), String> {
+        if self.is_stopping() {
+            Err("the host is stopping".into())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Whether a graceful stop has begun.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
@@ -171,6 +180,7 @@ impl Control {
     /// compiled, linked, or its guest does not start listening.
     pub async fn swap(&self, name: &str, source: ComponentSource) -> Result<Duration, String> {
         let _one_at_a_time = self.ops.lock().await;
+        self.refuse_if_stopping()?;
         let tenant = self
             .running()
             .get(name)
@@ -258,6 +268,7 @@ impl Control {
     /// address cannot be listened on.
     pub async fn reload(&self) -> Result<ReloadReport, String> {
         let _one_at_a_time = self.ops.lock().await;
+        self.refuse_if_stopping()?;
         let path = self
             .manifest
             .as_ref()

@@ -79,12 +79,16 @@ const COUNTERS: [Field; 12] = [
         "Accepts that failed for want of a resource (file descriptors, memory).",
         |t| &t.counters.accept_errors,
     ),
-    ("received_bytes", "Bytes received from clients.", |t| {
-        &t.counters.bytes_in
-    }),
-    ("sent_bytes", "Bytes sent to clients.", |t| {
-        &t.counters.bytes_out
-    }),
+    (
+        "received_bytes",
+        "Bytes received on the tenant's connections: from clients, and on outbound connections it was granted.",
+        |t| &t.counters.bytes_in,
+    ),
+    (
+        "sent_bytes",
+        "Bytes sent on the tenant's connections: to clients, and on outbound connections it was granted.",
+        |t| &t.counters.bytes_out,
+    ),
     (
         "guest_traps",
         "Guest traps: panics, CPU limit, out of memory, invalid accesses.",

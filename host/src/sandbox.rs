@@ -86,6 +86,8 @@ struct MemoryLimiter {
     refused: bool,
     /// Linear memory this instance holds, counted in the tenant's gauge.
     held: u64,
+    /// The growth last allowed, taken back if wasmtime then fails it.
+    last_grown: u64,
 }
 
 impl Drop for MemoryLimiter {
@@ -108,6 +110,7 @@ impl ResourceLimiter for MemoryLimiter {
         if desired <= self.max_memory {
             let grown = desired.saturating_sub(current) as u64;
             self.held += grown;
+            self.last_grown = grown;
             self.tenant
                 .counters
                 .memory_bytes
@@ -127,6 +130,18 @@ impl ResourceLimiter for MemoryLimiter {
         self.refused = true;
         Counters::bump(&self.tenant.counters.memory_refusals);
         Ok(false)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Allowed here, refused later (the memory's declared maximum, or a
+        // pooling slot): the memory did not grow after all.
+        let grown = std::mem::take(&mut self.last_grown);
+        self.held -= grown;
+        self.tenant
+            .counters
+            .memory_bytes
+            .fetch_sub(grown, Ordering::Relaxed);
+        Ok(())
     }
 
     fn table_growing(
@@ -195,6 +210,7 @@ pub fn store(
             max_memory: usize::try_from(config.limits.max_memory).unwrap_or(usize::MAX),
             refused: false,
             held: 0,
+            last_grown: 0,
         },
         ticks_in_wasm: 0,
         in_epoch_callback: false,

@@ -259,6 +259,7 @@ fn push_streams(
         stream: stream.clone(),
         pending: BytesMut::new(),
         permit: 0,
+        flushing: false,
         failed: None,
         policed,
     });
@@ -860,6 +861,9 @@ struct Writer {
     pending: BytesMut,
     /// Bytes the guest may still write on its last `check-write`.
     permit: usize,
+    /// A `flush` is in progress: `check-write` permits nothing until the
+    /// bytes written before it are sent.
+    flushing: bool,
     failed: Option<std::io::ErrorKind>,
     policed: Arc<Policed>,
 }
@@ -940,7 +944,10 @@ impl OutputStream for Writer {
                 self.permit
             )));
         }
-        if !self.policed.may_send(&self.stream, bytes.len()) {
+        if !self
+            .policed
+            .may_send(&self.stream, self.pending.len(), bytes.len())
+        {
             // At its outbound byte limit: closed by the host.
             self.failed = Some(std::io::ErrorKind::BrokenPipe);
             return Err(StreamError::Closed);
@@ -958,12 +965,21 @@ impl OutputStream for Writer {
     }
 
     fn flush(&mut self) -> StreamResult<()> {
-        self.drain()
+        self.drain()?;
+        self.flushing = !self.pending.is_empty();
+        Ok(())
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
         self.drain()?;
-        self.permit = MAX_IO - self.pending.len();
+        if self.pending.is_empty() {
+            self.flushing = false;
+        }
+        self.permit = if self.flushing {
+            0
+        } else {
+            MAX_IO - self.pending.len()
+        };
         Ok(self.permit)
     }
 

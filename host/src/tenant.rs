@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+/// The "current generation" of a tenant that accepts no more clients.
+const STOPPED: u64 = u64::MAX;
+
 /// Where a tenant is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -50,9 +53,9 @@ pub struct Counters {
     pub capability_refusals: AtomicU64,
     /// The same, by kind, indexed by `Capability as usize`.
     pub refusals_by_kind: [AtomicU64; Capability::ALL.len()],
-    /// Bytes received from clients.
+    /// Bytes received on the tenant's connections (clients' and outbound).
     pub bytes_in: AtomicU64,
-    /// Bytes sent to clients.
+    /// Bytes sent on the tenant's connections (clients' and outbound).
     pub bytes_out: AtomicU64,
     /// Times a running guest was interrupted (epoch tick) to let others run.
     pub cpu_yields: AtomicU64,
@@ -209,7 +212,7 @@ impl Tenant {
     /// current any more, and the listening sockets (shared with every
     /// version) are shut down, so the addresses refuse new clients at once.
     pub fn stop_accepting(&self) {
-        self.current_generation.send_replace(u64::MAX);
+        self.current_generation.send_replace(STOPPED);
         for listener in self
             .listeners
             .lock()
@@ -253,7 +256,10 @@ impl Tenant {
     pub async fn until_current(&self, generation: u64) {
         let mut current = self.current_generation.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
-        let _ = current.wait_for(|g| *g >= generation).await;
+        // u64::MAX means stopping, not that `generation` took over.
+        let _ = current
+            .wait_for(|g| *g >= generation && *g != STOPPED)
+            .await;
     }
 
     /// The tenant's name.
