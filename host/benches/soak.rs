@@ -25,6 +25,38 @@ const IDLE: usize = 500;
 /// Time between samples.
 const SAMPLE: Duration = Duration::from_secs(10);
 
+/// CPU time process `pid` has used (user + system).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Sockets of this machine in TIME_WAIT, from /proc/net/sockstat.
+fn time_wait() -> u64 {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("TCP:"))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "tw")?;
+            words.get(at + 1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -77,16 +109,18 @@ fn main() {
     .unwrap();
     writeln!(
         report,
-        "| time | round trips/s | connections opened | host RSS | host open fds |\n| --- | --- | --- | --- | --- |"
+        "| time | round trips/s | host CPU per round trip | connections opened | TIME_WAIT sockets | host RSS | host open fds |\n| --- | --- | --- | --- | --- | --- | --- |"
     )
     .unwrap();
     for row in &rows {
         writeln!(
             report,
-            "| {} s | {:.0} | {} | {:.1} MiB | {} |",
+            "| {} s | {:.0} | {:.1} µs | {} | {} | {:.1} MiB | {} |",
             row.at.as_secs(),
             row.per_sec,
+            row.cpu_us_per_trip,
             row.opened,
+            row.time_wait,
             row.rss_kib as f64 / 1024.0,
             row.fds
         )
@@ -119,7 +153,9 @@ fn main() {
 struct Row {
     at: Duration,
     per_sec: f64,
+    cpu_us_per_trip: f64,
     opened: u64,
+    time_wait: u64,
     rss_kib: u64,
     fds: usize,
 }
@@ -179,22 +215,28 @@ async fn soak(addr: SocketAddr, pid: u32, duration: Duration) -> Vec<Row> {
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut last = 0;
+    let mut last_cpu = cpu_time(pid);
     while started.elapsed() < duration {
         tokio::time::sleep(SAMPLE).await;
         let now = round_trips.load(Ordering::Relaxed);
+        let cpu = cpu_time(pid);
         rows.push(Row {
             at: started.elapsed(),
             per_sec: (now - last) as f64 / SAMPLE.as_secs_f64(),
+            cpu_us_per_trip: (cpu - last_cpu).as_secs_f64() * 1e6 / (now - last).max(1) as f64,
             opened: opened.load(Ordering::Relaxed),
+            time_wait: time_wait(),
             rss_kib: rss_kib(pid),
             fds: open_fds(pid),
         });
-        last = now;
+        (last, last_cpu) = (now, cpu);
         let row = rows.last().unwrap();
         eprintln!(
-            "{:>4} s: {:.0} round trips/s, RSS {} KiB, {} fds",
+            "{:>4} s: {:.0} round trips/s, {:.1} µs host CPU each, {} in TIME_WAIT, RSS {} KiB, {} fds",
             row.at.as_secs(),
             row.per_sec,
+            row.cpu_us_per_trip,
+            row.time_wait,
             row.rss_kib,
             row.fds
         );
