@@ -83,6 +83,65 @@ fn slowloris_writers_do_not_hold_up_other_clients() {
     assert!(neighbour.assert_all_answered() > 0);
 }
 
+/// Connects to `addr` from `source` (another loopback address), with the
+/// test timeouts.
+fn connect_from(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), TIMEOUT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[test]
+fn one_client_address_cannot_take_all_of_a_tenants_connections() {
+    let t = Tenants::start(
+        &one("builtin:seed", "max_connections_per_peer = 20"),
+        &["t"],
+        &[],
+    );
+    let (addr, admin) = (t.addr("t"), t.admin.unwrap());
+    // The attacker connects from 127.0.0.2, everyone else from 127.0.0.1.
+    let attacker: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|_| connect_from(attacker, addr).unwrap())
+        .collect();
+    for stream in &mut held {
+        assert_seed_reply(&round_trip(stream, b"mine\n"));
+    }
+    for _ in 0..10 {
+        // Reset at once: sometimes before `connect` has even returned.
+        let Ok(mut extra) = connect_from(attacker, addr) else {
+            continue;
+        };
+        let _ = extra.write_all(b"more\n");
+        let (reply, ended) = read_to_end_or_timeout(&mut extra);
+        assert!(
+            ended && reply.is_empty(),
+            "a 21st connection from one address was served"
+        );
+    }
+    t.host
+        .wait_for_log("127.0.0.2 is at t's cap of 20 per client address");
+    let neighbour = Neighbour::start(addr);
+    assert!(neighbour.assert_all_answered() > 0);
+    assert_eq!(
+        metric(admin, &series("tcphost_connections_refused_total")),
+        10.0
+    );
+    // Its own connections closed, the address is welcome again.
+    drop(held);
+    wait_metric(admin, &series("tcphost_connections_open"), |n| n == 0.0);
+    let mut back = connect_from(attacker, addr).unwrap();
+    assert_seed_reply(&round_trip(&mut back, b"back\n"));
+}
+
 #[test]
 fn clients_that_never_read_cannot_grow_the_host() {
     let t = Tenants::start(&one("builtin:echo", ""), &["t"], &[]);

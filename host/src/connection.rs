@@ -8,7 +8,8 @@
 //! it frees the connection through its ordinary path.
 
 use crate::tenant::{Counters, Tenant};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -299,4 +300,37 @@ pub fn is_resource_error(error: &std::io::Error) -> bool {
         error.raw_os_error(),
         Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)
     )
+}
+
+/// Open client connections per client IP address, for
+/// `max_connections_per_peer`. Addresses with none open are forgotten, so
+/// the map holds at most one entry per open connection.
+#[derive(Debug, Default)]
+pub struct PeerCounts(Mutex<HashMap<IpAddr, u32>>);
+
+impl PeerCounts {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connections open from `ip` now.
+    pub fn open(&self, ip: IpAddr) -> u32 {
+        self.map().get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Counts a connection from `ip` opening.
+    pub fn opened(&self, ip: IpAddr) {
+        *self.map().entry(ip).or_insert(0) += 1;
+    }
+
+    /// Counts a connection from `ip` closing.
+    pub fn closed(&self, ip: IpAddr) {
+        let mut map = self.map();
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
 }

@@ -64,6 +64,7 @@ struct RawLimits {
     #[serde(default, deserialize_with = "size")]
     max_memory: Option<u64>,
     max_connections: Option<u32>,
+    max_connections_per_peer: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
     cpu_limit: Option<Duration>,
     restart: Option<RestartPolicy>,
@@ -90,6 +91,11 @@ impl RawLimits {
         Limits {
             max_memory: self.max_memory.unwrap_or(fallback.max_memory),
             max_connections: self.max_connections.unwrap_or(fallback.max_connections),
+            // Zero switches a host-wide default off for one tenant.
+            max_connections_per_peer: self
+                .max_connections_per_peer
+                .or(fallback.max_connections_per_peer)
+                .filter(|&n| n > 0),
             cpu_limit: self.cpu_limit.unwrap_or(fallback.cpu_limit),
             restart: self.restart.unwrap_or(fallback.restart),
             restart_backoff: self.restart_backoff.unwrap_or(fallback.restart_backoff),
@@ -123,6 +129,9 @@ pub struct Limits {
     pub max_memory: u64,
     /// Most client connections open at once; past it clients are reset.
     pub max_connections: u32,
+    /// Most client connections open at once from one IP address; past it
+    /// that address's new clients are reset. `None`: no such limit.
+    pub max_connections_per_peer: Option<u32>,
     /// Longest a guest may compute without returning to the host.
     pub cpu_limit: Duration,
     /// What to do when the guest stops.
@@ -156,6 +165,7 @@ impl Default for Limits {
         Limits {
             max_memory: 128 << 20,
             max_connections: 1024,
+            max_connections_per_peer: None,
             cpu_limit: Duration::from_millis(500),
             restart: RestartPolicy::OnFailure,
             restart_backoff: Duration::from_millis(100),

@@ -61,7 +61,7 @@ const COUNTERS: [Field; 12] = [
     ),
     (
         "connections_refused",
-        "Client connections reset because the tenant was at its connection cap.",
+        "Client connections reset at a connection cap: the tenant's, or the one per client address.",
         |t| &t.counters.connections_refused,
     ),
     (

@@ -130,6 +130,8 @@ enum State {
 struct OpenConnection {
     tenant: Arc<Tenant>,
     instance: Arc<AtomicU64>,
+    /// The client's address, counted in the tenant's per-peer counts.
+    peer: std::net::IpAddr,
     /// The idle watchdog, if the tenant has an idle timeout.
     watchdog: Option<tokio::task::AbortHandle>,
 }
@@ -138,8 +140,10 @@ impl OpenConnection {
     fn new(
         tenant: &Arc<Tenant>,
         instance: &Arc<AtomicU64>,
+        peer: std::net::IpAddr,
         watchdog: Option<tokio::task::AbortHandle>,
     ) -> Self {
+        tenant.peers.opened(peer);
         tenant
             .counters
             .connections_open
@@ -149,6 +153,7 @@ impl OpenConnection {
         OpenConnection {
             tenant: tenant.clone(),
             instance: instance.clone(),
+            peer,
             watchdog,
         }
     }
@@ -164,6 +169,7 @@ impl Drop for OpenConnection {
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
         self.instance.fetch_sub(1, Ordering::Relaxed);
+        self.tenant.peers.closed(self.peer);
     }
 }
 
@@ -284,12 +290,13 @@ impl TenantState {
     }
 
     /// Takes the next client from a listening socket, resetting those past
-    /// the connection cap.
+    /// the connection cap, or past the cap for their address.
     fn next_client(
         &mut self,
         this: &Resource<GuestTcp>,
     ) -> wasmtime::Result<Result<(TcpStream, SocketAddr), ErrorCode>> {
         let cap = u64::from(self.config.limits.max_connections);
+        let per_peer = self.config.limits.max_connections_per_peer;
         let socket = self.table().get_mut(this)?;
         let current = socket.tenant.is_current(socket.generation);
         let State::Listening { listener, .. } = &socket.state else {
@@ -331,7 +338,9 @@ impl TenantState {
             };
             let tenant = &socket.tenant;
             tenant.accept_backoff.succeeded();
-            if tenant.counters.connections_open.load(Ordering::Relaxed) < cap {
+            let over_cap = tenant.counters.connections_open.load(Ordering::Relaxed) >= cap;
+            let over_peer_cap = per_peer.is_some_and(|max| tenant.peers.open(peer.ip()) >= max);
+            if !over_cap && !over_peer_cap {
                 client.set_nonblocking(true)?;
                 return Ok(Ok((TcpStream::from_std(client)?, peer)));
             }
@@ -340,7 +349,13 @@ impl TenantState {
             drop(client);
             Counters::bump(&tenant.counters.connections_refused);
             let name = tenant.name();
-            tracing::warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}");
+            if over_cap {
+                tracing::warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}");
+            } else {
+                let ip = peer.ip();
+                let max = per_peer.unwrap_or_default();
+                tracing::warn!(tenant = name, %peer, max, "refused: connection from {peer} reset, {ip} is at {name}'s cap of {max} per client address");
+            }
         }
     }
     /// Stores a socket option that must not be zero (WASI's rule for every
@@ -572,7 +587,7 @@ impl HostTcpSocket for TenantState {
             .clone()
             .watch_idle(Arc::downgrade(&stream))
             .map(|watch| tokio::spawn(watch).abort_handle());
-        let open = OpenConnection::new(&self.tenant, &self.open, watchdog);
+        let open = OpenConnection::new(&self.tenant, &self.open, peer.ip(), watchdog);
         let client = self.new_socket(
             family,
             State::Connected {

@@ -2,7 +2,7 @@
 //! current state. The supervisor and the sandbox write it; the admin
 //! endpoint reads it.
 
-use crate::connection::AcceptBackoff;
+use crate::connection::{AcceptBackoff, PeerCounts};
 use crate::manifest::TenantConfig;
 use crate::policy::Capability;
 use serde::Serialize;
@@ -93,6 +93,8 @@ pub struct Tenant {
     pub counters: Counters,
     /// Pauses accepting when accepts fail for want of resources.
     pub accept_backoff: AcceptBackoff,
+    /// Open client connections per client address.
+    pub peers: PeerCounts,
     status: Mutex<Status>,
     /// The host's listening sockets for the tenant's addresses, handed to
     /// each guest version in turn; closed when the tenant stops for good.
@@ -151,6 +153,7 @@ impl Tenant {
             config: Mutex::new(Arc::new(config)),
             counters: Counters::default(),
             accept_backoff: AcceptBackoff::default(),
+            peers: PeerCounts::default(),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_error: None,
