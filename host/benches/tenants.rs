@@ -97,8 +97,9 @@ impl Drop for Host {
     }
 }
 
-fn manifest(dir: &Path, tenants: usize, pooling: bool, extra: &str) -> PathBuf {
-    let mut text = format!("[host]\ncache_dir = \"cache\"\npooling_allocator = {pooling}\n\n");
+fn manifest(dir: &Path, tenants: usize, pooling: bool, host: &str, extra: &str) -> PathBuf {
+    let mut text =
+        format!("[host]\ncache_dir = \"cache\"\npooling_allocator = {pooling}\n{host}\n");
     for i in 0..tenants {
         writeln!(text, "[[tenant]]\nname = \"t{i:03}\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
     }
@@ -106,6 +107,35 @@ fn manifest(dir: &Path, tenants: usize, pooling: bool, extra: &str) -> PathBuf {
     let path = dir.join(format!("tenants-{tenants}-{pooling}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The neighbour's sorted latencies alone, then beside a tenant computing
+/// forever, on a host with `threads` guest threads (`None`: the default).
+fn neighbour(threads: Option<usize>) -> (Vec<f64>, Vec<f64>) {
+    let dir = scratch(&format!("neighbour-{threads:?}"));
+    let hostile = test_guests::path("hostile");
+    let extra = format!(
+        "[[tenant]]\nname = \"hostile\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ cpu_limit = \"1h\" }}\n",
+        hostile.display()
+    );
+    let setting = threads.map_or(String::new(), |n| format!("guest_threads = {n}\n"));
+    let host = Host::start(&manifest(&dir, 1, false, &setting, &extra));
+    let (_, addrs) = host.wait_for(": listening on ", 2);
+    let addr_of = |name: &str| {
+        addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap()
+    };
+    let (neighbour, hostile_addr) = (addr_of("t000"), addr_of("hostile"));
+    round_trips(neighbour, 500); // warm-up
+    let alone = round_trips(neighbour, ROUND_TRIPS);
+    let mut spin = TcpStream::connect(hostile_addr).unwrap();
+    spin.write_all(b"spin\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let beside = round_trips(neighbour, ROUND_TRIPS);
+    (alone, beside)
 }
 
 /// Sequential round trips to the seed guest at `addr`; latencies in µs.
@@ -143,7 +173,7 @@ fn main() {
     writeln!(report, "| --- | --- | --- | --- | --- | --- |").unwrap();
     for pooling in [false, true] {
         let dir = scratch(if pooling { "pool" } else { "default" });
-        let many = manifest(&dir, TENANTS, pooling, "");
+        let many = manifest(&dir, TENANTS, pooling, "", "");
         let cold = {
             let host = Host::start(&many);
             host.wait_for(": listening on ", TENANTS).0
@@ -155,7 +185,7 @@ fn main() {
             (t, host.rss_kib())
         };
         let rss_one = {
-            let host = Host::start(&manifest(&dir, 1, pooling, ""));
+            let host = Host::start(&manifest(&dir, 1, pooling, "", ""));
             host.wait_for(": listening on ", 1);
             std::thread::sleep(Duration::from_secs(1));
             host.rss_kib()
@@ -178,53 +208,38 @@ fn main() {
         eprint!("{report}");
     }
 
-    // A neighbour's latency, alone and beside a tenant computing forever.
-    let dir = scratch("neighbour");
-    let hostile = test_guests::path("hostile");
-    let extra = format!(
-        "[[tenant]]\nname = \"hostile\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ cpu_limit = \"1h\" }}\n",
-        hostile.display()
-    );
-    let host = Host::start(&manifest(&dir, 1, false, &extra));
-    let (_, addrs) = host.wait_for(": listening on ", 2);
-    let addr_of = |name: &str| {
-        addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
-            .unwrap()
-    };
-    let (neighbour, hostile_addr) = (addr_of("t000"), addr_of("hostile"));
-    round_trips(neighbour, 500); // warm-up
-    let alone = round_trips(neighbour, ROUND_TRIPS);
-    let mut spin = TcpStream::connect(hostile_addr).unwrap();
-    spin.write_all(b"spin\n").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let beside = round_trips(neighbour, ROUND_TRIPS);
+    // A neighbour's latency, alone and beside a tenant computing forever:
+    // with a guest thread each (the default, one per core), then sharing one.
     writeln!(
         report,
         "\nNeighbour round trips ({ROUND_TRIPS} sequential, one client):\n"
     )
     .unwrap();
-    writeln!(report, "| neighbour | p50 | p99 | max |").unwrap();
-    writeln!(report, "| --- | --- | --- | --- |").unwrap();
-    for (label, l) in [
-        ("alone", &alone),
-        ("beside a tenant spinning on a core", &beside),
-    ] {
-        writeln!(
-            report,
-            "| {label} | {:.0} µs | {:.0} µs | {:.0} µs |",
-            percentile(l, 0.5),
-            percentile(l, 0.99),
-            l.last().unwrap()
-        )
-        .unwrap();
+    writeln!(report, "| guest threads | neighbour | p50 | p99 | max |").unwrap();
+    writeln!(report, "| --- | --- | --- | --- | --- |").unwrap();
+    let mut ratios = Vec::new();
+    for threads in [None, Some(1)] {
+        let (alone, beside) = neighbour(threads);
+        let label = threads.map_or("one per core".to_owned(), |n| n.to_string());
+        for (case, l) in [("alone", &alone), ("beside a tenant spinning", &beside)] {
+            writeln!(
+                report,
+                "| {label} | {case} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                percentile(l, 0.5),
+                percentile(l, 0.99),
+                l.last().unwrap()
+            )
+            .unwrap();
+        }
+        ratios.push(format!(
+            "{label}: {:.2}x",
+            percentile(&beside, 0.99) / percentile(&alone, 0.99)
+        ));
     }
     writeln!(
         report,
-        "\np99 beside the spinning tenant / p99 alone: {:.2}x",
-        percentile(&beside, 0.99) / percentile(&alone, 0.99)
+        "\np99 beside the spinning tenant / p99 alone, by guest threads: {}",
+        ratios.join("; ")
     )
     .unwrap();
 

@@ -30,7 +30,7 @@ pub const BUILTIN_GUESTS: &[(&str, &[u8])] = &[
 
 /// How often running guests are made to yield to the rest of the host; the
 /// unit in which CPU limits are measured.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// The WASI 0.2 minor version the host links; guests built against this or
 /// any older 0.2 release link to it.

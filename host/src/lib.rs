@@ -16,3 +16,4 @@ pub mod sandbox;
 pub mod supervisor;
 pub mod tcp;
 pub mod tenant;
+pub mod workers;

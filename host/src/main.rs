@@ -110,6 +110,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_memory,
         )
     });
+    // Guest instances run on their own threads, by default one per core:
+    // see host::workers.
+    let threads = manifest.guest_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    host::workers::start(threads).context("cannot start the guest threads")?;
     let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
     let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone());
 
@@ -236,6 +242,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         admin: None,
         cache_dir: None,
         pooling_allocator: false,
+        guest_threads: None,
         tenants: vec![TenantConfig {
             name,
             component,

@@ -187,7 +187,11 @@ struct RawHost {
     cache_dir: Option<Spanned<String>>,
     #[serde(default)]
     pooling_allocator: bool,
+    guest_threads: Option<Spanned<usize>>,
 }
+
+/// The most guest threads a manifest may ask for.
+pub const MAX_GUEST_THREADS: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +254,9 @@ pub struct Manifest {
     pub cache_dir: Option<PathBuf>,
     /// Whether instances come from wasmtime's pooling allocator.
     pub pooling_allocator: bool,
+    /// Threads guest instances run on (see crate::workers); `None`: one
+    /// per core.
+    pub guest_threads: Option<usize>,
     /// Every tenant, in file order.
     pub tenants: Vec<TenantConfig>,
 }
@@ -284,6 +291,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         }
     })?;
 
+    if let Some(threads) = &raw.host.guest_threads
+        && !(1..=MAX_GUEST_THREADS).contains(threads.get_ref())
+    {
+        return Err(at(
+            threads.span(),
+            "host.guest_threads",
+            format!("must be from 1 to {MAX_GUEST_THREADS}"),
+        ));
+    }
     let defaults = raw.limits.or(&Limits::default());
     let mut names: HashMap<String, ()> = HashMap::new();
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
@@ -381,6 +397,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         admin: raw.host.admin.map(Spanned::into_inner),
         cache_dir: raw.host.cache_dir.map(|dir| base.join(dir.into_inner())),
         pooling_allocator: raw.host.pooling_allocator,
+        guest_threads: raw.host.guest_threads.map(Spanned::into_inner),
         tenants,
     })
 }
@@ -522,6 +539,17 @@ mod tests {
         assert_eq!(t.limits.max_connections, 7);
         assert_eq!(t.limits.cpu_limit, Duration::from_millis(50));
         assert_eq!(t.limits.max_memory, Limits::default().max_memory);
+    }
+
+    #[test]
+    fn guest_threads_defaults_to_one_per_core_and_must_be_positive() {
+        assert_eq!(parse_str(ONE).unwrap().guest_threads, None);
+        let two = parse_str(&format!("[host]\nguest_threads = 2\n{ONE}")).unwrap();
+        assert_eq!(two.guest_threads, Some(2));
+        assert_eq!(
+            error(&format!("[host]\nguest_threads = 0\n{ONE}")),
+            "tenants.toml:2: host.guest_threads: must be from 1 to 1024"
+        );
     }
 
     #[test]

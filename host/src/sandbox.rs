@@ -252,7 +252,13 @@ pub fn store(
             .into());
         }
         Counters::bump(&state.tenant.counters.cpu_yields);
-        Ok(UpdateDeadline::Yield(1))
+        // tokio's yield lets the guest thread poll for I/O before this
+        // guest runs again, so tenants sharing the thread are served
+        // between its slices (a plain re-wake would run it again at once).
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
     });
     store.set_epoch_deadline(1);
     store

@@ -216,7 +216,7 @@ impl Instance {
     ) -> Self {
         let generation = tenant.next_generation();
         let open = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run_once(
+        let task = crate::workers::spawn(run_once(
             engine.clone(),
             pre.clone(),
             tenant.clone(),

@@ -1,0 +1,78 @@
+//! Guest threads: where guest instances run.
+//!
+//! Each instance runs on one thread, and the sockets it opens are registered
+//! with that thread's event loop, so a request is read, answered and written
+//! on one thread without a hand-off. (On one shared work-stealing runtime a
+//! guest's task and its sockets' wake-ups moved between threads: about one
+//! context switch per three requests, measured in BENCHMARKS.md.) Instances
+//! are spread over a pool of threads, one per core by default, each running
+//! a single-threaded tokio runtime; the host's own work (signals, admin,
+//! supervision, compiling) stays on the main runtime.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// The pool, once [`start`] has run.
+static POOL: OnceLock<Vec<Worker>> = OnceLock::new();
+
+struct Worker {
+    handle: Handle,
+    /// Instances running on this thread.
+    load: Arc<AtomicUsize>,
+}
+
+/// Starts `threads` guest threads (at least one). Instances spawned before
+/// this, or in a program that never calls it, run on the caller's runtime.
+pub fn start(threads: usize) -> std::io::Result<()> {
+    let mut pool = Vec::new();
+    for i in 0..threads.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name(format!("guest-{i}"))
+            // Runs the instances spawned onto it until the process exits.
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        pool.push(Worker {
+            handle,
+            load: Arc::default(),
+        });
+    }
+    // A second call keeps the first pool.
+    let _ = POOL.set(pool);
+    Ok(())
+}
+
+/// Runs `future` (a guest instance) on the least loaded guest thread.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let Some(worker) = POOL
+        .get()
+        .and_then(|pool| pool.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)))
+    else {
+        return tokio::spawn(future);
+    };
+    worker.load.fetch_add(1, Ordering::Relaxed);
+    // Moved into the task, so dropped with it even if never polled.
+    let running = Running(worker.load.clone());
+    worker.handle.spawn(async move {
+        let _running = running;
+        future.await
+    })
+}
+
+/// Counts an instance on its thread while it lives (also when aborted).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
