@@ -26,7 +26,10 @@ use support::{machine, rss_kib, scratch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WARM_UP: Duration = Duration::from_secs(1);
-const MEASURE: Duration = Duration::from_secs(5);
+const MEASURE: Duration = Duration::from_secs(3);
+/// Each case is measured this many times per server; the report gives the
+/// medians.
+const ROUNDS: usize = 3;
 const IDLE_FOR_MEMORY: usize = 10_000;
 
 /// A server under test, killed when dropped.
@@ -202,6 +205,33 @@ struct Outcome {
     p99_us: f64,
 }
 
+/// The medians of one case against one server over the rounds.
+struct Summary {
+    per_sec: f64,
+    per_sec_min: f64,
+    per_sec_max: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Summary {
+    fn of(rounds: &[Outcome]) -> Summary {
+        let median = |f: fn(&Outcome) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let rates = rounds.iter().map(|o| o.per_sec);
+        Summary {
+            per_sec: median(|o| o.per_sec),
+            per_sec_min: rates.clone().fold(f64::INFINITY, f64::min),
+            per_sec_max: rates.fold(0.0, f64::max),
+            p50_us: median(|o| o.p50_us),
+            p99_us: median(|o| o.p99_us),
+        }
+    }
+}
+
 /// `busy` clients doing round trips beside `idle` silent connections.
 fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -287,7 +317,7 @@ fn main() {
     let dir = scratch("run");
     let mut report = String::new();
     writeln!(report, "Machine: {}.\n", machine()).unwrap();
-    writeln!(report, "Request/response: each client sends `ping\\n` and waits for the one-line reply before the next; {}s measured after {}s of warm-up; the load generator runs on one thread of the same machine.\n", MEASURE.as_secs(), WARM_UP.as_secs()).unwrap();
+    writeln!(report, "Request/response: each client sends `ping\\n` and waits for the one-line reply before the next; {}s measured after {}s of warm-up, {ROUNDS} times per case and server, the servers taking turns; each figure is the median of the {ROUNDS}, the range that of the throughput. The load generator runs on one thread of the same machine.\n", MEASURE.as_secs(), WARM_UP.as_secs()).unwrap();
 
     let cases: [(&str, usize, usize); 4] = [
         ("1 busy", 1, 0),
@@ -295,47 +325,44 @@ fn main() {
         ("1000 busy", 1000, 0),
         ("50 busy + 5000 idle", 50, 5000),
     ];
-    let mut servers: Vec<Box<dyn Fn() -> Option<Server>>> = vec![
-        Box::new(|| Some(native())),
-        Box::new({
-            let dir = dir.clone();
-            move || Some(host(&dir))
-        }),
-    ];
-    {
-        let dir = dir.clone();
-        servers.push(Box::new(move || go_seed(&dir)));
+    // All servers run throughout (idle ones cost nothing) and take turns,
+    // case by case, in every round, so a drift in the machine's speed
+    // during the run falls on all of them alike.
+    let mut servers = vec![native(), host(&dir)];
+    match go_seed(&dir) {
+        Some(go) => servers.push(go),
+        None => eprintln!("no Go toolchain: the seed's Go server is left out"),
     }
-    let mut rows: Vec<(String, Vec<Option<Outcome>>)> = Vec::new();
-    for start in &servers {
-        let Some(server) = start() else {
-            eprintln!("no Go toolchain: the seed's Go server is left out");
-            continue;
-        };
-        let outcomes = cases
-            .iter()
-            .map(|(label, busy, idle)| {
-                eprintln!("{}: {label}", server.name);
-                Some(load(server.addr, *busy, *idle))
-            })
-            .collect();
-        rows.push((server.name.to_owned(), outcomes));
+    let mut outcomes: Vec<Vec<Vec<Outcome>>> = servers
+        .iter()
+        .map(|_| cases.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 1..=ROUNDS {
+        for (c, (label, busy, idle)) in cases.iter().enumerate() {
+            for (s, server) in servers.iter().enumerate() {
+                eprintln!("round {round}/{ROUNDS}: {}: {label}", server.name);
+                outcomes[s][c].push(load(server.addr, *busy, *idle));
+            }
+        }
     }
 
     writeln!(
         report,
-        "| case | server | round trips/s | vs native | p50 | p99 | p99 vs native |"
+        "| case | server | round trips/s | range | vs native | p50 | p99 | p99 vs native |"
     )
     .unwrap();
-    writeln!(report, "| --- | --- | --- | --- | --- | --- | --- |").unwrap();
-    for (i, (label, _, _)) in cases.iter().enumerate() {
-        let native = rows[0].1[i].as_ref().unwrap();
-        for (name, outcomes) in &rows {
-            let Some(o) = &outcomes[i] else { continue };
+    writeln!(report, "| --- | --- | --- | --- | --- | --- | --- | --- |").unwrap();
+    for (c, (label, _, _)) in cases.iter().enumerate() {
+        let native = Summary::of(&outcomes[0][c]);
+        for (s, server) in servers.iter().enumerate() {
+            let o = Summary::of(&outcomes[s][c]);
             writeln!(
                 report,
-                "| {label} | {name} | {:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x |",
+                "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x |",
+                server.name,
                 o.per_sec,
+                o.per_sec_min,
+                o.per_sec_max,
                 o.per_sec / native.per_sec,
                 o.p50_us,
                 o.p99_us,
@@ -344,6 +371,7 @@ fn main() {
             .unwrap();
         }
     }
+    drop(servers);
 
     eprint!("{report}");
 
