@@ -49,7 +49,8 @@ pub enum Fast {
 }
 
 impl Fast {
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready now; if not, `cx`'s waker is woken when it may be.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Fast::Read(stream) => stream.poll_read_ready(cx).map(|_| ()),
             Fast::Accept {
@@ -79,6 +80,10 @@ pub struct FastPoll {
     pollables: std::collections::HashMap<u32, Fast>,
     /// Woken by any registered socket's readiness.
     wake: Arc<Notify>,
+    /// Pollables in a ready set (crate::readiness): the set's `rep` and the
+    /// member's token. `poll` checks these through wasmtime-wasi's path, so
+    /// it never takes over the waker the set registered.
+    pub watched: std::collections::HashMap<u32, (u32, u64)>,
 }
 
 struct NotifyWaker(Arc<Notify>);
@@ -102,6 +107,11 @@ impl FastPoll {
     /// Records a fast pollable.
     pub fn add_pollable(&mut self, pollable: u32, fast: Fast) {
         self.pollables.insert(pollable, fast);
+    }
+
+    /// The fast readiness check of `pollable`, if it has one.
+    pub fn fast(&self, pollable: u32) -> Option<Fast> {
+        self.pollables.get(&pollable).cloned()
     }
 }
 
@@ -146,6 +156,7 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
         |mut store, rep| {
             let state = store.data_mut();
             state.fast.pollables.remove(&rep);
+            crate::readiness::forget(state, rep)?;
             wasmtime_wasi::p2::bindings::io::poll::HostPollable::drop(
                 state.table(),
                 Resource::new_own(rep),
@@ -175,9 +186,10 @@ async fn poll_list(
     let mut generic: Vec<(u32, u32)> = Vec::new();
     for (index, pollable) in list.iter().enumerate() {
         let index = u32::try_from(index)?;
-        match state.fast.pollables.get(&pollable.rep()) {
-            Some(f) => fast.push((index, f.clone())),
-            None => generic.push((index, pollable.rep())),
+        let rep = pollable.rep();
+        match state.fast.pollables.get(&rep) {
+            Some(f) if !state.fast.watched.contains_key(&rep) => fast.push((index, f.clone())),
+            _ => generic.push((index, rep)),
         }
     }
     let wake = state.fast.wake.clone();
