@@ -49,8 +49,7 @@ pub enum Fast {
 }
 
 impl Fast {
-    /// Ready now; if not, `cx`'s waker is woken when it may be.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Fast::Read(stream) => stream.poll_read_ready(cx).map(|_| ()),
             Fast::Accept {
@@ -80,10 +79,6 @@ pub struct FastPoll {
     pollables: std::collections::HashMap<u32, Fast>,
     /// Woken by any registered socket's readiness.
     wake: Arc<Notify>,
-    /// Pollables in a ready set (crate::readiness): the set's `rep` and the
-    /// member's token. `poll` checks these through wasmtime-wasi's path, so
-    /// it never takes over the waker the set registered.
-    pub watched: std::collections::HashMap<u32, (u32, u64)>,
 }
 
 struct NotifyWaker(Arc<Notify>);
@@ -107,11 +102,6 @@ impl FastPoll {
     /// Records a fast pollable.
     pub fn add_pollable(&mut self, pollable: u32, fast: Fast) {
         self.pollables.insert(pollable, fast);
-    }
-
-    /// The fast readiness check of `pollable`, if it has one.
-    pub fn fast(&self, pollable: u32) -> Option<Fast> {
-        self.pollables.get(&pollable).cloned()
     }
 }
 
@@ -156,7 +146,6 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
         |mut store, rep| {
             let state = store.data_mut();
             state.fast.pollables.remove(&rep);
-            crate::readiness::forget(state, rep)?;
             wasmtime_wasi::p2::bindings::io::poll::HostPollable::drop(
                 state.table(),
                 Resource::new_own(rep),
@@ -186,10 +175,9 @@ async fn poll_list(
     let mut generic: Vec<(u32, u32)> = Vec::new();
     for (index, pollable) in list.iter().enumerate() {
         let index = u32::try_from(index)?;
-        let rep = pollable.rep();
-        match state.fast.pollables.get(&rep) {
-            Some(f) if !state.fast.watched.contains_key(&rep) => fast.push((index, f.clone())),
-            _ => generic.push((index, rep)),
+        match state.fast.pollables.get(&pollable.rep()) {
+            Some(f) => fast.push((index, f.clone())),
+            None => generic.push((index, pollable.rep())),
         }
     }
     let wake = state.fast.wake.clone();
