@@ -77,7 +77,9 @@ fn missing_imports_are_all_named() {
         r#"(component
             (import "acme:db/query@1.0.0" (instance))
             (import "wasi:cli/environment@0.3.0" (instance))
+            (import "tcphost:server/readiness@0.2.0" (instance))
             (import "wasi:cli/stdout@0.2.6" (instance))
+            (import "tcphost:server/readiness@0.1.0" (instance))
         )"#,
     )
     .unwrap();
@@ -90,11 +92,16 @@ fn missing_imports_are_all_named() {
     assert_eq!(status.code(), Some(1));
     assert_clean_error(
         &log,
-        "needs imports this host does not provide: acme:db/query@1.0.0, wasi:cli/environment@0.3.0;",
+        "needs imports this host does not provide: acme:db/query@1.0.0, wasi:cli/environment@0.3.0, \
+         tcphost:server/readiness@0.2.0;",
     );
     assert!(
         !log.contains("wasi:cli/stdout@0.2.6,"),
         "an older WASI 0.2 import is provided: {log}"
+    );
+    assert!(
+        !log.contains("readiness@0.1.0,"),
+        "the host's own extension is provided: {log}"
     );
 }
 

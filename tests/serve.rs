@@ -36,6 +36,43 @@ fn the_guest_logs_connects_payloads_and_disconnects() {
 }
 
 #[test]
+fn every_one_of_many_busy_clients_is_served_not_only_the_first_hundred() {
+    // More busy clients than tokio's cooperative budget (128 readiness
+    // checks per task poll): each must get round trips while all hammer.
+    let (_host, addr) = Host::serve(None);
+    const CLIENTS: usize = 300;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (stop, barrier) = (stop.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut stream = connect(addr);
+                barrier.wait();
+                let mut answered = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_seed_reply(&round_trip(&mut stream, b"ping\n"));
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    barrier.wait();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered: Vec<u32> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    answered.sort_unstable();
+    // A fair server gives each about the same share; one that checks only
+    // the first sockets it is given leaves most with one answer or none.
+    let (fewest, median) = (answered[0], answered[CLIENTS / 2]);
+    assert!(
+        fewest >= 5 && fewest * 4 >= median,
+        "round trips per client: fewest {fewest}, median {median}"
+    );
+}
+
+#[test]
 fn two_hundred_concurrent_clients_are_all_answered() {
     let (_host, addr) = Host::serve(None);
     const CLIENTS: usize = 200;

@@ -140,6 +140,32 @@ fn a_neighbour_sharing_a_guest_thread_with_a_spinning_guest_is_served_between_it
 }
 
 #[test]
+fn a_guest_misusing_ready_sets_is_refused_each_time_and_its_neighbour_keeps_serving() {
+    // The guest checks each misuse from inside (reused tokens, a pollable
+    // in two sets, dropped members and sets, max 0, an empty set, tens of
+    // thousands of changes without a wait) and reports the first surprise.
+    let manifest = format!(
+        "[[tenant]]\nname = \"neighbour\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[tenant]]\nname = \"readiness\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\n",
+        test_guest("readiness").display()
+    );
+    let t = Tenants::start(&manifest, &["neighbour", "readiness"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let mut stream = connect(t.addr("readiness"));
+    for _ in 0..3 {
+        let reply = order(&mut stream, "check");
+        assert_eq!(reply.trim(), "ok 15 checks");
+    }
+    // Its own event loop, on a ready set of its own, still serves.
+    assert_eq!(
+        order(&mut connect(t.addr("readiness")), "hello").trim(),
+        "unknown command"
+    );
+    neighbour.assert_all_answered();
+    assert!(!t.host.log().contains("trap"), "{}", t.host.log());
+}
+
+#[test]
 fn a_guest_that_allocates_without_bound_is_stopped_and_restarted() {
     let t = Tenants::start(
         &with_neighbour("limits = { max_memory = \"32 MiB\", restart_backoff = \"50ms\" }"),

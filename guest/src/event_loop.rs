@@ -1,14 +1,16 @@
-//! The single-threaded event loop every guest runs: one `wasi:io/poll` call
-//! waits on the listener and on every connection at once, so one slow or
-//! silent client never holds up the others.
+//! The single-threaded event loop every guest runs: one ready set (the
+//! host's `tcphost:server/readiness`) watches the listener and every
+//! connection at once, so one slow or silent client never holds up the
+//! others, and a turn of the loop costs time for the clients that sent
+//! something, not for every client connected.
 //!
 //! Per connection the loop reads at most [`READ_SIZE`] bytes at a time, hands
 //! them to the [`Protocol`], and writes the answer out as fast as the client
 //! takes it. Memory is bounded: while more than [`MAX_PENDING`] bytes of
 //! answers wait for a slow reader, the loop stops reading from that client.
 
-use crate::bindings::wasi::clocks::monotonic_clock::subscribe_duration;
-use crate::bindings::wasi::io::poll::{Pollable, poll};
+use crate::bindings::tcphost::server::readiness::ReadySet;
+use crate::bindings::wasi::io::poll::Pollable;
 use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 use crate::bindings::wasi::sockets::network::ErrorCode;
 use crate::bindings::wasi::sockets::tcp::{ShutdownType, TcpSocket};
@@ -33,16 +35,12 @@ const READS_PER_TURN: usize = 8;
 /// the clients already connected.
 const ACCEPTS_PER_TURN: usize = 64;
 
-/// A connection active within this many turns is polled every turn.
-const HOT_TURNS: u64 = 32;
+/// Events handled per turn; the rest come first in the next.
+const EVENTS_PER_TURN: u32 = 512;
 
-/// Every connection, quiet or not, is polled at least every this many turns.
-const FULL_POLL_EVERY: u64 = 16;
-
-/// Longest a poll of only the active connections waits before every
-/// connection is polled again: the most a quiet client's first message can
-/// be delayed, in nanoseconds.
-const COLD_WAIT_NS: u64 = 2_000_000;
+/// The listener's token in the ready set. A connection's tokens are its
+/// slab index times two, plus one for its output stream.
+const LISTENER: u64 = u64::MAX;
 
 /// Serves clients on the granted address with `protocol`, forever; returns
 /// only if it cannot start, saying why.
@@ -52,87 +50,44 @@ pub fn run<P: Protocol>(mut protocol: P) -> Result<Infallible, String> {
         net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {}", e.message()))?;
     log!("listening on {addr}");
 
+    let set = ReadySet::new();
+    if !set.insert(&listener.ready, LISTENER) {
+        return Err("the host refused to watch the listener".into());
+    }
     let mut connections: Slab<Connection<P::Session>> = Slab::new();
-    let mut interests: Vec<Interest> = Vec::new();
-    let mut ready: Vec<Interest> = Vec::new();
-    let mut turn: u64 = 0;
-    let mut last_full: u64 = 0;
-    let mut force_full = true;
     loop {
-        turn += 1;
-        // The host's poll costs time for every pollable listed, ready or
-        // not. Connections that were active lately ("hot") are polled every
-        // turn; quiet ones only every FULL_POLL_EVERY turns, or once the
-        // hot ones have been silent for COLD_WAIT.
-        let full = force_full || turn - last_full >= FULL_POLL_EVERY;
-        interests.clear();
-        let mut pollables: Vec<&Pollable> = Vec::with_capacity(2 + 2 * connections.len());
-        pollables.push(&listener.ready);
-        interests.push(Interest::Accept);
-        let mut skipped = 0usize;
-        for (id, conn) in connections.iter() {
-            if !full && !conn.is_hot(turn) {
-                skipped += 1;
-                continue;
-            }
-            if conn.wants_read() {
-                pollables.push(&conn.readable);
-                interests.push(Interest::Read(id));
-            }
-            if conn.wants_write() {
-                pollables.push(&conn.writable);
-                interests.push(Interest::Write(id));
-            }
-        }
-        let timer = (skipped > 0).then(|| subscribe_duration(COLD_WAIT_NS));
-        if let Some(timer) = &timer {
-            pollables.push(timer);
-            interests.push(Interest::Timer);
-        }
-        if full {
-            last_full = turn;
-        }
-        force_full = false;
         // Log lines of the last turn go out in one write before waiting.
         crate::log::flush();
-        let ready_indices = poll(&pollables);
-        drop(pollables);
-        drop(timer);
-
-        ready.clear();
-        ready.extend(ready_indices.iter().map(|&i| interests[i as usize]));
-        for &event in &ready {
-            match event {
-                Interest::Accept => accept(&listener, &mut connections, &mut protocol, turn),
-                // The hot connections were quiet: look at every one next.
-                Interest::Timer => force_full = true,
-                Interest::Read(id) | Interest::Write(id) => {
-                    // An earlier event in this batch may have closed it.
-                    let Some(conn) = connections.get_mut(id) else {
-                        continue;
-                    };
-                    conn.last_active = turn;
-                    let step = match event {
-                        Interest::Read(_) => conn.on_readable(&mut protocol),
-                        _ => conn.on_writable(),
-                    };
-                    if step == Step::Close {
-                        connections.remove(id).close(&mut protocol);
-                    }
-                }
+        for token in set.wait(EVENTS_PER_TURN) {
+            if token == LISTENER {
+                accept(&listener, &set, &mut connections, &mut protocol);
+                continue;
+            }
+            let Ok(id) = usize::try_from(token / 2) else {
+                continue;
+            };
+            // An earlier event in this batch may have closed it.
+            let Some(conn) = connections.get_mut(id) else {
+                continue;
+            };
+            let step = if token % 2 == 0 {
+                conn.on_readable(&mut protocol)
+            } else {
+                conn.on_writable()
+            };
+            if step == Step::Close {
+                connections.remove(id).close(&mut protocol);
+            } else {
+                conn.watch(&set, id);
             }
         }
     }
 }
 
-/// What a pollable in the poll list stands for.
-#[derive(Clone, Copy)]
-enum Interest {
-    Accept,
-    Read(usize),
-    Write(usize),
-    /// The bound on a poll that left quiet connections out.
-    Timer,
+/// The tokens of connection `id`'s input and output streams.
+fn tokens(id: usize) -> (u64, u64) {
+    let read = id as u64 * 2;
+    (read, read + 1)
 }
 
 /// Whether a connection lives on after an event.
@@ -145,9 +100,9 @@ enum Step {
 /// Accepts every waiting client, up to [`ACCEPTS_PER_TURN`].
 fn accept<P: Protocol>(
     listener: &Listener,
+    set: &ReadySet,
     connections: &mut Slab<Connection<P::Session>>,
     protocol: &mut P,
-    turn: u64,
 ) {
     for _ in 0..ACCEPTS_PER_TURN {
         let (socket, input, output) = match listener.socket.accept() {
@@ -165,7 +120,7 @@ fn accept<P: Protocol>(
         };
         log!("connected: {peer}");
         let session = protocol.connect(peer);
-        connections.insert(Connection {
+        let id = connections.insert(Connection {
             readable: input.subscribe(),
             writable: output.subscribe(),
             input,
@@ -177,8 +132,10 @@ fn accept<P: Protocol>(
             sent: 0,
             permit: 0,
             eof: false,
-            last_active: turn,
+            watching_read: false,
+            watching_write: false,
         });
+        connections[id].watch(set, id);
     }
 }
 
@@ -202,8 +159,10 @@ struct Connection<S> {
     permit: usize,
     /// The client closed its side; answer what is pending, then close.
     eof: bool,
-    /// The last turn of the loop with an event on this connection.
-    last_active: u64,
+    /// `readable` is in the ready set.
+    watching_read: bool,
+    /// `writable` is in the ready set.
+    watching_write: bool,
 }
 
 impl<S> Connection<S> {
@@ -211,9 +170,29 @@ impl<S> Connection<S> {
         self.pending.len() - self.sent
     }
 
-    /// Active lately, or with work in progress: polled every turn.
-    fn is_hot(&self, turn: u64) -> bool {
-        turn - self.last_active <= HOT_TURNS || self.wants_write()
+    /// Puts in the ready set the streams the connection waits on now, and
+    /// takes out the others (the set would keep reporting a readable
+    /// client the loop does not read from).
+    fn watch(&mut self, set: &ReadySet, id: usize) {
+        let (read, write) = tokens(id);
+        let wants = self.wants_read();
+        if wants != self.watching_read {
+            self.watching_read = wants;
+            if wants {
+                set.insert(&self.readable, read);
+            } else {
+                set.remove(read);
+            }
+        }
+        let wants = self.wants_write();
+        if wants != self.watching_write {
+            self.watching_write = wants;
+            if wants {
+                set.insert(&self.writable, write);
+            } else {
+                set.remove(write);
+            }
+        }
     }
 
     fn wants_read(&self) -> bool {

@@ -203,6 +203,10 @@ struct Outcome {
     per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Round trips completed by the least served client.
+    fewest: usize,
+    /// Round trips completed by the median client.
+    median_client: usize,
 }
 
 /// The medians of one case against one server over the rounds.
@@ -212,6 +216,8 @@ struct Summary {
     per_sec_max: f64,
     p50_us: f64,
     p99_us: f64,
+    fewest: f64,
+    median_client: f64,
 }
 
 impl Summary {
@@ -228,6 +234,8 @@ impl Summary {
             per_sec_max: rates.fold(0.0, f64::max),
             p50_us: median(|o| o.p50_us),
             p99_us: median(|o| o.p99_us),
+            fewest: median(|o| o.fewest as f64),
+            median_client: median(|o| o.median_client as f64),
         }
     }
 }
@@ -281,9 +289,13 @@ fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
         measuring.store(false, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
+        let mut per_client = Vec::with_capacity(busy);
         for client in clients {
-            all.extend(client.await.unwrap());
+            let latencies = client.await.unwrap();
+            per_client.push(latencies.len());
+            all.extend(latencies);
         }
+        per_client.sort_unstable();
         drop(held);
         all.sort_by(f64::total_cmp);
         let at = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize];
@@ -291,6 +303,8 @@ fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
             per_sec: all.len() as f64 / MEASURE.as_secs_f64(),
             p50_us: at(0.5),
             p99_us: at(0.99),
+            fewest: per_client[0],
+            median_client: per_client[per_client.len() / 2],
         }
     })
 }
@@ -307,8 +321,8 @@ fn main() {
                 args[4].parse().unwrap(),
             );
             println!(
-                "{:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs",
-                o.per_sec, o.p50_us, o.p99_us
+                "{:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs, per client: fewest {} median {}",
+                o.per_sec, o.p50_us, o.p99_us, o.fewest, o.median_client
             );
             return;
         }
@@ -348,17 +362,21 @@ fn main() {
 
     writeln!(
         report,
-        "| case | server | round trips/s | range | vs native | p50 | p99 | p99 vs native |"
+        "| case | server | round trips/s | range | vs native | p50 | p99 | p99 vs native | per client: fewest / median |"
     )
     .unwrap();
-    writeln!(report, "| --- | --- | --- | --- | --- | --- | --- | --- |").unwrap();
+    writeln!(
+        report,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    .unwrap();
     for (c, (label, _, _)) in cases.iter().enumerate() {
         let native = Summary::of(&outcomes[0][c]);
         for (s, server) in servers.iter().enumerate() {
             let o = Summary::of(&outcomes[s][c]);
             writeln!(
                 report,
-                "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x |",
+                "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x | {:.0} / {:.0} |",
                 server.name,
                 o.per_sec,
                 o.per_sec_min,
@@ -366,11 +384,14 @@ fn main() {
                 o.per_sec / native.per_sec,
                 o.p50_us,
                 o.p99_us,
-                o.p99_us / native.p99_us
+                o.p99_us / native.p99_us,
+                o.fewest,
+                o.median_client
             )
             .unwrap();
         }
     }
+    writeln!(report, "\nPer client: round trips completed in the {}s by the least served busy client and by the median one. A server that serves some clients over and over while others wait shows here, not in the percentiles, which count only completed round trips.", MEASURE.as_secs()).unwrap();
     drop(servers);
 
     eprint!("{report}");

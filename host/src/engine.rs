@@ -106,7 +106,7 @@ pub enum LoadError {
     /// Imports outside WASI 0.2.
     #[error(
         "{path} needs imports this host does not provide: {}; a guest may import only WASI 0.2 interfaces \
-         (up to 0.2.{WASI_MINOR})",
+         (up to 0.2.{WASI_MINOR}) and {EXTENSION}",
         missing.join(", ")
     )]
     MissingImports {
@@ -338,9 +338,15 @@ fn prepare(
     CommandPre::new(pre).map_err(link_error)
 }
 
+/// The project's own interface the host links (see `wit/world.wit`).
+const EXTENSION: &str = "tcphost:server/readiness@0.1.0";
+
 /// Whether the host links an import named `name`: a WASI 0.2 interface no
-/// newer than the host's.
+/// newer than the host's, or the project's extension.
 fn is_provided(name: &str, item: &ComponentItem) -> bool {
+    if name == EXTENSION {
+        return matches!(item, ComponentItem::ComponentInstance(_));
+    }
     let Some((interface, version)) = name.split_once('@') else {
         return false;
     };

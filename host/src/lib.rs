@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod policy;
 pub mod poll;
+pub mod readiness;
 pub mod sandbox;
 pub mod supervisor;
 pub mod tcp;

@@ -49,7 +49,20 @@ pub enum Fast {
 }
 
 impl Fast {
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready now; if not, `cx`'s waker is woken when it may be.
+    ///
+    /// Outside tokio's cooperative budget: a guest waits on hundreds of
+    /// sockets at once, and past the budget (128 checks per task poll)
+    /// every further socket would be reported not ready, however long it
+    /// had been. At 1000 busy clients that starved most of them: the same
+    /// hundred or so were served again and again. (Guests are made to
+    /// yield by epoch interruption instead; see crate::sandbox.)
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let check = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| self.check(cx)));
+        std::pin::pin!(check).poll(cx)
+    }
+
+    fn check(&self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Fast::Read(stream) => stream.poll_read_ready(cx).map(|_| ()),
             Fast::Accept {
@@ -79,6 +92,10 @@ pub struct FastPoll {
     pollables: std::collections::HashMap<u32, Fast>,
     /// Woken by any registered socket's readiness.
     wake: Arc<Notify>,
+    /// Pollables in a ready set (crate::readiness): the set's `rep` and the
+    /// member's token. `poll` checks these through wasmtime-wasi's path, so
+    /// it never takes over the waker the set registered.
+    pub watched: std::collections::HashMap<u32, (u32, u64)>,
 }
 
 struct NotifyWaker(Arc<Notify>);
@@ -102,6 +119,11 @@ impl FastPoll {
     /// Records a fast pollable.
     pub fn add_pollable(&mut self, pollable: u32, fast: Fast) {
         self.pollables.insert(pollable, fast);
+    }
+
+    /// The fast readiness check of `pollable`, if it has one.
+    pub fn fast(&self, pollable: u32) -> Option<Fast> {
+        self.pollables.get(&pollable).cloned()
     }
 }
 
@@ -146,6 +168,7 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
         |mut store, rep| {
             let state = store.data_mut();
             state.fast.pollables.remove(&rep);
+            crate::readiness::forget(state, rep)?;
             wasmtime_wasi::p2::bindings::io::poll::HostPollable::drop(
                 state.table(),
                 Resource::new_own(rep),
@@ -175,9 +198,10 @@ async fn poll_list(
     let mut generic: Vec<(u32, u32)> = Vec::new();
     for (index, pollable) in list.iter().enumerate() {
         let index = u32::try_from(index)?;
-        match state.fast.pollables.get(&pollable.rep()) {
-            Some(f) => fast.push((index, f.clone())),
-            None => generic.push((index, pollable.rep())),
+        let rep = pollable.rep();
+        match state.fast.pollables.get(&rep) {
+            Some(f) if !state.fast.watched.contains_key(&rep) => fast.push((index, f.clone())),
+            _ => generic.push((index, rep)),
         }
     }
     let wake = state.fast.wake.clone();

@@ -272,6 +272,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<TenantState>> {
     linker.allow_shadowing(true);
     crate::tcp::add_to_linker(&mut linker)?;
     crate::poll::add_to_linker(&mut linker)?;
+    crate::readiness::add_to_linker(&mut linker)?;
     policy::refuse_ungranted(&mut linker)?;
     linker.allow_shadowing(false);
     Ok(linker)

@@ -23,6 +23,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use wasmtime::component::Resource;
@@ -308,18 +309,16 @@ impl TenantState {
             return Ok(Err(ErrorCode::WouldBlock));
         }
         loop {
-            // Readiness first, then accept through the guard: it clears the
-            // readiness only if nothing arrived meanwhile, so no wakeup is
-            // lost between an empty queue and the next wait.
-            let mut guard = match listener.poll_read_ready(&mut Context::from_waker(Waker::noop()))
-            {
-                Poll::Ready(Ok(guard)) => guard,
-                Poll::Ready(Err(e)) => return Ok(Err(error_code(&e))),
-                Poll::Pending => return Ok(Err(ErrorCode::WouldBlock)),
-            };
-            let (client, peer) = match guard.try_io(|inner| inner.get_ref().accept()) {
-                Ok(Ok(client)) => client,
-                Ok(Err(e)) if is_resource_error(&e) => {
+            // Through the readiness: an accept that finds the queue empty
+            // clears it only if nothing arrived meanwhile, so no wakeup is
+            // lost between an empty queue and the next wait. No waker is
+            // registered here: that is for whoever waits (see crate::poll).
+            let (client, peer) = match listener.try_io(Interest::READABLE, TcpListener::accept) {
+                Ok(client) => client,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(Err(ErrorCode::WouldBlock));
+                }
+                Err(e) if is_resource_error(&e) => {
                     let addr = listener
                         .get_ref()
                         .local_addr()
@@ -331,10 +330,8 @@ impl TenantState {
                     return Ok(Err(ErrorCode::WouldBlock));
                 }
                 // The client gave up while queued: take the next one.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
-                Ok(Err(e)) => return Ok(Err(error_code(&e))),
-                // Nothing queued after all: readiness cleared, ask again.
-                Err(_would_block) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return Ok(Err(error_code(&e))),
             };
             let tenant = &socket.tenant;
             tenant.accept_backoff.succeeded();
