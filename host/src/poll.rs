@@ -96,6 +96,9 @@ pub struct FastPoll {
     /// member's token. `poll` checks these through wasmtime-wasi's path, so
     /// it never takes over the waker the set registered.
     pub watched: std::collections::HashMap<u32, (u32, u64)>,
+    /// When the instance last let its thread poll for I/O: last waited
+    /// for an event, or yielded (see [`FastPoll::let_io_in`]).
+    last_io: Option<std::time::Instant>,
 }
 
 struct NotifyWaker(Arc<Notify>);
@@ -121,10 +124,48 @@ impl FastPoll {
         self.pollables.insert(pollable, fast);
     }
 
+    /// Whether the instance should yield to its thread before it waits, so
+    /// the thread polls the sockets for I/O: when it has not waited for an
+    /// event for an epoch tick. A guest that always finds something ready
+    /// never waits, and only what the thread last polled would ever be
+    /// found ready: the same clients served again and again while the
+    /// others' requests went unseen. (A guest that waits is not made to
+    /// yield: on a shared thread that would cost it the others' slices.)
+    pub fn let_io_in(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        match self.last_io {
+            Some(last) if now.duration_since(last) < crate::engine::EPOCH_TICK => false,
+            _ => {
+                self.last_io = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Records that the instance waited for an event.
+    pub fn waited(&mut self) {
+        self.last_io = Some(std::time::Instant::now());
+    }
+
     /// The fast readiness check of `pollable`, if it has one.
     pub fn fast(&self, pollable: u32) -> Option<Fast> {
         self.pollables.get(&pollable).cloned()
     }
+}
+
+/// Waits for `notify`; returns whether the instance actually parked (a
+/// stored permit returns at once, without letting the thread poll for I/O).
+pub async fn park(notify: &Notify) -> bool {
+    let mut notified = std::pin::pin!(notify.notified());
+    if notified
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
+    {
+        return false;
+    }
+    notified.await;
+    true
 }
 
 /// Replaces `poll` and the entry points that create and destroy pollables
@@ -193,6 +234,9 @@ async fn poll_list(
     if list.is_empty() {
         wasmtime::bail!("empty poll list");
     }
+    if store.data_mut().fast.let_io_in() {
+        tokio::task::yield_now().await;
+    }
     let state = store.data_mut();
     let mut fast: Vec<(u32, Fast)> = Vec::new();
     let mut generic: Vec<(u32, u32)> = Vec::new();
@@ -206,7 +250,11 @@ async fn poll_list(
     }
     let wake = state.fast.wake.clone();
     let waker = Waker::from(Arc::new(NotifyWaker(wake.clone())));
+    let mut waited = false;
     loop {
+        if std::mem::take(&mut waited) {
+            store.data_mut().fast.waited();
+        }
         let mut ready: Vec<u32> = {
             let mut cx = Context::from_waker(&waker);
             fast.iter()
@@ -218,7 +266,9 @@ async fn poll_list(
             if !ready.is_empty() {
                 return Ok(ready);
             }
-            wake.notified().await;
+            if park(&wake).await {
+                store.data_mut().fast.waited();
+            }
             continue;
         }
         let borrowed = generic
@@ -244,5 +294,7 @@ async fn poll_list(
             }
             () = wake.notified() => {}
         }
+        // Recorded at the top of the loop, once `others` is gone.
+        waited = true;
     }
 }

@@ -298,7 +298,14 @@ async fn wait(
     this: &Resource<ReadySet>,
     max: usize,
 ) -> wasmtime::Result<Vec<u64>> {
+    if store.data_mut().fast.let_io_in() {
+        tokio::task::yield_now().await;
+    }
+    let mut waited = false;
     loop {
+        if std::mem::take(&mut waited) {
+            store.data_mut().fast.waited();
+        }
         let set = store.data_mut().table().get_mut(this)?;
         if set.members.is_empty() {
             return Ok(Vec::new());
@@ -311,7 +318,9 @@ async fn wait(
                 return Ok(ready);
             }
             // A wake since `ready_now` left a permit: no wakeup is lost.
-            shared.notify.notified().await;
+            if crate::poll::park(&shared.notify).await {
+                store.data_mut().fast.waited();
+            }
             continue;
         }
         let borrowed = generic
@@ -340,6 +349,8 @@ async fn wait(
             indices = &mut others => return Ok(tokens(indices?).take(max).collect()),
             () = shared.notify.notified() => {}
         }
+        // Recorded at the top of the loop, once `others` is gone.
+        waited = true;
     }
 }
 

@@ -224,8 +224,12 @@ pub fn store(
     store.limiter(|state| &mut state.limiter);
 
     // CPU: every epoch tick spent in wasm counts; any return from a host
-    // call (which is where a guest waits for I/O) resets the count. At each tick
-    // the guest yields to the other tenants; past the limit it is cut off.
+    // call (which is where a guest waits for I/O) resets the count and the
+    // deadline. A guest that computes for a whole tick without calling the
+    // host yields to the other tenants at each tick; past the limit it is
+    // cut off. One that calls the host often (a server) is never made to
+    // yield: on a shared guest thread each yield waits for the others'
+    // slices.
     let limit_ticks = (config.limits.cpu_limit.as_millis() / EPOCH_TICK.as_millis()).max(1);
     // The epoch check itself enters and leaves the host, so the return from
     // the epoch callback must not count as a host call.
@@ -236,6 +240,8 @@ pub fn store(
                 return Ok(());
             }
             state.ticks_in_wasm = 0;
+            // Two ticks from now: at least one whole tick of computing.
+            store.set_epoch_deadline(2);
         }
         Ok(())
     });
