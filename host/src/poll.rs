@@ -250,11 +250,8 @@ async fn poll_list(
     }
     let wake = state.fast.wake.clone();
     let waker = Waker::from(Arc::new(NotifyWaker(wake.clone())));
-    let mut waited = false;
+    let reps: Vec<u32> = generic.iter().map(|(_, rep)| *rep).collect();
     loop {
-        if std::mem::take(&mut waited) {
-            store.data_mut().fast.waited();
-        }
         let mut ready: Vec<u32> = {
             let mut cx = Context::from_waker(&waker);
             fast.iter()
@@ -262,39 +259,56 @@ async fn poll_list(
                 .map(|(index, _)| *index)
                 .collect()
         };
-        if generic.is_empty() {
-            if !ready.is_empty() {
-                return Ok(ready);
-            }
-            if park(&wake).await {
-                store.data_mut().fast.waited();
-            }
-            continue;
-        }
-        let borrowed = generic
-            .iter()
-            .map(|(_, rep)| Resource::new_borrow(*rep))
-            .collect();
-        let table = store.data_mut().table();
-        let mut others = std::pin::pin!(table.poll(borrowed));
-        if !ready.is_empty() {
-            // Report the other pollables that are ready now, without waiting.
-            let now = others
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()));
-            if let Poll::Ready(others) = now {
-                ready.extend(others?.into_iter().map(|i| generic[i as usize].0));
-            }
+        let wait = ready.is_empty();
+        if let Some(others) = others_ready(store, &reps, &wake, wait).await? {
+            ready.extend(others.into_iter().map(|i| generic[i].0));
             ready.sort_unstable();
+        }
+        if !ready.is_empty() {
             return Ok(ready);
         }
-        tokio::select! {
-            others = &mut others => {
-                return Ok(others?.into_iter().map(|i| generic[i as usize].0).collect());
-            }
-            () = wake.notified() => {}
-        }
-        // Recorded at the top of the loop, once `others` is gone.
-        waited = true;
     }
+}
+
+/// The indices, in `generic`, of the pollables (resource reps) that
+/// wasmtime-wasi's `poll` finds ready; the pollables with a fast check are
+/// the caller's. Without `wait`, only those ready now. With it, waits until
+/// one is ready or `wake` fires (`None`: check the fast ones again).
+pub async fn others_ready(
+    store: &mut StoreContextMut<'_, TenantState>,
+    generic: &[u32],
+    wake: &Notify,
+    wait: bool,
+) -> wasmtime::Result<Option<Vec<usize>>> {
+    let indices = |found: Vec<u32>| found.into_iter().map(|i| i as usize).collect();
+    if generic.is_empty() {
+        if wait && park(wake).await {
+            store.data_mut().fast.waited();
+        }
+        return Ok(None);
+    }
+    let borrowed = generic
+        .iter()
+        .map(|rep| Resource::new_borrow(*rep))
+        .collect();
+    let found = {
+        let mut others = std::pin::pin!(store.data_mut().table().poll(borrowed));
+        if !wait {
+            return match others
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+            {
+                Poll::Ready(found) => Ok(Some(indices(found?))),
+                Poll::Pending => Ok(None),
+            };
+        }
+        tokio::select! {
+            found = &mut others => Some(found?),
+            () = wake.notified() => None,
+        }
+    };
+    if found.is_none() {
+        store.data_mut().fast.waited();
+    }
+    Ok(found.map(indices))
 }

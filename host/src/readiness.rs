@@ -19,12 +19,11 @@ use crate::sandbox::TenantState;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 use tokio::sync::Notify;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceType};
 use wasmtime_wasi::p2::DynPollable;
-use wasmtime_wasi::p2::bindings::io::poll::Host as _;
 
 /// The interface this module implements.
 const INTERFACE: &str = "tcphost:server/readiness@0.1.0";
@@ -301,11 +300,7 @@ async fn wait(
     if store.data_mut().fast.let_io_in() {
         tokio::task::yield_now().await;
     }
-    let mut waited = false;
     loop {
-        if std::mem::take(&mut waited) {
-            store.data_mut().fast.waited();
-        }
         let set = store.data_mut().table().get_mut(this)?;
         if set.members.is_empty() {
             return Ok(Vec::new());
@@ -313,44 +308,16 @@ async fn wait(
         let mut ready = set.ready_now(max);
         let generic = set.generic_members();
         let shared = set.shared.clone();
-        if generic.is_empty() {
-            if !ready.is_empty() {
-                return Ok(ready);
-            }
-            // A wake since `ready_now` left a permit: no wakeup is lost.
-            if crate::poll::park(&shared.notify).await {
-                store.data_mut().fast.waited();
-            }
-            continue;
+        let reps: Vec<u32> = generic.iter().map(|(_, rep)| *rep).collect();
+        // A wake since `ready_now` left a permit: no wakeup is lost.
+        let wait = ready.is_empty();
+        if let Some(others) = crate::poll::others_ready(store, &reps, &shared.notify, wait).await? {
+            let room = max - ready.len();
+            ready.extend(others.into_iter().map(|i| generic[i].0).take(room));
         }
-        let borrowed = generic
-            .iter()
-            .map(|(_, rep)| Resource::new_borrow(*rep))
-            .collect();
-        let table = store.data_mut().table();
-        let mut others = std::pin::pin!(table.poll(borrowed));
-        let tokens = |indices: Vec<u32>| {
-            indices
-                .into_iter()
-                .filter_map(|i| generic.get(usize::try_from(i).ok()?).map(|m| m.0))
-        };
         if !ready.is_empty() {
-            // Add the other members that are ready now, without waiting.
-            let now = others
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()));
-            if let Poll::Ready(indices) = now {
-                let room = max - ready.len();
-                ready.extend(tokens(indices?).take(room));
-            }
             return Ok(ready);
         }
-        tokio::select! {
-            indices = &mut others => return Ok(tokens(indices?).take(max).collect()),
-            () = shared.notify.notified() => {}
-        }
-        // Recorded at the top of the loop, once `others` is gone.
-        waited = true;
     }
 }
 
