@@ -113,13 +113,26 @@ fn a_neighbour_sharing_a_guest_thread_with_a_spinning_guest_is_served_between_it
     // out of reach) is interrupted at every epoch tick, and the thread
     // serves the neighbour before running it again. Without the
     // interruptions the neighbour would never be answered.
+    neighbour_shares_a_thread_with("spin");
+}
+
+#[test]
+fn a_neighbour_sharing_a_guest_thread_with_a_guest_calling_the_host_forever_is_served() {
+    // The hostile guest never computes for a whole tick between two host
+    // calls and never waits: it must yield all the same.
+    neighbour_shares_a_thread_with("spin-clock");
+}
+
+/// A neighbour on the one guest thread stays served while the hostile
+/// guest runs `command` forever.
+fn neighbour_shares_a_thread_with(command: &str) {
     let manifest = with_neighbour("limits = { cpu_limit = \"1h\" }")
         .replace("[host]\n", "[host]\nguest_threads = 1\n");
     let t = Tenants::start(&manifest, &["neighbour", "hostile"], &[]);
     let admin = t.admin.expect("the manifest has an admin address");
     let mut stream = connect(t.addr("neighbour"));
     assert_seed_reply(&round_trip(&mut stream, b"before\n"));
-    fire(t.addr("hostile"), "spin");
+    fire(t.addr("hostile"), command);
     let yields = "tcphost_cpu_yields_total{tenant=\"hostile\"}";
     let before = wait_metric(admin, yields, |n| n >= 10.0);
     let started = Instant::now();
@@ -131,7 +144,7 @@ fn a_neighbour_sharing_a_guest_thread_with_a_spinning_guest_is_served_between_it
     // the bound only says the neighbour was not starved.
     assert!(
         took < Duration::from_secs(5),
-        "100 round trips beside the spinning guest took {took:?}"
+        "100 round trips beside the guest running {command:?} took {took:?}"
     );
     assert!(
         metric(admin, yields) > before,

@@ -124,9 +124,10 @@ impl FastPoll {
         self.pollables.insert(pollable, fast);
     }
 
-    /// Whether the instance should yield to its thread before it waits, so
-    /// the thread polls the sockets for I/O: when it has not waited for an
-    /// event for an epoch tick. A guest that always finds something ready
+    /// Whether the instance should yield to its thread (before it waits,
+    /// or at an epoch tick: see crate::sandbox), so the thread polls the
+    /// sockets for I/O: when it has not waited for an event or yielded for
+    /// an epoch tick. A guest that always finds something ready
     /// never waits, and only what the thread last polled would ever be
     /// found ready: the same clients served again and again while the
     /// others' requests went unseen. (A guest that waits is not made to

@@ -39,7 +39,7 @@ pub struct TenantState {
     ctx: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
-    /// Epoch ticks spent in wasm since the guest last called the host.
+    /// Epoch ticks run into in wasm since the guest last called the host.
     ticks_in_wasm: u64,
     /// Set while the epoch callback runs, so its own return to wasm is not
     /// taken for the end of a host call.
@@ -223,25 +223,25 @@ pub fn store(
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
 
-    // CPU: every epoch tick spent in wasm counts; any return from a host
-    // call (which is where a guest waits for I/O) resets the count and the
-    // deadline. A guest that computes for a whole tick without calling the
-    // host yields to the other tenants at each tick; past the limit it is
-    // cut off. One that calls the host often (a server) is never made to
-    // yield: on a shared guest thread each yield waits for the others'
-    // slices.
+    // CPU, two rules, checked at every epoch tick the guest runs into:
+    // - Sharing the thread: a guest that has not let its thread poll for
+    //   I/O (waited for an event, or yielded) for a whole tick yields now,
+    //   whatever it was doing: computing, or calling the host without ever
+    //   waiting. A server that waits between requests is not made to
+    //   yield: on a shared guest thread each yield waits for the others'
+    //   slices.
+    // - The CPU limit: ticks spent in wasm without any host call count;
+    //   past the limit the guest is cut off (a guest that calls the host
+    //   is not stuck in a loop of its own, and yields by the first rule).
     let limit_ticks = (config.limits.cpu_limit.as_millis() / EPOCH_TICK.as_millis()).max(1);
     // The epoch check itself enters and leaves the host, so the return from
     // the epoch callback must not count as a host call.
     store.call_hook(|mut store, hook| {
         if matches!(hook, CallHook::ReturningFromHost) {
             let state = store.data_mut();
-            if std::mem::take(&mut state.in_epoch_callback) {
-                return Ok(());
+            if !std::mem::take(&mut state.in_epoch_callback) {
+                state.ticks_in_wasm = 0;
             }
-            state.ticks_in_wasm = 0;
-            // Two ticks from now: at least one whole tick of computing.
-            store.set_epoch_deadline(2);
         }
         Ok(())
     });
@@ -256,6 +256,9 @@ pub fn store(
                 limit_ms: limit_ticks * EPOCH_TICK.as_millis(),
             }
             .into());
+        }
+        if !state.fast.let_io_in() {
+            return Ok(UpdateDeadline::Continue(1));
         }
         Counters::bump(&state.tenant.counters.cpu_yields);
         // tokio's yield lets the guest thread poll for I/O before this

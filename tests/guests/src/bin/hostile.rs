@@ -4,6 +4,7 @@
 //!
 //! Commands: `bind ADDR`, `connect ADDR`, `udp ADDR`, `resolve NAME`,
 //! `read PATH`, `env NAME`, `panic`, `exit CODE`, `spin` (compute forever),
+//! `spin-clock` (call the host forever, never waiting: read the clock),
 //! `alloc` (allocate without bound), `hoard` (from then on accept every
 //! connection and never read or close it). Serves one client at a time.
 
@@ -76,6 +77,15 @@ fn attempt(command: &str) -> String {
             let mut n = 0u64;
             loop {
                 n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "spin-clock" => {
+            // Each `now` is a host call that returns at once: the guest
+            // never waits for anything, yet never computes for long
+            // between two host calls either.
+            let mut last = std::time::Instant::now();
+            loop {
+                last = std::hint::black_box(std::time::Instant::now().max(last));
             }
         }
         "alloc" => {
