@@ -195,6 +195,48 @@ fn the_drain_deadline_closes_connections_that_outstay_it() {
 }
 
 #[test]
+fn a_tenant_with_two_addresses_is_served_on_both_before_and_after_a_swap() {
+    let manifest = live("builtin:echo", "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]",
+    );
+    let t = Tenants::start(&manifest, &["live"], &[]);
+    let listening = |generation: u64| {
+        let marker = "live: listening on ";
+        let line = format!("generation={generation}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = t.host.log();
+            let addrs: Vec<SocketAddr> = log
+                .lines()
+                .filter(|l| l.contains(marker) && l.contains(&line))
+                .map(|l| addr_after(l, marker))
+                .collect();
+            if addrs.len() == 2 {
+                return addrs;
+            }
+            assert!(Instant::now() < deadline, "not listening twice:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let addrs = listening(1);
+    assert_ne!(addrs[0], addrs[1]);
+    for addr in &addrs {
+        assert_eq!(fresh_reply(*addr, "hello"), "hello\n", "{addr}");
+    }
+    let (code, body) = swap(&t, "builtin:upper");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        listening(2),
+        addrs,
+        "the new version listens on the same addresses"
+    );
+    for addr in &addrs {
+        assert_eq!(fresh_reply(*addr, "hello"), "HELLO\n", "{addr}");
+    }
+}
+
+#[test]
 fn an_old_version_without_connections_is_dropped_at_once() {
     let t = Tenants::start(
         &live("builtin:echo", "drain_timeout = \"1h\""),

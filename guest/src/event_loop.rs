@@ -38,29 +38,35 @@ const ACCEPTS_PER_TURN: usize = 64;
 /// Events handled per turn; the rest come first in the next.
 const EVENTS_PER_TURN: u32 = 512;
 
-/// The listener's token in the ready set. A connection's tokens are its
-/// slab index times two, plus one for its output stream.
-const LISTENER: u64 = u64::MAX;
+/// The first listener's token in the ready set; the next ones count down
+/// from it. A connection's tokens are its slab index times two, plus one
+/// for its output stream, so they never come near.
+const FIRST_LISTENER: u64 = u64::MAX;
 
-/// Serves clients on the granted address with `protocol`, forever; returns
-/// only if it cannot start, saying why.
+/// Serves clients on every granted address with `protocol`, forever;
+/// returns only if it cannot start, saying why.
 pub fn run<P: Protocol>(mut protocol: P) -> Result<Infallible, String> {
-    let addr = net::listen_addr()?;
-    let listener =
-        net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {}", e.message()))?;
-    log!("listening on {addr}");
-
     let set = ReadySet::new();
-    if !set.insert(&listener.ready, LISTENER) {
-        return Err("the host refused to watch the listener".into());
+    let mut listeners = Vec::new();
+    for addr in net::listen_addrs()? {
+        let listener =
+            net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {}", e.message()))?;
+        log!("listening on {addr}");
+        if !set.insert(&listener.ready, FIRST_LISTENER - listeners.len() as u64) {
+            return Err(format!("the host refused to watch the listener on {addr}"));
+        }
+        listeners.push(listener);
     }
     let mut connections: Slab<Connection<P::Session>> = Slab::new();
     loop {
         // Log lines of the last turn go out in one write before waiting.
         crate::log::flush();
         for token in set.wait(EVENTS_PER_TURN) {
-            if token == LISTENER {
-                accept(&listener, &set, &mut connections, &mut protocol);
+            if let Some(listener) = usize::try_from(FIRST_LISTENER - token)
+                .ok()
+                .and_then(|i| listeners.get(i))
+            {
+                accept(listener, &set, &mut connections, &mut protocol);
                 continue;
             }
             let Ok(id) = usize::try_from(token / 2) else {

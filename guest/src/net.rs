@@ -1,5 +1,5 @@
-//! The listener: reads the granted address from the environment, binds and
-//! listens on it, and converts between WASI and std socket addresses.
+//! The listeners: reads the granted addresses from the environment, binds
+//! and listens on them, and converts between WASI and std socket addresses.
 
 use crate::bindings::wasi::cli::environment::get_environment;
 use crate::bindings::wasi::io::poll::Pollable;
@@ -18,18 +18,37 @@ pub const LISTEN_ADDR: &str = "LISTEN_ADDR";
 /// enough that a burst of clients is not dropped while we serve others.
 const BACKLOG: u64 = 1024;
 
-/// The address this guest was granted, from `LISTEN_ADDR`.
-pub fn listen_addr() -> Result<SocketAddr, String> {
-    let value = get_environment()
-        .into_iter()
-        .find(|(key, _)| key == LISTEN_ADDR)
-        .map(|(_, value)| value)
-        .ok_or_else(|| {
-            format!("{LISTEN_ADDR} is not set; the host passes the granted address in it")
-        })?;
+/// The environment variable in which the host passes every granted
+/// address, comma-separated (the first is also in `LISTEN_ADDR`).
+pub const LISTEN_ADDRS: &str = "LISTEN_ADDRS";
+
+/// The addresses this guest was granted: `LISTEN_ADDRS`, or `LISTEN_ADDR`
+/// from a host that sets only that.
+pub fn listen_addrs() -> Result<Vec<SocketAddr>, String> {
+    let env = get_environment();
+    let get = |name: &str| {
+        env.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .filter(|value| !value.is_empty())
+    };
+    let (name, value) = match (get(LISTEN_ADDRS), get(LISTEN_ADDR)) {
+        (Some(all), _) => (LISTEN_ADDRS, all),
+        (None, Some(first)) => (LISTEN_ADDR, first),
+        (None, None) => {
+            return Err(format!(
+                "{LISTEN_ADDR} is not set; the host passes the granted address in it"
+            ));
+        }
+    };
     value
-        .parse()
-        .map_err(|e| format!("{LISTEN_ADDR}={value:?} is not an ip:port address: {e}"))
+        .split(',')
+        .map(|addr| {
+            addr.trim()
+                .parse()
+                .map_err(|e| format!("{name}={value:?}: {addr:?} is not an ip:port address: {e}"))
+        })
+        .collect()
 }
 
 /// A listening TCP socket and the pollable that signals pending clients.
