@@ -295,6 +295,12 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
     let t = Tenants::start(&before, &["keep", "gone", "change"], &[]);
     let mut kept = connect(t.addr("keep"));
     assert_eq!(round_trip(&mut kept, b"one\n"), "one\n");
+    // "gone" has a replaced version still draining a connection when it is
+    // removed: that version must not keep its address accepting.
+    let mut draining = connect(t.addr("gone"));
+    assert_eq!(round_trip(&mut draining, b"old\n"), "old\n");
+    let (code, body) = http_post(t.admin.unwrap(), "/tenants/gone/swap", "builtin:upper");
+    assert_eq!(code, 200, "{body}");
 
     // An invalid manifest changes nothing.
     let path = t.dir.join("tenants.toml");

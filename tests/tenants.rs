@@ -341,9 +341,57 @@ fn a_crash_looping_tenant_is_marked_failed_and_its_address_refuses() {
         TcpStream::connect(addr).is_err(),
         "a failed tenant's address refuses connections"
     );
-    let (code, body) = http_get(t.admin.unwrap(), "/healthz");
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("hostile: Failed"), "{body}");
+    // The host stays ready: its other tenants serve, and one tenant's
+    // failure must not take them out of a load balancer.
+    let admin = t.admin.unwrap();
+    assert_eq!(
+        http_get(admin, "/healthz"),
+        (200, "ok\nhostile: failed\n".to_owned())
+    );
+    assert_eq!(
+        http_get(admin, "/healthz/hostile"),
+        (503, "failed\n".to_owned())
+    );
+    assert_eq!(
+        http_get(admin, "/healthz/neighbour"),
+        (200, "running\n".to_owned())
+    );
+    assert_eq!(http_get(admin, "/healthz/nobody").0, 404);
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn a_tenant_its_policy_leaves_stopped_refuses_connections_while_the_others_serve() {
+    // "quits" exits cleanly under on-failure (stopped); "fails" exits with
+    // an error under never (failed). Nobody serves their addresses any
+    // more, so clients are refused rather than left queued.
+    let manifest = format!(
+        "{}\n[[tenant]]\nname = \"fails\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ restart = \"never\" }}\n",
+        with_neighbour("limits = { restart = \"on-failure\" }"),
+        test_guest("hostile").display()
+    );
+    let t = Tenants::start(&manifest, &["neighbour", "hostile", "fails"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    fire(t.addr("hostile"), "exit 0");
+    fire(t.addr("fails"), "exit 1");
+    t.wait_status("hostile", "stopped", |s| s["state"] == "stopped");
+    let failed = t.wait_status("fails", "failed", |s| s["state"] == "failed");
+    assert_eq!(
+        failed["last_error"], "guest 'fails' exited with status 1",
+        "{failed}"
+    );
+    for name in ["hostile", "fails"] {
+        assert!(
+            TcpStream::connect(t.addr(name)).is_err(),
+            "{name}'s address still accepts clients nobody serves"
+        );
+    }
+    assert_eq!(count(&t.status("hostile"), "restarts"), 0);
+    let admin = t.admin.unwrap();
+    assert_eq!(
+        http_get(admin, "/healthz"),
+        (200, "ok\nfails: failed\nhostile: stopped\n".to_owned())
+    );
     neighbour.assert_all_answered();
 }
 

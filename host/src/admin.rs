@@ -3,8 +3,13 @@
 //!
 //! - `GET /status`: every tenant (state, version, restarts, connections,
 //!   counters, last error) as JSON; `GET /status/{name}`: one tenant.
-//! - `GET /healthz`: 200 when every tenant is running, else 503 naming the
-//!   others (or saying the host is stopping).
+//! - `GET /healthz`: the host's readiness for a load balancer: 503 while a
+//!   tenant is still starting (for at most [`START_GRACE`]) or the host is
+//!   stopping, else 200. A tenant that fails later does not make the host
+//!   unready: its neighbours still serve, and a hostile tenant must not be
+//!   able to take them out of a load balancer. The body lists every tenant
+//!   not running. `GET /healthz/{name}`: 200 while that tenant is running
+//!   (serving on its addresses), else 503 with its state.
 //! - `GET /metrics`: counters per tenant and host-wide, for Prometheus
 //!   (crate::metrics).
 //! - `POST /tenants/{name}/swap` with a component (a path on the host, or
@@ -24,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Serialize)]
 struct StatusBody {
@@ -39,6 +45,7 @@ pub async fn serve(
         .route("/status", get(status))
         .route("/status/{name}", get(status_of))
         .route("/healthz", get(healthz))
+        .route("/healthz/{name}", get(healthz_of))
         .route("/metrics", get(metrics))
         .route("/tenants/{name}/swap", post(swap))
         .route("/reload", post(reload))
@@ -59,6 +66,9 @@ async fn status_of(State(control): State<Arc<Control>>, Path(name): Path<String>
     }
 }
 
+/// How long a tenant that has not listened yet keeps the host unready.
+pub const START_GRACE: Duration = Duration::from_secs(10);
+
 async fn healthz(State(control): State<Arc<Control>>) -> Response {
     if control.is_stopping() {
         return (
@@ -67,20 +77,33 @@ async fn healthz(State(control): State<Arc<Control>>) -> Response {
         )
             .into_response();
     }
-    let unhealthy: Vec<String> = control
-        .tenants()
+    let tenants = control.tenants();
+    let starting = tenants
+        .iter()
+        .any(|t| t.state() == TenantState::Starting && t.state_for() < START_GRACE);
+    let not_running: String = tenants
         .iter()
         .filter(|t| t.state() != TenantState::Running)
-        .map(|t| format!("{}: {:?}", t.name(), t.state()))
+        .map(|t| format!("{}: {}\n", t.name(), t.state()))
         .collect();
-    if unhealthy.is_empty() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
+    if starting {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", unhealthy.join("\n")),
+            format!("starting\n{not_running}"),
         )
             .into_response()
+    } else {
+        (StatusCode::OK, format!("ok\n{not_running}")).into_response()
+    }
+}
+
+async fn healthz_of(State(control): State<Arc<Control>>, Path(name): Path<String>) -> Response {
+    let Some(tenant) = control.tenants().into_iter().find(|t| t.name() == name) else {
+        return (StatusCode::NOT_FOUND, format!("no tenant named {name:?}\n")).into_response();
+    };
+    match tenant.state() {
+        TenantState::Running => (StatusCode::OK, "running\n").into_response(),
+        state => (StatusCode::SERVICE_UNAVAILABLE, format!("{state}\n")).into_response(),
     }
 }
 

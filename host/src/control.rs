@@ -320,6 +320,9 @@ impl Control {
         for name in removed {
             if let Some(r) = self.running().remove(&name) {
                 r.tenant.set_state(State::Stopped);
+                // Versions still draining a swap keep their connections
+                // until their deadline, but accept no new clients.
+                r.tenant.stop_accepting();
                 r.tenant.close_listeners();
                 info!(tenant = name, "tenant removed");
             }

@@ -99,7 +99,7 @@ async fn run_once(
             tenant: name.clone(),
             reason: crate::engine::one_line(&e),
         })?;
-    tenant.set_state(State::Running);
+    // Running once it listens (crate::tcp).
     info!(tenant = name, "guest started");
     let outcome = command.wasi_cli_run().call_run(&mut store).await;
     let out_of_memory = store.data().hit_memory_limit();
@@ -358,6 +358,8 @@ pub async fn supervise(
             } else {
                 State::Stopped
             });
+            // Nobody will serve its addresses: refuse rather than queue.
+            tenant.close_listeners();
             return outcome;
         }
 

@@ -548,6 +548,7 @@ impl HostTcpSocket for TenantState {
                 };
                 // From now on new clients come to this version.
                 socket.tenant.make_current(socket.generation);
+                socket.tenant.set_state(crate::tenant::State::Running);
                 let name = socket.tenant.name();
                 tracing::info!(tenant = name, %addr, generation = socket.generation, "{name}: listening on {addr}");
                 Ok(Ok(()))

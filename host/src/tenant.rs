@@ -20,16 +20,29 @@ const STOPPED: u64 = u64::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
-    /// Compiled, not yet instantiated.
+    /// Started, not yet listening.
     Starting,
-    /// The guest is running.
+    /// The guest listens on its addresses.
     Running,
-    /// Stopped, waiting out a backoff before the next start.
+    /// Stopped, waiting out a backoff before the next start, or started
+    /// again and not yet listening.
     Restarting,
     /// Stopped and left stopped by its restart policy.
     Stopped,
     /// Restarted too often: given up on; its addresses refuse connections.
     Failed,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        })
+    }
 }
 
 /// Counters kept per tenant. Relaxed atomics: they are statistics.
@@ -103,6 +116,14 @@ pub struct Tenant {
     last_generation: AtomicU64,
     /// The guest version that accepts new connections.
     current_generation: tokio::sync::watch::Sender<u64>,
+}
+
+/// Stops a listening socket listening, for every descriptor of it (guest
+/// versions hold duplicates, and one still draining would otherwise keep
+/// the address accepting clients that nobody serves): new clients are
+/// refused, and those queued are reset.
+fn refuse_clients(listener: &TcpListener) {
+    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
 }
 
 /// A point-in-time view of a tenant, as the admin endpoint reports it.
@@ -189,12 +210,19 @@ impl Tenant {
             .extend(listeners);
     }
 
-    /// Closes the host listeners of addresses not in `keep`.
+    /// Closes the listeners of addresses not in `keep`: they refuse new
+    /// clients at once.
     pub fn retain_listeners(&self, keep: &[SocketAddr]) {
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|addr, _| keep.contains(addr));
+            .retain(|addr, listener| {
+                let kept = keep.contains(addr);
+                if !kept {
+                    refuse_clients(listener);
+                }
+                kept
+            });
     }
 
     /// The host's listener for granted address `addr`, unless closed.
@@ -222,16 +250,20 @@ impl Tenant {
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            let _ = socket2::SockRef::from(listener.as_ref()).shutdown(std::net::Shutdown::Both);
+            refuse_clients(listener);
         }
     }
 
     /// Closes the tenant's listeners: its addresses refuse connections.
     pub fn close_listeners(&self) {
-        self.listeners
+        for (_, listener) in self
+            .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clear();
+            .drain()
+        {
+            refuse_clients(&listener);
+        }
     }
 
     /// A number for a new guest version (instance).
@@ -290,6 +322,12 @@ impl Tenant {
     /// The current state.
     pub fn state(&self) -> State {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+
+    /// How long it has been in its current state.
+    pub fn state_for(&self) -> std::time::Duration {
+        let since = self.status.lock().unwrap_or_else(|p| p.into_inner()).since;
+        since.elapsed().unwrap_or_default()
     }
 
     /// Everything the admin endpoint shows.
