@@ -357,6 +357,16 @@ fn a_crash_looping_tenant_is_marked_failed_and_its_address_refuses() {
         (200, "running\n".to_owned())
     );
     assert_eq!(http_get(admin, "/healthz/nobody").0, 404);
+    // An operator brings it back by swapping in a component (here the same
+    // one): its addresses are listened on again and it serves.
+    let component = test_guest("hostile").display().to_string();
+    let (code, body) = http_post(admin, "/tenants/hostile/swap", &component);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        http_get(admin, "/healthz/hostile"),
+        (200, "running\n".to_owned())
+    );
+    assert!(order(&mut connect(addr), "env LISTEN_ADDR").starts_with("ok"));
     neighbour.assert_all_answered();
 }
 
@@ -392,6 +402,24 @@ fn a_tenant_its_policy_leaves_stopped_refuses_connections_while_the_others_serve
         http_get(admin, "/healthz"),
         (200, "ok\nfails: failed\nhostile: stopped\n".to_owned())
     );
+    // A manifest reload starts both again, on the same addresses.
+    let (code, body) = http_post(admin, "/reload", "");
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        report["changed"],
+        serde_json::json!(["hostile", "fails"]),
+        "{body}"
+    );
+    assert_eq!(
+        report["unchanged"],
+        serde_json::json!(["neighbour"]),
+        "{body}"
+    );
+    for name in ["hostile", "fails"] {
+        assert!(order(&mut connect(t.addr(name)), "env LISTEN_ADDR").starts_with("ok"));
+    }
+    assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".to_owned()));
     neighbour.assert_all_answered();
 }
 

@@ -49,7 +49,8 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
     /// Tenants left exactly as they were.
     pub unchanged: Vec<String>,
-    /// Tenants whose change failed (they keep running as they were).
+    /// Tenants whose change failed (they keep running as they were, or stay
+    /// stopped or failed).
     pub failed: BTreeMap<String, String>,
 }
 
@@ -164,6 +165,13 @@ impl Control {
         );
     }
 
+    /// Whether tenant `name` was left stopped or failed by its policy.
+    fn is_stopped_for_good(&self, name: &str) -> bool {
+        self.running()
+            .get(name)
+            .is_some_and(|r| matches!(r.tenant.state(), State::Failed | State::Stopped))
+    }
+
     /// Hands over a tenant's supervisor task (for the one-tenant mode, whose
     /// host ends with its guest).
     pub fn take_task(&self, name: &str) -> Option<JoinHandle<Result<(), GuestError>>> {
@@ -208,7 +216,7 @@ impl Control {
             (r.commands.clone(), r.tenant.clone())
         };
         if matches!(tenant.state(), State::Failed | State::Stopped) {
-            return Err(format!("tenant {name:?} is not running"));
+            return self.restart(name, &tenant, config, pre).await;
         }
         let (reply, outcome) = oneshot::channel();
         commands
@@ -235,6 +243,72 @@ impl Control {
             ),
         }
         result
+    }
+
+    /// Starts a tenant its restart policy left stopped or failed again, with
+    /// `config` and `pre`: its addresses are listened on anew and it gets a
+    /// fresh supervisor (and crash-loop count). Resolves once it listens.
+    async fn restart(
+        &self,
+        name: &str,
+        tenant: &Arc<Tenant>,
+        config: Arc<TenantConfig>,
+        pre: Pre,
+    ) -> Result<Duration, String> {
+        let started = std::time::Instant::now();
+        let mut opened = Vec::new();
+        for addr in &config.listen {
+            if tenant.listener(*addr).is_none() {
+                let listener = crate::tcp::host_listener(*addr)
+                    .map_err(|e| format!("cannot listen on {addr} again: {e}"))?;
+                opened.push((*addr, Arc::new(listener)));
+            }
+        }
+        tenant.add_listeners(opened);
+        tenant.set_config(config);
+        tenant.set_state(State::Starting);
+        let (commands, inbox) = mpsc::channel(4);
+        let task = tokio::spawn(supervisor::supervise(
+            self.loader.engine().clone(),
+            pre.clone(),
+            tenant.clone(),
+            inbox,
+        ));
+        if let Some(r) = self.running().get_mut(name) {
+            r.commands = commands;
+            r.pre = pre;
+            // Replacing the handle of the supervisor that ended.
+            r.task = Some(task);
+        }
+        info!(
+            tenant = name,
+            "restarting a {} tenant on request",
+            tenant.state()
+        );
+        loop {
+            match tenant.state() {
+                State::Running => {
+                    let took = started.elapsed();
+                    info!(tenant = name, ms = took.as_millis(), "tenant restarted");
+                    return Ok(took);
+                }
+                State::Starting if started.elapsed() < supervisor::SWAP_TIMEOUT => {}
+                State::Starting => {
+                    return Err(format!(
+                        "it did not listen within {:?}",
+                        supervisor::SWAP_TIMEOUT
+                    ));
+                }
+                state => {
+                    let why = tenant
+                        .snapshot()
+                        .last_error
+                        .unwrap_or_else(|| "it stopped".into());
+                    return Err(format!("restarted, but it is {state} again: {why}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Swaps every tenant running the component file `path` whose content
@@ -335,7 +409,11 @@ impl Control {
                     self.start(config, listeners.into_iter().map(|(_, l)| l).collect(), pre);
                     report.added.push(name);
                 }
-                Some((old, old_pre)) if **old == config && Arc::ptr_eq(old_pre, &pre) => {
+                Some((old, old_pre))
+                    if **old == config
+                        && Arc::ptr_eq(old_pre, &pre)
+                        && !self.is_stopped_for_good(&name) =>
+                {
                     report.unchanged.push(name);
                 }
                 Some(_) => {

@@ -176,7 +176,7 @@ fn classify(
 
 /// How long a new guest version may take to start listening during a live
 /// swap before the swap is abandoned.
-const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an operator can ask of a running tenant's supervisor.
 pub enum Command {
