@@ -226,6 +226,34 @@ fn a_connect_and_reset_storm_leaves_nothing_behind() {
     assert!(metric(admin, &series("tcphost_connections_accepted_total")) >= 2000.0);
 }
 
+/// The soft and hard "Max open files" of process `pid` (or "self").
+fn open_file_limits(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file limit in {limits}"));
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().unwrap().to_owned();
+    let hard = fields.next().unwrap().to_owned();
+    (soft, hard)
+}
+
+#[test]
+fn the_host_raises_its_soft_open_file_limit_to_the_hard_one() {
+    let (_, hard) = open_file_limits("self");
+    let dir = scratch_dir("nofile");
+    let manifest = dir.join("tenants.toml");
+    std::fs::write(&manifest, one("builtin:seed", "")).unwrap();
+    let host = Host::start_under_ulimit(&["--config".as_ref(), manifest.as_os_str()], "-Sn 64");
+    host.wait_for_log("t: listening on ");
+    assert_eq!(
+        open_file_limits(&host.pid().to_string()),
+        (hard.clone(), hard.clone())
+    );
+    host.wait_for_log(&format!("raised the limit on open files from 64 to {hard}"));
+}
+
 #[test]
 fn out_of_file_descriptors_the_host_backs_off_and_recovers() {
     let dir = scratch_dir("fds");

@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => manifest::load(path)?,
         None => one_tenant(&cli)?,
     };
+    raise_open_file_limit(&manifest);
     // The host listens on every tenant address itself, from now until the
     // tenant goes: see crate::tcp.
     let mut listeners = Vec::with_capacity(manifest.tenants.len());
@@ -256,6 +257,40 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
             },
         }],
     })
+}
+
+/// Raises the soft limit on open files to the hard one: every client
+/// connection is a descriptor, and the usual soft limit (1024) is below a
+/// single tenant's default connection cap. Warns when the tenants' caps
+/// together exceed what the host may open (past it, accepts fail and back
+/// off: see crate::connection).
+fn raise_open_file_limit(manifest: &Manifest) {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!("cannot raise the limit on open files (now {before}): {e}");
+            before
+        }
+    };
+    if limit > before {
+        info!(
+            before,
+            limit, "raised the limit on open files from {before} to {limit}"
+        );
+    }
+    let caps: u64 = manifest
+        .tenants
+        .iter()
+        .map(|t| u64::from(t.limits.max_connections))
+        .sum();
+    if caps > limit {
+        warn!(
+            caps,
+            limit,
+            "the tenants' connection caps add up to {caps}, more than the {limit} files the host may open: past that, accepts fail and back off (raise the hard limit, e.g. LimitNOFILE= under systemd, or lower max_connections)"
+        );
+    }
 }
 
 /// `$XDG_CACHE_HOME/tcphost`, or `~/.cache/tcphost` (relative settings

@@ -98,7 +98,12 @@ impl Host {
     /// Starts the host with `args`, allowed at most `files` open file
     /// descriptors (through the shell's `ulimit`, then `exec`).
     pub fn start_with_fd_limit<S: AsRef<std::ffi::OsStr>>(args: &[S], files: u32) -> Host {
-        let script = format!("ulimit -n {files} && exec \"$0\" \"$@\"");
+        Host::start_under_ulimit(args, &format!("-n {files}"))
+    }
+
+    /// Starts the host with `args` under `ulimit LIMITS` (e.g. `-Sn 64`).
+    pub fn start_under_ulimit<S: AsRef<std::ffi::OsStr>>(args: &[S], limits: &str) -> Host {
+        let script = format!("ulimit {limits} && exec \"$0\" \"$@\"");
         let mut full: Vec<std::ffi::OsString> = vec!["-c".into(), script.into(), host_bin().into()];
         full.extend(args.iter().map(|a| a.as_ref().to_owned()));
         Host::spawn(Command::new("sh").args(full))
