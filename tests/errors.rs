@@ -42,6 +42,24 @@ fn a_directory_is_not_a_guest() {
 }
 
 #[test]
+fn a_fifo_is_refused_without_blocking_on_it() {
+    let dir = scratch_dir("fifo");
+    let fifo = dir.join("guest.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_rejected(
+        &fifo,
+        &format!(
+            "error: cannot read {}: not a regular file (a FIFO, socket or device)",
+            fifo.display()
+        ),
+    );
+}
+
+#[test]
 fn a_file_that_is_not_wasm_is_rejected() {
     let path = fixture("notes.wasm", b"this is a text file\n");
     assert_rejected(&path, "is not a WebAssembly file");

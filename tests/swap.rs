@@ -249,6 +249,29 @@ fn an_old_version_without_connections_is_dropped_at_once() {
 }
 
 #[test]
+fn a_component_named_relative_to_the_working_directory_is_watched_too() {
+    let dir = scratch_dir("watched-relative");
+    std::fs::copy(repo_guest("echo"), dir.join("live.wasm")).unwrap();
+    let host = Host::start_in(&dir, &["live.wasm", "--listen", "127.0.0.1:0"]);
+    let marker = "live: listening on ";
+    let addr = addr_after(&host.wait_for_log(marker), marker);
+    assert_eq!(fresh_reply(addr, "hi"), "hi\n");
+    host.wait_for_log("watching for component changes");
+    let tmp = dir.join("live.wasm.tmp");
+    std::fs::copy(repo_guest("upper"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("live.wasm")).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while fresh_reply(addr, "hi") != "HI\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the file change was not swapped in:\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_changed_component_file_is_swapped_in() {
     let dir = scratch_dir("watched");
     let file = dir.join("live.wasm");

@@ -136,7 +136,9 @@ async fn swap(
     }
     let source = match component.strip_prefix(BUILTIN_PREFIX) {
         Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
-        None => ComponentSource::File(component.into()),
+        None => ComponentSource::File(
+            std::path::absolute(component).unwrap_or_else(|_| component.into()),
+        ),
     };
     match control.swap(&name, source).await {
         Ok(took) => (

@@ -171,12 +171,48 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// Reads a guest component from `path`.
+/// Largest component file the host reads.
+pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads a guest component from `path`: a regular file (not a directory,
+/// a FIFO that could block the reader, or a device such as /dev/zero) of at
+/// most [`MAX_COMPONENT_BYTES`].
 pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|error| LoadError::Read {
+    use std::io::{Error, ErrorKind, Read};
+    let failed = |error| LoadError::Read {
         path: path.display().to_string(),
         error,
-    })
+    };
+    let metadata = std::fs::metadata(path).map_err(failed)?;
+    if !metadata.is_file() {
+        let what = if metadata.is_dir() {
+            "a directory"
+        } else {
+            "a FIFO, socket or device"
+        };
+        return Err(failed(Error::new(
+            ErrorKind::InvalidInput,
+            format!("not a regular file ({what})"),
+        )));
+    }
+    let too_big = || {
+        failed(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than the {MAX_COMPONENT_BYTES} bytes a component may have"),
+        ))
+    };
+    if metadata.len() > MAX_COMPONENT_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    // Bounded again while reading: the file may grow meanwhile.
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(failed)?;
+    if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+        return Err(too_big());
+    }
+    Ok(bytes)
 }
 
 /// Compiles components, once per distinct content, and prepares them for

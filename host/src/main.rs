@@ -225,7 +225,8 @@ async fn stop(control: &Control, signals: &mut Signals, name: &str) {
 fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
     let (component, default_name) = match &cli.guest {
         Some(path) => (
-            ComponentSource::File(path.clone()),
+            // Absolute, so the file watcher knows its directory.
+            ComponentSource::File(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
             path.file_stem().map(|s| s.to_string_lossy().into_owned()),
         ),
         None => (

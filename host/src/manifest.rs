@@ -370,6 +370,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
             None => {
                 let path = base.join(&spec);
+                // Absolute, so the file watcher knows its directory.
+                let path = std::path::absolute(&path).unwrap_or(path);
                 if !path.is_file() {
                     return Err(at(
                         component_span,

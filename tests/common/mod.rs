@@ -59,6 +59,11 @@ impl Host {
         Host::start_with_env(args, &[])
     }
 
+    /// Starts the host with `args` in the working directory `dir`.
+    pub fn start_in<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Host {
+        Host::spawn(Command::new(host_bin()).args(args).current_dir(dir))
+    }
+
     /// Starts the host with `args` and environment variables `env` set (an
     /// empty value removes the variable).
     pub fn start_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Host {
