@@ -264,6 +264,22 @@ fn the_connection_cap_resets_clients_past_it_before_the_guest_sees_them() {
         "{}",
         t.host.log()
     );
+    // A storm of refused clients is counted in full but logged in part.
+    let storm = 300;
+    for _ in 0..storm {
+        drop(TcpStream::connect(addr));
+    }
+    let refused = t.wait_status("hostile", "the storm refused", |s| {
+        count(s, "connections_refused") >= 5 + storm
+    });
+    assert_eq!(count(&refused, "connections_refused"), 5 + storm);
+    let logged = t.host.log().matches("hostile is at its cap of 5").count();
+    assert!(logged < 100, "{logged} of {} refusals logged", 5 + storm);
+    // The next one logged says how many were left out.
+    std::thread::sleep(Duration::from_millis(1100));
+    drop(TcpStream::connect(addr));
+    t.host
+        .wait_for_log("similar lines left out of the log before this one");
     drop(held);
     neighbour.assert_all_answered();
 }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod control;
 pub mod engine;
 pub mod guest_log;
+pub mod log_budget;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;

@@ -611,9 +611,15 @@ mod tests {
     #[test]
     fn a_missing_component_file_is_an_error() {
         let text = ONE.replace("builtin:seed", "no/such/guest.wasm");
+        // Named absolutely: relative to the manifest's directory (here the
+        // working directory), whatever the host's working directory.
+        let absolute = std::path::absolute("no/such/guest.wasm").unwrap();
         assert_eq!(
             error(&text),
-            "tenants.toml:3: tenant.component: no/such/guest.wasm does not exist or is not a file"
+            format!(
+                "tenants.toml:3: tenant.component: {} does not exist or is not a file",
+                absolute.display()
+            )
         );
     }
 

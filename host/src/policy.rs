@@ -1,5 +1,6 @@
 //! Socket policy: what network access a guest is granted, the decision for
-//! each attempt, and a warning in the log (and a count) for every refusal.
+//! each attempt, and a count and a warning in the log for every refusal (a
+//! flood of them logged in part: see crate::log_budget).
 //!
 //! TCP attempts are decided here and enforced by the host's TCP
 //! implementation (crate::tcp). UDP and name lookups are refused outright by
@@ -109,11 +110,14 @@ impl Capability {
 pub fn refuse(tenant: &Tenant, kind: Capability, what: std::fmt::Arguments<'_>) {
     Counters::bump(&tenant.counters.capability_refusals);
     Counters::bump(&tenant.counters.refusals_by_kind[kind as usize]);
-    warn!(
-        tenant = tenant.name(),
-        kind = kind.as_str(),
-        "refused: {what}"
-    );
+    if let Some(left_out) = tenant.refusal_log.admit() {
+        let note = crate::log_budget::left_out_note(left_out);
+        warn!(
+            tenant = tenant.name(),
+            kind = kind.as_str(),
+            "refused: {what}{note}"
+        );
+    }
 }
 
 /// Logs and counts a refused socket attempt.

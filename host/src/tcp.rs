@@ -345,13 +345,17 @@ impl TenantState {
             let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
             drop(client);
             Counters::bump(&tenant.counters.connections_refused);
+            let Some(left_out) = tenant.refusal_log.admit() else {
+                continue;
+            };
+            let note = crate::log_budget::left_out_note(left_out);
             let name = tenant.name();
             if over_cap {
-                tracing::warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}");
+                tracing::warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}{note}");
             } else {
                 let ip = peer.ip();
                 let max = per_peer.unwrap_or_default();
-                tracing::warn!(tenant = name, %peer, max, "refused: connection from {peer} reset, {ip} is at {name}'s cap of {max} per client address");
+                tracing::warn!(tenant = name, %peer, max, "refused: connection from {peer} reset, {ip} is at {name}'s cap of {max} per client address{note}");
             }
         }
     }

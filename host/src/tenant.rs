@@ -108,6 +108,8 @@ pub struct Tenant {
     pub accept_backoff: AcceptBackoff,
     /// Open client connections per client address.
     pub peers: PeerCounts,
+    /// Bounds how fast refusals fill the log.
+    pub refusal_log: crate::log_budget::LogBudget,
     status: Mutex<Status>,
     /// The host's listening sockets for the tenant's addresses, handed to
     /// each guest version in turn; closed when the tenant stops for good.
@@ -175,6 +177,7 @@ impl Tenant {
             counters: Counters::default(),
             accept_backoff: AcceptBackoff::default(),
             peers: PeerCounts::default(),
+            refusal_log: crate::log_budget::LogBudget::default(),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_error: None,
