@@ -47,19 +47,42 @@ fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
         .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("terminationGracePeriodSeconds in the Deployment");
+    // The pod keeps accepting through its preStop delay, then drains.
+    let lines: Vec<&str> = deployment.lines().map(str::trim).collect();
+    let pre_stop: u64 = lines
+        .iter()
+        .skip_while(|l| **l != "preStop:")
+        .find_map(|l| l.strip_prefix("seconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a preStop sleep in the Deployment");
+    let service = std::fs::read_to_string(repo("host/deploy/kubernetes/service.yaml")).unwrap();
     for tenant in &manifest.tenants {
         assert!(
-            tenant.limits.drain_timeout < Duration::from_secs(grace),
-            "{} drains for {:?}, past the pod's {grace} s grace period",
+            Duration::from_secs(pre_stop) + tenant.limits.drain_timeout
+                < Duration::from_secs(grace),
+            "{} waits {pre_stop} s then drains for {:?}, past the pod's {grace} s grace period",
             tenant.name,
             tenant.limits.drain_timeout
         );
         for addr in &tenant.listen {
+            let port = addr.port();
+            // The container port's name, which the Service targets.
+            let name = lines
+                .iter()
+                .zip(lines.iter().skip(1))
+                .find(|(_, next)| **next == format!("containerPort: {port}"))
+                .and_then(|(l, _)| l.strip_prefix("- name:"))
+                .map(str::trim)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}'s port {port} is not a named container port",
+                        tenant.name
+                    )
+                });
             assert!(
-                deployment.contains(&format!("containerPort: {}", addr.port())),
-                "{}'s port {} is not a container port",
-                tenant.name,
-                addr.port()
+                service.contains(&format!("port: {port}\n      targetPort: {name}\n")),
+                "the Service does not expose {}'s port {port} (container port {name:?})",
+                tenant.name
             );
         }
     }
