@@ -173,6 +173,10 @@ fn help_explains_every_option() {
         "--name",
         "--help",
         "--version",
+        "--config",
+        "--admin",
+        "--cache-dir",
+        "--no-cache",
         "LISTEN_ADDR",
     ] {
         assert!(

@@ -80,6 +80,17 @@ impl Host {
     }
 
     fn spawn(command: &mut Command) -> Host {
+        // The default compile cache of a test host lives under the build
+        // directory, not in the user's home (unless a test says otherwise).
+        let chosen = command
+            .get_envs()
+            .any(|(key, _)| key == "XDG_CACHE_HOME" || key == "HOME");
+        if !chosen {
+            command.env(
+                "XDG_CACHE_HOME",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            );
+        }
         let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
