@@ -61,19 +61,20 @@ pub enum RestartPolicy {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default, deserialize_with = "memory")]
     max_memory: Option<u64>,
+    #[serde(default, deserialize_with = "at_least_one")]
     max_connections: Option<u32>,
     max_connections_per_peer: Option<u32>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "at_least_a_millisecond")]
     cpu_limit: Option<Duration>,
     restart: Option<RestartPolicy>,
     #[serde(default, deserialize_with = "duration")]
     restart_backoff: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "at_least_a_millisecond")]
     restart_backoff_max: Option<Duration>,
     crash_loop_limit: Option<u32>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "at_least_a_millisecond")]
     crash_loop_window: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     drain_timeout: Option<Duration>,
@@ -202,8 +203,7 @@ struct RawTenant {
     env: Option<Spanned<BTreeMap<String, String>>>,
     #[serde(default)]
     connect: Vec<SocketAddr>,
-    #[serde(default)]
-    limits: RawLimits,
+    limits: Option<Spanned<RawLimits>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,8 +211,7 @@ struct RawTenant {
 struct RawManifest {
     #[serde(default)]
     host: RawHost,
-    #[serde(default)]
-    limits: RawLimits,
+    limits: Option<Spanned<RawLimits>>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
 }
@@ -300,11 +299,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             format!("must be from 1 to {MAX_GUEST_THREADS}"),
         ));
     }
-    let defaults = raw.limits.or(&Limits::default());
+    let defaults = match raw.limits {
+        Some(limits) => {
+            let span = limits.span();
+            let merged = limits.into_inner().or(&Limits::default());
+            check_limits(&merged).map_err(|(key, why)| at(span, &format!("limits.{key}"), why))?;
+            merged
+        }
+        None => Limits::default(),
+    };
     let mut names: HashMap<String, ()> = HashMap::new();
-    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let mut addresses: Vec<(SocketAddr, String)> = Vec::new();
     if let Some(admin) = &raw.host.admin {
-        addresses.insert(*admin.get_ref(), "the admin endpoint".to_owned());
+        addresses.push((*admin.get_ref(), "the admin endpoint".to_owned()));
     }
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     for tenant in raw.tenants {
@@ -325,14 +332,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         for addr in tenant.listen.into_inner() {
             let (span, addr) = (addr.span(), addr.into_inner());
             // Port 0 asks for a free port, so it never collides.
-            if addr.port() != 0
-                && let Some(owner) = addresses.insert(addr, format!("tenant {name:?}"))
-            {
-                return Err(at(
-                    span,
-                    "tenant.listen",
-                    format!("{addr} is already used by {owner}"),
-                ));
+            if addr.port() != 0 {
+                if let Some((used, owner)) = addresses.iter().find(|(a, _)| overlap(*a, addr)) {
+                    let what = if *used == addr {
+                        format!("{addr} is already used by {owner}")
+                    } else {
+                        format!("{addr} overlaps {used}, already used by {owner}")
+                    };
+                    return Err(at(span, "tenant.listen", what));
+                }
+                addresses.push((addr, format!("tenant {name:?}")));
             }
             listen.push(addr);
         }
@@ -383,7 +392,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             }
         };
 
-        let limits = tenant.limits.or(&defaults);
+        let limits = match tenant.limits {
+            Some(limits) => {
+                let span = limits.span();
+                let merged = limits.into_inner().or(&defaults);
+                check_limits(&merged)
+                    .map_err(|(key, why)| at(span, &format!("tenant.limits.{key}"), why))?;
+                merged
+            }
+            None => defaults.clone(),
+        };
         tenants.push(TenantConfig {
             name,
             component,
@@ -490,6 +508,64 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     }
 }
 
+/// Whether listening on `a` and on `b` would clash: the same port, and the
+/// same address or a wildcard covering the other (`0.0.0.0` every IPv4
+/// address; `[::]` every address, IPv4 too on a dual-stack socket).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let covers = |wide: SocketAddr, other: SocketAddr| {
+        wide.ip().is_unspecified()
+            && (wide.is_ipv6() || other.is_ipv4() || other.ip().is_unspecified())
+    };
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
+
+/// The limits that must agree with each other: the key at fault and why.
+fn check_limits(limits: &Limits) -> Result<(), (&'static str, String)> {
+    if limits.restart_backoff > limits.restart_backoff_max {
+        return Err((
+            "restart_backoff",
+            format!(
+                "{} is longer than restart_backoff_max ({})",
+                humantime::format_duration(limits.restart_backoff),
+                humantime::format_duration(limits.restart_backoff_max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Deserializes a memory limit: a size of at least 1 MiB (a guest's stack
+/// and data alone take more).
+fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let bytes = size(d)?;
+    if bytes.is_some_and(|n| n < 1024 * 1024) {
+        return Err(de::Error::custom(
+            "must be at least 1 MiB; write e.g. \"64 MiB\"",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Deserializes a count that must not be zero.
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(de::Error::custom("must be at least 1")),
+        n => Ok(Some(n)),
+    }
+}
+
+/// Deserializes a duration that must be at least a millisecond.
+fn at_least_a_millisecond<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let value = duration(d)?;
+    if value.is_some_and(|v| v < Duration::from_millis(1)) {
+        return Err(de::Error::custom("must be at least 1ms"));
+    }
+    Ok(value)
+}
+
 /// Deserializes a duration written like "250ms", "2s", "1m".
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
@@ -579,6 +655,48 @@ mod tests {
         assert_eq!(
             error(&text),
             "tenants.toml:8: tenant.listen: 127.0.0.1:9801 is already used by tenant \"a\""
+        );
+    }
+
+    #[test]
+    fn a_wildcard_address_overlapping_another_tenants_is_an_error() {
+        let b = |listen: &str| {
+            format!(
+                "{ONE}{}",
+                ONE.replace("\"a\"", "\"b\"")
+                    .replace("127.0.0.1:9801", listen)
+            )
+        };
+        assert_eq!(
+            error(&b("0.0.0.0:9801")),
+            "tenants.toml:8: tenant.listen: 0.0.0.0:9801 overlaps 127.0.0.1:9801, already used by tenant \"a\""
+        );
+        assert!(error(&b("[::]:9801")).contains("[::]:9801 overlaps 127.0.0.1:9801"));
+        // Another port, or IPv6 beside an IPv4 address, does not clash.
+        assert!(parse_str(&b("0.0.0.0:9802")).is_ok());
+        assert!(parse_str(&b("[::1]:9801")).is_ok());
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_errors_naming_their_key() {
+        let tenant = |limits: &str| error(&format!("{ONE}limits = {{ {limits} }}\n"));
+        assert!(
+            tenant("max_connections = 0")
+                .starts_with("tenants.toml:5: tenant.max_connections: must be at least 1"),
+            "{}",
+            tenant("max_connections = 0")
+        );
+        assert!(tenant("max_memory = \"64 KiB\"").contains("must be at least 1 MiB"));
+        assert!(tenant("cpu_limit = \"0s\"").contains("must be at least 1ms"));
+        assert_eq!(
+            tenant("restart_backoff = \"1m\", restart_backoff_max = \"10s\""),
+            "tenants.toml:5: tenant.limits.restart_backoff: 1m is longer than restart_backoff_max (10s)"
+        );
+        // The host-wide table is checked too, at its own place.
+        let text = format!("[limits]\nrestart_backoff = \"20s\"\n{ONE}");
+        assert_eq!(
+            error(&text),
+            "tenants.toml:1: limits.restart_backoff: 20s is longer than restart_backoff_max (10s)"
         );
     }
 
