@@ -360,6 +360,32 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
 }
 
 #[test]
+fn a_reload_past_what_the_pooling_allocator_was_sized_for_changes_nothing() {
+    let manifest =
+        live("builtin:echo", "").replace("[host]\n", "[host]\npooling_allocator = true\n");
+    let t = Tenants::start(&manifest, &["live"], &[]);
+    let path = t.dir.join("tenants.toml");
+    let two = format!(
+        "{manifest}\n[[tenant]]\nname = \"more\"\ncomponent = \"builtin:echo\"\nlisten = [\"127.0.0.1:0\"]\n"
+    );
+    std::fs::write(&path, two).unwrap();
+    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains(
+            "the pooling allocator was sized at start for 1 tenants, and the manifest has 2"
+        ),
+        "{body}"
+    );
+    let bigger = manifest.replace("limits = {  }", "limits = { max_memory = \"1 GiB\" }");
+    std::fs::write(&path, bigger).unwrap();
+    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("max_memory 1073741824 is above"), "{body}");
+    assert_eq!(fresh_reply(t.addr("live"), "still"), "still\n");
+}
+
+#[test]
 fn the_kv_guest_keeps_state_across_connections_until_swapped_out() {
     let t = Tenants::start(&live("builtin:kv", ""), &["live"], &[]);
     let addr = t.addr("live");

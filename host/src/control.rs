@@ -63,17 +63,23 @@ pub struct Control {
     ops: tokio::sync::Mutex<()>,
     /// Set once a graceful stop has begun.
     stopping: std::sync::atomic::AtomicBool,
+    /// With the pooling allocator: the tenants and the largest memory limit
+    /// its pool was sized for at start (it cannot grow).
+    pool: Option<(usize, u64)>,
 }
 
 impl Control {
-    /// A control with no tenants yet; `manifest` is where reloads read from.
-    pub fn new(loader: Loader, manifest: Option<PathBuf>) -> Arc<Self> {
+    /// A control with no tenants yet; `manifest` is where reloads read from;
+    /// `pool`, with the pooling allocator, is the number of tenants and the
+    /// largest memory limit its pool was sized for.
+    pub fn new(loader: Loader, manifest: Option<PathBuf>, pool: Option<(usize, u64)>) -> Arc<Self> {
         Arc::new(Control {
             loader,
             manifest,
             running: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            pool,
         })
     }
 
@@ -348,6 +354,24 @@ impl Control {
             .as_ref()
             .ok_or("there is no manifest to reload (the host runs one tenant)")?;
         let manifest = manifest::load(path).map_err(|e| e.to_string())?;
+        if let Some((tenants, max_memory)) = self.pool {
+            if manifest.tenants.len() > tenants {
+                return Err(format!(
+                    "the pooling allocator was sized at start for {tenants} tenants, and the manifest has {}: restart the host to grow it",
+                    manifest.tenants.len()
+                ));
+            }
+            if let Some(t) = manifest
+                .tenants
+                .iter()
+                .find(|t| t.limits.max_memory > max_memory)
+            {
+                return Err(format!(
+                    "tenant '{}': max_memory {} is above the {max_memory} bytes the pooling allocator was sized for at start: restart the host to grow it",
+                    t.name, t.limits.max_memory
+                ));
+            }
+        }
 
         // Prepare everything that can fail before changing anything.
         let existing: HashMap<String, (Arc<TenantConfig>, Pre)> = self

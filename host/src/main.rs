@@ -118,7 +118,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     host::workers::start(threads).context("cannot start the guest threads")?;
     let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
-    let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone());
+    let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
+    let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone(), pool);
 
     let mut prepared = Vec::with_capacity(manifest.tenants.len());
     for (config, listeners) in manifest.tenants.into_iter().zip(listeners) {
