@@ -332,6 +332,8 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("unknown field `bogus`"), "{body}");
 
+    let accepted = "tcphost_host_connections_accepted_total";
+    let before_reload = metric(t.admin.unwrap(), accepted);
     let after = format!(
         "{head}{}{}{}",
         tenant("keep", "builtin:echo"),
@@ -357,6 +359,11 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
     assert_eq!(t.status("change")["generation"], 2);
     let (_, status) = http_get(t.admin.unwrap(), "/status");
     assert!(!status.contains("\"gone\""), "{status}");
+    // The removed tenant's counts stay in the host-wide totals.
+    assert!(
+        metric(t.admin.unwrap(), accepted) >= before_reload + 2.0,
+        "{before_reload}"
+    );
 }
 
 #[test]

@@ -600,6 +600,23 @@ fn metrics_count_each_tenants_traffic_refusals_traps_and_restarts() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(get("tcphost_host_capability_refusals_total"), by_kind);
+    for kind in ["tcp-bind", "tcp-connect", "udp", "dns", "filesystem"] {
+        let per_tenant: f64 = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("tcphost_capability_refusals_total{")
+                    && k.contains(&format!("kind=\"{kind}\""))
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(
+            get(&format!(
+                "tcphost_host_capability_refusals_by_kind_total{{kind=\"{kind}\"}}"
+            )),
+            per_tenant,
+            "{kind}"
+        );
+    }
     assert!(get("tcphost_host_received_bytes_total") >= 18.0);
     assert!(get("tcphost_process_open_fds") > 0.0);
 }

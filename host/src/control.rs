@@ -66,6 +66,8 @@ pub struct Control {
     /// With the pooling allocator: the tenants and the largest memory limit
     /// its pool was sized for at start (it cannot grow).
     pool: Option<(usize, u64)>,
+    /// The counts of removed tenants, for the host-wide metrics.
+    retired: crate::metrics::Retired,
 }
 
 impl Control {
@@ -80,7 +82,13 @@ impl Control {
             ops: tokio::sync::Mutex::new(()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             pool,
+            retired: crate::metrics::Retired::default(),
         })
+    }
+
+    /// The counts of tenants removed so far.
+    pub fn retired(&self) -> &crate::metrics::Retired {
+        &self.retired
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
@@ -422,6 +430,7 @@ impl Control {
                 // until their deadline, but accept no new clients.
                 r.tenant.stop_accepting();
                 r.tenant.close_listeners();
+                self.retired.retire(&r.tenant);
                 info!(tenant = name, "tenant removed");
             }
             report.removed.push(name);

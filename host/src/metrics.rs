@@ -3,8 +3,9 @@
 //! the tenants' own counters at scrape time, so serving traffic costs
 //! nothing extra for metrics.
 //!
-//! Totals cover the tenants the host runs now: a tenant removed by a
-//! manifest reload takes its counts with it.
+//! Totals cover every tenant the host has run: a tenant removed by a
+//! manifest reload leaves its counts in them (see [`Retired`]), so they
+//! never go down.
 
 use crate::control::Control;
 use crate::policy::Capability;
@@ -128,6 +129,39 @@ const GAUGES: [Field; 2] = [
     ),
 ];
 
+/// The counts of tenants a reload removed, kept in the host-wide totals.
+#[derive(Debug, Default)]
+pub struct Retired {
+    /// Indexed like [`COUNTERS`].
+    counters: [AtomicU64; COUNTERS.len()],
+    capability_refusals: AtomicU64,
+    /// Indexed by `Capability as usize`.
+    refusals_by_kind: [AtomicU64; Capability::ALL.len()],
+}
+
+impl Retired {
+    /// Adds the counts of `tenant`, which is being removed.
+    pub fn retire(&self, tenant: &Tenant) {
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(get(from), Ordering::Relaxed);
+        };
+        for (to, (_, _, field)) in self.counters.iter().zip(COUNTERS) {
+            add(to, field(tenant));
+        }
+        add(
+            &self.capability_refusals,
+            &tenant.counters.capability_refusals,
+        );
+        for (to, from) in self
+            .refusals_by_kind
+            .iter()
+            .zip(&tenant.counters.refusals_by_kind)
+        {
+            add(to, from);
+        }
+    }
+}
+
 fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -180,15 +214,16 @@ impl Collector for Tenants {
             }
         }
 
-        // Host-wide totals.
+        // Host-wide totals: the tenants running now, and those removed.
+        let retired = self.0.retired();
         let sum = |field: fn(&Tenant) -> &AtomicU64| -> u64 {
             tenants.iter().map(|t| get(field(t))).sum()
         };
-        for (name, help, field) in COUNTERS {
+        for ((name, help, field), gone) in COUNTERS.into_iter().zip(&retired.counters) {
             let name = format!("host_{name}");
             let help = format!("All tenants: {help}");
             let family = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
-            ConstCounter::new(sum(field)).encode(family)?;
+            ConstCounter::new(sum(field) + get(gone)).encode(family)?;
         }
         for (name, help, field) in GAUGES {
             let name = format!("host_{name}");
@@ -202,7 +237,25 @@ impl Collector for Tenants {
             None,
             MetricType::Counter,
         )?;
-        ConstCounter::new(sum(|t| &t.counters.capability_refusals)).encode(family)?;
+        ConstCounter::new(
+            sum(|t| &t.counters.capability_refusals) + get(&retired.capability_refusals),
+        )
+        .encode(family)?;
+        let mut family = encoder.encode_descriptor(
+            "host_capability_refusals_by_kind",
+            "All tenants: refused attempts to use a capability not granted, by kind.",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in Capability::ALL {
+            let i = kind as usize;
+            let value: u64 = tenants
+                .iter()
+                .map(|t| get(&t.counters.refusals_by_kind[i]))
+                .sum::<u64>()
+                + get(&retired.refusals_by_kind[i]);
+            ConstCounter::new(value).encode(family.encode_family(&[("kind", kind.as_str())])?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "host_tenants",
             "Tenants in each state.",

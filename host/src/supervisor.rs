@@ -92,13 +92,16 @@ async fn run_once(
     let tenant = &tenant;
     let name = tenant.name().to_owned();
     let mut store = sandbox::store(&engine, tenant, &config, generation, open);
-    let command = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(|e| GuestError::Start {
+    let command = pre.instantiate_async(&mut store).await.map_err(|e| {
+        // A trap in the component's start-up counts as one.
+        if e.downcast_ref::<Trap>().is_some() {
+            Counters::bump(&tenant.counters.traps);
+        }
+        GuestError::Start {
             tenant: name.clone(),
             reason: crate::engine::one_line(&e),
-        })?;
+        }
+    })?;
     // Running once it listens (crate::tcp).
     info!(tenant = name, "guest started");
     let outcome = command.wasi_cli_run().call_run(&mut store).await;
