@@ -193,8 +193,17 @@ impl Control {
     }
 
     /// Compiles (or finds) the component `source`, named in errors by `at`.
+    /// On the host's async threads, it lets the runtime move their other
+    /// tasks elsewhere while it compiles (seconds, for a cold component).
     pub fn load(&self, source: &ComponentSource, at: &str) -> anyhow::Result<Pre> {
-        load_component(&self.loader, source, at)
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let load = || load_component(&self.loader, source, at);
+        match Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(load)
+            }
+            _ => load(),
+        }
     }
 
     /// Swaps tenant `name` to the component `source`, live. Fails, leaving

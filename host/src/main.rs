@@ -121,17 +121,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
     let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone(), pool);
 
-    let mut prepared = Vec::with_capacity(manifest.tenants.len());
-    for (config, listeners) in manifest.tenants.into_iter().zip(listeners) {
-        // The shorthand names its guest by file, not by manifest line.
-        let at = if single {
-            ""
-        } else {
-            config.component_at.as_str()
-        };
-        let pre = control.load(&config.component, at)?;
-        prepared.push((config, listeners, pre));
-    }
+    // Compiling (cold, seconds per component) runs off the async threads,
+    // and a signal meanwhile stops the host at once: nothing serves yet.
+    let compile = {
+        let control = control.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut prepared = Vec::with_capacity(manifest.tenants.len());
+            for (config, listeners) in manifest.tenants.into_iter().zip(listeners) {
+                // The shorthand names its guest by file, not by manifest line.
+                let at = if single {
+                    ""
+                } else {
+                    config.component_at.as_str()
+                };
+                let pre = control.load(&config.component, at)?;
+                prepared.push((config, listeners, pre));
+            }
+            Ok(prepared)
+        })
+    };
+    tokio::pin!(compile);
+    let prepared = loop {
+        tokio::select! {
+            done = &mut compile => break done.context("compiling the guests failed")??,
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => {
+                    info!("received {name} while starting: stopped before serving");
+                    return Ok(());
+                }
+                Signal::Reload => warn!("SIGHUP while starting: ignored, the manifest is being loaded"),
+            },
+        }
+    };
     let names: Vec<String> = prepared.iter().map(|(c, _, _)| c.name.clone()).collect();
 
     if let Some(addr) = admin_addr {
