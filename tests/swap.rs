@@ -57,14 +57,23 @@ fn ten_swaps_under_load_lose_no_request_and_refuse_no_connection() {
                         }
                     };
                     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    // The version that accepted a connection answers all of
+                    // it: whether it upper-cases, once known.
+                    let mut upper: Option<bool> = None;
                     for _ in 0..5 {
                         n += 1;
                         let message = format!("client{c}-request{n}");
                         let reply = round_trip(&mut stream, format!("{message}\n").as_bytes());
-                        if reply != format!("{message}\n")
-                            && reply != format!("{}\n", message.to_uppercase())
-                        {
+                        let this = if reply == format!("{message}\n") {
+                            false
+                        } else if reply == format!("{}\n", message.to_uppercase()) {
+                            true
+                        } else {
                             errors.push(format!("{message}: wrong reply {reply:?}"));
+                            continue;
+                        };
+                        if *upper.get_or_insert(this) != this {
+                            errors.push(format!("{message}: answered by another version"));
                         }
                         requests.fetch_add(1, Ordering::Relaxed);
                     }
@@ -82,6 +91,24 @@ fn ten_swaps_under_load_lose_no_request_and_refuse_no_connection() {
             })
         })
         .collect();
+
+    // One connection open from before the first swap to after the last:
+    // the first version keeps serving it, swap after swap.
+    let long_lived = {
+        let stop = stop.clone();
+        let mut stream = connect(addr);
+        assert_eq!(round_trip(&mut stream, b"first\n"), "first\n");
+        std::thread::spawn(move || {
+            let mut answered = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let reply = round_trip(&mut stream, b"still the first\n");
+                assert_eq!(reply, "still the first\n", "after {answered} replies");
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            answered
+        })
+    };
 
     for round in 0..10 {
         let (to, expect) = if round % 2 == 0 {
@@ -105,6 +132,7 @@ fn ten_swaps_under_load_lose_no_request_and_refuse_no_connection() {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    assert!(long_lived.join().unwrap() > 10);
     let errors: Vec<String> = clients
         .into_iter()
         .flat_map(|c| c.join().unwrap())

@@ -298,7 +298,8 @@ fn swaps(report: &mut String) {
     let (_, addrs) = host.wait_for(": listening on ", 1);
     let (admin, addr) = (admin[0].1, addrs[0].1);
 
-    // Load: four clients, each a fresh connection per five round trips.
+    // Load: four clients, each round trip on a fresh connection, so every
+    // swap finds connections arriving.
     let stop = Arc::new(AtomicBool::new(false));
     let (requests, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load: Vec<_> = (0..4)
