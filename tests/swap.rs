@@ -265,6 +265,43 @@ fn a_tenant_with_two_addresses_is_served_on_both_before_and_after_a_swap() {
 }
 
 #[test]
+fn swaps_in_quick_succession_keep_at_most_four_old_versions_draining() {
+    let t = Tenants::start(
+        &live("builtin:echo", "drain_timeout = \"1h\""),
+        &["live"],
+        &[],
+    );
+    let addr = t.addr("live");
+    // A connection held on each version, then a swap away from it.
+    let mut held = Vec::new();
+    for round in 0..5 {
+        let mut stream = connect(addr);
+        let reply = round_trip(&mut stream, b"hi\n");
+        assert!(reply == "hi\n" || reply == "HI\n", "{reply}");
+        held.push(stream);
+        let to = if round % 2 == 0 {
+            "builtin:upper"
+        } else {
+            "builtin:echo"
+        };
+        let (code, body) = swap(&t, to);
+        assert_eq!(code, 200, "{body}");
+    }
+    t.host
+        .wait_for_log("4 replaced versions were draining: dropped the oldest");
+    // The oldest version's connection is closed; the four newer still run.
+    let mut buf = [0u8; 8];
+    match held[0].read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("the oldest version still sent {n} bytes"),
+    }
+    for stream in &mut held[1..] {
+        let reply = round_trip(stream, b"hi\n");
+        assert!(reply == "hi\n" || reply == "HI\n", "{reply}");
+    }
+}
+
+#[test]
 fn an_old_version_without_connections_is_dropped_at_once() {
     let t = Tenants::start(
         &live("builtin:echo", "drain_timeout = \"1h\""),

@@ -247,14 +247,21 @@ impl Instance {
     }
 }
 
+/// Replaced versions of one tenant that may drain at once; a swap past this
+/// drops the oldest at once, so swaps in quick succession cannot keep
+/// unbounded instances (each up to the memory limit) alive.
+const MAX_DRAINING: usize = 4;
+
 /// Starts `pre` beside `current` and, once it listens, makes it current; the
-/// old instance drains in the background. On failure `current` is untouched.
+/// old instance drains in the background (in `draining`). On failure
+/// `current` is untouched.
 async fn swap(
     engine: &Engine,
     tenant: &Arc<Tenant>,
     current: &mut Instance,
     config: Arc<TenantConfig>,
     pre: &Arc<CommandPre<TenantState>>,
+    draining: &mut VecDeque<(u64, JoinHandle<()>)>,
 ) -> Result<Duration, String> {
     let started = Instant::now();
     let mut next = Instance::start(engine, pre, tenant, config.clone());
@@ -282,7 +289,19 @@ async fn swap(
         ms = took.as_millis(),
         "swapped to a new version"
     );
-    tokio::spawn(drain_then_drop(name, old, drain));
+    draining.retain(|(_, task)| !task.is_finished());
+    if draining.len() >= MAX_DRAINING
+        && let Some((generation, oldest)) = draining.pop_front()
+    {
+        oldest.abort();
+        warn!(
+            tenant = name,
+            generation,
+            "{MAX_DRAINING} replaced versions were draining: dropped the oldest, closing its connections"
+        );
+    }
+    let replaced = old.generation;
+    draining.push_back((replaced, tokio::spawn(drain_then_drop(name, old, drain))));
     Ok(took)
 }
 
@@ -328,6 +347,7 @@ pub async fn supervise(
     let name = tenant.name().to_owned();
     let mut backoff = tenant.config().limits.restart_backoff;
     let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
+    let mut draining = VecDeque::new();
     loop {
         let started = Instant::now();
         let mut current = Instance::start(&engine, &pre, &tenant, tenant.config());
@@ -336,7 +356,8 @@ pub async fn supervise(
                 outcome = current.finished() => break outcome,
                 Some(command) = commands.recv() => match command {
                     Command::Swap { config, pre: next, reply } => {
-                        let result = swap(&engine, &tenant, &mut current, config, &next).await;
+                        let result =
+                            swap(&engine, &tenant, &mut current, config, &next, &mut draining).await;
                         if result.is_ok() {
                             pre = next;
                         }
