@@ -458,6 +458,25 @@ fn a_reload_past_what_the_pooling_allocator_was_sized_for_changes_nothing() {
 }
 
 #[test]
+fn a_reload_says_which_host_settings_need_a_restart() {
+    let manifest = live("builtin:echo", "");
+    let t = Tenants::start(&manifest, &["live"], &[]);
+    let changed = manifest.replace("[host]\n", "[host]\nguest_threads = 1\n");
+    std::fs::write(t.dir.join("tenants.toml"), changed).unwrap();
+    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        report["need_restart"],
+        serde_json::json!(["host.guest_threads"]),
+        "{body}"
+    );
+    assert_eq!(report["unchanged"], serde_json::json!(["live"]), "{body}");
+    t.host
+        .wait_for_log("host.guest_threads changed, which takes effect only when the host restarts");
+}
+
+#[test]
 fn the_kv_guest_keeps_state_across_connections_until_swapped_out() {
     let t = Tenants::start(&live("builtin:kv", ""), &["live"], &[]);
     let addr = t.addr("live");

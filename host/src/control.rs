@@ -52,6 +52,9 @@ pub struct ReloadReport {
     /// Tenants whose change failed (they keep running as they were, or stay
     /// stopped or failed).
     pub failed: BTreeMap<String, String>,
+    /// `[host]` settings changed in the manifest, which take effect only
+    /// when the host restarts.
+    pub need_restart: Vec<&'static str>,
 }
 
 /// The tenants and the means to change them.
@@ -68,6 +71,9 @@ pub struct Control {
     pool: Option<(usize, u64)>,
     /// The counts of removed tenants, for the host-wide metrics.
     retired: crate::metrics::Retired,
+    /// The manifest's `[host]` settings as they were at start (tenants
+    /// left out), to tell a reload which of them it cannot apply.
+    started_with: Mutex<Option<manifest::Manifest>>,
 }
 
 impl Control {
@@ -83,7 +89,16 @@ impl Control {
             stopping: std::sync::atomic::AtomicBool::new(false),
             pool,
             retired: crate::metrics::Retired::default(),
+            started_with: Mutex::new(None),
         })
+    }
+
+    /// Records the `[host]` settings the host started with.
+    pub fn set_host_settings(&self, manifest: &manifest::Manifest) {
+        *self.started_with.lock().unwrap_or_else(|p| p.into_inner()) = Some(manifest::Manifest {
+            tenants: Vec::new(),
+            ..manifest.clone()
+        });
     }
 
     /// The counts of tenants removed so far.
@@ -371,6 +386,13 @@ impl Control {
             .as_ref()
             .ok_or("there is no manifest to reload (the host runs one tenant)")?;
         let manifest = manifest::load(path).map_err(|e| e.to_string())?;
+        let need_restart = self
+            .started_with
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|started| started.host_keys_changed(&manifest))
+            .unwrap_or_default();
         if let Some((tenants, max_memory)) = self.pool {
             if manifest.tenants.len() > tenants {
                 return Err(format!(
@@ -425,7 +447,10 @@ impl Control {
             plans.push((config, listeners, pre));
         }
 
-        let mut report = ReloadReport::default();
+        let mut report = ReloadReport {
+            need_restart,
+            ..ReloadReport::default()
+        };
         let keep: Vec<String> = plans.iter().map(|(c, _, _)| c.name.clone()).collect();
         let removed: Vec<String> = existing
             .keys()
@@ -452,10 +477,14 @@ impl Control {
                     report.added.push(name);
                 }
                 Some((old, old_pre))
-                    if **old == config
+                    if old.runs_like(&config)
                         && Arc::ptr_eq(old_pre, &pre)
                         && !self.is_stopped_for_good(&name) =>
                 {
+                    // Only its place in the file may differ: keep that current.
+                    if let Some(r) = self.running().get(&name) {
+                        r.tenant.set_config(Arc::new(config));
+                    }
                     report.unchanged.push(name);
                 }
                 Some(_) => {
@@ -476,6 +505,13 @@ impl Control {
                     }
                 }
             }
+        }
+        if !report.need_restart.is_empty() {
+            warn!(
+                keys = ?report.need_restart,
+                "manifest reload: {} changed, which takes effect only when the host restarts",
+                report.need_restart.join(", ")
+            );
         }
         info!(
             added = report.added.len(),

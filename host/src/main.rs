@@ -120,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
     let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
     let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone(), pool);
+    control.set_host_settings(&manifest);
 
     // Compiling (cold, seconds per component) runs off the async threads,
     // and a signal meanwhile stops the host at once: nothing serves yet.

@@ -244,6 +244,18 @@ pub struct TenantConfig {
     pub limits: Limits,
 }
 
+impl TenantConfig {
+    /// Whether `other` runs the tenant the same way: equal in everything
+    /// but where in the manifest it was written.
+    pub fn runs_like(&self, other: &TenantConfig) -> bool {
+        let placed = |c: &TenantConfig| TenantConfig {
+            component_at: String::new(),
+            ..c.clone()
+        };
+        placed(self) == placed(other)
+    }
+}
+
 /// A validated manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -258,6 +270,27 @@ pub struct Manifest {
     pub guest_threads: Option<usize>,
     /// Every tenant, in file order.
     pub tenants: Vec<TenantConfig>,
+}
+
+impl Manifest {
+    /// The `[host]` keys whose values differ between `self` and `other`:
+    /// they are read at start only.
+    pub fn host_keys_changed(&self, other: &Manifest) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.admin != other.admin {
+            changed.push("host.admin");
+        }
+        if self.cache_dir != other.cache_dir {
+            changed.push("host.cache_dir");
+        }
+        if self.pooling_allocator != other.pooling_allocator {
+            changed.push("host.pooling_allocator");
+        }
+        if self.guest_threads != other.guest_threads {
+            changed.push("host.guest_threads");
+        }
+        changed
+    }
 }
 
 /// Reads and validates the manifest at `path`.
