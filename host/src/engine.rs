@@ -221,7 +221,10 @@ pub struct Loader {
     engine: Engine,
     linker: Linker<TenantState>,
     cache_dir: Option<PathBuf>,
-    prepared: Mutex<HashMap<[u8; 32], Arc<CommandPre<TenantState>>>>,
+    /// Components in use, by content hash. Weak: a component no tenant runs
+    /// any more is freed, so swapping through many versions does not keep
+    /// every one in memory (the disk cache still has their compiled code).
+    prepared: Mutex<HashMap<[u8; 32], std::sync::Weak<CommandPre<TenantState>>>>,
 }
 
 impl Loader {
@@ -265,16 +268,26 @@ impl Loader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
+            .and_then(std::sync::Weak::upgrade)
         {
-            return Ok(pre.clone());
+            return Ok(pre);
         }
         let component = self.compile(&path, bytes, &digest)?;
         let pre = Arc::new(prepare(&self.engine, &self.linker, &path, &component)?);
+        let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        prepared.retain(|_, pre| pre.strong_count() > 0);
+        prepared.insert(digest, Arc::downgrade(&pre));
+        Ok(pre)
+    }
+
+    /// How many compiled components some tenant still holds.
+    pub fn components_in_use(&self) -> usize {
         self.prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, pre.clone());
-        Ok(pre)
+            .values()
+            .filter(|pre| pre.strong_count() > 0)
+            .count()
     }
 
     /// Compiles, or loads the compiled code from the cache.
@@ -401,4 +414,21 @@ pub fn one_line(e: &wasmtime::Error) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_is_shared_while_in_use_and_freed_once_no_one_holds_it() {
+        let loader = Loader::new(new_engine(None).unwrap(), None).unwrap();
+        let (_, echo) = BUILTIN_GUESTS.iter().find(|(n, _)| *n == "echo").unwrap();
+        let first = loader.load("echo", echo).unwrap();
+        let again = loader.load("echo", echo).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the same bytes, compiled once");
+        assert_eq!(loader.components_in_use(), 1);
+        drop((first, again));
+        assert_eq!(loader.components_in_use(), 0);
+    }
 }
