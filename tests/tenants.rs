@@ -284,6 +284,48 @@ fn the_connection_cap_resets_clients_past_it_before_the_guest_sees_them() {
     neighbour.assert_all_answered();
 }
 
+#[test]
+fn clients_past_the_cap_are_reset_even_while_the_guest_is_not_accepting() {
+    // The hostile guest serves one client at a time: while it talks to
+    // `control` it never asks for another client. With a cap of one, the
+    // host resets the ones queued behind it instead of leaving them waiting.
+    let t = Tenants::start(
+        &with_neighbour("limits = { max_connections = 1 }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let addr = t.addr("hostile");
+    let mut control = connect(addr);
+    assert!(order(&mut control, "env LISTEN_ADDR").starts_with("ok"));
+    let started = Instant::now();
+    let mut queued = connect(addr);
+    queued
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match queued.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a client past the cap was not reset: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reset only after {:?}",
+        started.elapsed()
+    );
+    t.host
+        .wait_for_log("hostile is at its cap of 1 and not accepting");
+    assert!(count(&t.status("hostile"), "connections_refused") >= 1);
+    // Below the cap again, the guest serves the next client itself.
+    drop(control);
+    t.wait_status("hostile", "no open connection", |s| {
+        count(s, "connections_open") == 0
+    });
+    assert!(order(&mut connect(addr), "env LISTEN_ADDR").starts_with("ok"));
+    neighbour.assert_all_answered();
+}
+
 /// Sends `command` and reads one line.
 fn read_after(stream: &mut TcpStream, command: &str) -> String {
     order(stream, command)

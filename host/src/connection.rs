@@ -1,7 +1,8 @@
 //! What the host enforces on client connections whatever the guest does:
 //! the bytes each one moves (counted, and limited when the tenant says so),
-//! its idle timeout, and the back-off when accepting fails because the
-//! process is out of file descriptors or memory.
+//! its idle timeout, the back-off when accepting fails because the process
+//! is out of file descriptors or memory, and the reset of clients past the
+//! connection cap, also while the guest is not accepting.
 //!
 //! A connection the host closes is shut down at the socket: the client sees
 //! the end of the stream, and the guest reads the end of the stream too, so
@@ -285,6 +286,95 @@ impl AcceptBackoff {
             unlogged,
             "accept on {addr} failed: {error}; pausing accepts for {pause} ({unlogged} more failures since the last report)"
         );
+    }
+}
+
+/// Resets `client` (from `peer`), refused because `why`: a reset rather
+/// than a close, so the client knows at once. Counted; logged within the
+/// tenant's log budget.
+pub fn refuse_client(
+    tenant: &Tenant,
+    client: std::net::TcpStream,
+    peer: SocketAddr,
+    why: std::fmt::Arguments<'_>,
+) {
+    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+    drop(client);
+    Counters::bump(&tenant.counters.connections_refused);
+    if let Some(left_out) = tenant.refusal_log.admit() {
+        let note = crate::log_budget::left_out_note(left_out);
+        warn!(
+            tenant = tenant.name(),
+            %peer,
+            "refused: connection from {peer} reset, {why}{note}"
+        );
+    }
+}
+
+/// How long a tenant at its connection cap may leave clients queued, not
+/// asking for any, before the host resets them itself.
+const REAP_AFTER: Duration = Duration::from_millis(100);
+
+/// Resets clients queued on a tenant's listeners while it is at its
+/// connection cap and its guest is not accepting (a guest that accepts has
+/// them reset as it asks: see crate::tcp), so they learn at once rather
+/// than wait in the listen queue.
+#[derive(Debug, Default)]
+pub struct CapReaper {
+    running: AtomicBool,
+    /// When the guest last asked for a client, from [`now_ms`].
+    last_accept: AtomicU64,
+}
+
+impl CapReaper {
+    /// Records that the guest asked for a client.
+    pub fn guest_accepting(&self) {
+        self.last_accept.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Runs the reaper for `tenant`, whose cap is `cap`, until it is below
+    /// the cap (call it when the tenant reaches its cap).
+    pub fn start(tenant: &Arc<Tenant>, cap: u64) {
+        if tenant.cap_reaper.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_AFTER / 2);
+            loop {
+                while tenant.open_connections() >= cap {
+                    tick.tick().await;
+                    let quiet = now_ms()
+                        .saturating_sub(tenant.cap_reaper.last_accept.load(Ordering::Relaxed));
+                    if quiet < REAP_AFTER.as_millis() as u64 {
+                        continue;
+                    }
+                    for listener in tenant.listeners() {
+                        // Non-blocking: the listener is shared with the guest.
+                        while tenant.open_connections() >= cap {
+                            let Ok((client, peer)) = listener.accept() else {
+                                break;
+                            };
+                            let name = tenant.name();
+                            refuse_client(
+                                &tenant,
+                                client,
+                                peer,
+                                format_args!("{name} is at its cap of {cap} and not accepting"),
+                            );
+                        }
+                    }
+                }
+                tenant.cap_reaper.running.store(false, Ordering::Release);
+                // Reached the cap again just now: carry on, unless another
+                // reaper took over.
+                if tenant.open_connections() < cap
+                    || tenant.cap_reaper.running.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        });
     }
 }
 

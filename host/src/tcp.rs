@@ -13,7 +13,7 @@
 //! cap (a client past it is reset before the guest sees it), the open
 //! connection count, and the refusal of every ungranted bind and connect.
 
-use crate::connection::{Policed, is_resource_error};
+use crate::connection::{CapReaper, Policed, is_resource_error, refuse_client};
 use crate::policy::{Refusal, log_refusal};
 use crate::sandbox::TenantState;
 use crate::tenant::{Counters, Tenant};
@@ -138,17 +138,24 @@ struct OpenConnection {
 }
 
 impl OpenConnection {
+    /// Counts a client connection of `tenant`, whose cap is `cap`.
     fn new(
         tenant: &Arc<Tenant>,
         instance: &Arc<AtomicU64>,
         peer: std::net::IpAddr,
         watchdog: Option<tokio::task::AbortHandle>,
+        cap: u64,
     ) -> Self {
         tenant.peers.opened(peer);
-        tenant
+        let open = tenant
             .counters
             .connections_open
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if open >= cap {
+            // At the cap: clients the guest does not take are reset anyway.
+            CapReaper::start(tenant, cap);
+        }
         instance.fetch_add(1, Ordering::Relaxed);
         Counters::bump(&tenant.counters.connections_accepted);
         OpenConnection {
@@ -308,6 +315,7 @@ impl TenantState {
         if !current || socket.tenant.accept_backoff.paused().is_some() {
             return Ok(Err(ErrorCode::WouldBlock));
         }
+        socket.tenant.cap_reaper.guest_accepting();
         loop {
             // Through the readiness: an accept that finds the queue empty
             // clears it only if nothing arrived meanwhile, so no wakeup is
@@ -341,21 +349,23 @@ impl TenantState {
                 client.set_nonblocking(true)?;
                 return Ok(Ok((TcpStream::from_std(client)?, peer)));
             }
-            // Reset rather than close, so the client knows at once.
-            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
-            drop(client);
-            Counters::bump(&tenant.counters.connections_refused);
-            let Some(left_out) = tenant.refusal_log.admit() else {
-                continue;
-            };
-            let note = crate::log_budget::left_out_note(left_out);
             let name = tenant.name();
             if over_cap {
-                tracing::warn!(tenant = name, %peer, cap, "refused: connection from {peer} reset, {name} is at its cap of {cap}{note}");
+                refuse_client(
+                    tenant,
+                    client,
+                    peer,
+                    format_args!("{name} is at its cap of {cap}"),
+                );
             } else {
                 let ip = peer.ip();
                 let max = per_peer.unwrap_or_default();
-                tracing::warn!(tenant = name, %peer, max, "refused: connection from {peer} reset, {ip} is at {name}'s cap of {max} per client address{note}");
+                refuse_client(
+                    tenant,
+                    client,
+                    peer,
+                    format_args!("{ip} is at {name}'s cap of {max} per client address"),
+                );
             }
         }
     }
@@ -589,7 +599,8 @@ impl HostTcpSocket for TenantState {
             .clone()
             .watch_idle(Arc::downgrade(&stream))
             .map(|watch| tokio::spawn(watch).abort_handle());
-        let open = OpenConnection::new(&self.tenant, &self.open, peer.ip(), watchdog);
+        let cap = u64::from(self.config.limits.max_connections);
+        let open = OpenConnection::new(&self.tenant, &self.open, peer.ip(), watchdog, cap);
         let client = self.new_socket(
             family,
             State::Connected {

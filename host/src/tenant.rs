@@ -110,6 +110,8 @@ pub struct Tenant {
     pub peers: PeerCounts,
     /// Bounds how fast refusals fill the log.
     pub refusal_log: crate::log_budget::LogBudget,
+    /// Resets clients past the cap while the guest does not accept.
+    pub cap_reaper: crate::connection::CapReaper,
     status: Mutex<Status>,
     /// The host's listening sockets for the tenant's addresses, handed to
     /// each guest version in turn; closed when the tenant stops for good.
@@ -178,6 +180,7 @@ impl Tenant {
             accept_backoff: AcceptBackoff::default(),
             peers: PeerCounts::default(),
             refusal_log: crate::log_budget::LogBudget::default(),
+            cap_reaper: crate::connection::CapReaper::default(),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_error: None,
@@ -235,6 +238,16 @@ impl Tenant {
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
             .cloned()
+    }
+
+    /// The host's listeners for all the tenant's addresses.
+    pub fn listeners(&self) -> Vec<Arc<TcpListener>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Client connections open now, over all guest versions.
