@@ -326,6 +326,38 @@ fn clients_past_the_cap_are_reset_even_while_the_guest_is_not_accepting() {
     neighbour.assert_all_answered();
 }
 
+#[test]
+fn a_chatty_guest_is_logged_within_its_limit_and_the_rest_is_counted() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { log_lines_per_sec = 5 }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let admin = t.admin.unwrap();
+    let mut control = connect(t.addr("hostile"));
+    assert_eq!(order(&mut control, "say 300"), "ok 300 lines\n");
+    let dropped = "tcphost_guest_log_lines_dropped_total{tenant=\"hostile\"}";
+    let left_out = wait_metric(admin, dropped, |n| n >= 280.0);
+    let logged = t.host.log().matches("chatter ").count();
+    assert!(logged <= 20, "{logged} of 300 lines logged");
+    // Every line is either logged or counted (the guest's own line about
+    // the command may be among those left out).
+    let all = logged as f64 + left_out;
+    assert!(
+        (300.0..=301.0).contains(&all),
+        "{logged} logged, {left_out} left out"
+    );
+    // A later line says how many were left out before it.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(order(&mut control, "say 1"), "ok 1 lines\n");
+    t.host
+        .wait_for_log("similar lines left out of the log before this one");
+    // The neighbour's log is its own.
+    let mut neighbour = connect(t.addr("neighbour"));
+    assert_seed_reply(&round_trip(&mut neighbour, b"hello\n"));
+    t.host.wait_for_log("bytes from 127.0.0.1");
+}
+
 /// Sends `command` and reads one line.
 fn read_after(stream: &mut TcpStream, command: &str) -> String {
     order(stream, command)

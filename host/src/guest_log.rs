@@ -7,6 +7,7 @@
 //! write(2): a guest that logs every request, as the seed does, costs the
 //! host one write per turn of its event loop, not one per line.
 
+use crate::tenant::{Counters, Tenant};
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
@@ -41,16 +42,17 @@ impl Stream {
     }
 }
 
-/// A guest output stream that writes into the host's log.
+/// A guest output stream that writes into the host's log, within the
+/// tenant's `log_lines_per_sec`.
 #[derive(Debug, Clone)]
 pub struct GuestOutput {
-    tenant: Arc<str>,
+    tenant: Arc<Tenant>,
     stream: Stream,
 }
 
 impl GuestOutput {
     /// Output of `tenant`'s `stream`.
-    pub fn new(tenant: Arc<str>, stream: Stream) -> Self {
+    pub fn new(tenant: Arc<Tenant>, stream: Stream) -> Self {
         Self { tenant, stream }
     }
 }
@@ -139,13 +141,19 @@ struct LineLogger {
 
 impl LineLogger {
     fn emit(&mut self) {
-        let text = escape_controls(&String::from_utf8_lossy(&self.line));
-        tracing::info!(
-            target: "guest",
-            tenant = &*self.output.tenant,
-            stream = self.output.stream.name(),
-            "{text}"
-        );
+        let tenant = &self.output.tenant;
+        if let Some(left_out) = tenant.output_log.admit() {
+            let text = escape_controls(&String::from_utf8_lossy(&self.line));
+            let note = crate::log_budget::left_out_note(left_out);
+            tracing::info!(
+                target: "guest",
+                tenant = tenant.name(),
+                stream = self.output.stream.name(),
+                "{text}{note}"
+            );
+        } else {
+            Counters::bump(&tenant.counters.log_lines_dropped);
+        }
         self.line.clear();
     }
 

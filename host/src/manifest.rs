@@ -84,6 +84,7 @@ struct RawLimits {
     max_bytes_in: Option<u64>,
     #[serde(default, deserialize_with = "size")]
     max_bytes_out: Option<u64>,
+    log_lines_per_sec: Option<u32>,
 }
 
 impl RawLimits {
@@ -118,6 +119,10 @@ impl RawLimits {
             max_bytes_out: self
                 .max_bytes_out
                 .or(fallback.max_bytes_out)
+                .filter(|&n| n > 0),
+            log_lines_per_sec: self
+                .log_lines_per_sec
+                .or(fallback.log_lines_per_sec)
                 .filter(|&n| n > 0),
         }
     }
@@ -159,6 +164,9 @@ pub struct Limits {
     /// Bytes the guest may send on one client connection before the host
     /// closes it; `None`: unlimited.
     pub max_bytes_out: Option<u64>,
+    /// Lines of the guest's output logged per second; the rest are counted
+    /// and left out. `None`: unlimited.
+    pub log_lines_per_sec: Option<u32>,
 }
 
 impl Default for Limits {
@@ -177,6 +185,7 @@ impl Default for Limits {
             idle_timeout: None,
             max_bytes_in: None,
             max_bytes_out: None,
+            log_lines_per_sec: None,
         }
     }
 }

@@ -54,7 +54,7 @@ impl std::fmt::Debug for Tenants {
 type Field = (&'static str, &'static str, fn(&Tenant) -> &AtomicU64);
 
 /// Per-tenant counters, each also summed into a `host_` total.
-const COUNTERS: [Field; 12] = [
+const COUNTERS: [Field; 13] = [
     (
         "connections_accepted",
         "Client connections handed to the guest.",
@@ -114,6 +114,11 @@ const COUNTERS: [Field; 12] = [
         "memory_refusals",
         "Linear memory growths refused at the memory limit.",
         |t| &t.counters.memory_refusals,
+    ),
+    (
+        "guest_log_lines_dropped",
+        "Lines of guest output left out of the log at the tenant's log_lines_per_sec.",
+        |t| &t.counters.log_lines_dropped,
     ),
 ];
 

@@ -178,13 +178,16 @@ pub fn store(
 ) -> Store<TenantState> {
     let name = config.name.as_str();
     let grant = Arc::new(Grant::from(&**config));
+    tenant
+        .output_log
+        .set_rate(config.limits.log_lines_per_sec.unwrap_or(0));
     let mut builder = WasiCtx::builder();
     // Capabilities are off unless enabled here: no preopened directories,
     // no inherited environment or arguments, stdin empty.
     builder
         .arg(name)
-        .stdout(GuestOutput::new(name.into(), Stream::Stdout))
-        .stderr(GuestOutput::new(name.into(), Stream::Stderr))
+        .stdout(GuestOutput::new(tenant.clone(), Stream::Stdout))
+        .stderr(GuestOutput::new(tenant.clone(), Stream::Stderr))
         // TCP is the host's own implementation (crate::tcp), UDP and name
         // lookups are refused at their entry points (crate::policy).
         .allow_tcp(false)

@@ -74,6 +74,8 @@ pub struct Counters {
     pub cpu_yields: AtomicU64,
     /// Linear memory the tenant's instances hold now, in bytes (a gauge).
     pub memory_bytes: AtomicU64,
+    /// Lines of guest output left out of the log at its limit.
+    pub log_lines_dropped: AtomicU64,
     /// Accepts that failed (out of file descriptors, memory, ...).
     pub accept_errors: AtomicU64,
     /// Client connections the host closed after their idle timeout.
@@ -110,6 +112,8 @@ pub struct Tenant {
     pub peers: PeerCounts,
     /// Bounds how fast refusals fill the log.
     pub refusal_log: crate::log_budget::LogBudget,
+    /// Bounds how fast the guest's output fills the log (its limit).
+    pub output_log: crate::log_budget::LogBudget,
     /// Resets clients past the cap while the guest does not accept.
     pub cap_reaper: crate::connection::CapReaper,
     status: Mutex<Status>,
@@ -181,6 +185,7 @@ impl Tenant {
             peers: PeerCounts::default(),
             refusal_log: crate::log_budget::LogBudget::default(),
             cap_reaper: crate::connection::CapReaper::default(),
+            output_log: crate::log_budget::LogBudget::with_rate(0),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_error: None,

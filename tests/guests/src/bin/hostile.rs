@@ -5,6 +5,7 @@
 //! Commands: `bind ADDR`, `connect ADDR`, `udp ADDR`, `resolve NAME`,
 //! `read PATH`, `env NAME`, `panic`, `exit CODE`, `spin` (compute forever),
 //! `spin-clock` (call the host forever, never waiting: read the clock),
+//! `say N` (print N lines),
 //! `alloc` (allocate without bound), `hoard` (from then on accept every
 //! connection and never read or close it). Serves one client at a time.
 
@@ -87,6 +88,13 @@ fn attempt(command: &str) -> String {
             loop {
                 last = std::hint::black_box(std::time::Instant::now().max(last));
             }
+        }
+        "say" => {
+            let n: u32 = arg.parse().unwrap_or(1);
+            for i in 0..n {
+                println!("chatter {i}");
+            }
+            Ok(format!("{n} lines"))
         }
         "alloc" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
