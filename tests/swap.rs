@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use host::supervisor::MAX_DRAINING;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -265,7 +266,7 @@ fn a_tenant_with_two_addresses_is_served_on_both_before_and_after_a_swap() {
 }
 
 #[test]
-fn swaps_in_quick_succession_keep_at_most_four_old_versions_draining() {
+fn swaps_in_quick_succession_keep_at_most_sixteen_old_versions_draining() {
     let t = Tenants::start(
         &live("builtin:echo", "drain_timeout = \"1h\""),
         &["live"],
@@ -274,7 +275,7 @@ fn swaps_in_quick_succession_keep_at_most_four_old_versions_draining() {
     let addr = t.addr("live");
     // A connection held on each version, then a swap away from it.
     let mut held = Vec::new();
-    for round in 0..5 {
+    for round in 0..=MAX_DRAINING {
         let mut stream = connect(addr);
         let reply = round_trip(&mut stream, b"hi\n");
         assert!(reply == "hi\n" || reply == "HI\n", "{reply}");
@@ -288,8 +289,8 @@ fn swaps_in_quick_succession_keep_at_most_four_old_versions_draining() {
         assert_eq!(code, 200, "{body}");
     }
     t.host
-        .wait_for_log("4 replaced versions were draining: dropped the oldest");
-    // The oldest version's connection is closed; the four newer still run.
+        .wait_for_log("16 replaced versions were draining: dropped the oldest");
+    // The oldest version's connection is closed; the newer ones still run.
     let mut buf = [0u8; 8];
     match held[0].read(&mut buf) {
         Ok(0) | Err(_) => {}
@@ -389,6 +390,9 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
     assert_eq!(round_trip(&mut draining, b"old\n"), "old\n");
     let (code, body) = http_post(t.admin.unwrap(), "/tenants/gone/swap", "builtin:upper");
     assert_eq!(code, 200, "{body}");
+    // And a connection on its current version, which drains on removal.
+    let mut current = connect(t.addr("gone"));
+    assert_eq!(round_trip(&mut current, b"new\n"), "NEW\n");
 
     // An invalid manifest changes nothing.
     let path = t.dir.join("tenants.toml");
@@ -418,6 +422,10 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
         TcpStream::connect(t.addr("gone")).is_err(),
         "a removed tenant's address refuses"
     );
+    // Its open connections run on until they close.
+    assert_eq!(round_trip(&mut current, b"still\n"), "STILL\n");
+    assert_eq!(round_trip(&mut draining, b"still\n"), "still\n");
+    drop((current, draining));
     // The unaffected tenant: same version, same connection.
     assert_eq!(round_trip(&mut kept, b"two\n"), "two\n");
     assert_eq!(t.status("keep")["generation"], 1);

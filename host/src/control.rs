@@ -458,14 +458,21 @@ impl Control {
             .cloned()
             .collect();
         for name in removed {
-            if let Some(r) = self.running().remove(&name) {
+            let removed = self.running().remove(&name);
+            if let Some(r) = removed {
                 r.tenant.set_state(State::Stopped);
-                // Versions still draining a swap keep their connections
-                // until their deadline, but accept no new clients.
+                // Its addresses refuse new clients at once; the connections
+                // it has (on every version) run on until they close or its
+                // drain timeout passes, as on a swap or at shutdown.
                 r.tenant.stop_accepting();
                 r.tenant.close_listeners();
                 self.retired.retire(&r.tenant);
-                info!(tenant = name, "tenant removed");
+                let open = r.tenant.open_connections();
+                info!(
+                    tenant = name,
+                    open, "tenant removed; draining {open} connections"
+                );
+                tokio::spawn(drain_removed(r));
             }
             report.removed.push(name);
         }
@@ -523,6 +530,24 @@ impl Control {
         );
         Ok(report)
     }
+}
+
+/// Lets a removed tenant's open connections finish, up to its drain
+/// timeout, then stops it (dropping `running` stops its guest).
+async fn drain_removed(running: Running) {
+    let tenant = running.tenant.clone();
+    let deadline = tokio::time::Instant::now() + tenant.config().limits.drain_timeout;
+    while tenant.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = tenant.open_connections();
+    if left > 0 {
+        warn!(
+            tenant = tenant.name(),
+            left, "removed tenant's drain timeout passed: closing {left} connections"
+        );
+    }
+    drop(running);
 }
 
 /// The built-in guests, by the name `builtin:NAME` gives in a manifest.

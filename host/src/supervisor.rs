@@ -248,9 +248,10 @@ impl Instance {
 }
 
 /// Replaced versions of one tenant that may drain at once; a swap past this
-/// drops the oldest at once, so swaps in quick succession cannot keep
-/// unbounded instances (each up to the memory limit) alive.
-const MAX_DRAINING: usize = 4;
+/// drops the oldest at once, so swaps in quick succession (a component file
+/// rewritten over and over, say) cannot keep unbounded instances (each up
+/// to the memory limit) alive. Well above what deployments do.
+pub const MAX_DRAINING: usize = 16;
 
 /// Starts `pre` beside `current` and, once it listens, makes it current; the
 /// old instance drains in the background (in `draining`). On failure
