@@ -202,6 +202,8 @@ fn a_connect_and_reset_storm_leaves_nothing_behind() {
     let t = Tenants::start(&one("builtin:seed", ""), &["t"], &[]);
     let (addr, admin) = (t.addr("t"), t.admin.unwrap());
     let neighbour = Neighbour::start(addr);
+    wait_metric(admin, &series("tcphost_connections_open"), |n| n == 1.0);
+    let before = t.host.open_fds();
     let storms: Vec<_> = (0..4)
         .map(|_| {
             std::thread::spawn(move || {
@@ -222,8 +224,16 @@ fn a_connect_and_reset_storm_leaves_nothing_behind() {
         storm.join().unwrap();
     }
     neighbour.assert_all_answered();
+    // What the host guarantees: every connection it took from the queue is
+    // closed again (the count, and the descriptors themselves), and the
+    // neighbour was served throughout. Not how many of the 2000 it took:
+    // clients resetting faster than a loaded machine accepts overflow the
+    // kernel's listen queue, and those the host never sees.
     wait_metric(admin, &series("tcphost_connections_open"), |n| n == 0.0);
-    assert!(metric(admin, &series("tcphost_connections_accepted_total")) >= 2000.0);
+    assert!(metric(admin, &series("tcphost_connections_accepted_total")) >= 1.0);
+    wait_until("the host's descriptors back to where they were", || {
+        t.host.open_fds() <= before
+    });
 }
 
 /// The soft and hard "Max open files" of process `pid` (or "self").

@@ -140,6 +140,13 @@ impl Host {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// The descriptors the host holds open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
     /// CPU time the host has used so far (user + system).
     pub fn cpu_time(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
@@ -502,6 +509,16 @@ pub fn wait_metric(admin: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) ->
             "{series} stayed at {value} for {TIMEOUT:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `condition` until it holds, at most [`TIMEOUT`]; `what` says
+/// what was awaited when it never does.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
