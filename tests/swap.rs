@@ -193,6 +193,24 @@ fn broken_components_are_refused_and_the_old_version_keeps_serving() {
 }
 
 #[test]
+fn a_new_version_that_fails_just_after_it_listens_leaves_the_old_one_accepting() {
+    let t = Tenants::start(&live("builtin:echo", ""), &["live"], &[]);
+    let addr = t.addr("live");
+    assert_eq!(fresh_reply(addr, "hello"), "hello\n");
+    let broken = test_guest("trap-after-listen").display().to_string();
+    for round in 0..3 {
+        let (code, body) = swap(&t, &broken);
+        assert_ne!(code, 200, "swap {round} succeeded: {body}");
+        assert!(body.contains("just after it listened"), "{body}");
+        // The old version took new connections back at once.
+        assert_eq!(fresh_reply(addr, "hello"), "hello\n", "after swap {round}");
+        let status = t.status("live");
+        assert_eq!(status["state"], "running", "{status}");
+        assert_eq!(status["generation"], 1, "{status}");
+    }
+}
+
+#[test]
 fn the_drain_deadline_closes_connections_that_outstay_it() {
     let t = Tenants::start(
         &live("builtin:echo", "drain_timeout = \"500ms\""),

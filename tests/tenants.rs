@@ -694,3 +694,22 @@ fn metrics_count_each_tenants_traffic_refusals_traps_and_restarts() {
     assert!(get("tcphost_host_received_bytes_total") >= 18.0);
     assert!(get("tcphost_process_open_fds") > 0.0);
 }
+
+#[test]
+fn a_guest_listening_again_and_again_costs_the_host_no_more_descriptors() {
+    let t = Tenants::start(&with_neighbour(""), &["neighbour", "hostile"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let mut stream = connect(t.addr("hostile"));
+    let before = t.host.open_fds();
+    // Its own listener holds the granted address: every further bind is
+    // refused as the kernel would refuse it, and costs the host nothing.
+    let answer = order(&mut stream, "listen 3000");
+    assert_eq!(answer, "ok 0 listening, 3000 refused (AddrInUse)\n");
+    let after = t.host.open_fds();
+    assert!(
+        after < before + 20,
+        "the host went from {before} to {after} descriptors"
+    );
+    assert!(order(&mut stream, "env LISTEN_ADDR").starts_with("ok"));
+    neighbour.assert_all_answered();
+}

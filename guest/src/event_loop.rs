@@ -254,8 +254,11 @@ impl<S> Connection<S> {
     fn on_writable(&mut self) -> Step {
         while self.unsent() > 0 {
             // A permit from `check-write` lasts until writes use it up, so
-            // most replies need no `check-write` call of their own.
-            if self.permit == 0 {
+            // most replies need no `check-write` call of their own; but a
+            // reply is not split over the rest of an old permit (two
+            // segments, and a client that reads once gets half a line):
+            // ask again, and split only if the stream really is full.
+            if self.permit < self.unsent() {
                 self.permit = match self.output.check_write() {
                     Ok(0) => break,
                     Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),

@@ -58,8 +58,8 @@ pub struct Policed {
 }
 
 impl Policed {
-    /// The account of a connection from `peer`, under `tenant`'s current
-    /// limits.
+    /// The account of a connection with `peer` (a client, or the far end of
+    /// an outbound connection), under `tenant`'s current limits.
     pub fn new(tenant: &Arc<Tenant>, peer: SocketAddr) -> Arc<Self> {
         let limits = tenant.config().limits.clone();
         Arc::new(Policed {
@@ -75,20 +75,9 @@ impl Policed {
         })
     }
 
-    /// The account of an outbound connection to `peer`: counted, never
-    /// limited or timed out (the guest opened it, under its grant).
-    pub fn outbound(tenant: &Arc<Tenant>, peer: SocketAddr) -> Arc<Self> {
-        Arc::new(Policed {
-            tenant: tenant.clone(),
-            peer,
-            max_in: None,
-            max_out: None,
-            idle_timeout: None,
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            last_active: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-        })
+    /// The tenant whose connection this is.
+    pub fn tenant(&self) -> &Arc<Tenant> {
+        &self.tenant
     }
 
     /// How many bytes a read may take now: `wanted`, less what is left of
@@ -154,21 +143,27 @@ impl Policed {
         }
         let (tenant, peer) = (self.tenant.name(), self.peer);
         let counters = &self.tenant.counters;
-        match reason {
-            Reason::Idle => {
-                Counters::bump(&counters.idle_closed);
-                let after = humantime::format_duration(self.idle_timeout.unwrap_or_default());
-                info!(tenant, %peer, "closed: connection from {peer} idle for {after}");
-            }
-            Reason::BytesIn => {
-                Counters::bump(&counters.byte_limit_closed);
-                let max = self.max_in.unwrap_or_default();
-                warn!(tenant, %peer, max, "closed: connection from {peer} sent its limit of {max} bytes");
-            }
-            Reason::BytesOut => {
-                Counters::bump(&counters.byte_limit_closed);
-                let max = self.max_out.unwrap_or_default();
-                warn!(tenant, %peer, max, "closed: connection to {peer} would pass its limit of {max} bytes sent");
+        let counter = match reason {
+            Reason::Idle => &counters.idle_closed,
+            Reason::BytesIn | Reason::BytesOut => &counters.byte_limit_closed,
+        };
+        Counters::bump(counter);
+        // Clients can make a line per connection: within the log budget.
+        if let Some(left_out) = self.tenant.refusal_log.admit() {
+            let note = crate::log_budget::left_out_note(left_out);
+            match reason {
+                Reason::Idle => {
+                    let after = humantime::format_duration(self.idle_timeout.unwrap_or_default());
+                    info!(tenant, %peer, "closed: connection from {peer} idle for {after}{note}");
+                }
+                Reason::BytesIn => {
+                    let max = self.max_in.unwrap_or_default();
+                    warn!(tenant, %peer, max, "closed: connection from {peer} sent its limit of {max} bytes{note}");
+                }
+                Reason::BytesOut => {
+                    let max = self.max_out.unwrap_or_default();
+                    warn!(tenant, %peer, max, "closed: connection to {peer} would pass its limit of {max} bytes sent{note}");
+                }
             }
         }
         // The client may be gone already; closing proceeds either way.
@@ -214,10 +209,8 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct AcceptBackoff {
     /// Accepts resume at this time (from [`now_ms`]); 0 when not paused.
     paused_until: AtomicU64,
-    /// Set while a task waits to wake the guest at the end of the pause.
+    /// Set while a task waits to wake the listeners at the end of the pause.
     wake_scheduled: Arc<AtomicBool>,
-    /// Who to wake then: the last to ask (the current guest version).
-    waker: Arc<Mutex<Option<std::task::Waker>>>,
     state: Mutex<BackoffState>,
 }
 
@@ -235,22 +228,18 @@ impl AcceptBackoff {
         (until != 0 && until > now_ms()).then(|| instant_at(until))
     }
 
-    /// If accepting is paused, arranges for `waker` to be woken when the
+    /// If accepting is paused, arranges for `wakers` to be woken when the
     /// pause ends (once per pause) and returns true.
-    pub fn wake_after_pause(&self, waker: &std::task::Waker) -> bool {
+    pub fn wake_after_pause(&self, wakers: &Arc<Wakers>) -> bool {
         let Some(until) = self.paused() else {
             return false;
         };
-        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
         if !self.wake_scheduled.swap(true, Ordering::AcqRel) {
-            let (scheduled, stored) = (self.wake_scheduled.clone(), self.waker.clone());
+            let (scheduled, wakers) = (self.wake_scheduled.clone(), wakers.clone());
             tokio::spawn(async move {
                 tokio::time::sleep_until(until).await;
                 scheduled.store(false, Ordering::Release);
-                let waker = stored.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
+                wakers.wake_all();
             });
         }
         true
@@ -286,6 +275,37 @@ impl AcceptBackoff {
             unlogged,
             "accept on {addr} failed: {error}; pausing accepts for {pause} ({unlogged} more failures since the last report)"
         );
+    }
+}
+
+/// Most wakers a [`Wakers`] keeps; past it every one is woken (a spurious
+/// wake costs a waiter one more check) so a waiter that registers anew on
+/// every check cannot grow the list without bound.
+const MAX_WAKERS: usize = 1024;
+
+/// Wakers of whoever waits for a tenant's accept gate to open (its current
+/// version to change, or a pause in accepting to end): every listener a
+/// guest waits on, in every instance, is woken, not only the last to ask.
+#[derive(Debug, Default)]
+pub struct Wakers(Mutex<Vec<std::task::Waker>>);
+
+impl Wakers {
+    /// Wakes `waker` at the next [`Wakers::wake_all`].
+    pub fn register(&self, waker: &std::task::Waker) {
+        let mut wakers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if wakers.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        if wakers.len() >= MAX_WAKERS {
+            wakers.drain(..).for_each(std::task::Waker::wake);
+        }
+        wakers.push(waker.clone());
+    }
+
+    /// Wakes every registered waker, forgetting them.
+    pub fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 }
 

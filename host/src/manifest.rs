@@ -66,6 +66,8 @@ struct RawLimits {
     #[serde(default, deserialize_with = "at_least_one")]
     max_connections: Option<u32>,
     max_connections_per_peer: Option<u32>,
+    #[serde(default, deserialize_with = "at_least_one")]
+    max_outbound_connections: Option<u32>,
     #[serde(default, deserialize_with = "at_least_a_millisecond")]
     cpu_limit: Option<Duration>,
     restart: Option<RestartPolicy>,
@@ -98,6 +100,9 @@ impl RawLimits {
                 .max_connections_per_peer
                 .or(fallback.max_connections_per_peer)
                 .filter(|&n| n > 0),
+            max_outbound_connections: self
+                .max_outbound_connections
+                .unwrap_or(fallback.max_outbound_connections),
             cpu_limit: self.cpu_limit.unwrap_or(fallback.cpu_limit),
             restart: self.restart.unwrap_or(fallback.restart),
             restart_backoff: self.restart_backoff.unwrap_or(fallback.restart_backoff),
@@ -138,6 +143,10 @@ pub struct Limits {
     /// Most client connections open at once from one IP address; past it
     /// that address's new clients are reset. `None`: no such limit.
     pub max_connections_per_peer: Option<u32>,
+    /// Most outbound connections (under a connect grant) open or being
+    /// opened at once; past it `start-connect` fails with
+    /// `new-socket-limit`.
+    pub max_outbound_connections: u32,
     /// Longest a guest may compute without returning to the host.
     pub cpu_limit: Duration,
     /// What to do when the guest stops.
@@ -175,6 +184,7 @@ impl Default for Limits {
             max_memory: 128 << 20,
             max_connections: 1024,
             max_connections_per_peer: None,
+            max_outbound_connections: 64,
             cpu_limit: Duration::from_millis(500),
             restart: RestartPolicy::OnFailure,
             restart_backoff: Duration::from_millis(100),

@@ -69,16 +69,7 @@ impl Fast {
                 listener,
                 tenant,
                 generation,
-            } => {
-                if !tenant.is_current(*generation) {
-                    return Poll::Pending;
-                }
-                if tenant.accept_backoff.wake_after_pause(cx.waker()) {
-                    return Poll::Pending;
-                }
-                // The readiness stays set until `accept` finds the queue empty.
-                listener.poll_read_ready(cx).map(|_| ())
-            }
+            } => crate::tcp::poll_accept(listener, tenant, *generation, cx),
         }
     }
 }
@@ -92,6 +83,9 @@ pub struct FastPoll {
     pollables: std::collections::HashMap<u32, Fast>,
     /// Woken by any registered socket's readiness.
     wake: Arc<Notify>,
+    /// The waker that notifies `wake`: one for the instance's life, so
+    /// sockets see the same waker on every call.
+    waker: Option<Waker>,
     /// Pollables in a ready set (crate::readiness): the set's `rep` and the
     /// member's token. `poll` checks these through wasmtime-wasi's path, so
     /// it never takes over the waker the set registered.
@@ -250,7 +244,11 @@ async fn poll_list(
         }
     }
     let wake = state.fast.wake.clone();
-    let waker = Waker::from(Arc::new(NotifyWaker(wake.clone())));
+    let waker = state
+        .fast
+        .waker
+        .get_or_insert_with(|| Waker::from(Arc::new(NotifyWaker(wake.clone()))))
+        .clone();
     let reps: Vec<u32> = generic.iter().map(|(_, rep)| *rep).collect();
     loop {
         let mut ready: Vec<u32> = {

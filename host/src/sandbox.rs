@@ -55,6 +55,8 @@ pub struct TenantState {
     pub open: Arc<AtomicU64>,
     /// Which pollables the fast path of `poll` can check directly.
     pub fast: crate::poll::FastPoll,
+    /// The granted addresses this instance's sockets have bound.
+    pub claims: crate::tcp::Claims,
 }
 
 impl TenantState {
@@ -222,6 +224,7 @@ pub fn store(
         config: config.clone(),
         open,
         fast: crate::poll::FastPoll::default(),
+        claims: crate::tcp::Claims::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);

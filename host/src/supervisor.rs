@@ -181,6 +181,11 @@ fn classify(
 /// swap before the swap is abandoned.
 pub const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a new guest version must keep running after it listens before
+/// a live swap is done: until then the old version stands by, and takes
+/// new connections back at once if the new one exits or traps.
+pub const SWAP_SETTLE: Duration = Duration::from_secs(1);
+
 /// What an operator can ask of a running tenant's supervisor.
 pub enum Command {
     /// Replace the running guest with `pre`, configured by `config`, without
@@ -267,19 +272,35 @@ async fn swap(
     let started = Instant::now();
     let mut next = Instance::start(engine, pre, tenant, config.clone());
     let generation = next.generation;
-    tokio::select! {
-        () = tenant.until_current(generation) => {}
-        outcome = next.finished() => {
-            return Err(match outcome {
-                Ok(()) => "the new version exited before it listened".to_owned(),
-                Err(e) => format!("the new version failed before it listened: {e}"),
-            });
-        }
+    let ended = |outcome: Result<(), GuestError>, when: &str| match outcome {
+        Ok(()) => format!("the new version exited {when}"),
+        Err(e) => format!("the new version failed {when}: {e}"),
+    };
+    let listened = tokio::select! {
+        // Listening wins a tie: the failure is then caught while settling.
+        biased;
+        () = tenant.until_current(generation) => Ok(()),
+        outcome = next.finished() => Err(ended(outcome, "before it listened")),
         () = tokio::time::sleep(SWAP_TIMEOUT) => {
-            return Err(format!("the new version did not listen within {SWAP_TIMEOUT:?}"));
+            Err(format!("the new version did not listen within {SWAP_TIMEOUT:?}"))
         }
-    }
+    };
     let took = started.elapsed();
+    let settled = match listened {
+        Ok(()) => tokio::select! {
+            outcome = next.finished() => Err(ended(outcome, "just after it listened")),
+            () = tokio::time::sleep(SWAP_SETTLE) => Ok(()),
+        },
+        Err(why) => Err(why),
+    };
+    if let Err(why) = settled {
+        // The old version takes new connections again, whatever the new
+        // one did before it failed (it may have listened on some address).
+        if tenant.restore_current(generation, current.generation) {
+            tenant.set_state(State::Running);
+        }
+        return Err(why);
+    }
     let drain = config.limits.drain_timeout;
     tenant.set_config(config);
     let old = std::mem::replace(current, next);

@@ -14,7 +14,7 @@
 //! connection count, and the refusal of every ungranted bind and connect.
 
 use crate::connection::{CapReaper, Policed, is_resource_error, refuse_client};
-use crate::policy::{Refusal, log_refusal};
+use crate::policy::log_refusal;
 use crate::sandbox::TenantState;
 use crate::tenant::{Counters, Tenant};
 use bytes::{Bytes, BytesMut};
@@ -79,6 +79,9 @@ struct Options {
     keep_alive_interval: WasiDuration,
     keep_alive_count: u32,
     hop_limit: u8,
+    /// Kernel buffer sizes the guest asked for, applied once connected.
+    receive_buffer: Option<usize>,
+    send_buffer: Option<usize>,
 }
 
 impl Default for Options {
@@ -89,6 +92,66 @@ impl Default for Options {
             keep_alive_interval: 75_000_000_000,
             keep_alive_count: 9,
             hop_limit: 64,
+            receive_buffer: None,
+            send_buffer: None,
+        }
+    }
+}
+
+impl Options {
+    /// Applies the options that differ from a fresh socket's to `socket`
+    /// (best effort: the kernel may round or refuse a value); costs nothing
+    /// for the defaults, the common case on every accept.
+    fn apply(&self, socket: &socket2::SockRef<'_>, family: IpAddressFamily) {
+        let defaults = Options::default();
+        if self.keep_alive != defaults.keep_alive {
+            self.apply_keep_alive(socket);
+        }
+        if self.keep_alive_params() != defaults.keep_alive_params() {
+            self.apply_keep_alive_params(socket);
+        }
+        if self.hop_limit != defaults.hop_limit {
+            self.apply_hop_limit(socket, family);
+        }
+        self.apply_buffers(socket);
+    }
+
+    fn keep_alive_params(&self) -> (WasiDuration, WasiDuration, u32) {
+        (
+            self.keep_alive_idle,
+            self.keep_alive_interval,
+            self.keep_alive_count,
+        )
+    }
+
+    fn apply_keep_alive(&self, socket: &socket2::SockRef<'_>) {
+        let _ = socket.set_keepalive(self.keep_alive);
+    }
+
+    fn apply_keep_alive_params(&self, socket: &socket2::SockRef<'_>) {
+        let secs = |nanos: WasiDuration| std::time::Duration::from_nanos(nanos);
+        let _ = socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(secs(self.keep_alive_idle))
+                .with_interval(secs(self.keep_alive_interval))
+                .with_retries(self.keep_alive_count),
+        );
+    }
+
+    fn apply_hop_limit(&self, socket: &socket2::SockRef<'_>, family: IpAddressFamily) {
+        let hops = u32::from(self.hop_limit);
+        let _ = match family {
+            IpAddressFamily::Ipv4 => socket.set_ttl_v4(hops),
+            IpAddressFamily::Ipv6 => socket.set_unicast_hops_v6(hops),
+        };
+    }
+
+    fn apply_buffers(&self, socket: &socket2::SockRef<'_>) {
+        if let Some(size) = self.receive_buffer {
+            let _ = socket.set_recv_buffer_size(size);
+        }
+        if let Some(size) = self.send_buffer {
+            let _ = socket.set_send_buffer_size(size);
         }
     }
 }
@@ -111,8 +174,9 @@ enum State {
         addr: SocketAddr,
         listener: Arc<AsyncFd<TcpListener>>,
     },
-    /// An outbound connection in progress.
-    Connecting(tokio::task::JoinHandle<std::io::Result<TcpStream>>),
+    /// An outbound connection in progress: the connect itself, not a task,
+    /// so dropping the socket cancels it and closes its descriptor.
+    Connecting(Connect),
     /// The outbound connection finished; `finish-connect` reports it.
     ConnectDone(std::io::Result<TcpStream>),
     /// Connected; the streams have been handed out.
@@ -124,6 +188,81 @@ enum State {
     },
     /// Failed for good.
     Closed,
+}
+
+/// An outbound connect in progress.
+type Connect = std::pin::Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+/// A granted address bound by a socket of one guest instance: while it is
+/// held, another socket of the same instance binding the address gets
+/// `address-in-use` (as the kernel would say), so an instance holds at
+/// most one listener, one descriptor and one readiness registration per
+/// granted address however often it binds and listens.
+struct Claim {
+    claims: Claims,
+    addr: SocketAddr,
+}
+
+/// The granted addresses an instance's sockets have bound.
+pub type Claims = Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>;
+
+impl Claim {
+    /// Claims `addr` in `claims`, unless one of the instance's sockets has.
+    fn take(claims: &Claims, addr: SocketAddr) -> Option<Claim> {
+        let fresh = claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr);
+        fresh.then(|| Claim {
+            claims: claims.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.addr);
+    }
+}
+
+/// One outbound connection of a tenant, being made or open, counted
+/// against its cap while it lives.
+struct Outbound {
+    tenant: Arc<Tenant>,
+    /// The idle watchdog, once connected, if the tenant has an idle timeout.
+    watchdog: Option<tokio::task::AbortHandle>,
+}
+
+impl Outbound {
+    /// Counts one more outbound connection of `tenant`, unless it has `cap`.
+    fn take(tenant: &Arc<Tenant>, cap: u32) -> Option<Outbound> {
+        let open = &tenant.counters.outbound_open;
+        open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < u64::from(cap)).then_some(n + 1)
+        })
+        .ok()?;
+        Counters::bump(&tenant.counters.outbound_started);
+        Some(Outbound {
+            tenant: tenant.clone(),
+            watchdog: None,
+        })
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.abort();
+        }
+        self.tenant
+            .counters
+            .outbound_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One open client connection, counted for its tenant and for the guest
@@ -189,6 +328,11 @@ pub struct GuestTcp {
     /// The guest version (instance) this socket belongs to.
     generation: u64,
     tenant: Arc<Tenant>,
+    /// The granted address this socket has bound, if any.
+    _claim: Option<Claim>,
+    /// Set from `start-connect` while the outbound connection is being
+    /// made or is open: counts against the tenant's outbound cap.
+    _outbound: Option<Outbound>,
 }
 
 impl GuestTcp {
@@ -211,26 +355,71 @@ impl GuestTcp {
 impl Pollable for GuestTcp {
     async fn ready(&mut self) {
         match &mut self.state {
-            State::Connecting(handle) => {
-                let result = handle
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            State::Connecting(connect) => {
+                let result = connect.await;
                 self.state = State::ConnectDone(result);
             }
             State::Listening { listener, .. } => {
-                // A version that has been replaced accepts no more clients.
-                if !self.tenant.is_current(self.generation) {
-                    return std::future::pending().await;
-                }
-                if let Some(until) = self.tenant.accept_backoff.paused() {
-                    tokio::time::sleep_until(until).await;
-                }
-                // Cleared by `accept` when it finds the queue empty.
-                let _ = listener.readable().await;
+                let (tenant, generation) = (&self.tenant, self.generation);
+                std::future::poll_fn(|cx| poll_accept(listener, tenant, generation, cx)).await;
             }
             _ => {}
         }
     }
+}
+
+/// Whether `listener` (of guest version `generation`) has a client to
+/// accept now; if not, `cx` is woken when it may have. Exact, as POSIX
+/// `poll` is: ready only while a client waits in the queue and this
+/// version may take it (it is the current one, and accepting is not
+/// paused), so a server that polls and then accepts never blocks in the
+/// accept.
+pub fn poll_accept(
+    listener: &AsyncFd<TcpListener>,
+    tenant: &Tenant,
+    generation: u64,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let open = || tenant.is_current(generation) && tenant.accept_backoff.paused().is_none();
+    if !open() {
+        // Registered before the second look, so an opening in between
+        // is not missed.
+        tenant.accept_wakers.register(cx.waker());
+        if !open() {
+            tenant
+                .accept_backoff
+                .wake_after_pause(&tenant.accept_wakers);
+            return Poll::Pending;
+        }
+    }
+    loop {
+        let mut guard = match listener.poll_read_ready(cx) {
+            Poll::Ready(Ok(guard)) => guard,
+            // Let `accept` report the error.
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        };
+        // The readiness stays set after the last client was taken until an
+        // accept finds the queue empty: ask the kernel, without accepting.
+        if client_waiting(listener.get_ref()) {
+            return Poll::Ready(());
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Whether the listen queue of `listener` holds a client (or an error to
+/// report): `poll(2)` without waiting.
+fn client_waiting(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for a descriptor `listener` keeps open.
+    let n = unsafe { libc::poll(&raw mut fd, 1, 0) };
+    n != 0
 }
 
 fn family_of(addr: &SocketAddr) -> IpAddressFamily {
@@ -294,6 +483,8 @@ impl TenantState {
             options: Options::default(),
             generation: self.generation,
             tenant: self.tenant.clone(),
+            _claim: None,
+            _outbound: None,
         }
     }
 
@@ -323,6 +514,10 @@ impl TenantState {
             // registered here: that is for whoever waits (see crate::poll).
             let (client, peer) = match listener.try_io(Interest::READABLE, TcpListener::accept) {
                 Ok(client) => client,
+                // The client gave up while queued, or Linux reported a
+                // network error of that client's on the listener: take the
+                // next one (WASI leaves both to the host to absorb).
+                Err(e) if is_client_error(&e) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     return Ok(Err(ErrorCode::WouldBlock));
                 }
@@ -337,8 +532,6 @@ impl TenantState {
                         .failed(&socket.tenant, addr, &e);
                     return Ok(Err(ErrorCode::WouldBlock));
                 }
-                // The client gave up while queued: take the next one.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => return Ok(Err(error_code(&e))),
             };
             let tenant = &socket.tenant;
@@ -346,8 +539,14 @@ impl TenantState {
             let over_cap = tenant.counters.connections_open.load(Ordering::Relaxed) >= cap;
             let over_peer_cap = per_peer.is_some_and(|max| tenant.peers.open(peer.ip()) >= max);
             if !over_cap && !over_peer_cap {
-                client.set_nonblocking(true)?;
-                return Ok(Ok((TcpStream::from_std(client)?, peer)));
+                // Registering with the event loop can fail (out of memory,
+                // the epoll watch limit): the client is closed and the
+                // guest told, never trapped.
+                return Ok(client
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(client))
+                    .map(|client| (client, peer))
+                    .map_err(|e| accept_error(&e)));
             }
             let name = tenant.name();
             if over_cap {
@@ -369,19 +568,52 @@ impl TenantState {
             }
         }
     }
+    /// Pushes `socket` and its streams into the guest's table; a full table
+    /// (the guest's handle limit) is `new-socket-limit`, never a trap.
+    #[allow(
+        clippy::type_complexity,
+        reason = "the WIT result, as bindgen spells it"
+    )]
+    fn push_connection(
+        &mut self,
+        socket: GuestTcp,
+        stream: &Arc<TcpStream>,
+        policed: Arc<Policed>,
+    ) -> wasmtime::Result<
+        Result<
+            (
+                Resource<GuestTcp>,
+                Resource<DynInputStream>,
+                Resource<DynOutputStream>,
+            ),
+            ErrorCode,
+        >,
+    > {
+        let Ok(client) = self.table().push(socket) else {
+            return Ok(Err(ErrorCode::NewSocketLimit));
+        };
+        match push_streams(self, &client, stream, policed) {
+            Ok((input, output)) => Ok(Ok((client, input, output))),
+            Err(_) => {
+                self.table().delete(client)?;
+                Ok(Err(ErrorCode::NewSocketLimit))
+            }
+        }
+    }
+
     /// Stores a socket option that must not be zero (WASI's rule for every
-    /// size, count and duration option).
+    /// size, count and duration option), as [`TenantState::set_option`].
     fn set_nonzero<V: PartialEq + Default>(
         &mut self,
         this: &Resource<GuestTcp>,
         value: V,
-        store: impl FnOnce(&mut GuestTcp, V),
+        store: impl FnOnce(&mut Options, V),
+        apply: fn(&Options, &socket2::SockRef<'_>, IpAddressFamily),
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         if value == V::default() {
             return Ok(Err(ErrorCode::InvalidArgument));
         }
-        store(self.table().get_mut(this)?, value);
-        Ok(Ok(()))
+        self.set_option(this, |options| store(options, value), apply)
     }
 
     /// A kernel buffer size of a connected socket (a typical default before
@@ -389,13 +621,31 @@ impl TenantState {
     fn buffer_size(
         &mut self,
         this: &Resource<GuestTcp>,
+        asked: fn(&Options) -> Option<usize>,
         get: fn(&socket2::Socket) -> std::io::Result<usize>,
     ) -> wasmtime::Result<Result<u64, ErrorCode>> {
         let socket = self.table().get(this)?;
         Ok(Ok(socket
             .sock_ref()
             .and_then(|s| get(&s).ok())
+            .or(asked(&socket.options))
             .unwrap_or(131_072) as u64))
+    }
+
+    /// Stores a socket option with `store` and, once connected, applies
+    /// it to the real socket with `apply`.
+    fn set_option(
+        &mut self,
+        this: &Resource<GuestTcp>,
+        store: impl FnOnce(&mut Options),
+        apply: fn(&Options, &socket2::SockRef<'_>, IpAddressFamily),
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let socket = self.table().get_mut(this)?;
+        store(&mut socket.options);
+        if let Some(sock) = socket.sock_ref() {
+            apply(&socket.options, &sock, socket.family);
+        }
+        Ok(Ok(()))
     }
 }
 
@@ -419,10 +669,12 @@ impl HostTcpSocket for TenantState {
         local: IpSocketAddress,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let addr = SocketAddr::from(local);
-        let grant = self.grant.clone();
+        let (grant, claims) = (self.grant.clone(), self.claims.clone());
         let socket = self.table().get_mut(&this)?;
-        if !matches!(socket.state, State::Fresh) {
-            return Ok(Err(ErrorCode::InvalidState));
+        match socket.state {
+            State::Fresh => {}
+            State::BindStarted(_) => return Ok(Err(ErrorCode::ConcurrencyConflict)),
+            _ => return Ok(Err(ErrorCode::InvalidState)),
         }
         if family_of(&addr) != socket.family {
             return Ok(Err(ErrorCode::InvalidArgument));
@@ -430,6 +682,13 @@ impl HostTcpSocket for TenantState {
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpBind) {
             log_refusal(&socket.tenant, refusal, addr);
             return Ok(Err(ErrorCode::AccessDenied));
+        }
+        // The implicit bind of a connect (wildcard, port 0) claims nothing.
+        if !addr.ip().is_unspecified() || addr.port() != 0 {
+            let Some(claim) = Claim::take(&claims, addr) else {
+                return Ok(Err(ErrorCode::AddressInUse));
+            };
+            socket._claim = Some(claim);
         }
         socket.state = State::BindStarted(addr);
         Ok(Ok(()))
@@ -454,9 +713,14 @@ impl HostTcpSocket for TenantState {
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let addr = SocketAddr::from(remote);
         let grant = self.grant.clone();
+        let cap = self.config.limits.max_outbound_connections;
         let socket = self.table().get_mut(&this)?;
-        if !matches!(socket.state, State::Fresh | State::Bound(_)) {
-            return Ok(Err(ErrorCode::InvalidState));
+        match socket.state {
+            State::Fresh | State::Bound(_) => {}
+            State::BindStarted(_) | State::Connecting(_) | State::ListenStarted(..) => {
+                return Ok(Err(ErrorCode::ConcurrencyConflict));
+            }
+            _ => return Ok(Err(ErrorCode::InvalidState)),
         }
         if family_of(&addr) != socket.family || addr.port() == 0 || addr.ip().is_unspecified() {
             return Ok(Err(ErrorCode::InvalidArgument));
@@ -465,7 +729,19 @@ impl HostTcpSocket for TenantState {
             log_refusal(&socket.tenant, refusal, addr);
             return Ok(Err(ErrorCode::AccessDenied));
         }
-        socket.state = State::Connecting(tokio::spawn(TcpStream::connect(addr)));
+        let Some(slot) = Outbound::take(&socket.tenant, cap) else {
+            let name = socket.tenant.name();
+            crate::policy::refuse(
+                &socket.tenant,
+                crate::policy::Capability::TcpConnect,
+                format_args!(
+                    "connect to {addr}: {name} has {cap} outbound connections open, its cap"
+                ),
+            );
+            return Ok(Err(ErrorCode::NewSocketLimit));
+        };
+        socket._outbound = Some(slot);
+        socket.state = State::Connecting(Box::pin(connect(addr, socket.options, socket.family)));
         Ok(Ok(()))
     }
 
@@ -477,30 +753,53 @@ impl HostTcpSocket for TenantState {
         let socket = self.table().get_mut(&this)?;
         let result = match std::mem::replace(&mut socket.state, State::Closed) {
             State::ConnectDone(result) => result,
-            State::Connecting(handle) if handle.is_finished() => futures_now(handle)
-                .unwrap_or_else(|| Err(std::io::Error::other("connect task lost"))),
-            State::Connecting(handle) => {
-                socket.state = State::Connecting(handle);
-                return Ok(Err(ErrorCode::WouldBlock));
+            // Not waited on yet: one look, which cannot lose the outcome
+            // (a connect still under way is put back as it was).
+            State::Connecting(mut connect) => {
+                let look = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+                    Poll::Ready(connect.as_mut().poll(cx))
+                }));
+                match std::pin::pin!(look).poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(Poll::Ready(result)) => result,
+                    _ => {
+                        socket.state = State::Connecting(connect);
+                        return Ok(Err(ErrorCode::WouldBlock));
+                    }
+                }
             }
             other => {
                 socket.state = other;
                 return Ok(Err(ErrorCode::NotInProgress));
             }
         };
-        match result {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let stream = Arc::new(stream);
-                socket.state = State::Connected {
-                    stream: stream.clone(),
-                    _open: None,
-                };
-                let peer = stream.peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
-                let policed = Policed::outbound(&self.tenant, peer);
-                Ok(Ok(push_streams(self, &this, &stream, policed)?))
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(e) => {
+                socket._outbound = None;
+                return Ok(Err(error_code(&e)));
             }
-            Err(e) => Ok(Err(error_code(&e))),
+        };
+        let stream = Arc::new(stream);
+        let peer = stream.peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
+        // Policed as the tenant's clients are: bytes and idle time.
+        let policed = Policed::new(&socket.tenant, peer);
+        if let Some(outbound) = &mut socket._outbound {
+            outbound.watchdog = policed
+                .clone()
+                .watch_idle(Arc::downgrade(&stream))
+                .map(|watch| tokio::spawn(watch).abort_handle());
+        }
+        socket.state = State::Connected {
+            stream: stream.clone(),
+            _open: None,
+        };
+        match push_streams(self, &this, &stream, policed) {
+            Ok(streams) => Ok(Ok(streams)),
+            // The guest's handle limit: the connection is closed.
+            Err(_) => {
+                self.table().get_mut(&this)?.state = State::Closed;
+                Ok(Err(ErrorCode::NewSocketLimit))
+            }
         }
     }
 
@@ -512,15 +811,11 @@ impl HostTcpSocket for TenantState {
         let socket = self.table().get_mut(&this)?;
         let addr = match socket.state {
             State::Bound(addr) => addr,
-            // Listening without binding first would bind the wildcard.
-            State::Fresh => {
-                let wildcard = match socket.family {
-                    IpAddressFamily::Ipv4 => SocketAddr::from(([0, 0, 0, 0], 0)),
-                    IpAddressFamily::Ipv6 => SocketAddr::from(([0u16; 8], 0)),
-                };
-                log_refusal(&socket.tenant, Refusal::Bind, wildcard);
-                return Ok(Err(ErrorCode::AccessDenied));
+            State::BindStarted(_) | State::Connecting(_) | State::ListenStarted(..) => {
+                return Ok(Err(ErrorCode::ConcurrencyConflict));
             }
+            // Not bound (WASI has no implicit bind for listening), or
+            // listening or connected already.
             _ => return Ok(Err(ErrorCode::InvalidState)),
         };
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpListen) {
@@ -542,7 +837,8 @@ impl HostTcpSocket for TenantState {
         match std::mem::replace(&mut socket.state, State::Closed) {
             State::ListenStarted(addr, listener) => {
                 // A duplicate (its own descriptor) so each version has its
-                // own readiness registration on the one listening socket.
+                // own readiness registration on the one listening socket;
+                // one per granted address per instance (see `Claim`).
                 let registered = listener.try_clone().and_then(|dup| {
                     // SAFETY: `dup` is an open descriptor owned by the
                     // AsyncFd for its whole life (std's TcpListener closes
@@ -553,18 +849,25 @@ impl HostTcpSocket for TenantState {
                     Ok(listener) => listener,
                     Err(e) => {
                         socket.state = State::Closed;
-                        return Ok(Err(error_code(&e)));
+                        return Ok(Err(accept_error(&e)));
                     }
                 };
                 socket.state = State::Listening {
                     addr,
                     listener: Arc::new(listener),
                 };
-                // From now on new clients come to this version.
-                socket.tenant.make_current(socket.generation);
-                socket.tenant.set_state(crate::tenant::State::Running);
-                let name = socket.tenant.name();
-                tracing::info!(tenant = name, %addr, generation = socket.generation, "{name}: listening on {addr}");
+                let (tenant, generation) = (socket.tenant.clone(), socket.generation);
+                // From now on new clients come to this version, unless it is
+                // an older one listening again or the host is stopping.
+                if tenant.make_current(generation) {
+                    tenant.set_state(crate::tenant::State::Running);
+                }
+                // A guest can listen in a loop: within the log budget.
+                if let Some(left_out) = tenant.refusal_log.admit() {
+                    let name = tenant.name();
+                    let note = crate::log_budget::left_out_note(left_out);
+                    tracing::info!(tenant = name, %addr, generation, "{name}: listening on {addr}{note}");
+                }
                 Ok(Ok(()))
             }
             other => {
@@ -592,8 +895,11 @@ impl HostTcpSocket for TenantState {
             Err(code) => return Ok(Err(code)),
         };
         let _ = stream.set_nodelay(true);
-        let stream = Arc::new(stream);
+        // The client inherits the listener's options, as WASI says.
+        let options = self.table().get(&this)?.options;
         let family = family_of(&peer);
+        options.apply(&socket2::SockRef::from(&stream), family);
+        let stream = Arc::new(stream);
         let policed = Policed::new(&self.tenant, peer);
         let watchdog = policed
             .clone()
@@ -601,16 +907,15 @@ impl HostTcpSocket for TenantState {
             .map(|watch| tokio::spawn(watch).abort_handle());
         let cap = u64::from(self.config.limits.max_connections);
         let open = OpenConnection::new(&self.tenant, &self.open, peer.ip(), watchdog, cap);
-        let client = self.new_socket(
+        let mut client = self.new_socket(
             family,
             State::Connected {
                 stream: stream.clone(),
                 _open: Some(open),
             },
         );
-        let client = self.table().push(client)?;
-        let (input, output) = push_streams(self, &client, &stream, policed)?;
-        Ok(Ok((client, input, output)))
+        client.options = options;
+        self.push_connection(client, &stream, policed)
     }
 
     fn local_address(
@@ -677,12 +982,11 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: bool,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        let socket = self.table().get_mut(&this)?;
-        socket.options.keep_alive = value;
-        if let Some(sock) = socket.sock_ref() {
-            let _ = sock.set_keepalive(value);
-        }
-        Ok(Ok(()))
+        self.set_option(
+            &this,
+            |o| o.keep_alive = value,
+            |o, s, _| o.apply_keep_alive(s),
+        )
     }
 
     fn keep_alive_idle_time(
@@ -697,7 +1001,12 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: WasiDuration,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.set_nonzero(&this, value, |s, v| s.options.keep_alive_idle = v)
+        self.set_nonzero(
+            &this,
+            value,
+            |o, v| o.keep_alive_idle = v,
+            |o, s, _| o.apply_keep_alive_params(s),
+        )
     }
 
     fn keep_alive_interval(
@@ -712,7 +1021,12 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: WasiDuration,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.set_nonzero(&this, value, |s, v| s.options.keep_alive_interval = v)
+        self.set_nonzero(
+            &this,
+            value,
+            |o, v| o.keep_alive_interval = v,
+            |o, s, _| o.apply_keep_alive_params(s),
+        )
     }
 
     fn keep_alive_count(
@@ -727,7 +1041,12 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: u32,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.set_nonzero(&this, value, |s, v| s.options.keep_alive_count = v)
+        self.set_nonzero(
+            &this,
+            value,
+            |o, v| o.keep_alive_count = v,
+            |o, s, _| o.apply_keep_alive_params(s),
+        )
     }
 
     fn hop_limit(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Result<u8, ErrorCode>> {
@@ -739,14 +1058,23 @@ impl HostTcpSocket for TenantState {
         this: Resource<GuestTcp>,
         value: u8,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.set_nonzero(&this, value, |s, v| s.options.hop_limit = v)
+        self.set_nonzero(
+            &this,
+            value,
+            |o, v| o.hop_limit = v,
+            Options::apply_hop_limit,
+        )
     }
 
     fn receive_buffer_size(
         &mut self,
         this: Resource<GuestTcp>,
     ) -> wasmtime::Result<Result<u64, ErrorCode>> {
-        self.buffer_size(&this, socket2::Socket::recv_buffer_size)
+        self.buffer_size(
+            &this,
+            |o| o.receive_buffer,
+            socket2::Socket::recv_buffer_size,
+        )
     }
 
     fn set_receive_buffer_size(
@@ -755,18 +1083,19 @@ impl HostTcpSocket for TenantState {
         value: u64,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let size = usize::try_from(value).unwrap_or(usize::MAX);
-        self.set_nonzero(&this, size, |s, v| {
-            if let Some(sock) = s.sock_ref() {
-                let _ = sock.set_recv_buffer_size(v);
-            }
-        })
+        self.set_nonzero(
+            &this,
+            size,
+            |o, v| o.receive_buffer = Some(v),
+            |o, s, _| o.apply_buffers(s),
+        )
     }
 
     fn send_buffer_size(
         &mut self,
         this: Resource<GuestTcp>,
     ) -> wasmtime::Result<Result<u64, ErrorCode>> {
-        self.buffer_size(&this, socket2::Socket::send_buffer_size)
+        self.buffer_size(&this, |o| o.send_buffer, socket2::Socket::send_buffer_size)
     }
 
     fn set_send_buffer_size(
@@ -775,11 +1104,12 @@ impl HostTcpSocket for TenantState {
         value: u64,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let size = usize::try_from(value).unwrap_or(usize::MAX);
-        self.set_nonzero(&this, size, |s, v| {
-            if let Some(sock) = s.sock_ref() {
-                let _ = sock.set_send_buffer_size(v);
-            }
-        })
+        self.set_nonzero(
+            &this,
+            size,
+            |o, v| o.send_buffer = Some(v),
+            |o, s, _| o.apply_buffers(s),
+        )
     }
 
     fn subscribe(&mut self, this: Resource<GuestTcp>) -> wasmtime::Result<Resource<DynPollable>> {
@@ -826,12 +1156,52 @@ impl HostTcpSocket for TenantState {
     }
 }
 
-/// The result of a finished task, without blocking.
-fn futures_now<T>(mut handle: tokio::task::JoinHandle<T>) -> Option<T> {
-    match std::pin::Pin::new(&mut handle).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(result) => result.ok(),
-        Poll::Pending => None,
+/// Connects to `addr` with the socket options the guest set before.
+async fn connect(
+    addr: SocketAddr,
+    options: Options,
+    family: IpAddressFamily,
+) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    options.apply(&socket2::SockRef::from(&socket), family);
+    let stream = socket.connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The error code for an accepted client (or listener) the host could not
+/// take on: out of descriptors or memory is `new-socket-limit`.
+fn accept_error(e: &std::io::Error) -> ErrorCode {
+    if is_resource_error(e) {
+        ErrorCode::NewSocketLimit
+    } else {
+        error_code(e)
     }
+}
+
+/// Whether an accept failed because of one client (it went away, or Linux
+/// reports an error that client's connection already had), not the
+/// listener: the next client can be taken at once.
+fn is_client_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::ECONNREFUSED
+                | libc::ETIMEDOUT
+                | libc::EHOSTUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+                | libc::ENONET
+                | libc::EPROTO
+                | libc::ENOPROTOOPT
+        )
+    )
 }
 
 /// The read half of a connection, as a `wasi:io` input stream.
@@ -872,6 +1242,14 @@ impl InputStream for Reader {
             }
             Ok(n) => {
                 self.policed.received(n);
+                if n < allowed {
+                    // A short read emptied the socket: forget its readiness
+                    // (unless data came since), so the stream is ready again
+                    // only when a read will return data or the end.
+                    let _ = self.stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
+                }
                 Ok(buf.freeze())
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Bytes::new()),
@@ -895,6 +1273,10 @@ struct Writer {
     failed: Option<std::io::ErrorKind>,
     policed: Arc<Policed>,
 }
+
+/// Longest the host keeps sending what a guest wrote before it closed the
+/// connection, to a client that reads slowly or not at all.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A drained buffer larger than this is let go, so an idle connection keeps
 /// no memory from a past burst.
@@ -1012,9 +1394,40 @@ impl OutputStream for Writer {
     }
 
     async fn cancel(&mut self) {
-        // Bytes the guest wrote are sent before the stream goes, within
-        // reason: a peer that never reads cannot hold the guest forever.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.ready()).await;
+        // Bytes the guest wrote are sent before the connection goes, off
+        // the guest's thread (a peer that does not read must not hold the
+        // guest up), within LINGER and at most as many connections at once
+        // as the tenant's cap; past that they are abandoned.
+        if self.pending.is_empty() || self.failed.is_some() {
+            return;
+        }
+        let tenant = self.policed.tenant().clone();
+        let cap = u64::from(tenant.config().limits.max_connections);
+        let lingering = &tenant.counters.lingering;
+        if lingering
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let mut rest = Writer {
+            stream: self.stream.clone(),
+            pending: std::mem::take(&mut self.pending),
+            permit: 0,
+            flushing: false,
+            failed: None,
+            policed: self.policed.clone(),
+        };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(LINGER, rest.ready()).await;
+            rest.policed
+                .tenant()
+                .counters
+                .lingering
+                .fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 

@@ -52,6 +52,13 @@ pub struct Counters {
     pub connections_open: AtomicU64,
     /// Client connections handed to the guest, ever.
     pub connections_accepted: AtomicU64,
+    /// Connections the guest closed whose last bytes the host is still
+    /// sending (bounded by the connection cap).
+    pub lingering: AtomicU64,
+    /// Outbound connections being made or open now.
+    pub outbound_open: AtomicU64,
+    /// Outbound connections started, ever.
+    pub outbound_started: AtomicU64,
     /// Client connections reset because the tenant was at its cap.
     pub connections_refused: AtomicU64,
     /// Times the guest was started again after stopping.
@@ -110,7 +117,8 @@ pub struct Tenant {
     pub accept_backoff: AcceptBackoff,
     /// Open client connections per client address.
     pub peers: PeerCounts,
-    /// Bounds how fast refusals fill the log.
+    /// Bounds how fast lines a guest or its clients can provoke at will
+    /// (refusals, listens, connections closed by the host) fill the log.
     pub refusal_log: crate::log_budget::LogBudget,
     /// Bounds how fast the guest's output fills the log (its limit).
     pub output_log: crate::log_budget::LogBudget,
@@ -124,6 +132,9 @@ pub struct Tenant {
     last_generation: AtomicU64,
     /// The guest version that accepts new connections.
     current_generation: tokio::sync::watch::Sender<u64>,
+    /// Whoever found the accept gate closed (not the current version, or
+    /// accepting paused) and waits to hear it may have opened.
+    pub accept_wakers: Arc<crate::connection::Wakers>,
 }
 
 /// Stops a listening socket listening, for every descriptor of it (guest
@@ -194,6 +205,7 @@ impl Tenant {
             listeners: Mutex::new(listeners),
             last_generation: AtomicU64::new(0),
             current_generation: tokio::sync::watch::Sender::new(0),
+            accept_wakers: Arc::default(),
         }
     }
 
@@ -265,6 +277,7 @@ impl Tenant {
     /// version) are shut down, so the addresses refuse new clients at once.
     pub fn stop_accepting(&self) {
         self.current_generation.send_replace(STOPPED);
+        self.accept_wakers.wake_all();
         for listener in self
             .listeners
             .lock()
@@ -292,15 +305,39 @@ impl Tenant {
         self.last_generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Makes `generation` the version that accepts new connections.
-    pub fn make_current(&self, generation: u64) {
-        self.current_generation.send_if_modified(|current| {
+    /// Makes `generation` the version that accepts new connections, if it
+    /// is newer than the current one (an old version listening again, or
+    /// any version once the host is stopping, does not take over). Returns
+    /// whether it did.
+    pub fn make_current(&self, generation: u64) -> bool {
+        let newer = self.current_generation.send_if_modified(|current| {
             let newer = generation > *current;
             if newer {
                 *current = generation;
             }
             newer
         });
+        if newer {
+            self.accept_wakers.wake_all();
+        }
+        newer
+    }
+
+    /// Hands new connections back to `previous` after `failed` (the version
+    /// that had taken over from it) ended, unless a later version or the
+    /// host's stop has taken over since. Returns whether it did.
+    pub fn restore_current(&self, failed: u64, previous: u64) -> bool {
+        let restored = self.current_generation.send_if_modified(|current| {
+            let restore = *current == failed;
+            if restore {
+                *current = previous;
+            }
+            restore
+        });
+        if restored {
+            self.accept_wakers.wake_all();
+        }
+        restored
     }
 
     /// Whether `generation` accepts new connections.

@@ -6,7 +6,8 @@
 //! `read PATH`, `env NAME`, `panic`, `exit CODE`, `spin` (compute forever),
 //! `spin-clock` (call the host forever, never waiting: read the clock),
 //! `say N` (print N lines),
-//! `alloc` (allocate without bound), `hoard` (from then on accept every
+//! `alloc` (allocate without bound), `listen N` (bind and listen on the
+//! granted address N more times, holding every socket), `hoard` (from then on accept every
 //! connection and never read or close it). Serves one client at a time.
 
 use std::io::{BufRead, BufReader, Write};
@@ -102,6 +103,26 @@ fn attempt(command: &str) -> String {
                 hoard.push(vec![1; 1 << 20]);
                 std::hint::black_box(&hoard);
             }
+        }
+        "listen" => {
+            let addr = std::env::var("LISTEN_ADDR").unwrap_or_default();
+            let (mut held, mut refused, mut first) = (Vec::new(), 0, None);
+            for _ in 0..arg.parse().unwrap_or(1) {
+                match TcpListener::bind(&addr) {
+                    Ok(listener) => held.push(listener),
+                    Err(e) => {
+                        refused += 1;
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            let listening = held.len();
+            // Held for good: what they cost the host must stay bounded.
+            std::mem::forget(held);
+            let why = first
+                .map(|e| format!(" ({:?})", e.kind()))
+                .unwrap_or_default();
+            Ok(format!("{listening} listening, {refused} refused{why}"))
         }
         "exit" => std::process::exit(arg.parse().unwrap_or(1)),
         _ => return format!("unknown command {verb:?}"),
