@@ -121,6 +121,8 @@ fn missing_imports_are_all_named() {
         !log.contains("readiness@0.1.0,"),
         "the host's own extension is provided: {log}"
     );
+    // Refused from its import section, before any compile.
+    assert!(!log.contains("compiled component"), "{log}");
 }
 
 #[test]

@@ -713,3 +713,112 @@ fn a_guest_listening_again_and_again_costs_the_host_no_more_descriptors() {
     assert!(order(&mut stream, "env LISTEN_ADDR").starts_with("ok"));
     neighbour.assert_all_answered();
 }
+
+/// A component exporting `wasi:cli/run` with `memories` linear memories of
+/// `pages` 64 KiB pages each, written to a file; returns its path.
+fn many_memories(memories: usize, pages: u32) -> std::path::PathBuf {
+    let instances = "(core instance (instantiate $memory))\n".repeat(memories);
+    let wat = format!(
+        r#"(component
+            (core module $memory (memory {pages}))
+            {instances}
+            (core module $main (func (export "run") (result i32) i32.const 0))
+            (core instance $main (instantiate $main))
+            (func $run (result (result)) (canon lift (core func $main "run")))
+            (instance $cli (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.0" (instance $cli))
+        )"#
+    );
+    let path = scratch_dir("memories").join(format!("{memories}x{pages}.wasm"));
+    std::fs::write(&path, wat::parse_str(&wat).unwrap()).unwrap();
+    path
+}
+
+/// A manifest with the seed as `neighbour` and `component` as `greedy`,
+/// never restarted, under `limits`.
+fn beside_greedy(component: &std::path::Path, limits: &str) -> String {
+    format!(
+        "[host]\nadmin = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"neighbour\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[tenant]]\nname = \"greedy\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ restart = \"never\", {limits} }}\n",
+        component.display()
+    )
+}
+
+#[test]
+fn a_component_whose_memories_add_up_past_its_limit_does_not_start() {
+    // Sixteen memories of 32 MiB: each within 128 MiB, together 512 MiB.
+    let t = Tenants::start(
+        &beside_greedy(&many_memories(16, 512), "max_memory = \"128 MiB\""),
+        &["neighbour"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let status = t.wait_status("greedy", "failed", |s| s["state"] == "failed");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("exceeds memory limits"), "{status}");
+    t.host.wait_for_log(
+        "from 0 to 33554432 bytes, beside 134217728 bytes held in all, is past the limit",
+    );
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn with_the_pooling_allocator_a_component_gets_its_share_of_memories_and_no_more() {
+    let manifest = beside_greedy(std::path::Path::new("builtin:echo"), "")
+        .replace("[host]\n", "[host]\npooling_allocator = true\n");
+    let t = Tenants::start(&manifest, &["neighbour", "greedy"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let greedy = many_memories(3, 1).display().to_string();
+    let (code, body) = http_post(t.admin.unwrap(), "/tenants/greedy/swap", &greedy);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("3 Wasm linear memories, which exceeds the configured maximum of 2"),
+        "{body}"
+    );
+    assert_eq!(order(&mut connect(t.addr("greedy")), "still"), "still\n");
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn a_poll_list_repeating_one_handle_millions_of_times_stops_the_guest_not_the_host() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { restart = \"never\" }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    fire(t.addr("hostile"), "poll-flood 10000000");
+    let status = t.wait_status("hostile", "failed", |s| s["state"] == "failed");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot lend resource: store handle limit exceeded")),
+        "{status}"
+    );
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn random_bytes_are_bounded_by_the_tenants_memory_limit() {
+    let t = Tenants::start(
+        &with_neighbour("limits = { restart = \"never\", max_memory = \"32 MiB\" }"),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    // Within what the guest may hold: served.
+    assert_eq!(
+        order(&mut connect(t.addr("hostile")), "random 1024"),
+        "ok 1024 random bytes\n"
+    );
+    // Past it: refused before the host allocates anything.
+    fire(t.addr("hostile"), "random 50000000");
+    let status = t.wait_status("hostile", "failed", |s| s["state"] == "failed");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("requested len 50000000 exceeds limit 33554432")),
+        "{status}"
+    );
+    neighbour.assert_all_answered();
+}

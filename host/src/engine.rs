@@ -105,8 +105,8 @@ pub enum LoadError {
     },
     /// Imports outside WASI 0.2.
     #[error(
-        "{path} needs imports this host does not provide: {}; a guest may import only WASI 0.2 interfaces \
-         (up to 0.2.{WASI_MINOR}) and {EXTENSION}",
+        "{path} needs imports this host does not provide: {}; a guest may import only WASI 0.2 \
+         cli, clocks, filesystem, io, random and sockets (up to 0.2.{WASI_MINOR}) and {EXTENSION}",
         missing.join(", ")
     )]
     MissingImports {
@@ -134,6 +134,13 @@ pub enum LoadError {
     },
 }
 
+/// Linear memories one component may have with the pooling allocator.
+pub const POOL_MEMORIES: u32 = 2;
+/// Tables one component may have with the pooling allocator.
+pub const POOL_TABLES: u32 = 8;
+/// Core instances one component may have with the pooling allocator.
+pub const POOL_CORE_INSTANCES: u32 = 32;
+
 /// The engine every guest runs on: components, async calls and epoch
 /// interruption, so no guest can monopolise a thread. With `pooling`,
 /// instances come from a pre-reserved pool sized for `max_instances`, each
@@ -143,10 +150,16 @@ pub fn new_engine(pooling: Option<(u32, u64)>) -> anyhow::Result<Engine> {
     config.wasm_component_model(true).epoch_interruption(true);
     if let Some((max_instances, max_memory)) = pooling {
         let mut pool = PoolingAllocationConfig::new();
+        // Each component gets its share of the pool and no more, so one
+        // component with many memories or tables cannot take every slot
+        // and leave its neighbours unable to start.
         pool.total_component_instances(max_instances)
-            .total_core_instances(max_instances.saturating_mul(4))
-            .total_memories(max_instances.saturating_mul(2))
-            .total_tables(max_instances.saturating_mul(4))
+            .max_core_instances_per_component(POOL_CORE_INSTANCES)
+            .total_core_instances(max_instances.saturating_mul(POOL_CORE_INSTANCES))
+            .max_memories_per_component(POOL_MEMORIES)
+            .total_memories(max_instances.saturating_mul(POOL_MEMORIES))
+            .max_tables_per_component(POOL_TABLES)
+            .total_tables(max_instances.saturating_mul(POOL_TABLES))
             .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
@@ -262,6 +275,9 @@ impl Loader {
             Some([0, b'a', b's', b'm', ..]) => {}
             _ => return Err(LoadError::NotWasm { path }),
         }
+        // Before compiling (minutes, for a large component): a component
+        // the host cannot link is refused at once, and never cached.
+        check_imports(&path, bytes)?;
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(pre) = self
             .prepared
@@ -387,14 +403,59 @@ fn prepare(
     CommandPre::new(pre).map_err(link_error)
 }
 
+/// Refuses a component whose top-level imports name an instance the host
+/// does not provide, reading only its import sections (no compile). The
+/// full check of types follows the compile, in [`prepare`]; an unreadable
+/// component is left to the compiler to describe.
+fn check_imports(path: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    use wasmparser::{ComponentTypeRef, Parser, Payload};
+    let mut depth = 0usize;
+    let mut missing = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Ok(());
+        };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(imports) if depth == 0 => {
+                for import in imports {
+                    let Ok(import) = import else {
+                        return Ok(());
+                    };
+                    let name = import.name.name;
+                    let instance = matches!(import.ty, ComponentTypeRef::Instance(_));
+                    if !is_provided_name(name, instance) {
+                        missing.push(name.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::MissingImports {
+            path: path.to_owned(),
+            missing,
+        })
+    }
+}
+
 /// The project's own interface the host links (see `wit/world.wit`).
 const EXTENSION: &str = "tcphost:server/readiness@0.1.0";
 
 /// Whether the host links an import named `name`: a WASI 0.2 interface no
 /// newer than the host's, or the project's extension.
 fn is_provided(name: &str, item: &ComponentItem) -> bool {
+    is_provided_name(name, matches!(item, ComponentItem::ComponentInstance(_)))
+}
+
+/// [`is_provided`] by name, and whether the import is an instance.
+fn is_provided_name(name: &str, instance: bool) -> bool {
     if name == EXTENSION {
-        return matches!(item, ComponentItem::ComponentInstance(_));
+        return instance;
     }
     let Some((interface, version)) = name.split_once('@') else {
         return false;
@@ -403,9 +464,7 @@ fn is_provided(name: &str, item: &ComponentItem) -> bool {
         .strip_prefix("0.2.")
         .and_then(|rest| rest.split(['-', '+']).next())
         .and_then(|minor| minor.parse::<u64>().ok());
-    matches!(item, ComponentItem::ComponentInstance(_))
-        && PROVIDED.contains(&interface)
-        && minor.is_some_and(|m| m <= WASI_MINOR)
+    instance && PROVIDED.contains(&interface) && minor.is_some_and(|m| m <= WASI_MINOR)
 }
 
 /// An error chain on one line, for messages that must fit one.

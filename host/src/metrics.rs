@@ -54,11 +54,16 @@ impl std::fmt::Debug for Tenants {
 type Field = (&'static str, &'static str, fn(&Tenant) -> &AtomicU64);
 
 /// Per-tenant counters, each also summed into a `host_` total.
-const COUNTERS: [Field; 13] = [
+const COUNTERS: [Field; 14] = [
     (
         "connections_accepted",
         "Client connections handed to the guest.",
         |t| &t.counters.connections_accepted,
+    ),
+    (
+        "outbound_connections_started",
+        "Outbound connections the guest started under its connect grant.",
+        |t| &t.counters.outbound_started,
     ),
     (
         "connections_refused",
@@ -123,10 +128,20 @@ const COUNTERS: [Field; 13] = [
 ];
 
 /// Per-tenant gauges, each also summed into a `host_` total.
-const GAUGES: [Field; 2] = [
+const GAUGES: [Field; 4] = [
     ("connections_open", "Client connections open now.", |t| {
         &t.counters.connections_open
     }),
+    (
+        "outbound_connections_open",
+        "Outbound connections being made or open now (capped by max_outbound_connections).",
+        |t| &t.counters.outbound_open,
+    ),
+    (
+        "connections_lingering",
+        "Connections the guest closed whose last bytes the host is still sending.",
+        |t| &t.counters.lingering,
+    ),
     (
         "memory_bytes",
         "Linear memory the tenant's guest instances hold.",

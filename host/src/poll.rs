@@ -229,6 +229,10 @@ async fn poll_list(
     if list.is_empty() {
         wasmtime::bail!("empty poll list");
     }
+    // No longer than the handles a guest may hold: wasmtime lends the
+    // guest's handle once per entry, and traps past its store's limit of
+    // live handles (100,000), so the list, and what is built for it here,
+    // is bounded whatever the guest repeats.
     if store.data_mut().fast.let_io_in() {
         tokio::task::yield_now().await;
     }

@@ -17,9 +17,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Most resources (sockets, streams, pollables) a guest may hold at once.
 /// A full table makes further calls fail instead of growing host memory.
+/// (wasmtime also bounds the handles a component holds and lends, at the
+/// same number, so a `poll` list repeating one handle is bounded too.)
 const MAX_RESOURCES: usize = 100_000;
 
-/// Largest table a guest may grow to, in elements.
+/// Most table elements a guest instance may hold, over all its tables.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// The guest computed past its CPU limit without returning to the host.
@@ -80,16 +82,65 @@ impl WasiView for TenantState {
     }
 }
 
-/// Refuses linear memory growth past the tenant's limit, and remembers it
-/// did so: the trap that usually follows is then reported as out of memory.
+/// What an instance holds of one kind (bytes of linear memory, or table
+/// elements) over all its memories or tables together: a component may
+/// have sixteen memories, and a limit per memory would let it hold sixteen
+/// times the limit.
+#[derive(Debug, Default)]
+struct Holding {
+    held: usize,
+    /// The growth last permitted, until it is known to have happened (the
+    /// next ask) or failed.
+    permitted: usize,
+}
+
+impl Holding {
+    /// Whether growing one memory or table from `current` to `desired`
+    /// keeps the total within `limit`; if so it is counted, and returned.
+    fn grow(&mut self, current: usize, desired: usize, limit: usize) -> Option<usize> {
+        self.permitted = 0;
+        let grown = desired.saturating_sub(current);
+        let total = self.held.saturating_add(grown);
+        (total <= limit).then(|| {
+            self.held = total;
+            self.permitted = grown;
+            grown
+        })
+    }
+
+    /// A growth failed after all; returns what is taken back. wasmtime
+    /// also reports growths that fail its own checks before asking the
+    /// limiter (`unasked`, by their message): nothing was counted for
+    /// those, and taking back the last permitted growth instead would let
+    /// the count drift down to nothing.
+    fn failed(&mut self, error: &wasmtime::Error, unasked: &str) -> usize {
+        if error.to_string() == unasked {
+            return 0;
+        }
+        let grown = std::mem::take(&mut self.permitted);
+        self.held -= grown;
+        grown
+    }
+}
+
+/// The message of a memory growth wasmtime 48 refuses before asking the
+/// limiter (past what the memory's index type can address).
+const MEMORY_UNASKED: &str = "memory growth exceeds memory type's limits";
+/// The same for tables.
+const TABLE_UNASKED: &str = "overflow calculating new table size";
+
+/// Refuses linear memory growth past the tenant's limit (over all the
+/// instance's memories together), and remembers it did so: the trap that
+/// usually follows is then reported as out of memory. Bounds table
+/// elements the same way.
 struct MemoryLimiter {
     tenant: Arc<Tenant>,
     max_memory: usize,
     refused: bool,
-    /// Linear memory this instance holds, counted in the tenant's gauge.
-    held: u64,
-    /// The growth last allowed, taken back if wasmtime then fails it.
-    last_grown: u64,
+    /// Linear memory, counted in the tenant's gauge.
+    memory: Holding,
+    /// Table elements.
+    tables: Holding,
 }
 
 impl Drop for MemoryLimiter {
@@ -98,7 +149,7 @@ impl Drop for MemoryLimiter {
         self.tenant
             .counters
             .memory_bytes
-            .fetch_sub(self.held, Ordering::Relaxed);
+            .fetch_sub(self.memory.held as u64, Ordering::Relaxed);
     }
 }
 
@@ -109,23 +160,22 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired <= self.max_memory {
-            let grown = desired.saturating_sub(current) as u64;
-            self.held += grown;
-            self.last_grown = grown;
+        if let Some(grown) = self.memory.grow(current, desired, self.max_memory) {
             self.tenant
                 .counters
                 .memory_bytes
-                .fetch_add(grown, Ordering::Relaxed);
+                .fetch_add(grown as u64, Ordering::Relaxed);
             return Ok(true);
         }
         if !self.refused {
+            let held = self.memory.held;
             warn!(
                 tenant = self.tenant.name(),
+                held,
                 current,
                 desired,
                 limit = self.max_memory,
-                "refused: memory growth to {desired} bytes is past the limit of {} bytes",
+                "refused: memory growth from {current} to {desired} bytes, beside {held} bytes held in all, is past the limit of {} bytes",
                 self.max_memory
             );
         }
@@ -134,25 +184,32 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(false)
     }
 
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         // Allowed here, refused later (the memory's declared maximum, or a
         // pooling slot): the memory did not grow after all.
-        let grown = std::mem::take(&mut self.last_grown);
-        self.held -= grown;
+        let grown = self.memory.failed(&error, MEMORY_UNASKED);
         self.tenant
             .counters
             .memory_bytes
-            .fetch_sub(grown, Ordering::Relaxed);
+            .fetch_sub(grown as u64, Ordering::Relaxed);
         Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        Ok(self
+            .tables
+            .grow(current, desired, MAX_TABLE_ELEMENTS)
+            .is_some())
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.tables.failed(&error, TABLE_UNASKED);
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -194,7 +251,10 @@ pub fn store(
         // lookups are refused at their entry points (crate::policy).
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        // Random bytes are allocated by the host before the guest gets them:
+        // no more at once than the guest could hold.
+        .max_random_size(config.limits.max_memory);
     for (key, value) in &config.env {
         builder.env(key, value);
     }
@@ -214,8 +274,8 @@ pub fn store(
             tenant: tenant.clone(),
             max_memory: usize::try_from(config.limits.max_memory).unwrap_or(usize::MAX),
             refused: false,
-            held: 0,
-            last_grown: 0,
+            memory: Holding::default(),
+            tables: Holding::default(),
         },
         ticks_in_wasm: 0,
         in_epoch_callback: false,
@@ -291,4 +351,61 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<TenantState>> {
     policy::refuse_ungranted(&mut linker)?;
     linker.allow_shadowing(false);
     Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Holding, MemoryLimiter};
+    use crate::manifest::{ComponentSource, Limits, TenantConfig};
+    use crate::tenant::Tenant;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use wasmtime::{Engine, Instance, Module, Store};
+
+    fn tenant() -> Arc<Tenant> {
+        let config = TenantConfig {
+            name: "t".into(),
+            component: ComponentSource::Builtin("seed".into()),
+            component_at: String::new(),
+            listen: Vec::new(),
+            env: Default::default(),
+            connect: Vec::new(),
+            limits: Limits::default(),
+        };
+        Arc::new(Tenant::new(config, Vec::new()))
+    }
+
+    #[test]
+    fn the_memory_gauge_follows_growths_that_succeed_and_fail_in_turn() {
+        // Grows by a page (succeeds), then by 4 GiB (fails in wasmtime's
+        // own check, before the limiter is asked), over and over.
+        let wat = r#"(module (memory 1)
+            (func (export "churn") (param $n i32)
+              (loop $again
+                (drop (memory.grow (i32.const 1)))
+                (drop (memory.grow (i32.const 65536)))
+                (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+                (br_if $again (local.get $n)))))"#;
+        let engine = Engine::default();
+        let module = Module::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let tenant = tenant();
+        let limiter = MemoryLimiter {
+            tenant: tenant.clone(),
+            max_memory: 64 << 20,
+            refused: false,
+            memory: Holding::default(),
+            tables: Holding::default(),
+        };
+        let mut store = Store::new(&engine, limiter);
+        store.limiter(|l| l);
+        let instance = Instance::new(&mut store, &module, &[]).unwrap();
+        let churn = instance
+            .get_typed_func::<i32, ()>(&mut store, "churn")
+            .unwrap();
+        churn.call(&mut store, 100).unwrap();
+        // One page to start with and a hundred grown.
+        let gauge = tenant.counters.memory_bytes.load(Ordering::Relaxed);
+        assert_eq!(gauge, 101 * 65536);
+        assert_eq!(store.data().memory.held, 101 * 65536);
+    }
 }

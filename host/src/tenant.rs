@@ -170,6 +170,8 @@ pub struct Snapshot {
     pub connections_accepted: u64,
     /// Connections reset at the cap.
     pub connections_refused: u64,
+    /// Outbound connections being made or open.
+    pub outbound_connections_open: u64,
     /// Traps so far.
     pub traps: u64,
     /// CPU limit cut-offs so far.
@@ -409,6 +411,7 @@ impl Tenant {
             connections_open: get(&c.connections_open),
             connections_accepted: get(&c.connections_accepted),
             connections_refused: get(&c.connections_refused),
+            outbound_connections_open: get(&c.outbound_open),
             traps: get(&c.traps),
             cpu_limit_kills: get(&c.cpu_limit_kills),
             memory_refusals: get(&c.memory_refusals),

@@ -7,7 +7,9 @@
 //! `spin-clock` (call the host forever, never waiting: read the clock),
 //! `say N` (print N lines),
 //! `alloc` (allocate without bound), `listen N` (bind and listen on the
-//! granted address N more times, holding every socket), `hoard` (from then on accept every
+//! granted address N more times, holding every socket), `poll-flood N`
+//! (one `poll` over a list repeating one pollable N times), `random N`
+//! (ask the host for N random bytes at once), `hoard` (from then on accept every
 //! connection and never read or close it). Serves one client at a time.
 
 use std::io::{BufRead, BufReader, Write};
@@ -123,6 +125,18 @@ fn attempt(command: &str) -> String {
                 .map(|e| format!(" ({:?})", e.kind()))
                 .unwrap_or_default();
             Ok(format!("{listening} listening, {refused} refused{why}"))
+        }
+        "poll-flood" => {
+            use guest::bindings::wasi::clocks::monotonic_clock::subscribe_duration;
+            let timer = subscribe_duration(1);
+            let list = vec![&timer; arg.parse().unwrap_or(1)];
+            let ready = guest::bindings::wasi::io::poll::poll(&list);
+            Ok(format!("{} ready", ready.len()))
+        }
+        "random" => {
+            let bytes =
+                guest::bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
+            Ok(format!("{} random bytes", bytes.len()))
         }
         "exit" => std::process::exit(arg.parse().unwrap_or(1)),
         _ => return format!("unknown command {verb:?}"),
