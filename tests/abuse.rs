@@ -362,3 +362,71 @@ fn a_guest_past_its_outbound_byte_limit_on_a_connection_is_cut_off() {
     t.host
         .wait_for_log("would pass its limit of 100 bytes sent");
 }
+
+#[test]
+fn closing_a_connection_whose_client_does_not_read_does_not_hold_the_guest_up() {
+    let manifest = one(&test_guest("hostile").display().to_string(), "");
+    let t = Tenants::start(&manifest, &["t"], &[]);
+    let (addr, admin) = (t.addr("t"), t.admin.unwrap());
+    let mut sink = connect(addr);
+    sink.write_all(b"blast\n").unwrap();
+    let line = t.host.wait_for_log("blasted ");
+    let sent: usize = line
+        .split("blasted ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"));
+    let ms: u64 = line
+        .split("closed in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"));
+    // The unsent bytes are the host's to finish (up to 5 s), not the
+    // guest's to wait for.
+    assert!(ms < 2500, "the close held the guest for {ms} ms");
+    assert_eq!(metric(admin, &series("tcphost_connections_lingering")), 1.0);
+    // The guest is free: the next client is served at once.
+    let mut next = connect(addr);
+    next.write_all(b"env LISTEN_ADDR\n").unwrap();
+    assert!(read_line(&mut next).starts_with("ok"));
+    // The client that did not read gets what was written, then the end.
+    let mut received = 0;
+    let mut buf = [0u8; 65536];
+    loop {
+        match sink.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) => panic!("after {received} bytes: {e}"),
+        }
+    }
+    assert_eq!(received, sent, "every byte the guest wrote arrived");
+    wait_metric(admin, &series("tcphost_connections_lingering"), |n| {
+        n == 0.0
+    });
+}
+
+#[test]
+fn a_storm_of_idle_clients_is_closed_and_logged_within_the_budget() {
+    let t = Tenants::start(
+        &one("builtin:seed", "idle_timeout = \"200ms\""),
+        &["t"],
+        &[],
+    );
+    let (addr, admin) = (t.addr("t"), t.admin.unwrap());
+    let _clients: Vec<TcpStream> = (0..300).map(|_| connect(addr)).collect();
+    wait_metric(
+        admin,
+        &series("tcphost_connections_idle_closed_total"),
+        |n| n >= 300.0,
+    );
+    // A line per connection would be 300: clients can provoke these at
+    // will, so they share the tenant's budget of 10 lines a second.
+    let lines = t.host.log().matches("closed: connection from").count();
+    assert!(
+        (1..=60).contains(&lines),
+        "{lines} lines:\n{}",
+        t.host.log()
+    );
+}

@@ -126,6 +126,29 @@ fn missing_imports_are_all_named() {
 }
 
 #[test]
+fn a_manifest_address_already_in_use_names_the_tenant_and_the_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = scratch_dir("in-use");
+    let manifest = dir.join("tenants.toml");
+    std::fs::write(
+        &manifest,
+        format!("[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\n"),
+    )
+    .unwrap();
+    let (status, log) = run_host(&["--config".as_ref(), manifest.as_os_str()]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_clean_error(
+        &log,
+        &format!(
+            "error: tenant 't': listen address {addr} is already in use: stop what is using it or \
+             change the tenant's listen at {}:4",
+            manifest.display()
+        ),
+    );
+}
+
+#[test]
 fn a_component_without_wasi_cli_run_is_rejected() {
     let path = fixture("no-run.wasm", &wat::parse_str("(component)").unwrap());
     assert_rejected(&path, "does not export wasi:cli/run");

@@ -373,8 +373,11 @@ fn a_guest_cannot_bind_another_tenants_address() {
     assert!(reply.starts_with("denied"), "{reply}");
     t.host
         .wait_for_log(&format!("refused: bind/listen on {theirs} is not granted"));
-    // Counted (the guest's start-up may add its filesystem ask meanwhile).
-    assert!(count(&t.status("hostile"), "capability_refusals") > before);
+    // Counted, once: a runtime asking for its directories is no refusal.
+    assert_eq!(
+        count(&t.status("hostile"), "capability_refusals"),
+        before + 1
+    );
     assert_eq!(t.host.log().matches("refused: bind/listen").count(), 1);
     neighbour.assert_all_answered();
 }
@@ -658,6 +661,8 @@ fn metrics_count_each_tenants_traffic_refusals_traps_and_restarts() {
             "{kind}"
         );
     }
+    // Counted apart: std's runtime asked at each start, the code never did.
+    assert!(get(&format!("tcphost_guest_preopen_queries_total{{{h}}}")) >= 1.0);
     assert_eq!(get(&format!("tcphost_guest_traps_total{{{h}}}")), 1.0);
     assert_eq!(get(&format!("tcphost_guest_restarts_total{{{h}}}")), 1.0);
     assert!(get(&format!("tcphost_memory_bytes{{{h}}}")) > 0.0);
@@ -666,15 +671,13 @@ fn metrics_count_each_tenants_traffic_refusals_traps_and_restarts() {
         1.0
     );
     assert_eq!(get("tcphost_host_tenants{state=\"running\"}"), 2.0);
-    // std's runtime asks for preopened directories at start: those are
-    // refusals too.
     let by_kind: f64 = m
         .iter()
         .filter(|(k, _)| k.starts_with("tcphost_capability_refusals_total{"))
         .map(|(_, v)| v)
         .sum();
     assert_eq!(get("tcphost_host_capability_refusals_total"), by_kind);
-    for kind in ["tcp-bind", "tcp-connect", "udp", "dns", "filesystem"] {
+    for kind in ["tcp-bind", "tcp-connect", "udp", "dns"] {
         let per_tenant: f64 = m
             .iter()
             .filter(|(k, _)| {
@@ -820,5 +823,62 @@ fn random_bytes_are_bounded_by_the_tenants_memory_limit() {
             .is_some_and(|e| e.contains("requested len 50000000 exceeds limit 33554432")),
         "{status}"
     );
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn outbound_connections_are_capped_counted_and_policed() {
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = target.local_addr().unwrap();
+    let t = Tenants::start(
+        &with_neighbour(&format!(
+            "connect = [\"{to}\"]\nlimits = {{ max_outbound_connections = 3, idle_timeout = \"300ms\" }}"
+        )),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let mut orders = connect(t.addr("hostile"));
+    let answer = order(&mut orders, &format!("connect-hold 5 {to}"));
+    assert!(answer.starts_with("ok 3 connected, 2 refused"), "{answer}");
+    let status = t.status("hostile");
+    assert_eq!(status["outbound_connections_open"], 3, "{status}");
+    let series = "tcphost_outbound_connections_open{tenant=\"hostile\"}";
+    assert_eq!(metric(t.admin.unwrap(), series), 3.0);
+    // Policed as clients are: idle past the timeout, closed by the host.
+    let (mut far, _) = target.accept().unwrap();
+    far.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(far.read(&mut [0; 16]).unwrap(), 0, "the host closed it");
+    t.host.wait_for_log("idle for 300ms");
+    neighbour.assert_all_answered();
+}
+
+#[test]
+fn a_connect_the_guest_gives_up_on_leaves_no_descriptor_behind() {
+    // A listener whose queue is full: a further connect hangs.
+    let target = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    target
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    target.listen(0).unwrap();
+    let to = target.local_addr().unwrap().as_socket().unwrap();
+    let _queued = TcpStream::connect(to).unwrap();
+    let t = Tenants::start(
+        &with_neighbour(&format!("connect = [\"{to}\"]")),
+        &["neighbour", "hostile"],
+        &[],
+    );
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let mut orders = connect(t.addr("hostile"));
+    // Its connection accepted before the count.
+    assert!(order(&mut orders, "env LISTEN_ADDR").starts_with("ok"));
+    let before = t.host.open_fds();
+    // The guest waits two seconds, then drops the socket.
+    let answer = order(&mut orders, &format!("connect-hold 1 {to}"));
+    assert!(answer.starts_with("ok 0 connected, 1 refused"), "{answer}");
+    wait_until("the abandoned connect's descriptor closed", || {
+        t.host.open_fds() <= before
+    });
+    assert_eq!(t.status("hostile")["outbound_connections_open"], 0);
     neighbour.assert_all_answered();
 }

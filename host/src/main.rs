@@ -69,7 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for tenant in &mut manifest.tenants {
         let mut own = Vec::with_capacity(tenant.listen.len());
         for addr in &mut tenant.listen {
-            let listener = match listen(*addr) {
+            let listener = match listen(*addr, &tenant.listen_at) {
                 Ok(listener) => listener,
                 Err(e) if single => return Err(e),
                 Err(e) => return Err(e.context(format!("tenant '{}'", tenant.name))),
@@ -161,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
         let bound = listener.local_addr().unwrap_or(addr);
+        host::policy::forbid_admin(bound);
         info!(%bound, "admin: listening on {bound}");
         let control = control.clone();
         tokio::spawn(async move {
@@ -272,6 +273,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
             name,
             component,
             component_at: String::new(),
+            listen_at: String::new(),
             listen: vec![cli.listen],
             env: BTreeMap::new(),
             connect: Vec::new(),
@@ -331,13 +333,23 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// Opens the host's listener for a tenant address, with a clear error if it
-/// is taken or not on this machine; port 0 picks a free port.
-fn listen(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+/// is taken or not on this machine; port 0 picks a free port. `listen_at`
+/// is where the manifest grants the address (empty on the command line).
+fn listen(addr: SocketAddr, listen_at: &str) -> anyhow::Result<std::net::TcpListener> {
+    let instead = if listen_at.is_empty() {
+        "pass another --listen".to_owned()
+    } else {
+        format!("change the tenant's listen at {listen_at}")
+    };
     tcp::host_listener(addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!("listen address {addr} is already in use: stop what is using it or pass another --listen")
+            anyhow::anyhow!(
+                "listen address {addr} is already in use: stop what is using it or {instead}"
+            )
         } else {
-            anyhow::anyhow!("cannot listen on {addr}: {e}; pass an address of this machine with --listen")
+            anyhow::anyhow!(
+                "cannot listen on {addr}: {e}; use an address of this machine ({instead})"
+            )
         }
     })
 }

@@ -220,8 +220,7 @@ struct RawTenant {
     component: Spanned<String>,
     listen: Spanned<Vec<Spanned<SocketAddr>>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
-    #[serde(default)]
-    connect: Vec<SocketAddr>,
+    connect: Option<Spanned<Vec<Spanned<SocketAddr>>>>,
     limits: Option<Spanned<RawLimits>>,
 }
 
@@ -253,6 +252,9 @@ pub struct TenantConfig {
     pub component: ComponentSource,
     /// `file:line` of the `component` key, for load errors.
     pub component_at: String,
+    /// `file:line` of the `listen` key, for listen errors (empty for the
+    /// command line's one tenant).
+    pub listen_at: String,
     /// Addresses granted for listening; the first is `LISTEN_ADDR`.
     pub listen: Vec<SocketAddr>,
     /// Extra environment variables for the guest.
@@ -269,6 +271,7 @@ impl TenantConfig {
     pub fn runs_like(&self, other: &TenantConfig) -> bool {
         let placed = |c: &TenantConfig| TenantConfig {
             component_at: String::new(),
+            listen_at: String::new(),
             ..c.clone()
         };
         placed(self) == placed(other)
@@ -380,6 +383,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         }
 
         let listen_span = tenant.listen.span();
+        let listen_at = format!("{file}:{}", line_of(text, listen_span.start));
         let mut listen = Vec::new();
         for addr in tenant.listen.into_inner() {
             let (span, addr) = (addr.span(), addr.into_inner());
@@ -403,6 +407,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
                 "tenant.listen",
                 "at least one address is required".into(),
             ));
+        }
+
+        let mut connect = Vec::new();
+        for addr in tenant.connect.map(Spanned::into_inner).unwrap_or_default() {
+            let (span, addr) = (addr.span(), addr.into_inner());
+            // The admin endpoint swaps and reloads tenants: no guest may
+            // reach it, whatever the manifest says.
+            if let Some(admin) = &raw.host.admin
+                && overlap(*admin.get_ref(), addr)
+            {
+                let admin = admin.get_ref();
+                return Err(at(
+                    span,
+                    "tenant.connect",
+                    format!(
+                        "{addr} is the host's admin endpoint ({admin}): no tenant may connect to it"
+                    ),
+                ));
+            }
+            connect.push(addr);
         }
 
         let env_span = tenant.env.as_ref().map_or(0..0, Spanned::span);
@@ -458,9 +482,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             name,
             component,
             component_at,
+            listen_at,
             listen,
             env,
-            connect: tenant.connect,
+            connect,
             limits,
         });
     }
@@ -563,7 +588,7 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 /// Whether listening on `a` and on `b` would clash: the same port, and the
 /// same address or a wildcard covering the other (`0.0.0.0` every IPv4
 /// address; `[::]` every address, IPv4 too on a dual-stack socket).
-fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+pub fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() {
         return false;
     }
@@ -708,6 +733,21 @@ mod tests {
             error(&text),
             "tenants.toml:8: tenant.listen: 127.0.0.1:9801 is already used by tenant \"a\""
         );
+    }
+
+    #[test]
+    fn a_connect_grant_to_the_admin_endpoint_is_an_error() {
+        let manifest = |connect: &str| {
+            format!(
+                "[host]\nadmin = \"0.0.0.0:9900\"\n\n{ONE}connect = [\"10.0.0.1:80\", \"{connect}\"]\n"
+            )
+        };
+        let message = error(&manifest("127.0.0.1:9900"));
+        assert!(
+            message.starts_with("tenants.toml:8: tenant.connect: 127.0.0.1:9900 is the host's admin endpoint (0.0.0.0:9900)"),
+            "{message}"
+        );
+        assert!(parse_str(&manifest("127.0.0.1:9901")).is_ok());
     }
 
     #[test]

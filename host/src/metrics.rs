@@ -54,7 +54,7 @@ impl std::fmt::Debug for Tenants {
 type Field = (&'static str, &'static str, fn(&Tenant) -> &AtomicU64);
 
 /// Per-tenant counters, each also summed into a `host_` total.
-const COUNTERS: [Field; 14] = [
+const COUNTERS: [Field; 15] = [
     (
         "connections_accepted",
         "Client connections handed to the guest.",
@@ -119,6 +119,11 @@ const COUNTERS: [Field; 14] = [
         "memory_refusals",
         "Linear memory growths refused at the memory limit.",
         |t| &t.counters.memory_refusals,
+    ),
+    (
+        "guest_preopen_queries",
+        "Times a guest asked for its preopened directories (language runtimes do at start-up): none are granted; not counted as a refusal.",
+        |t| &t.counters.preopen_queries,
     ),
     (
         "guest_log_lines_dropped",

@@ -35,6 +35,16 @@ impl From<&TenantConfig> for Grant {
     }
 }
 
+/// The admin endpoint's address once bound: no grant reaches it (the
+/// manifest refuses such grants too, but an admin port of 0 is only known
+/// once bound).
+static ADMIN: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+
+/// Makes `addr`, the admin endpoint, unreachable for every guest.
+pub fn forbid_admin(addr: SocketAddr) {
+    let _ = ADMIN.set(addr);
+}
+
 /// Why an attempt was refused, as logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -60,7 +70,10 @@ impl Grant {
             // Clients may come from anywhere; the listen grant is the gate.
             SocketAddrUse::TcpAccept => None,
             SocketAddrUse::TcpConnect => {
-                (!self.connect.contains(&addr)).then_some(Refusal::Connect)
+                let admin = ADMIN
+                    .get()
+                    .is_some_and(|a| crate::manifest::overlap(*a, addr));
+                (admin || !self.connect.contains(&addr)).then_some(Refusal::Connect)
             }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
                 Some(Refusal::Udp)
@@ -80,18 +93,15 @@ pub enum Capability {
     Udp,
     /// Name lookups.
     Dns,
-    /// The filesystem.
-    Filesystem,
 }
 
 impl Capability {
     /// Every kind, in the order counters keep them.
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 4] = [
         Capability::TcpBind,
         Capability::TcpConnect,
         Capability::Udp,
         Capability::Dns,
-        Capability::Filesystem,
     ];
 
     /// The name in logs (`kind` field) and metrics (`kind` label).
@@ -101,7 +111,6 @@ impl Capability {
             Capability::TcpConnect => "tcp-connect",
             Capability::Udp => "udp",
             Capability::Dns => "dns",
-            Capability::Filesystem => "filesystem",
         }
     }
 }
@@ -187,11 +196,19 @@ pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()
     linker
         .instance(&format!("wasi:filesystem/preopens@{WASI}"))?
         .func_new("get-directories", |store, _ty, _params, results| {
-            refuse(
-                &store.data().tenant,
-                Capability::Filesystem,
-                format_args!("the filesystem is not granted (the guest asked for its directories and got none)"),
-            );
+            // Not a refusal: language runtimes (libc, Python, JavaScript)
+            // ask at start-up whatever the guest's code does. Counted
+            // apart; without a directory no file can be opened at all.
+            let tenant = &store.data().tenant;
+            Counters::bump(&tenant.counters.preopen_queries);
+            if let Some(left_out) = tenant.refusal_log.admit() {
+                let note = crate::log_budget::left_out_note(left_out);
+                tracing::info!(
+                    tenant = tenant.name(),
+                    "{}: asked for its preopened directories: none are granted, so it can open no file{note}",
+                    tenant.name()
+                );
+            }
             results[0] = Val::List(Vec::new());
             Ok(())
         })?;

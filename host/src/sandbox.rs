@@ -367,6 +367,7 @@ mod tests {
             name: "t".into(),
             component: ComponentSource::Builtin("seed".into()),
             component_at: String::new(),
+            listen_at: String::new(),
             listen: Vec::new(),
             env: Default::default(),
             connect: Vec::new(),

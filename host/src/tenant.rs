@@ -69,10 +69,13 @@ pub struct Counters {
     pub cpu_limit_kills: AtomicU64,
     /// Memory growths refused at the memory limit.
     pub memory_refusals: AtomicU64,
-    /// Capability attempts refused (bind, connect, UDP, DNS, files).
+    /// Capability attempts refused (bind, connect, UDP, DNS).
     pub capability_refusals: AtomicU64,
     /// The same, by kind, indexed by `Capability as usize`.
     pub refusals_by_kind: [AtomicU64; Capability::ALL.len()],
+    /// Times the guest asked for its preopened directories (runtimes do at
+    /// start-up; not a refusal: none are granted).
+    pub preopen_queries: AtomicU64,
     /// Bytes received on the tenant's connections (clients' and outbound).
     pub bytes_in: AtomicU64,
     /// Bytes sent on the tenant's connections (clients' and outbound).

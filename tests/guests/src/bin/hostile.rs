@@ -9,7 +9,10 @@
 //! `alloc` (allocate without bound), `listen N` (bind and listen on the
 //! granted address N more times, holding every socket), `poll-flood N`
 //! (one `poll` over a list repeating one pollable N times), `random N`
-//! (ask the host for N random bytes at once), `hoard` (from then on accept every
+//! (ask the host for N random bytes at once), `connect-hold N ADDR` (open
+//! N connections to ADDR and hold them), `blast` (write to this client,
+//! which does not read, until the stream is full, then close it and say
+//! how long the close took), `hoard` (from then on accept every
 //! connection and never read or close it). Serves one client at a time.
 
 use std::io::{BufRead, BufReader, Write};
@@ -31,6 +34,10 @@ fn main() {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
+            if line.trim() == "blast" {
+                blast(reader.into_inner());
+                break;
+            }
             if line.trim() == "hoard" {
                 let _ = writeln!(reader.get_mut(), "ok hoarding");
                 hoard(&listener, reader.into_inner());
@@ -42,6 +49,26 @@ fn main() {
             }
         }
     }
+}
+
+/// Writes to `stream` until it takes no more, then closes it, timing the
+/// close.
+fn blast(mut stream: TcpStream) {
+    if let Err(e) = stream.set_nonblocking(true) {
+        println!("blast: {e}");
+        return;
+    }
+    let chunk = vec![b'x'; 65536];
+    let mut sent = 0;
+    while let Ok(n) = stream.write(&chunk) {
+        sent += n;
+    }
+    let started = std::time::Instant::now();
+    drop(stream);
+    println!(
+        "blasted {sent} bytes, closed in {} ms",
+        started.elapsed().as_millis()
+    );
 }
 
 /// Accepts every connection and holds it open without reading, forever.
@@ -125,6 +152,26 @@ fn attempt(command: &str) -> String {
                 .map(|e| format!(" ({:?})", e.kind()))
                 .unwrap_or_default();
             Ok(format!("{listening} listening, {refused} refused{why}"))
+        }
+        "connect-hold" => {
+            let (n, target) = arg.split_once(' ').unwrap_or(("1", arg));
+            let Ok(target) = target.parse() else {
+                return format!("bad address: {target}");
+            };
+            let (mut held, mut refused, mut first) = (Vec::new(), 0, None);
+            for _ in 0..n.parse().unwrap_or(1) {
+                match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                    Ok(stream) => held.push(stream),
+                    Err(e) => {
+                        refused += 1;
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            let connected = held.len();
+            std::mem::forget(held);
+            let why = first.map(|e| format!(" ({e})")).unwrap_or_default();
+            Ok(format!("{connected} connected, {refused} refused{why}"))
         }
         "poll-flood" => {
             use guest::bindings::wasi::clocks::monotonic_clock::subscribe_duration;
