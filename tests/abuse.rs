@@ -430,3 +430,45 @@ fn a_storm_of_idle_clients_is_closed_and_logged_within_the_budget() {
         t.host.log()
     );
 }
+
+#[test]
+fn after_a_pause_in_accepting_every_address_is_served_again() {
+    let dir = scratch_dir("fds-two");
+    let manifest = dir.join("tenants.toml");
+    std::fs::write(
+        &manifest,
+        one("builtin:seed", "").replace(
+            "listen = [\"127.0.0.1:0\"]",
+            "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]",
+        ),
+    )
+    .unwrap();
+    let host = Host::start_with_fd_limit(&["--config".as_ref(), manifest.as_os_str()], 40);
+    let marker = "t: listening on ";
+    host.wait_for_log(marker);
+    let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
+    while addrs.len() < 2 {
+        addrs = host
+            .log()
+            .lines()
+            .filter(|l| l.contains(marker))
+            .map(|l| addr_after(l, marker))
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (first, second) = (addrs[0], addrs[1]);
+    // Descriptors run out on the second address; a client waits on the
+    // first meanwhile.
+    let mut clients: Vec<TcpStream> = (0..60).map(|_| connect(second)).collect();
+    host.wait_for_log("Too many open files");
+    let mut waiting = connect(first);
+    waiting.write_all(b"my turn\n").unwrap();
+    // Descriptors come back: when the pause ends, both listeners are woken
+    // (the first, whose client arrived during the pause, and the second,
+    // whose clients were queued before it).
+    let mut queued = clients.split_off(50);
+    drop(clients);
+    assert_seed_reply(&read_line(&mut waiting));
+    let last = queued.last_mut().unwrap();
+    assert_seed_reply(&round_trip(last, b"finally\n"));
+}

@@ -60,3 +60,10 @@ fn a_reply_written_at_once_arrives_in_one_piece() {
         );
     }
 }
+
+#[test]
+fn the_socket_calls_return_the_errors_wasi_documents() {
+    let (_host, addr) = Host::serve(Some(&test_guest("socket-spec")));
+    let reply = round_trip(&mut connect(addr), b"check\n");
+    assert!(reply.starts_with("ok "), "{reply}");
+}

@@ -415,7 +415,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             // The admin endpoint swaps and reloads tenants: no guest may
             // reach it, whatever the manifest says.
             if let Some(admin) = &raw.host.admin
-                && overlap(*admin.get_ref(), addr)
+                && reaches(*admin.get_ref(), addr)
             {
                 let admin = admin.get_ref();
                 return Err(at(
@@ -587,16 +587,21 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 
 /// Whether listening on `a` and on `b` would clash: the same port, and the
 /// same address or a wildcard covering the other (`0.0.0.0` every IPv4
-/// address; `[::]` every address, IPv4 too on a dual-stack socket).
-pub fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() != b.port() {
+/// address; `[::]` every IPv6 address: the host's IPv6 listeners are
+/// IPv6-only, as WASI sockets are).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
         return false;
     }
-    let covers = |wide: SocketAddr, other: SocketAddr| {
-        wide.ip().is_unspecified()
-            && (wide.is_ipv6() || other.is_ipv4() || other.ip().is_unspecified())
-    };
-    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+/// Whether connecting to `addr` reaches a listener bound to `listener` (a
+/// dual-stack one: `[::]` takes IPv4 connections too).
+pub fn reaches(listener: SocketAddr, addr: SocketAddr) -> bool {
+    listener.port() == addr.port()
+        && (listener.ip() == addr.ip()
+            || (listener.ip().is_unspecified() && (listener.is_ipv6() || addr.is_ipv4())))
 }
 
 /// The limits that must agree with each other: the key at fault and why.
@@ -763,10 +768,11 @@ mod tests {
             error(&b("0.0.0.0:9801")),
             "tenants.toml:8: tenant.listen: 0.0.0.0:9801 overlaps 127.0.0.1:9801, already used by tenant \"a\""
         );
-        assert!(error(&b("[::]:9801")).contains("[::]:9801 overlaps 127.0.0.1:9801"));
-        // Another port, or IPv6 beside an IPv4 address, does not clash.
+        // Another port, or IPv6 beside an IPv4 address (the host's IPv6
+        // listeners are IPv6-only), does not clash.
         assert!(parse_str(&b("0.0.0.0:9802")).is_ok());
         assert!(parse_str(&b("[::1]:9801")).is_ok());
+        assert!(parse_str(&b("[::]:9801")).is_ok());
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Grant {
             SocketAddrUse::TcpConnect => {
                 let admin = ADMIN
                     .get()
-                    .is_some_and(|a| crate::manifest::overlap(*a, addr));
+                    .is_some_and(|a| crate::manifest::reaches(*a, addr));
                 (admin || !self.connect.contains(&addr)).then_some(Refusal::Connect)
             }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {

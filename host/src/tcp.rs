@@ -1436,9 +1436,25 @@ impl OutputStream for Writer {
 pub fn host_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // WASI sockets are IPv6-only: a guest granted `[::]:P` listens on
+    // IPv6 alone, and `0.0.0.0:P` stays free for another tenant.
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_ipv6_host_listener_is_ipv6_only_as_wasi_sockets_are() {
+        let listener = super::host_listener("[::]:0".parse().unwrap()).unwrap();
+        assert!(socket2::SockRef::from(&listener).only_v6().unwrap());
+        let v4 = super::host_listener("0.0.0.0:0".parse().unwrap()).unwrap();
+        assert!(v4.local_addr().unwrap().is_ipv4());
+    }
 }
