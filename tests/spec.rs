@@ -25,7 +25,13 @@ fn a_server_that_polls_then_blocks_in_accept_and_read_serves_every_client() {
     }
     for i in 0..100 {
         for (n, client) in clients.iter_mut().enumerate() {
-            let message = format!("{i} from {n}");
+            // Every tenth message fills the guest's 2048-byte read buffer
+            // exactly: the stream must not stay ready with nothing left.
+            let message = if i % 10 == 9 {
+                format!("{i:0>2047}")
+            } else {
+                format!("{i} from {n}")
+            };
             assert_eq!(
                 round_trip(client, format!("{message}\n").as_bytes()),
                 format!("posix: {message}\n"),

@@ -870,8 +870,10 @@ fn a_connect_the_guest_gives_up_on_leaves_no_descriptor_behind() {
     );
     let neighbour = Neighbour::start(t.addr("neighbour"));
     let mut orders = connect(t.addr("hostile"));
-    // Its connection accepted before the count.
+    // Both connections accepted before the count.
     assert!(order(&mut orders, "env LISTEN_ADDR").starts_with("ok"));
+    let neighbour_open = "tcphost_connections_open{tenant=\"neighbour\"}";
+    wait_metric(t.admin.unwrap(), neighbour_open, |n| n >= 1.0);
     let before = t.host.open_fds();
     // The guest waits two seconds, then drops the socket.
     let answer = order(&mut orders, &format!("connect-hold 1 {to}"));

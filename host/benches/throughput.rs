@@ -11,6 +11,10 @@
 //!
 //! The load generator runs in this process on one thread; the servers get
 //! the rest of the machine.
+//!
+//! `TCPHOST_BENCH_BASELINE=/path/to/an/older/host` adds that build of the
+//! host to the same run (e.g. the last commit's, to show a change costs
+//! nothing), as "host (baseline build)".
 
 mod support;
 
@@ -22,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::{machine, rss_kib, scratch};
+use support::{cpu_time, machine, rss_kib, scratch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -83,8 +87,17 @@ fn wait_accepting(addr: SocketAddr, since: Instant) -> Duration {
 /// The host running the default guest from a manifest, with room for the
 /// connections the cases open. Logs go where the Go server's go: nowhere.
 fn host(dir: &Path) -> Server {
+    host_binary(
+        dir,
+        Path::new(env!("CARGO_BIN_EXE_host")),
+        "host + seed guest",
+    )
+}
+
+/// [`host`] with the host binary `binary`, named `name` in the report.
+fn host_binary(dir: &Path, binary: &Path, name: &'static str) -> Server {
     let addr = free_addr();
-    let manifest = dir.join("bench.toml");
+    let manifest = dir.join(format!("bench-{}.toml", addr.port()));
     std::fs::write(
         &manifest,
         format!(
@@ -92,7 +105,7 @@ fn host(dir: &Path) -> Server {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_host"))
+    let child = Command::new(binary)
         .arg("--config")
         .arg(&manifest)
         .stdout(Stdio::null())
@@ -100,11 +113,7 @@ fn host(dir: &Path) -> Server {
         .spawn()
         .unwrap();
     wait_accepting(addr, Instant::now());
-    Server {
-        name: "host + seed guest",
-        child,
-        addr,
-    }
+    Server { name, child, addr }
 }
 
 fn native() -> Server {
@@ -207,6 +216,8 @@ struct Outcome {
     fewest: usize,
     /// Round trips completed by the median client.
     median_client: usize,
+    /// The server's CPU time (user + system) per round trip, in µs.
+    cpu_us: f64,
 }
 
 /// The medians of one case against one server over the rounds.
@@ -218,6 +229,7 @@ struct Summary {
     p99_us: f64,
     fewest: f64,
     median_client: f64,
+    cpu_us: f64,
 }
 
 impl Summary {
@@ -236,12 +248,14 @@ impl Summary {
             p99_us: median(|o| o.p99_us),
             fewest: median(|o| o.fewest as f64),
             median_client: median(|o| o.median_client as f64),
+            cpu_us: median(|o| o.cpu_us),
         }
     }
 }
 
-/// `busy` clients doing round trips beside `idle` silent connections.
-fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
+/// `busy` clients doing round trips beside `idle` silent connections, to
+/// the server at `addr`, process `pid` (0: its CPU time is not read).
+fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -285,8 +299,10 @@ fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
         }
         tokio::time::sleep(WARM_UP).await;
         measuring.store(true, Ordering::Relaxed);
+        let cpu_before = cpu_time(pid);
         tokio::time::sleep(MEASURE).await;
         measuring.store(false, Ordering::Relaxed);
+        let cpu = cpu_time(pid).saturating_sub(cpu_before);
         stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
         let mut per_client = Vec::with_capacity(busy);
@@ -300,6 +316,7 @@ fn load(addr: SocketAddr, busy: usize, idle: usize) -> Outcome {
         all.sort_by(f64::total_cmp);
         let at = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize];
         Outcome {
+            cpu_us: cpu.as_secs_f64() * 1e6 / all.len().max(1) as f64,
             per_sec: all.len() as f64 / MEASURE.as_secs_f64(),
             p50_us: at(0.5),
             p99_us: at(0.99),
@@ -317,6 +334,7 @@ fn main() {
         Some("load") => {
             let o = load(
                 args[2].parse().unwrap(),
+                0,
                 args[3].parse().unwrap(),
                 args[4].parse().unwrap(),
             );
@@ -331,7 +349,7 @@ fn main() {
     let dir = scratch("run");
     let mut report = String::new();
     writeln!(report, "Machine: {}.\n", machine()).unwrap();
-    writeln!(report, "Request/response: each client sends `ping\\n` and waits for the one-line reply before the next; {}s measured after {}s of warm-up, {ROUNDS} times per case and server, the servers taking turns; each figure is the median of the {ROUNDS}, the range that of the throughput. The load generator runs on one thread of the same machine.\n", MEASURE.as_secs(), WARM_UP.as_secs()).unwrap();
+    writeln!(report, "Request/response: each client sends `ping\\n` and waits for the one-line reply before the next; {}s measured after {}s of warm-up, {ROUNDS} times per case and server, the servers taking turns; each figure is the median of the {ROUNDS}, the range that of the throughput. The load generator runs on one thread (a current-thread tokio runtime, one task per client) of the same machine. CPU is the server process's user + system time over the measured 3s (from /proc/PID/stat, 10 ms ticks) divided by the round trips completed: it moves less than throughput on this noisy machine.\n", MEASURE.as_secs(), WARM_UP.as_secs()).unwrap();
 
     let cases: [(&str, usize, usize); 4] = [
         ("1 busy", 1, 0),
@@ -343,6 +361,13 @@ fn main() {
     // case by case, in every round, so a drift in the machine's speed
     // during the run falls on all of them alike.
     let mut servers = vec![native(), host(&dir)];
+    if let Some(baseline) = std::env::var_os("TCPHOST_BENCH_BASELINE") {
+        servers.push(host_binary(
+            &dir,
+            Path::new(&baseline),
+            "host (baseline build)",
+        ));
+    }
     match go_seed(&dir) {
         Some(go) => servers.push(go),
         None => eprintln!("no Go toolchain: the seed's Go server is left out"),
@@ -355,19 +380,19 @@ fn main() {
         for (c, (label, busy, idle)) in cases.iter().enumerate() {
             for (s, server) in servers.iter().enumerate() {
                 eprintln!("round {round}/{ROUNDS}: {}: {label}", server.name);
-                outcomes[s][c].push(load(server.addr, *busy, *idle));
+                outcomes[s][c].push(load(server.addr, server.child.id(), *busy, *idle));
             }
         }
     }
 
     writeln!(
         report,
-        "| case | server | round trips/s | range | vs native | p50 | p99 | p99 vs native | per client: fewest / median |"
+        "| case | server | round trips/s | range | vs native | CPU per round trip | CPU vs native | p50 | p99 | p99 vs native | per client: fewest / median |"
     )
     .unwrap();
     writeln!(
         report,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     .unwrap();
     for (c, (label, _, _)) in cases.iter().enumerate() {
@@ -376,12 +401,14 @@ fn main() {
             let o = Summary::of(&outcomes[s][c]);
             writeln!(
                 report,
-                "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x | {:.0} / {:.0} |",
+                "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.1} µs | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x | {:.0} / {:.0} |",
                 server.name,
                 o.per_sec,
                 o.per_sec_min,
                 o.per_sec_max,
                 o.per_sec / native.per_sec,
+                o.cpu_us,
+                o.cpu_us / native.cpu_us,
                 o.p50_us,
                 o.p99_us,
                 o.p99_us / native.p99_us,

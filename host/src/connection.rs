@@ -228,18 +228,18 @@ impl AcceptBackoff {
         (until != 0 && until > now_ms()).then(|| instant_at(until))
     }
 
-    /// If accepting is paused, arranges for `wakers` to be woken when the
-    /// pause ends (once per pause) and returns true.
-    pub fn wake_after_pause(&self, wakers: &Arc<Wakers>) -> bool {
+    /// If accepting is paused, arranges for `gate` to open when the pause
+    /// ends (once per pause) and returns true; false if it is not paused.
+    pub fn wake_after_pause(&self, gate: &Arc<Gate>) -> bool {
         let Some(until) = self.paused() else {
             return false;
         };
         if !self.wake_scheduled.swap(true, Ordering::AcqRel) {
-            let (scheduled, wakers) = (self.wake_scheduled.clone(), wakers.clone());
+            let (scheduled, gate) = (self.wake_scheduled.clone(), gate.clone());
             tokio::spawn(async move {
                 tokio::time::sleep_until(until).await;
                 scheduled.store(false, Ordering::Release);
-                wakers.wake_all();
+                gate.open();
             });
         }
         true
@@ -278,34 +278,73 @@ impl AcceptBackoff {
     }
 }
 
-/// Most wakers a [`Wakers`] keeps; past it every one is woken (a spurious
-/// wake costs a waiter one more check) so a waiter that registers anew on
-/// every check cannot grow the list without bound.
-const MAX_WAKERS: usize = 1024;
-
-/// Wakers of whoever waits for a tenant's accept gate to open (its current
-/// version to change, or a pause in accepting to end): every listener a
-/// guest waits on, in every instance, is woken, not only the last to ask.
+/// One waiter for a tenant's accept gate: a listener pollable (or a
+/// listening socket) of some guest instance, holding the last waker that
+/// found the gate closed. One slot per waiter, so a waiter checked again
+/// and again replaces its waker instead of adding one.
 #[derive(Debug, Default)]
-pub struct Wakers(Mutex<Vec<std::task::Waker>>);
+pub struct GateWaiter(Mutex<Option<std::task::Waker>>);
 
-impl Wakers {
-    /// Wakes `waker` at the next [`Wakers::wake_all`].
-    pub fn register(&self, waker: &std::task::Waker) {
-        let mut wakers = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if wakers.iter().any(|w| w.will_wake(waker)) {
-            return;
+impl GateWaiter {
+    /// Wakes `waker` when the gate next opens.
+    pub fn set(&self, waker: &std::task::Waker) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
         }
-        if wakers.len() >= MAX_WAKERS {
-            wakers.drain(..).for_each(std::task::Waker::wake);
-        }
-        wakers.push(waker.clone());
     }
 
-    /// Wakes every registered waker, forgetting them.
-    pub fn wake_all(&self) {
-        let wakers = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        wakers.into_iter().for_each(std::task::Waker::wake);
+    fn wake(&self) {
+        let waker = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A tenant's accept gate: whoever waits for it to open (its current
+/// version to change, or a pause in accepting to end) is woken when it
+/// does, every listener of every instance, not only the last to ask. Holds
+/// its waiters weakly: a dropped pollable leaves with its handle, so the
+/// list is bounded by the handles the tenant's guests hold.
+#[derive(Debug, Default)]
+pub struct Gate {
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    list: Vec<Weak<GateWaiter>>,
+    /// The length at which dropped waiters are swept out next.
+    sweep_at: usize,
+}
+
+impl Gate {
+    /// A new waiter, woken each time the gate opens while it lives.
+    pub fn waiter(&self) -> Arc<GateWaiter> {
+        let waiter = Arc::new(GateWaiter::default());
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if waiters.list.len() >= waiters.sweep_at {
+            waiters.list.retain(|w| w.strong_count() > 0);
+            waiters.sweep_at = (waiters.list.len() * 2).max(64);
+        }
+        waiters.list.push(Arc::downgrade(&waiter));
+        waiter
+    }
+
+    /// Wakes every waiter that found the gate closed.
+    pub fn open(&self) {
+        let live: Vec<Arc<GateWaiter>> = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for waiter in live {
+            waiter.wake();
+        }
     }
 }
 

@@ -118,6 +118,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     host::workers::start(threads).context("cannot start the guest threads")?;
     let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
+    if pooling.is_some() {
+        host::supervisor::pooled();
+    }
     let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
     let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone(), pool);
     control.set_host_settings(&manifest);

@@ -599,6 +599,11 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 /// Whether connecting to `addr` reaches a listener bound to `listener` (a
 /// dual-stack one: `[::]` takes IPv4 connections too).
 pub fn reaches(listener: SocketAddr, addr: SocketAddr) -> bool {
+    // `::ffff:127.0.0.1` is 127.0.0.1.
+    let (listener, addr) = (
+        SocketAddr::new(listener.ip().to_canonical(), listener.port()),
+        SocketAddr::new(addr.ip().to_canonical(), addr.port()),
+    );
     listener.port() == addr.port()
         && (listener.ip() == addr.ip()
             || (listener.ip().is_unspecified() && (listener.is_ipv6() || addr.is_ipv4())))
@@ -753,6 +758,10 @@ mod tests {
             "{message}"
         );
         assert!(parse_str(&manifest("127.0.0.1:9901")).is_ok());
+        // The same address written as IPv6 is the same address.
+        assert!(
+            error(&manifest("[::ffff:127.0.0.1]:9900")).contains("is the host's admin endpoint")
+        );
     }
 
     #[test]

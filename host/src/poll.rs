@@ -45,6 +45,9 @@ pub enum Fast {
         tenant: Arc<Tenant>,
         /// The guest version that subscribed.
         generation: u64,
+        /// This pollable's place among the waiters for the tenant's accept
+        /// gate.
+        waiter: Arc<crate::connection::GateWaiter>,
     },
 }
 
@@ -69,7 +72,8 @@ impl Fast {
                 listener,
                 tenant,
                 generation,
-            } => crate::tcp::poll_accept(listener, tenant, *generation, cx),
+                waiter,
+            } => crate::tcp::poll_accept(listener, tenant, *generation, waiter, cx),
         }
     }
 }
@@ -229,10 +233,19 @@ async fn poll_list(
     if list.is_empty() {
         wasmtime::bail!("empty poll list");
     }
-    // No longer than the handles a guest may hold: wasmtime lends the
-    // guest's handle once per entry, and traps past its store's limit of
-    // live handles (100,000), so the list, and what is built for it here,
-    // is bounded whatever the guest repeats.
+    // No longer than the handles a guest may hold: a longer list can only
+    // repeat them. wasmtime traps first for the guest's own handles (it
+    // lends one per entry, up to its store's limit of 100,000), not for
+    // borrowed ones a composed component passes on: refused here before
+    // anything is built for it (wasmtime's copy of the list is at most four
+    // times its size in guest memory).
+    if list.len() > crate::sandbox::MAX_RESOURCES {
+        wasmtime::bail!(
+            "a poll list of {} pollables, more than the {} handles a guest may hold",
+            list.len(),
+            crate::sandbox::MAX_RESOURCES
+        );
+    }
     if store.data_mut().fast.let_io_in() {
         tokio::task::yield_now().await;
     }

@@ -17,9 +17,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Most resources (sockets, streams, pollables) a guest may hold at once.
 /// A full table makes further calls fail instead of growing host memory.
-/// (wasmtime also bounds the handles a component holds and lends, at the
-/// same number, so a `poll` list repeating one handle is bounded too.)
-const MAX_RESOURCES: usize = 100_000;
+/// (wasmtime also bounds the handles a component holds and lends at the
+/// same number; crate::poll bounds `poll` lists by it.)
+pub const MAX_RESOURCES: usize = 100_000;
 
 /// Most table elements a guest instance may hold, over all its tables.
 const MAX_TABLE_ELEMENTS: usize = 100_000;

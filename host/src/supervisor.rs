@@ -258,6 +258,21 @@ impl Instance {
 /// to the memory limit) alive. Well above what deployments do.
 pub const MAX_DRAINING: usize = 16;
 
+/// The same with the pooling allocator, whose slots are shared by every
+/// tenant: each tenant's share of the pool is two instances, the current
+/// version and one draining.
+pub const MAX_DRAINING_POOLED: usize = 1;
+
+/// The replaced versions a tenant may keep draining now: [`MAX_DRAINING`],
+/// or [`MAX_DRAINING_POOLED`] once [`pooled`] was called.
+static DRAINING_LIMIT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(MAX_DRAINING);
+
+/// Records that instances come from the pooling allocator.
+pub fn pooled() {
+    DRAINING_LIMIT.store(MAX_DRAINING_POOLED, Ordering::Relaxed);
+}
+
 /// Starts `pre` beside `current` and, once it listens, makes it current; the
 /// old instance drains in the background (in `draining`). On failure
 /// `current` is untouched.
@@ -294,9 +309,18 @@ async fn swap(
         Err(why) => Err(why),
     };
     if let Err(why) = settled {
+        // Gone for good before the old version takes over again, so it
+        // cannot listen (and take over) after that.
+        // (A task already finished has given its outcome: awaiting it
+        // again would panic.)
+        if !next.task.is_finished() {
+            next.task.abort();
+            let _ = (&mut next.task).await;
+        }
         // The old version takes new connections again, whatever the new
-        // one did before it failed (it may have listened on some address).
-        if tenant.restore_current(generation, current.generation) {
+        // one did before it failed (it may have listened on some address);
+        // running if it still runs (the supervisor sees to it otherwise).
+        if tenant.restore_current(generation, current.generation) && !current.task.is_finished() {
             tenant.set_state(State::Running);
         }
         return Err(why);
@@ -312,14 +336,15 @@ async fn swap(
         "swapped to a new version"
     );
     draining.retain(|(_, task)| !task.is_finished());
-    if draining.len() >= MAX_DRAINING
+    let limit = DRAINING_LIMIT.load(Ordering::Relaxed);
+    if draining.len() >= limit
         && let Some((generation, oldest)) = draining.pop_front()
     {
         oldest.abort();
         warn!(
             tenant = name,
             generation,
-            "{MAX_DRAINING} replaced versions were draining: dropped the oldest, closing its connections"
+            "{limit} replaced versions were draining: dropped the oldest, closing its connections"
         );
     }
     let replaced = old.generation;

@@ -13,7 +13,7 @@
 //! cap (a client past it is reset before the guest sees it), the open
 //! connection count, and the refusal of every ungranted bind and connect.
 
-use crate::connection::{CapReaper, Policed, is_resource_error, refuse_client};
+use crate::connection::{CapReaper, GateWaiter, Policed, is_resource_error, refuse_client};
 use crate::policy::log_refusal;
 use crate::sandbox::TenantState;
 use crate::tenant::{Counters, Tenant};
@@ -173,6 +173,8 @@ enum State {
     Listening {
         addr: SocketAddr,
         listener: Arc<AsyncFd<TcpListener>>,
+        /// Woken when the tenant's accept gate opens (crate::connection).
+        waiter: Arc<GateWaiter>,
     },
     /// An outbound connection in progress: the connect itself, not a task,
     /// so dropping the socket cancels it and closes its descriptor.
@@ -359,9 +361,12 @@ impl Pollable for GuestTcp {
                 let result = connect.await;
                 self.state = State::ConnectDone(result);
             }
-            State::Listening { listener, .. } => {
+            State::Listening {
+                listener, waiter, ..
+            } => {
                 let (tenant, generation) = (&self.tenant, self.generation);
-                std::future::poll_fn(|cx| poll_accept(listener, tenant, generation, cx)).await;
+                std::future::poll_fn(|cx| poll_accept(listener, tenant, generation, waiter, cx))
+                    .await;
             }
             _ => {}
         }
@@ -369,26 +374,33 @@ impl Pollable for GuestTcp {
 }
 
 /// Whether `listener` (of guest version `generation`) has a client to
-/// accept now; if not, `cx` is woken when it may have. Exact, as POSIX
-/// `poll` is: ready only while a client waits in the queue and this
-/// version may take it (it is the current one, and accepting is not
-/// paused), so a server that polls and then accepts never blocks in the
-/// accept.
+/// accept now; if not, `cx` is woken when it may have (through `waiter`
+/// while the tenant's accept gate is closed). Exact, as POSIX `poll` is:
+/// ready only while a client waits in the queue and this version may take
+/// it (it is the current one, and accepting is not paused), so a server
+/// that polls and then accepts never blocks in the accept.
 pub fn poll_accept(
     listener: &AsyncFd<TcpListener>,
     tenant: &Tenant,
     generation: u64,
+    waiter: &GateWaiter,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
-    let open = || tenant.is_current(generation) && tenant.accept_backoff.paused().is_none();
-    if !open() {
-        // Registered before the second look, so an opening in between
-        // is not missed.
-        tenant.accept_wakers.register(cx.waker());
-        if !open() {
-            tenant
-                .accept_backoff
-                .wake_after_pause(&tenant.accept_wakers);
+    loop {
+        if !tenant.is_current(generation) {
+            // Set before the second look, so an opening in between is not
+            // missed.
+            waiter.set(cx.waker());
+            if !tenant.is_current(generation) {
+                return Poll::Pending;
+            }
+        }
+        if tenant.accept_backoff.paused().is_none() {
+            break;
+        }
+        waiter.set(cx.waker());
+        // False if the pause ended meanwhile: look again.
+        if tenant.accept_backoff.wake_after_pause(&tenant.accept_gate) {
             return Poll::Pending;
         }
     }
@@ -420,6 +432,12 @@ fn client_waiting(listener: &TcpListener) -> bool {
     // SAFETY: one valid pollfd, for a descriptor `listener` keeps open.
     let n = unsafe { libc::poll(&raw mut fd, 1, 0) };
     n != 0
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`): WASI sockets are
+/// IPv6-only, and refuse these with `invalid-argument`.
+fn is_ipv4_mapped(addr: &SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some())
 }
 
 fn family_of(addr: &SocketAddr) -> IpAddressFamily {
@@ -467,10 +485,16 @@ fn push_streams(
         policed,
     });
     let table = state.table();
-    let (input, output) = (
-        table.push_child(input, socket)?,
-        table.push_child(output, socket)?,
-    );
+    let input = table.push_child(input, socket)?;
+    // Both or neither: a stream left behind would keep the connection
+    // open and make the socket's drop fail.
+    let output = match table.push_child(output, socket) {
+        Ok(output) => output,
+        Err(e) => {
+            table.delete(input)?;
+            return Err(e.into());
+        }
+    };
     state.fast.add_stream(input.rep(), stream.clone());
     Ok((input, output))
 }
@@ -676,7 +700,7 @@ impl HostTcpSocket for TenantState {
             State::BindStarted(_) => return Ok(Err(ErrorCode::ConcurrencyConflict)),
             _ => return Ok(Err(ErrorCode::InvalidState)),
         }
-        if family_of(&addr) != socket.family {
+        if family_of(&addr) != socket.family || is_ipv4_mapped(&addr) {
             return Ok(Err(ErrorCode::InvalidArgument));
         }
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpBind) {
@@ -722,7 +746,11 @@ impl HostTcpSocket for TenantState {
             }
             _ => return Ok(Err(ErrorCode::InvalidState)),
         }
-        if family_of(&addr) != socket.family || addr.port() == 0 || addr.ip().is_unspecified() {
+        if family_of(&addr) != socket.family
+            || addr.port() == 0
+            || addr.ip().is_unspecified()
+            || is_ipv4_mapped(&addr)
+        {
             return Ok(Err(ErrorCode::InvalidArgument));
         }
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpConnect) {
@@ -855,6 +883,7 @@ impl HostTcpSocket for TenantState {
                 socket.state = State::Listening {
                     addr,
                     listener: Arc::new(listener),
+                    waiter: socket.tenant.accept_gate.waiter(),
                 };
                 let (tenant, generation) = (socket.tenant.clone(), socket.generation);
                 // From now on new clients come to this version, unless it is
@@ -1119,6 +1148,7 @@ impl HostTcpSocket for TenantState {
                 listener: listener.clone(),
                 tenant: socket.tenant.clone(),
                 generation: socket.generation,
+                waiter: socket.tenant.accept_gate.waiter(),
             }),
             _ => None,
         };
@@ -1164,7 +1194,11 @@ async fn connect(
 ) -> std::io::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            socket2::SockRef::from(&socket).set_only_v6(true)?;
+            socket
+        }
     };
     options.apply(&socket2::SockRef::from(&socket), family);
     let stream = socket.connect(addr).await?;
@@ -1242,10 +1276,14 @@ impl InputStream for Reader {
             }
             Ok(n) => {
                 self.policed.received(n);
-                if n < allowed {
-                    // A short read emptied the socket: forget its readiness
-                    // (unless data came since), so the stream is ready again
-                    // only when a read will return data or the end.
+                if n < allowed || unread(&self.stream) == 0 {
+                    // The read emptied the socket: forget its readiness, so
+                    // the stream is ready again only when a read will
+                    // return data or the end (an end already seen stays
+                    // ready: tokio keeps "read closed"). No event can slip
+                    // in between the read and the clear: the guest thread
+                    // drives its own event loop (crate::workers), not while
+                    // in here; data arriving meanwhile raises a new event.
                     let _ = self.stream.try_io(Interest::READABLE, || {
                         Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
                     });
@@ -1255,6 +1293,21 @@ impl InputStream for Reader {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Bytes::new()),
             Err(e) => Err(StreamError::LastOperationFailed(e.into())),
         }
+    }
+}
+
+/// Bytes waiting to be read on `stream` (`FIONREAD`), or 1 if the kernel
+/// will not say: only asked after a read filled its whole buffer.
+fn unread(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, for a
+    // descriptor `stream` keeps open.
+    let ok = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &raw mut n) } == 0;
+    if ok {
+        usize::try_from(n).unwrap_or(1)
+    } else {
+        1
     }
 }
 

@@ -137,7 +137,7 @@ pub struct Tenant {
     current_generation: tokio::sync::watch::Sender<u64>,
     /// Whoever found the accept gate closed (not the current version, or
     /// accepting paused) and waits to hear it may have opened.
-    pub accept_wakers: Arc<crate::connection::Wakers>,
+    pub accept_gate: Arc<crate::connection::Gate>,
 }
 
 /// Stops a listening socket listening, for every descriptor of it (guest
@@ -210,7 +210,7 @@ impl Tenant {
             listeners: Mutex::new(listeners),
             last_generation: AtomicU64::new(0),
             current_generation: tokio::sync::watch::Sender::new(0),
-            accept_wakers: Arc::default(),
+            accept_gate: Arc::default(),
         }
     }
 
@@ -282,7 +282,7 @@ impl Tenant {
     /// version) are shut down, so the addresses refuse new clients at once.
     pub fn stop_accepting(&self) {
         self.current_generation.send_replace(STOPPED);
-        self.accept_wakers.wake_all();
+        self.accept_gate.open();
         for listener in self
             .listeners
             .lock()
@@ -323,7 +323,7 @@ impl Tenant {
             newer
         });
         if newer {
-            self.accept_wakers.wake_all();
+            self.accept_gate.open();
         }
         newer
     }
@@ -340,7 +340,7 @@ impl Tenant {
             restore
         });
         if restored {
-            self.accept_wakers.wake_all();
+            self.accept_gate.open();
         }
         restored
     }

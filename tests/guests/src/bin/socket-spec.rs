@@ -147,6 +147,25 @@ fn run_checks() -> Result<usize, String> {
         ),
         Err(ErrorCode::InvalidArgument),
     )?;
+    // IPv4 written as IPv6: WASI sockets are IPv6-only.
+    let v6 = create_tcp_socket(IpAddressFamily::Ipv6).map_err(|e| format!("{e:?}"))?;
+    let mapped =
+        IpSocketAddress::Ipv6(guest::bindings::wasi::sockets::network::Ipv6SocketAddress {
+            address: (0, 0, 0, 0, 0, 0xffff, 0x7f00, 1),
+            port: 9,
+            flow_info: 0,
+            scope_id: 0,
+        });
+    expect(
+        "start-bind of an IPv4-mapped address",
+        v6.start_bind(&network, mapped),
+        Err(ErrorCode::InvalidArgument),
+    )?;
+    expect(
+        "start-connect to an IPv4-mapped address",
+        v6.start_connect(&network, mapped),
+        Err(ErrorCode::InvalidArgument),
+    )?;
     Ok(checks)
 }
 
