@@ -94,6 +94,12 @@ pub struct FastPoll {
     /// member's token. `poll` checks these through wasmtime-wasi's path, so
     /// it never takes over the waker the set registered.
     pub watched: std::collections::HashMap<u32, (u32, u64)>,
+    /// Set once the instance makes a ready set: its connections' streams
+    /// may then stay ready after a read that emptied them (the set's
+    /// documented level-triggered semantics), which saves a wake-up per
+    /// request under load; a plain `wasi:io/poll` guest gets readiness as
+    /// exact as POSIX `poll` (see crate::tcp's reader).
+    pub optimistic: Arc<std::sync::atomic::AtomicBool>,
     /// When the instance last let its thread poll for I/O: last waited
     /// for an event, or yielded (see [`FastPoll::let_io_in`]).
     last_io: Option<std::time::Instant>,

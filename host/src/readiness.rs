@@ -231,7 +231,12 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
     instance.func_wrap(
         "[constructor]ready-set",
         |mut store: StoreContextMut<'_, TenantState>, (): ()| {
-            let set = store.data_mut().table().push(ReadySet::new())?;
+            let state = store.data_mut();
+            state
+                .fast
+                .optimistic
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let set = state.table().push(ReadySet::new())?;
             Ok((set,))
         },
     )?;

@@ -475,6 +475,7 @@ fn push_streams(
         stream: stream.clone(),
         eof: false,
         policed: policed.clone(),
+        optimistic: state.fast.optimistic.clone(),
     });
     let output: DynOutputStream = Box::new(Writer {
         stream: stream.clone(),
@@ -1243,6 +1244,8 @@ struct Reader {
     stream: Arc<TcpStream>,
     eof: bool,
     policed: Arc<Policed>,
+    /// The instance uses ready sets (see crate::poll::FastPoll).
+    optimistic: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[wasmtime_wasi::async_trait]
@@ -1276,7 +1279,9 @@ impl InputStream for Reader {
             }
             Ok(n) => {
                 self.policed.received(n);
-                if n < allowed || unread(&self.stream) == 0 {
+                if !self.optimistic.load(Ordering::Relaxed)
+                    && (n < allowed || unread(&self.stream) == 0)
+                {
                     // The read emptied the socket: forget its readiness, so
                     // the stream is ready again only when a read will
                     // return data or the end (an end already seen stays
