@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{machine, rss_kib, scratch, write_section};
+use support::{cpu_time, machine, rss_kib, scratch, write_section};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Clients doing round trips, each reconnecting every [`CHURN_EVERY`].
@@ -24,24 +24,6 @@ const CHURN_EVERY: u64 = 200;
 const IDLE: usize = 500;
 /// Time between samples.
 const SAMPLE: Duration = Duration::from_secs(10);
-
-/// CPU time process `pid` has used (user + system).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
 
 /// Sockets of this machine in TIME_WAIT, from /proc/net/sockstat.
 fn time_wait() -> u64 {

@@ -192,6 +192,14 @@ enum State {
     Closed,
 }
 
+/// A connection as `accept` hands it to the guest: the socket and its
+/// input and output streams.
+type Accepted = (
+    Resource<GuestTcp>,
+    Resource<DynInputStream>,
+    Resource<DynOutputStream>,
+);
+
 /// An outbound connect in progress.
 type Connect = std::pin::Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
 
@@ -595,25 +603,12 @@ impl TenantState {
     }
     /// Pushes `socket` and its streams into the guest's table; a full table
     /// (the guest's handle limit) is `new-socket-limit`, never a trap.
-    #[allow(
-        clippy::type_complexity,
-        reason = "the WIT result, as bindgen spells it"
-    )]
     fn push_connection(
         &mut self,
         socket: GuestTcp,
         stream: &Arc<TcpStream>,
         policed: Arc<Policed>,
-    ) -> wasmtime::Result<
-        Result<
-            (
-                Resource<GuestTcp>,
-                Resource<DynInputStream>,
-                Resource<DynOutputStream>,
-            ),
-            ErrorCode,
-        >,
-    > {
+    ) -> wasmtime::Result<Result<Accepted, ErrorCode>> {
         let Ok(client) = self.table().push(socket) else {
             return Ok(Err(ErrorCode::NewSocketLimit));
         };
@@ -910,16 +905,7 @@ impl HostTcpSocket for TenantState {
     fn accept(
         &mut self,
         this: Resource<GuestTcp>,
-    ) -> wasmtime::Result<
-        Result<
-            (
-                Resource<GuestTcp>,
-                Resource<DynInputStream>,
-                Resource<DynOutputStream>,
-            ),
-            ErrorCode,
-        >,
-    > {
+    ) -> wasmtime::Result<Result<Accepted, ErrorCode>> {
         let (stream, peer) = match self.next_client(&this)? {
             Ok(client) => client,
             Err(code) => return Ok(Err(code)),
