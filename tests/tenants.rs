@@ -884,3 +884,27 @@ fn a_connect_the_guest_gives_up_on_leaves_no_descriptor_behind() {
     assert_eq!(t.status("hostile")["outbound_connections_open"], 0);
     neighbour.assert_all_answered();
 }
+
+#[test]
+fn no_connect_grant_reaches_the_admin_endpoint() {
+    // The admin port is chosen at start (port 0), so the first manifest
+    // cannot name it; a reload then grants it to the hostile tenant.
+    let t = Tenants::start(&with_neighbour(""), &["neighbour", "hostile"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let admin = t.admin.unwrap();
+    let manifest = t.dir.join("tenants.toml");
+    std::fs::write(
+        &manifest,
+        with_neighbour(&format!("connect = [\"{admin}\"]")),
+    )
+    .unwrap();
+    let (code, body) = http_post(admin, "/reload", "");
+    assert_eq!(code, 200, "{body}");
+    wait_until_accepting(t.addr("hostile"));
+    let reply = order(&mut connect(t.addr("hostile")), &format!("connect {admin}"));
+    assert!(reply.starts_with("denied"), "{reply}");
+    t.host.wait_for_log(&format!(
+        "refused: outbound connection to {admin} is not granted"
+    ));
+    neighbour.assert_all_answered();
+}
