@@ -87,3 +87,31 @@ fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
         }
     }
 }
+
+#[test]
+fn the_control_endpoint_is_reachable_only_from_inside_the_pod() {
+    let text = configmap_manifest();
+    let manifest = host::manifest::parse(Path::new("configmap/tenants.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let control = manifest.control.expect("the ConfigMap enables control");
+    let host::manifest::ControlAddr::Tcp(addr) = control.addr else {
+        panic!("control on TCP loopback, for kubectl port-forward");
+    };
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let port = format!("port: {}", addr.port());
+    for object in ["networkpolicy.yaml", "service.yaml"] {
+        let yaml =
+            std::fs::read_to_string(repo(&format!("host/deploy/kubernetes/{object}"))).unwrap();
+        assert!(!yaml.contains(&port), "{object} exposes the control port");
+    }
+    // The token file is the mounted Secret's.
+    let token = control.token_file.expect("a token file");
+    let deployment =
+        std::fs::read_to_string(repo("host/deploy/kubernetes/deployment.yaml")).unwrap();
+    let dir = token.parent().unwrap().display().to_string();
+    assert!(
+        deployment.contains(&format!("mountPath: {dir}")),
+        "the Deployment mounts {dir}"
+    );
+    assert!(deployment.contains("secretName: tcphost-control"));
+}

@@ -200,6 +200,8 @@ fn help_explains_every_option() {
         "--version",
         "--config",
         "--admin",
+        "--control",
+        "--control-token-file",
         "--cache-dir",
         "--no-cache",
         "LISTEN_ADDR",

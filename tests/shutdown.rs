@@ -98,12 +98,12 @@ fn while_draining_the_health_check_fails_and_nothing_new_starts() {
         (503, "stopping: draining open connections\n")
     );
     // Nothing new starts while stopping.
-    let (code, body) = http_post(admin, "/tenants/t/swap", "builtin:echo");
+    let (code, body) = t.post("/tenants/t/swap", "builtin:echo");
     assert_eq!(
         (code, body.as_str()),
         (422, "not swapped: the host is stopping\n")
     );
-    let (code, _) = http_post(admin, "/reload", "");
+    let (code, _) = t.post("/reload", "");
     assert_eq!(code, 422);
     assert_seed_reply(&round_trip(&mut open, b"still the seed\n"));
 }

@@ -21,7 +21,7 @@ fn live(component: &str, limits: &str) -> String {
 }
 
 fn swap(t: &Tenants, component: &str) -> (u16, String) {
-    http_post(t.admin.unwrap(), "/tenants/live/swap", component)
+    t.post("/tenants/live/swap", component)
 }
 
 /// The reply of a fresh connection to `message`.
@@ -406,16 +406,15 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
     // removed: that version must not keep its address accepting.
     let mut draining = connect(t.addr("gone"));
     assert_eq!(round_trip(&mut draining, b"old\n"), "old\n");
-    let (code, body) = http_post(t.admin.unwrap(), "/tenants/gone/swap", "builtin:upper");
+    let (code, body) = t.post("/tenants/gone/swap", "builtin:upper");
     assert_eq!(code, 200, "{body}");
     // And a connection on its current version, which drains on removal.
     let mut current = connect(t.addr("gone"));
     assert_eq!(round_trip(&mut current, b"new\n"), "NEW\n");
 
     // An invalid manifest changes nothing.
-    let path = t.dir.join("tenants.toml");
-    std::fs::write(&path, format!("{before}bogus = 1\n")).unwrap();
-    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    t.rewrite(&format!("{before}bogus = 1\n"));
+    let (code, body) = t.post("/reload", "");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("unknown field `bogus`"), "{body}");
 
@@ -427,7 +426,7 @@ fn a_reload_adds_removes_and_changes_tenants_and_leaves_the_rest_alone() {
         tenant("change", "builtin:upper"),
         tenant("new", "builtin:echo")
     );
-    std::fs::write(&path, after).unwrap();
+    t.rewrite(&after);
     t.host.signal("HUP");
     t.host.wait_for_log("SIGHUP: manifest reloaded");
     let new = addr_after(
@@ -462,12 +461,11 @@ fn a_reload_past_what_the_pooling_allocator_was_sized_for_changes_nothing() {
     let manifest =
         live("builtin:echo", "").replace("[host]\n", "[host]\npooling_allocator = true\n");
     let t = Tenants::start(&manifest, &["live"], &[]);
-    let path = t.dir.join("tenants.toml");
     let two = format!(
         "{manifest}\n[[tenant]]\nname = \"more\"\ncomponent = \"builtin:echo\"\nlisten = [\"127.0.0.1:0\"]\n"
     );
-    std::fs::write(&path, two).unwrap();
-    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    t.rewrite(&two);
+    let (code, body) = t.post("/reload", "");
     assert_eq!(code, 422, "{body}");
     assert!(
         body.contains(
@@ -476,8 +474,8 @@ fn a_reload_past_what_the_pooling_allocator_was_sized_for_changes_nothing() {
         "{body}"
     );
     let bigger = manifest.replace("limits = {  }", "limits = { max_memory = \"1 GiB\" }");
-    std::fs::write(&path, bigger).unwrap();
-    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    t.rewrite(&bigger);
+    let (code, body) = t.post("/reload", "");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("max_memory 1073741824 is above"), "{body}");
     assert_eq!(fresh_reply(t.addr("live"), "still"), "still\n");
@@ -488,8 +486,8 @@ fn a_reload_says_which_host_settings_need_a_restart() {
     let manifest = live("builtin:echo", "");
     let t = Tenants::start(&manifest, &["live"], &[]);
     let changed = manifest.replace("[host]\n", "[host]\nguest_threads = 1\n");
-    std::fs::write(t.dir.join("tenants.toml"), changed).unwrap();
-    let (code, body) = http_post(t.admin.unwrap(), "/reload", "");
+    t.rewrite(&changed);
+    let (code, body) = t.post("/reload", "");
     assert_eq!(code, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(

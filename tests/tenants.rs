@@ -453,7 +453,7 @@ fn a_crash_looping_tenant_is_marked_failed_and_its_address_refuses() {
     // An operator brings it back by swapping in a component (here the same
     // one): its addresses are listened on again and it serves.
     let component = test_guest("hostile").display().to_string();
-    let (code, body) = http_post(admin, "/tenants/hostile/swap", &component);
+    let (code, body) = t.post("/tenants/hostile/swap", &component);
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         http_get(admin, "/healthz/hostile"),
@@ -496,7 +496,7 @@ fn a_tenant_its_policy_leaves_stopped_refuses_connections_while_the_others_serve
         (200, "ok\nfails: failed\nhostile: stopped\n".to_owned())
     );
     // A manifest reload starts both again, on the same addresses.
-    let (code, body) = http_post(admin, "/reload", "");
+    let (code, body) = t.post("/reload", "");
     assert_eq!(code, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -772,7 +772,7 @@ fn with_the_pooling_allocator_a_component_gets_its_share_of_memories_and_no_more
     let t = Tenants::start(&manifest, &["neighbour", "greedy"], &[]);
     let neighbour = Neighbour::start(t.addr("neighbour"));
     let greedy = many_memories(3, 1).display().to_string();
-    let (code, body) = http_post(t.admin.unwrap(), "/tenants/greedy/swap", &greedy);
+    let (code, body) = t.post("/tenants/greedy/swap", &greedy);
     assert_eq!(code, 422, "{body}");
     assert!(
         body.contains("3 Wasm linear memories, which exceeds the configured maximum of 2"),
@@ -898,7 +898,7 @@ fn no_connect_grant_reaches_the_admin_endpoint() {
         with_neighbour(&format!("connect = [\"{admin}\"]")),
     )
     .unwrap();
-    let (code, body) = http_post(admin, "/reload", "");
+    let (code, body) = t.post("/reload", "");
     assert_eq!(code, 200, "{body}");
     wait_until_accepting(t.addr("hostile"));
     let reply = order(&mut connect(t.addr("hostile")), &format!("connect {admin}"));

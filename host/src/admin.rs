@@ -1,6 +1,10 @@
-//! The opt-in admin endpoint: HTTP on an operator-chosen address, for
-//! people and probes.
+//! The host's two HTTP endpoints, both opt-in: the admin endpoint, for
+//! reading (people, probes, Prometheus), and the control endpoint, for
+//! changing what runs. Reading and changing have different doors, so the
+//! first can be opened to a monitoring network and the second kept on
+//! loopback or a Unix socket behind a credential.
 //!
+//! Admin (read-only):
 //! - `GET /status`: every tenant (state, version, restarts, connections,
 //!   counters, last error) as JSON; `GET /status/{name}`: one tenant.
 //! - `GET /healthz`: the host's readiness for a load balancer: 503 while a
@@ -12,31 +16,43 @@
 //!   (serving on its addresses), else 503 with its state.
 //! - `GET /metrics`: counters per tenant and host-wide, for Prometheus
 //!   (crate::metrics).
+//! - A control request here is refused (405), pointing at the control
+//!   endpoint.
+//!
+//! Control (every request needs `Authorization: Bearer TOKEN`, the token
+//! file's content, when a token file is set; each request is logged as an
+//! audit line and counted):
 //! - `POST /tenants/{name}/swap` with a component (a path on the host, or
 //!   `builtin:NAME`) as the body: swaps that tenant's guest live; 200 with
 //!   the time the new version took to listen, or 422 with why not (the old
 //!   version keeps serving).
 //! - `POST /reload`: re-reads the manifest, as SIGHUP does; 200 with what
 //!   changed, or 422 with why nothing did.
+//! - `GET /status`, as on the admin endpoint.
 
 use crate::control::Control;
 use crate::manifest::{BUILTIN_PREFIX, ComponentSource};
 use crate::tenant::{Snapshot, State as TenantState};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde::Serialize;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::{info, warn};
 
 #[derive(Serialize)]
 struct StatusBody {
     tenants: Vec<Snapshot>,
 }
 
-/// Serves the admin endpoint on `listener` until the process ends.
+/// Serves the read-only admin endpoint on `listener` until the process
+/// ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
@@ -47,10 +63,160 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/healthz/{name}", get(healthz_of))
         .route("/metrics", get(metrics))
-        .route("/tenants/{name}/swap", post(swap))
-        .route("/reload", post(reload))
+        .route("/tenants/{name}/swap", any(elsewhere))
+        .route("/reload", any(elsewhere))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
     axum::serve(listener, app).await
+}
+
+/// Largest request body either endpoint reads: a component's path, or
+/// nothing.
+const MAX_BODY: usize = 64 * 1024;
+
+async fn elsewhere() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this admin endpoint is read-only: swaps and reloads go to the control endpoint ([host] control)\n",
+    )
+        .into_response()
+}
+
+/// Where the control endpoint listens.
+pub enum ControlListener {
+    /// TCP.
+    Tcp(tokio::net::TcpListener),
+    /// A Unix socket.
+    Unix(tokio::net::UnixListener),
+}
+
+/// Serves the control endpoint on `listener` until the process ends;
+/// every request needs the token in `token_file`, if set.
+pub async fn serve_control(
+    listener: ControlListener,
+    control: Arc<Control>,
+    token_file: Option<PathBuf>,
+) -> std::io::Result<()> {
+    let guard = Arc::new(Guard {
+        control: control.clone(),
+        token_file,
+    });
+    let app = axum::Router::new()
+        .route("/status", get(status))
+        .route("/tenants/{name}/swap", post(swap))
+        .route("/reload", post(reload))
+        .layer(middleware::from_fn_with_state(guard, audit))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(control);
+    match listener {
+        ControlListener::Tcp(listener) => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        }
+        ControlListener::Unix(listener) => axum::serve(listener, app).await,
+    }
+}
+
+/// What the control endpoint's gate needs.
+struct Guard {
+    control: Arc<Control>,
+    token_file: Option<PathBuf>,
+}
+
+/// Control actions, as the `action` label names them.
+const ACTIONS: [&str; 4] = ["swap", "reload", "status", "other"];
+/// Outcomes, as the `outcome` label names them.
+const OUTCOMES: [&str; 3] = ["ok", "failed", "unauthorized"];
+
+/// Requests to the control endpoint, by action and outcome.
+#[derive(Debug, Default)]
+pub struct Audited([[AtomicU64; OUTCOMES.len()]; ACTIONS.len()]);
+
+impl Audited {
+    /// Every (action, outcome, count).
+    pub fn counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut all = Vec::new();
+        for (a, action) in ACTIONS.iter().enumerate() {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                all.push((*action, *outcome, self.0[a][o].load(Ordering::Relaxed)));
+            }
+        }
+        all
+    }
+
+    fn count(&self, action: usize, outcome: usize) {
+        self.0[action][outcome].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Checks the credential, runs the request, and logs and counts it: one
+/// audit line per request (when is the line's time), saying from where,
+/// what, and the outcome. Never logs the token.
+async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "the unix socket".to_owned(), |c| c.0.to_string());
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let action = match path.as_str() {
+        "/reload" => 1,
+        "/status" => 2,
+        p if p.starts_with("/tenants/") && p.ends_with("/swap") => 0,
+        _ => 3,
+    };
+    if let Some(file) = &guard.token_file {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Err(why) = check_token(file, presented) {
+            guard.control.audited.count(action, 2);
+            warn!(target: "audit", %peer, %method, path, "audit: {peer}: {method} {path}: refused, {why}");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                format!("unauthorized: {why}\n"),
+            )
+                .into_response();
+        }
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let outcome = if status.is_success() { 0 } else { 1 };
+    guard.control.audited.count(action, outcome);
+    info!(target: "audit", %peer, %method, path, status = status.as_u16(), "audit: {peer}: {method} {path}: {status}");
+    response
+}
+
+/// Whether `presented` is the token in `file`, compared in constant time.
+/// The file is read at every request, so replacing it rotates the token.
+fn check_token(file: &std::path::Path, presented: Option<&str>) -> Result<(), String> {
+    use subtle::ConstantTimeEq;
+    let Some(presented) = presented else {
+        return Err("no bearer token".into());
+    };
+    let token = read_token(file)?;
+    if bool::from(token.as_bytes().ct_eq(presented.trim().as_bytes())) {
+        Ok(())
+    } else {
+        Err("wrong bearer token".into())
+    }
+}
+
+/// The token in `file` (surrounding whitespace trimmed): an error if it
+/// cannot be read or is empty.
+pub fn read_token(file: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", file.display()));
+    }
+    Ok(token.to_owned())
 }
 
 async fn status(State(control): State<Arc<Control>>) -> Json<StatusBody> {

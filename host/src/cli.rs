@@ -41,10 +41,22 @@ pub struct Cli {
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Serve the admin endpoint (GET /status, /healthz) on this address;
-    /// overrides the manifest's [host] admin.
+    /// Serve the read-only admin endpoint (GET /status, /healthz,
+    /// /metrics) on this address; overrides the manifest's [host] admin.
     #[arg(long, value_name = "IP:PORT")]
     pub admin: Option<SocketAddr>,
+
+    /// Serve the control endpoint (POST /tenants/NAME/swap, /reload) on
+    /// this TCP address (which needs --control-token-file) or Unix socket
+    /// (unix:PATH, created owner-only); overrides the manifest's [host]
+    /// control.
+    #[arg(long, value_name = "IP:PORT|unix:PATH")]
+    pub control: Option<crate::manifest::ControlAddr>,
+
+    /// The file holding the control endpoint's bearer token, read at each
+    /// request (replace the file to rotate the token).
+    #[arg(long, value_name = "FILE", requires = "control")]
+    pub control_token_file: Option<PathBuf>,
 
     /// Cache compiled components here, so later starts skip compiling
     /// [default: the manifest's [host] cache_dir, else

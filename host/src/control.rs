@@ -71,6 +71,8 @@ pub struct Control {
     pool: Option<(usize, u64)>,
     /// The counts of removed tenants, for the host-wide metrics.
     retired: crate::metrics::Retired,
+    /// Requests to the control endpoint, by action and outcome.
+    pub audited: crate::admin::Audited,
     /// The manifest's `[host]` settings as they were at start (tenants
     /// left out), to tell a reload which of them it cannot apply.
     started_with: Mutex<Option<manifest::Manifest>>,
@@ -89,6 +91,7 @@ impl Control {
             stopping: std::sync::atomic::AtomicBool::new(false),
             pool,
             retired: crate::metrics::Retired::default(),
+            audited: crate::admin::Audited::default(),
             started_with: Mutex::new(None),
         })
     }

@@ -80,6 +80,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         listeners.push(own);
     }
     let admin_addr = cli.admin.or(manifest.admin);
+    let control_at = match (&cli.control, &manifest.control) {
+        (Some(addr), _) => Some(manifest::Control {
+            addr: addr.clone(),
+            token_file: cli.control_token_file.clone(),
+        }),
+        (None, chosen) => chosen.clone(),
+    };
+    if let Some(at) = &control_at {
+        match (&at.addr, &at.token_file) {
+            (manifest::ControlAddr::Tcp(addr), None) => anyhow::bail!(
+                "the control endpoint on {addr} needs a token file (--control-token-file), or listen on unix:PATH"
+            ),
+            // Unreadable or empty: every request would be refused.
+            (_, Some(file)) => {
+                admin::read_token(file)
+                    .map_err(|why| anyhow::anyhow!("control endpoint: {why}"))?;
+            }
+            (manifest::ControlAddr::Unix(_), None) => {}
+        }
+    }
 
     let cache_dir = match (
         cli.no_cache,
@@ -170,6 +190,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = admin::serve(listener, control).await {
                 error!("admin endpoint failed: {e}");
+            }
+        });
+    }
+    if let Some(at) = control_at {
+        let listener = control_listener(&at.addr)
+            .await
+            .with_context(|| format!("cannot serve the control endpoint on {}", at.addr))?;
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve_control(listener, control, at.token_file).await {
+                error!("control endpoint failed: {e}");
             }
         });
     }
@@ -269,6 +300,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
     manifest::valid_name(&name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
     Ok(Manifest {
         admin: None,
+        control: None,
         cache_dir: None,
         pooling_allocator: false,
         guest_threads: None,
@@ -355,6 +387,41 @@ fn listen(addr: SocketAddr, listen_at: &str) -> anyhow::Result<std::net::TcpList
             )
         }
     })
+}
+
+/// Binds the control endpoint: on TCP, out of every guest's reach; on a
+/// Unix socket, a file only the host's user may open (a stale socket file
+/// from an earlier run is replaced, anything else there is an error).
+async fn control_listener(addr: &manifest::ControlAddr) -> anyhow::Result<admin::ControlListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match addr {
+        manifest::ControlAddr::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(*addr);
+            host::policy::forbid_admin(bound);
+            info!(%bound, "control: listening on {bound}");
+            Ok(admin::ControlListener::Tcp(listener))
+        }
+        manifest::ControlAddr::Unix(path) => {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                anyhow::ensure!(
+                    meta.file_type().is_socket(),
+                    "{} exists and is not a socket",
+                    path.display()
+                );
+                std::fs::remove_file(path)?;
+            }
+            // Made owner-only under another name, then moved into place:
+            // nobody can connect in between.
+            let fresh = path.with_extension(format!("new{}", std::process::id()));
+            let _ = std::fs::remove_file(&fresh);
+            let listener = tokio::net::UnixListener::bind(&fresh)?;
+            std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&fresh, path)?;
+            info!(path = %path.display(), "control: listening on unix:{}", path.display());
+            Ok(admin::ControlListener::Unix(listener))
+        }
+    }
 }
 
 /// A signal the host acts on.

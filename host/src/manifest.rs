@@ -204,6 +204,8 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 struct RawHost {
     admin: Option<Spanned<SocketAddr>>,
+    control: Option<Spanned<String>>,
+    control_token_file: Option<Spanned<String>>,
     cache_dir: Option<Spanned<String>>,
     #[serde(default)]
     pooling_allocator: bool,
@@ -278,11 +280,58 @@ impl TenantConfig {
     }
 }
 
+/// Where the control endpoint (swaps, reloads) listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAddr {
+    /// A TCP address: requests need the bearer token.
+    Tcp(SocketAddr),
+    /// A Unix socket, created owner-only: its permissions are the gate (a
+    /// token file, if set, is required as well).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlAddr::Tcp(addr) => write!(f, "{addr}"),
+            ControlAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ControlAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some("") => {
+                Err("unix: needs the socket's path, e.g. unix:/run/tcphost/control.sock".into())
+            }
+            Some(path) => Ok(ControlAddr::Unix(PathBuf::from(path))),
+            None => s
+                .parse()
+                .map(ControlAddr::Tcp)
+                .map_err(|_| format!("{s:?} is neither IP:PORT nor unix:PATH")),
+        }
+    }
+}
+
+/// The control endpoint: where, and the file holding its bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// Where it listens.
+    pub addr: ControlAddr,
+    /// The token file, read at each request (replace it to rotate).
+    pub token_file: Option<PathBuf>,
+}
+
 /// A validated manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
-    /// The admin endpoint's address, if enabled.
+    /// The read-only admin endpoint's address, if enabled.
     pub admin: Option<SocketAddr>,
+    /// The control endpoint, if enabled.
+    pub control: Option<Control>,
     /// Where compiled components are cached, if set.
     pub cache_dir: Option<PathBuf>,
     /// Whether instances come from wasmtime's pooling allocator.
@@ -301,6 +350,9 @@ impl Manifest {
         let mut changed = Vec::new();
         if self.admin != other.admin {
             changed.push("host.admin");
+        }
+        if self.control != other.control {
+            changed.push("host.control");
         }
         if self.cache_dir != other.cache_dir {
             changed.push("host.cache_dir");
@@ -490,8 +542,49 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         });
     }
 
+    let control = match (raw.host.control, raw.host.control_token_file) {
+        (None, None) => None,
+        (None, Some(file)) => {
+            return Err(at(
+                file.span(),
+                "host.control_token_file",
+                "is set, but no host.control endpoint is".into(),
+            ));
+        }
+        (Some(addr), token_file) => {
+            let span = addr.span();
+            let addr: ControlAddr = addr
+                .into_inner()
+                .parse()
+                .map_err(|why| at(span.clone(), "host.control", why))?;
+            let token_file = token_file.map(|f| base.join(f.into_inner()));
+            if let ControlAddr::Tcp(tcp) = &addr {
+                if token_file.is_none() {
+                    return Err(at(
+                        span,
+                        "host.control",
+                        "a TCP control endpoint needs host.control_token_file (or use unix:PATH)"
+                            .into(),
+                    ));
+                }
+                if let Some((used, owner)) = addresses
+                    .iter()
+                    .find(|(a, _)| tcp.port() != 0 && overlap(*a, *tcp))
+                {
+                    return Err(at(
+                        span,
+                        "host.control",
+                        format!("{tcp} overlaps {used}, already used by {owner}"),
+                    ));
+                }
+            }
+            Some(Control { addr, token_file })
+        }
+    };
+
     Ok(Manifest {
         admin: raw.host.admin.map(Spanned::into_inner),
+        control,
         cache_dir: raw.host.cache_dir.map(|dir| base.join(dir.into_inner())),
         pooling_allocator: raw.host.pooling_allocator,
         guest_threads: raw.host.guest_threads.map(Spanned::into_inner),

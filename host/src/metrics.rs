@@ -282,6 +282,16 @@ impl Collector for Tenants {
             ConstCounter::new(value).encode(family.encode_family(&[("kind", kind.as_str())])?)?;
         }
         let mut family = encoder.encode_descriptor(
+            "control_requests",
+            "Requests to the control endpoint, by action (swap, reload, status, other) and outcome (ok, failed, unauthorized).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (action, outcome, count) in self.0.audited.counts() {
+            ConstCounter::new(count)
+                .encode(family.encode_family(&[("action", action), ("outcome", outcome)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
             "host_tenants",
             "Tenants in each state.",
             None,

@@ -35,14 +35,17 @@ impl From<&TenantConfig> for Grant {
     }
 }
 
-/// The admin endpoint's address once bound: no grant reaches it (the
-/// manifest refuses such grants too, but an admin port of 0 is only known
-/// once bound).
-static ADMIN: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+/// The admin and control endpoints' addresses once bound: no grant
+/// reaches them (the manifest refuses such grants too, but a port of 0 is
+/// only known once bound).
+static FORBIDDEN: std::sync::Mutex<Vec<SocketAddr>> = std::sync::Mutex::new(Vec::new());
 
-/// Makes `addr`, the admin endpoint, unreachable for every guest.
+/// Makes `addr`, an endpoint of the host's own, unreachable for every guest.
 pub fn forbid_admin(addr: SocketAddr) {
-    let _ = ADMIN.set(addr);
+    FORBIDDEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(addr);
 }
 
 /// Why an attempt was refused, as logged.
@@ -70,9 +73,11 @@ impl Grant {
             // Clients may come from anywhere; the listen grant is the gate.
             SocketAddrUse::TcpAccept => None,
             SocketAddrUse::TcpConnect => {
-                let admin = ADMIN
-                    .get()
-                    .is_some_and(|a| crate::manifest::reaches(*a, addr));
+                let admin = FORBIDDEN
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|a| crate::manifest::reaches(*a, addr));
                 (admin || !self.connect.contains(&addr)).then_some(Refusal::Connect)
             }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {

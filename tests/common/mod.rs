@@ -345,6 +345,8 @@ pub struct Tenants {
     pub addrs: std::collections::HashMap<String, SocketAddr>,
     /// The admin endpoint, if the manifest enabled it.
     pub admin: Option<SocketAddr>,
+    /// The control endpoint, if the manifest enabled it.
+    pub control: Option<SocketAddr>,
     /// The directory holding the manifest.
     pub dir: PathBuf,
 }
@@ -368,12 +370,33 @@ pub fn addr_after(line: &str, marker: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
 }
 
+/// The control endpoint's bearer token in test manifests.
+pub const CONTROL_TOKEN: &str = "test-token-7f3c9a";
+
+/// `manifest` with a control endpoint (loopback, the test token in
+/// `control-token` beside the manifest) added when it has an admin one.
+pub fn with_control(manifest: &str) -> String {
+    if manifest.contains("admin =") && !manifest.contains("control =") {
+        manifest.replacen(
+            "[host]\n",
+            "[host]\ncontrol = \"127.0.0.1:0\"\ncontrol_token_file = \"control-token\"\n",
+            1,
+        )
+    } else {
+        manifest.to_owned()
+    }
+}
+
 impl Tenants {
     /// Writes `manifest` to a scratch directory, starts the host on it with
     /// `extra` arguments and waits until every tenant in `names` listens.
+    /// A manifest with an admin endpoint gets a control endpoint too (see
+    /// [`with_control`]); [`Tenants::post`] reaches it.
     pub fn start(manifest: &str, names: &[&str], extra: &[&str]) -> Tenants {
         let dir = scratch_dir("tenants");
         let path = dir.join("tenants.toml");
+        std::fs::write(dir.join("control-token"), format!("{CONTROL_TOKEN}\n")).unwrap();
+        let manifest = &with_control(manifest);
         std::fs::write(&path, manifest).unwrap();
         let mut args: Vec<std::ffi::OsString> = vec!["--config".into(), path.into()];
         args.extend(extra.iter().map(Into::into));
@@ -391,12 +414,30 @@ impl Tenants {
                 "admin: listening on ",
             )
         });
+        let control = manifest.contains("control = \"127.0.0.1").then(|| {
+            addr_after(
+                &host.wait_for_log("control: listening on "),
+                "control: listening on ",
+            )
+        });
         Tenants {
             host,
             addrs,
             admin,
+            control,
             dir,
         }
+    }
+
+    /// `POST path` with `body` to the control endpoint, with the token.
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let control = self.control.expect("the manifest enables control");
+        http_post_as(control, path, body, Some(CONTROL_TOKEN))
+    }
+
+    /// Rewrites the manifest as `manifest` (with the control endpoint kept).
+    pub fn rewrite(&self, manifest: &str) {
+        std::fs::write(self.dir.join("tenants.toml"), with_control(manifest)).unwrap();
     }
 
     /// A tenant's address.
@@ -447,10 +488,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// `POST path` with `body` over HTTP/1.0; returns the status code and body.
 pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http_post_as(addr, path, body, None)
+}
+
+/// [`http_post`] with `token` as the bearer token, if any.
+pub fn http_post_as(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     http(
         addr,
         &format!(
-            "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{authorization}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),
     )
