@@ -122,3 +122,40 @@ fn a_unix_control_socket_is_owner_only_and_its_permissions_are_the_gate() {
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
     host.wait_for_log("audit: the unix socket: POST /reload: 200 OK");
 }
+
+#[test]
+fn a_swap_loads_only_files_under_the_allowed_directories() {
+    let t = Tenants::start(
+        &ONE.replace("[host]\n", "[host]\ncomponent_dirs = [\"guests\"]\n"),
+        &["t"],
+        &[],
+    );
+    let guests = t.dir.join("guests");
+    std::fs::create_dir_all(&guests).unwrap();
+    let inside = guests.join("echo.wasm");
+    std::fs::copy(repo_guest("echo"), &inside).unwrap();
+    let outside = scratch_dir("elsewhere").join("upper.wasm");
+    std::fs::copy(repo_guest("upper"), &outside).unwrap();
+    let link = guests.join("link.wasm");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+    let (code, body) = t.post("/tenants/t/swap", &outside.display().to_string());
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("is outside the directories a swap may load from"),
+        "{body}"
+    );
+    let (code, body) = t.post("/tenants/t/swap", &link.display().to_string());
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains(&format!("(it leads to {})", outside.display())),
+        "{body}"
+    );
+    assert_seed_reply(&round_trip(&mut connect(t.addr("t")), b"still\n"));
+
+    let (code, body) = t.post("/tenants/t/swap", &inside.display().to_string());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(round_trip(&mut connect(t.addr("t")), b"in\n"), "in\n");
+    let (code, body) = t.post("/tenants/t/swap", "builtin:upper");
+    assert_eq!(code, 200, "{body}");
+}

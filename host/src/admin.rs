@@ -306,6 +306,15 @@ async fn swap(
             std::path::absolute(component).unwrap_or_else(|_| component.into()),
         ),
     };
+    if let ComponentSource::File(path) = &source
+        && let Err(why) = control.may_load(path)
+    {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not swapped: {why}\n"),
+        )
+            .into_response();
+    }
     match control.swap(&name, source).await {
         Ok(took) => (
             StatusCode::OK,

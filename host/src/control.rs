@@ -104,6 +104,40 @@ impl Control {
         });
     }
 
+    /// Whether a swap asked for over the control endpoint may load `path`:
+    /// a file under one of the `[host] component_dirs`, with every symlink
+    /// resolved (a link out of them is refused too). Built-in guests need
+    /// no check; files a manifest names are the operator's own.
+    pub fn may_load(&self, path: &std::path::Path) -> Result<(), String> {
+        let dirs = self
+            .started_with
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.component_dirs.clone())
+            .unwrap_or_default();
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if dirs
+            .iter()
+            .filter_map(|dir| std::fs::canonicalize(dir).ok())
+            .any(|dir| real.starts_with(dir))
+        {
+            return Ok(());
+        }
+        let leads = if real == path {
+            String::new()
+        } else {
+            format!(" (it leads to {})", real.display())
+        };
+        let listed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        Err(format!(
+            "{}{leads} is outside the directories a swap may load from ({}): [host] component_dirs lists them",
+            path.display(),
+            listed.join(", ")
+        ))
+    }
+
     /// The counts of tenants removed so far.
     pub fn retired(&self) -> &crate::metrics::Retired {
         &self.retired

@@ -298,9 +298,15 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         .or(default_name)
         .unwrap_or_else(|| "guest".to_owned());
     manifest::valid_name(&name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
+    // A swap may load files beside the guest file (none for the built-in).
+    let component_dirs = match &component {
+        ComponentSource::File(path) => path.parent().map(PathBuf::from).into_iter().collect(),
+        ComponentSource::Builtin(_) => Vec::new(),
+    };
     Ok(Manifest {
         admin: None,
         control: None,
+        component_dirs,
         cache_dir: None,
         pooling_allocator: false,
         guest_threads: None,

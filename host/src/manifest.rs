@@ -206,6 +206,7 @@ struct RawHost {
     admin: Option<Spanned<SocketAddr>>,
     control: Option<Spanned<String>>,
     control_token_file: Option<Spanned<String>>,
+    component_dirs: Option<Vec<String>>,
     cache_dir: Option<Spanned<String>>,
     #[serde(default)]
     pooling_allocator: bool,
@@ -332,6 +333,9 @@ pub struct Manifest {
     pub admin: Option<SocketAddr>,
     /// The control endpoint, if enabled.
     pub control: Option<Control>,
+    /// The directories a swap may load component files from (the
+    /// manifest's own by default); built-in guests are always allowed.
+    pub component_dirs: Vec<PathBuf>,
     /// Where compiled components are cached, if set.
     pub cache_dir: Option<PathBuf>,
     /// Whether instances come from wasmtime's pooling allocator.
@@ -353,6 +357,9 @@ impl Manifest {
         }
         if self.control != other.control {
             changed.push("host.control");
+        }
+        if self.component_dirs != other.component_dirs {
+            changed.push("host.component_dirs");
         }
         if self.cache_dir != other.cache_dir {
             changed.push("host.cache_dir");
@@ -582,9 +589,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         }
     };
 
+    let component_dirs = match raw.host.component_dirs {
+        Some(dirs) => dirs.iter().map(|d| absolute(&base.join(d))).collect(),
+        None => vec![absolute(base)],
+    };
     Ok(Manifest {
         admin: raw.host.admin.map(Spanned::into_inner),
         control,
+        component_dirs,
         cache_dir: raw.host.cache_dir.map(|dir| base.join(dir.into_inner())),
         pooling_allocator: raw.host.pooling_allocator,
         guest_threads: raw.host.guest_threads.map(Spanned::into_inner),
@@ -687,6 +699,17 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
         return false;
     }
     a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+/// `path` made absolute against the working directory (an empty path is
+/// the working directory itself).
+fn absolute(path: &Path) -> PathBuf {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Whether connecting to `addr` reaches a listener bound to `listener` (a

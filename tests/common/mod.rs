@@ -374,12 +374,28 @@ pub fn addr_after(line: &str, marker: &str) -> SocketAddr {
 pub const CONTROL_TOKEN: &str = "test-token-7f3c9a";
 
 /// `manifest` with a control endpoint (loopback, the test token in
-/// `control-token` beside the manifest) added when it has an admin one.
+/// `control-token` beside the manifest) added when it has an admin one,
+/// allowed to swap in the built guests and the tests' scratch files.
 pub fn with_control(manifest: &str) -> String {
     if manifest.contains("admin =") && !manifest.contains("control =") {
+        let dirs: Vec<String> = [
+            repo_guest("seed"),
+            test_guest("hostile"),
+            std::env::temp_dir().join("x"),
+        ]
+        .iter()
+        .map(|p| format!("{:?}", p.parent().unwrap().display().to_string()))
+        .collect();
+        let dirs = if manifest.contains("component_dirs") {
+            String::new()
+        } else {
+            format!("component_dirs = [{}]\n", dirs.join(", "))
+        };
         manifest.replacen(
             "[host]\n",
-            "[host]\ncontrol = \"127.0.0.1:0\"\ncontrol_token_file = \"control-token\"\n",
+            &format!(
+                "[host]\ncontrol = \"127.0.0.1:0\"\ncontrol_token_file = \"control-token\"\n{dirs}"
+            ),
             1,
         )
     } else {
