@@ -159,3 +159,87 @@ fn a_swap_loads_only_files_under_the_allowed_directories() {
     let (code, body) = t.post("/tenants/t/swap", "builtin:upper");
     assert_eq!(code, 200, "{body}");
 }
+
+/// Sends `request` as raw bytes (a failed write is fine: the server may
+/// answer and close first) and returns the status line's code, or `None`
+/// if the server closed the connection without an answer.
+fn raw(addr: std::net::SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut stream = connect(addr);
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+}
+
+/// A deterministic stream of pseudo-random bytes (xorshift), so a failure
+/// can be replayed.
+struct Bytes(u64);
+
+impl Bytes {
+    fn next(&mut self) -> u8 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 24) as u8
+    }
+}
+
+#[test]
+fn malformed_oversized_slow_and_flooding_requests_are_bounded() {
+    let t = Tenants::start(ONE, &["t"], &[]);
+    let (admin, control) = (t.admin.unwrap(), t.control.unwrap());
+    let before = generation(&t);
+    // A body past 64 KiB: refused before it is read whole.
+    let big = format!(
+        "POST /tenants/t/swap HTTP/1.0\r\nAuthorization: Bearer {CONTROL_TOKEN}\r\nContent-Length: {}\r\n\r\n{}",
+        1 << 20,
+        "x".repeat(1 << 20)
+    );
+    assert_eq!(raw(control, big.as_bytes()), Some(413));
+    // Methods and paths that are not served.
+    assert_eq!(raw(admin, b"DELETE /status HTTP/1.0\r\n\r\n"), Some(405));
+    assert_eq!(
+        raw(admin, b"GET /../../etc/passwd HTTP/1.0\r\n\r\n"),
+        Some(404)
+    );
+    assert_eq!(raw(control, b"BREW /reload HTTP/1.0\r\n\r\n"), Some(401));
+    // Garbage, replayable from its seed: an HTTP error or a closed
+    // connection every time, never a hang or a crash.
+    let mut bytes = Bytes(0x5eed_1234);
+    for round in 0..100 {
+        let len = 1 + usize::from(bytes.next()) * 4;
+        let mut request: Vec<u8> = (0..len).map(|_| bytes.next()).collect();
+        request.extend_from_slice(b"\r\n\r\n");
+        for addr in [admin, control] {
+            let code = raw(addr, &request);
+            assert!(
+                code.is_none_or(|c| (400..500).contains(&c)),
+                "round {round}: {code:?}"
+            );
+        }
+    }
+    // A flood of clients that never finish their headers: at most 64 are
+    // kept, each for at most the header timeout; the tenants serve on.
+    let flood: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| {
+            let mut stream = connect(admin);
+            let _ = stream.write_all(b"GET /status HTTP/1.1\r\n");
+            stream
+        })
+        .collect();
+    assert_eq!(
+        raw(admin, b"GET /healthz HTTP/1.0\r\n\r\n"),
+        None,
+        "past 64 connections, a new one is closed at once"
+    );
+    assert_seed_reply(&round_trip(&mut connect(t.addr("t")), b"served\n"));
+    wait_until("the admin endpoint answering again", || {
+        raw(admin, b"GET /healthz HTTP/1.0\r\n\r\n") == Some(200)
+    });
+    drop(flood);
+    assert_eq!(generation(&t), before, "nothing changed");
+}

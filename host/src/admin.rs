@@ -67,7 +67,53 @@ pub async fn serve(
         .route("/reload", any(elsewhere))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
-    axum::serve(listener, app).await
+    serve_bounded(listener, app, |_| None).await
+}
+
+/// Most connections either endpoint serves at once: past it a new one is
+/// closed at once, so a flood costs the host a bounded number of tasks and
+/// descriptors (and no tenant anything).
+const MAX_CONNECTIONS: usize = 64;
+/// Longest a client may take to send a request's headers (also the
+/// longest an idle kept-alive connection stays open).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one connection may last: a swap answers within its 10 s listen
+/// timeout and 1 s settle.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `app` on `listener`, within [`MAX_CONNECTIONS`],
+/// [`HEADER_TIMEOUT`] and [`CONNECTION_TIMEOUT`]; `peer` gives a TCP
+/// client's address for the audit lines.
+async fn serve_bounded<L>(
+    mut listener: L,
+    app: axum::Router,
+    peer: fn(&L::Addr) -> Option<std::net::SocketAddr>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (io, addr) = listener.accept().await;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(io);
+            continue;
+        };
+        let app = match peer(&addr) {
+            Some(peer) => app.clone().layer(axum::Extension(ConnectInfo(peer))),
+            None => app.clone(),
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        });
+    }
 }
 
 /// Largest request body either endpoint reads: a component's path, or
@@ -109,14 +155,8 @@ pub async fn serve_control(
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
     match listener {
-        ControlListener::Tcp(listener) => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await
-        }
-        ControlListener::Unix(listener) => axum::serve(listener, app).await,
+        ControlListener::Tcp(listener) => serve_bounded(listener, app, |addr| Some(*addr)).await,
+        ControlListener::Unix(listener) => serve_bounded(listener, app, |_| None).await,
     }
 }
 
