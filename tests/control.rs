@@ -233,8 +233,8 @@ fn malformed_oversized_slow_and_flooding_requests_are_bounded() {
         .collect();
     assert_eq!(
         raw(admin, b"GET /healthz HTTP/1.0\r\n\r\n"),
-        None,
-        "past 64 connections, a new one is closed at once"
+        Some(503),
+        "past 64 connections, a new one is told so at once"
     );
     assert_seed_reply(&round_trip(&mut connect(t.addr("t")), b"served\n"));
     wait_until("the admin endpoint answering again", || {
@@ -242,4 +242,28 @@ fn malformed_oversized_slow_and_flooding_requests_are_bounded() {
     });
     drop(flood);
     assert_eq!(generation(&t), before, "nothing changed");
+}
+
+#[test]
+fn a_control_socket_another_host_serves_is_never_taken_over() {
+    let dir = scratch_dir("control-taken");
+    let socket = dir.join("control.sock");
+    let manifest = |n: usize| {
+        let path = dir.join(format!("tenants-{n}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[host]\ncontrol = \"unix:{}\"\n\n[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let first = Host::start(&["--config".as_ref(), manifest(1).as_os_str()]);
+    first.wait_for_log("control: listening on unix:");
+    let (status, log) = run_host(&["--config".as_ref(), manifest(2).as_os_str()]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_clean_error(&log, "is in use by another process");
+    assert!(socket.exists(), "the first host's socket is still there");
 }

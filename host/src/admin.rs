@@ -98,7 +98,19 @@ where
     loop {
         let (io, addr) = listener.accept().await;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(io);
+            // Told, not left guessing (briefly: a client that does not
+            // read cannot hold this up).
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut io = io;
+                const BODY: &str = "busy: too many connections at once\n";
+                let busy = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(busy.as_bytes()))
+                    .await;
+            });
             continue;
         };
         let app = match peer(&addr) {
@@ -219,11 +231,13 @@ async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
             return (
                 StatusCode::UNAUTHORIZED,
                 [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-                format!("unauthorized: {why}\n"),
+                "unauthorized: send the control token as Authorization: Bearer TOKEN\n",
             )
                 .into_response();
         }
     }
+    // Before acting, so an action whose client goes away is on record too.
+    info!(target: "audit", %peer, %method, path, "audit: {peer}: {method} {path}: authorized, begun");
     let response = next.run(request).await;
     let status = response.status();
     let outcome = if status.is_success() { 0 } else { 1 };
@@ -235,12 +249,16 @@ async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
 /// Whether `presented` is the token in `file`, compared in constant time.
 /// The file is read at every request, so replacing it rotates the token.
 fn check_token(file: &std::path::Path, presented: Option<&str>) -> Result<(), String> {
+    use sha2::Digest;
     use subtle::ConstantTimeEq;
     let Some(presented) = presented else {
         return Err("no bearer token".into());
     };
     let token = read_token(file)?;
-    if bool::from(token.as_bytes().ct_eq(presented.trim().as_bytes())) {
+    // Digests of equal length, so not even the token's length shows in
+    // the time the comparison takes.
+    let digest = |text: &str| -> [u8; 32] { sha2::Sha256::digest(text.as_bytes()).into() };
+    if bool::from(digest(&token).ct_eq(&digest(presented.trim()))) {
         Ok(())
     } else {
         Err("wrong bearer token".into())
@@ -346,16 +364,28 @@ async fn swap(
             std::path::absolute(component).unwrap_or_else(|_| component.into()),
         ),
     };
-    if let ComponentSource::File(path) = &source
-        && let Err(why) = control.may_load(path)
-    {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("not swapped: {why}\n"),
-        )
-            .into_response();
-    }
-    match control.swap(&name, source).await {
+    // The resolved path is the one loaded: a link changed after the check
+    // changes nothing.
+    let source = match source {
+        ComponentSource::File(path) => match control.may_load(&path) {
+            Ok(real) => ComponentSource::File(real),
+            Err(why) => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("not swapped: {why}\n"),
+                )
+                    .into_response();
+            }
+        },
+        builtin => builtin,
+    };
+    // In a task of its own: a client that goes away, or the connection's
+    // deadline, cannot stop a swap halfway.
+    let outcome = {
+        let (control, name) = (control.clone(), name.clone());
+        tokio::spawn(async move { control.swap(&name, source).await }).await
+    };
+    match outcome.unwrap_or_else(|e| Err(format!("the swap task failed: {e}"))) {
         Ok(took) => (
             StatusCode::OK,
             format!(
@@ -373,7 +403,9 @@ async fn swap(
 }
 
 async fn reload(State(control): State<Arc<Control>>) -> Response {
-    match control.reload().await {
+    // In a task of its own, as a swap (see `swap`).
+    let outcome = tokio::spawn(async move { control.reload().await }).await;
+    match outcome.unwrap_or_else(|e| Err(format!("the reload task failed: {e}"))) {
         Ok(report) => Json(report).into_response(),
         Err(e) => (
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -107,8 +107,10 @@ impl Control {
     /// Whether a swap asked for over the control endpoint may load `path`:
     /// a file under one of the `[host] component_dirs`, with every symlink
     /// resolved (a link out of them is refused too). Built-in guests need
-    /// no check; files a manifest names are the operator's own.
-    pub fn may_load(&self, path: &std::path::Path) -> Result<(), String> {
+    /// no check; files a manifest names are the operator's own. Returns
+    /// the resolved path, the one to load (a link changed after the check
+    /// changes nothing).
+    pub fn may_load(&self, path: &std::path::Path) -> Result<PathBuf, String> {
         let dirs = self
             .started_with
             .lock()
@@ -123,7 +125,7 @@ impl Control {
             .filter_map(|dir| std::fs::canonicalize(dir).ok())
             .any(|dir| real.starts_with(dir))
         {
-            return Ok(());
+            return Ok(real);
         }
         let leads = if real == path {
             String::new()

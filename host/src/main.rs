@@ -399,7 +399,7 @@ fn listen(addr: SocketAddr, listen_at: &str) -> anyhow::Result<std::net::TcpList
 /// Unix socket, a file only the host's user may open (a stale socket file
 /// from an earlier run is replaced, anything else there is an error).
 async fn control_listener(addr: &manifest::ControlAddr) -> anyhow::Result<admin::ControlListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     match addr {
         manifest::ControlAddr::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -415,15 +415,28 @@ async fn control_listener(addr: &manifest::ControlAddr) -> anyhow::Result<admin:
                     "{} exists and is not a socket",
                     path.display()
                 );
+                // Another host may be serving it: never take it over.
+                anyhow::ensure!(
+                    std::os::unix::net::UnixStream::connect(path).is_err(),
+                    "{} is in use by another process",
+                    path.display()
+                );
                 std::fs::remove_file(path)?;
             }
-            // Made owner-only under another name, then moved into place:
-            // nobody can connect in between.
-            let fresh = path.with_extension(format!("new{}", std::process::id()));
-            let _ = std::fs::remove_file(&fresh);
-            let listener = tokio::net::UnixListener::bind(&fresh)?;
-            std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
-            std::fs::rename(&fresh, path)?;
+            // Made in a directory only this user may enter, owner-only, then
+            // moved into place: nobody can connect before it is.
+            let parent = path.parent().unwrap_or(std::path::Path::new("."));
+            let private = parent.join(format!(".control-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&private);
+            std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+            let fresh = private.join("control.sock");
+            let bound = tokio::net::UnixListener::bind(&fresh).and_then(|listener| {
+                std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
+                std::fs::rename(&fresh, path)?;
+                Ok(listener)
+            });
+            let _ = std::fs::remove_dir_all(&private);
+            let listener = bound?;
             info!(path = %path.display(), "control: listening on unix:{}", path.display());
             Ok(admin::ControlListener::Unix(listener))
         }
