@@ -77,14 +77,10 @@ fn replacing_the_token_file_rotates_the_token() {
 
 #[test]
 fn a_tcp_control_endpoint_without_a_token_file_is_a_manifest_error() {
-    let dir = scratch_dir("control-no-token");
-    let manifest = dir.join("tenants.toml");
-    std::fs::write(
-        &manifest,
-        ONE.replace("[host]\n", "[host]\ncontrol = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
-    let (status, log) = run_host(&["--config".as_ref(), manifest.as_os_str()]);
+    let (status, log, manifest) = run_manifest(
+        "control-no-token",
+        &ONE.replace("[host]\n", "[host]\ncontrol = \"127.0.0.1:0\"\n"),
+    );
     assert_eq!(status.code(), Some(1), "{log}");
     assert_clean_error(
         &log,

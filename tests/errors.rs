@@ -129,14 +129,10 @@ fn missing_imports_are_all_named() {
 fn a_manifest_address_already_in_use_names_the_tenant_and_the_line() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let dir = scratch_dir("in-use");
-    let manifest = dir.join("tenants.toml");
-    std::fs::write(
-        &manifest,
-        format!("[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\n"),
-    )
-    .unwrap();
-    let (status, log) = run_host(&["--config".as_ref(), manifest.as_os_str()]);
+    let (status, log, manifest) = run_manifest(
+        "in-use",
+        &format!("[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\n"),
+    );
     assert_eq!(status.code(), Some(1), "{log}");
     assert_clean_error(
         &log,

@@ -582,6 +582,16 @@ pub fn wait_metric(admin: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) ->
     }
 }
 
+/// Runs the host to its end on a manifest `text` written to a fresh
+/// scratch directory (`tag`); returns its exit status, its log and the
+/// manifest's path.
+pub fn run_manifest(tag: &str, text: &str) -> (ExitStatus, String, PathBuf) {
+    let manifest = scratch_dir(tag).join("tenants.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let (status, log) = run_host(&["--config".as_ref(), manifest.as_os_str()]);
+    (status, log, manifest)
+}
+
 /// Polls `condition` until it holds, at most [`TIMEOUT`]; `what` says
 /// what was awaited when it never does.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
