@@ -673,7 +673,8 @@ pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> an
             Some(bytes) => (format!("builtin:{name}"), bytes.into()),
             None => {
                 return Err(located(anyhow::anyhow!(
-                    "there is no built-in guest named {name:?} (there are: seed, echo, upper, kv)"
+                    "there is no built-in guest named {name:?} (there are: {})",
+                    engine::builtin_names()
                 )));
             }
         },

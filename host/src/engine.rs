@@ -17,16 +17,16 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-/// The default guest (the seed server from `guest/`), embedded at build time.
-pub const DEFAULT_GUEST: &[u8] = include_bytes!(env!("DEFAULT_GUEST_WASM"));
+include!(concat!(env!("OUT_DIR"), "/builtin_guests.rs"));
 
-/// Every guest built into the host, by name (`builtin:NAME` in a manifest).
-pub const BUILTIN_GUESTS: &[(&str, &[u8])] = &[
-    ("seed", DEFAULT_GUEST),
-    ("echo", include_bytes!(env!("ECHO_GUEST_WASM"))),
-    ("upper", include_bytes!(env!("UPPER_GUEST_WASM"))),
-    ("kv", include_bytes!(env!("KV_GUEST_WASM"))),
-];
+/// The default guest (the seed server from `guest/`): the first built-in.
+pub const DEFAULT_GUEST: &[u8] = BUILTIN_GUESTS[0].1;
+
+/// The names of the built-in guests, for messages: `seed, echo, ...`.
+pub fn builtin_names() -> String {
+    let names: Vec<&str> = BUILTIN_GUESTS.iter().map(|(name, _)| *name).collect();
+    names.join(", ")
+}
 
 /// How often running guests are made to yield to the rest of the host; the
 /// unit in which CPU limits are measured.
@@ -489,5 +489,25 @@ mod tests {
         assert_eq!(loader.components_in_use(), 1);
         drop((first, again));
         assert_eq!(loader.components_in_use(), 0);
+    }
+
+    #[test]
+    fn every_file_in_the_guest_bin_directory_is_a_built_in_and_seed_is_the_default() {
+        let bins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/src/bin");
+        let mut files: Vec<String> = std::fs::read_dir(bins)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut built: Vec<String> = BUILTIN_GUESTS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(built[0], "seed");
+        assert_eq!(DEFAULT_GUEST, BUILTIN_GUESTS[0].1);
+        built.sort();
+        assert_eq!(built, files);
+        for name in &files {
+            assert!(builtin_names().contains(name.as_str()));
+        }
     }
 }
