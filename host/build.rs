@@ -50,6 +50,8 @@ fn main() {
         .expect("writing to a String");
     }
     table.push_str("];\n");
+    // Where they are, for the integration tests to run them as files.
+    println!("cargo:rustc-env=TCPHOST_GUEST_DIR={}", dir.display());
     let out = PathBuf::from(env("OUT_DIR")).join("builtin_guests.rs");
     std::fs::write(&out, table).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
     println!("cargo:rerun-if-changed=build.rs");

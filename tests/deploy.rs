@@ -26,7 +26,7 @@ fn configmap_manifest() -> String {
 #[test]
 fn the_image_default_manifest_is_valid() {
     let path = repo("host/deploy/tenants.container.toml");
-    let manifest = host::manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let manifest = host::config::manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(manifest.tenants.len(), 1);
     assert!(manifest.admin.is_some(), "the image serves its probes");
 }
@@ -34,7 +34,7 @@ fn the_image_default_manifest_is_valid() {
 #[test]
 fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
     let text = configmap_manifest();
-    let manifest = host::manifest::parse(Path::new("configmap/tenants.toml"), &text)
+    let manifest = host::config::manifest::parse(Path::new("configmap/tenants.toml"), &text)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         manifest.admin.is_some(),
@@ -91,10 +91,10 @@ fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
 #[test]
 fn the_control_endpoint_is_reachable_only_from_inside_the_pod() {
     let text = configmap_manifest();
-    let manifest = host::manifest::parse(Path::new("configmap/tenants.toml"), &text)
+    let manifest = host::config::manifest::parse(Path::new("configmap/tenants.toml"), &text)
         .unwrap_or_else(|e| panic!("{e}"));
     let control = manifest.control.expect("the ConfigMap enables control");
-    let host::manifest::ControlAddr::Tcp(addr) = control.addr else {
+    let host::config::manifest::ControlAddr::Tcp(addr) = control.addr else {
         panic!("control on TCP loopback, for kubectl port-forward");
     };
     assert!(addr.ip().is_loopback(), "{addr}");

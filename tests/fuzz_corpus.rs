@@ -2,7 +2,7 @@
 //! must reject with a one-line error, and mutated manifests it must parse
 //! or reject with a one-line error naming the file, never panicking.
 
-use host::engine::{Loader, new_engine};
+use host::runtime::engine::{Loader, new_engine};
 use std::path::{Path, PathBuf};
 
 fn corpus(kind: &str) -> Vec<PathBuf> {
@@ -44,7 +44,7 @@ fn every_mutated_manifest_in_the_corpus_parses_or_is_rejected_cleanly() {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        if let Err(e) = host::manifest::parse(Path::new("corpus.toml"), &text) {
+        if let Err(e) = host::config::manifest::parse(Path::new("corpus.toml"), &text) {
             let message = e.to_string();
             assert!(
                 message.starts_with("corpus.toml"),

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use host::supervisor::MAX_DRAINING;
+use host::tenancy::supervisor::MAX_DRAINING;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;

@@ -51,7 +51,7 @@ pub struct Cli {
     /// (unix:PATH, created owner-only); overrides the manifest's [host]
     /// control.
     #[arg(long, value_name = "IP:PORT|unix:PATH")]
-    pub control: Option<crate::manifest::ControlAddr>,
+    pub control: Option<crate::config::manifest::ControlAddr>,
 
     /// The file holding the control endpoint's bearer token, read at each
     /// request (replace the file to rotate the token).

@@ -1,19 +1,13 @@
-//! Socket policy: what network access a guest is granted, the decision for
-//! each attempt, and a count and a warning in the log for every refusal (a
-//! flood of them logged in part: see crate::log_budget).
-//!
-//! TCP attempts are decided here and enforced by the host's TCP
-//! implementation (crate::tcp). UDP and name lookups are refused outright by
-//! replacing their entry points in the linker, so a guest never gets a UDP
-//! socket or a resolver at all, and the filesystem's preopens are replaced
-//! by an empty list that logs the ask. The linker must allow shadowing.
+//! Socket policy, as data: what network access a guest is granted, and the
+//! decision for each attempt. Every grant is decided here and only here;
+//! the WASI layer enforces the decision (crate::wasi::sockets for TCP,
+//! crate::wasi::p2::refuse for what is never granted) and logs and counts
+//! each refusal through the tenant's account (a flood of them logged in
+//! part: see crate::account::log_budget).
 
-use crate::manifest::TenantConfig;
-use crate::sandbox::TenantState;
-use crate::tenant::{Counters, Tenant};
+use crate::account::{Account, Capability};
+use crate::config::manifest::TenantConfig;
 use std::net::SocketAddr;
-use tracing::warn;
-use wasmtime::component::{Linker, Val};
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 /// The network capabilities granted to one guest. Nothing is granted unless
@@ -77,7 +71,7 @@ impl Grant {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .iter()
-                    .any(|a| crate::manifest::reaches(*a, addr));
+                    .any(|a| crate::config::manifest::reaches(*a, addr));
                 (admin || !self.connect.contains(&addr)).then_some(Refusal::Connect)
             }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
@@ -87,143 +81,22 @@ impl Grant {
     }
 }
 
-/// A capability a guest can be refused, as logs and metrics name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capability {
-    /// Binding or listening on an address not granted.
-    TcpBind,
-    /// Connecting out to an address not granted.
-    TcpConnect,
-    /// Any UDP.
-    Udp,
-    /// Name lookups.
-    Dns,
-}
-
-impl Capability {
-    /// Every kind, in the order counters keep them.
-    pub const ALL: [Capability; 4] = [
-        Capability::TcpBind,
-        Capability::TcpConnect,
-        Capability::Udp,
-        Capability::Dns,
-    ];
-
-    /// The name in logs (`kind` field) and metrics (`kind` label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::TcpBind => "tcp-bind",
-            Capability::TcpConnect => "tcp-connect",
-            Capability::Udp => "udp",
-            Capability::Dns => "dns",
-        }
-    }
-}
-
-/// Logs and counts a refused attempt at `kind`.
-pub fn refuse(tenant: &Tenant, kind: Capability, what: std::fmt::Arguments<'_>) {
-    Counters::bump(&tenant.counters.capability_refusals);
-    Counters::bump(&tenant.counters.refusals_by_kind[kind as usize]);
-    if let Some(left_out) = tenant.refusal_log.admit() {
-        let note = crate::log_budget::left_out_note(left_out);
-        warn!(
-            tenant = tenant.name(),
-            kind = kind.as_str(),
-            "refused: {what}{note}"
-        );
-    }
-}
-
 /// Logs and counts a refused socket attempt.
-pub fn log_refusal(tenant: &Tenant, refusal: Refusal, addr: SocketAddr) {
+pub fn log_refusal(account: &Account, refusal: Refusal, addr: SocketAddr) {
     match refusal {
-        Refusal::Bind => refuse(
-            tenant,
+        Refusal::Bind => account.refuse(
             Capability::TcpBind,
             format_args!("bind/listen on {addr} is not granted"),
         ),
-        Refusal::Connect => refuse(
-            tenant,
+        Refusal::Connect => account.refuse(
             Capability::TcpConnect,
             format_args!("outbound connection to {addr} is not granted"),
         ),
-        Refusal::Udp => refuse(
-            tenant,
+        Refusal::Udp => account.refuse(
             Capability::Udp,
             format_args!("UDP to/from {addr} is not granted"),
         ),
     }
-}
-
-/// WASI 0.2 version whose entry points are replaced. Guests built against an
-/// older 0.2.x link to these too (semver-compatible linking).
-const WASI: &str = "0.2.12";
-
-/// Replaces the entry points of capabilities that are never granted, so each
-/// attempt is refused with `access-denied` and logged. `linker` must allow
-/// shadowing.
-pub fn refuse_ungranted(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
-    linker
-        .instance(&format!("wasi:sockets/udp-create-socket@{WASI}"))?
-        .func_new("create-udp-socket", |store, _ty, _params, results| {
-            refuse(
-                &store.data().tenant,
-                Capability::Udp,
-                format_args!("UDP sockets are not granted"),
-            );
-            results[0] = access_denied();
-            Ok(())
-        })?;
-
-    linker
-        .instance(&format!("wasi:sockets/ip-name-lookup@{WASI}"))?
-        .func_new_async("resolve-addresses", |mut store, _ty, params, results| {
-            Box::new(async move {
-                let name = match params.get(1) {
-                    Some(Val::String(name)) => name.as_str(),
-                    _ => "?",
-                };
-                refuse(
-                    &store.data().tenant,
-                    Capability::Dns,
-                    format_args!("name lookup of {name:?} is not granted"),
-                );
-                // A dynamic host function must release the `borrow<network>`
-                // it was handed, or the call fails.
-                if let Some(Val::Resource(network)) = params.first() {
-                    network.resource_drop_async(&mut store).await?;
-                }
-                results[0] = access_denied();
-                Ok(())
-            })
-        })?;
-
-    linker
-        .instance(&format!("wasi:filesystem/preopens@{WASI}"))?
-        .func_new("get-directories", |store, _ty, _params, results| {
-            // Not a refusal: language runtimes (libc, Python, JavaScript)
-            // ask at start-up whatever the guest's code does. Counted
-            // apart; without a directory no file can be opened at all.
-            let tenant = &store.data().tenant;
-            Counters::bump(&tenant.counters.preopen_queries);
-            if let Some(left_out) = tenant.refusal_log.admit() {
-                let note = crate::log_budget::left_out_note(left_out);
-                tracing::info!(
-                    tenant = tenant.name(),
-                    "{}: asked for its preopened directories: none are granted, so it can open no file{note}",
-                    tenant.name()
-                );
-            }
-            results[0] = Val::List(Vec::new());
-            Ok(())
-        })?;
-
-    Ok(())
-}
-
-/// `err(error-code::access-denied)` as a dynamic component value.
-fn access_denied() -> Val {
-    Val::Result(Err(Some(Box::new(Val::Enum("access-denied".into())))))
 }
 
 #[cfg(test)]

@@ -26,13 +26,9 @@ pub fn client_bin() -> &'static str {
 /// One of the repository's guests (`guest/src/bin/{name}.rs`), as built
 /// for embedding in the host.
 pub fn repo_guest(name: &str) -> PathBuf {
-    PathBuf::from(match name {
-        "seed" => env!("DEFAULT_GUEST_WASM"),
-        "echo" => env!("ECHO_GUEST_WASM"),
-        "upper" => env!("UPPER_GUEST_WASM"),
-        "kv" => env!("KV_GUEST_WASM"),
-        other => panic!("no guest named {other}"),
-    })
+    let path = PathBuf::from(env!("TCPHOST_GUEST_DIR")).join(format!("{name}.wasm"));
+    assert!(path.is_file(), "no guest named {name}");
+    path
 }
 
 /// A test guest's component, from `tests/guests/src/bin/{name}.rs`.

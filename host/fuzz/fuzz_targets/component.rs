@@ -2,7 +2,7 @@
 //! a one-line error (or, rarely, accept a valid component), never panic.
 #![no_main]
 
-use host::engine::{Loader, new_engine};
+use host::runtime::engine::{Loader, new_engine};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

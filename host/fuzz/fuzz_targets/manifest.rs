@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = host::manifest::parse(Path::new("fuzz/tenants.toml"), text) {
+    if let Err(e) = host::config::manifest::parse(Path::new("fuzz/tenants.toml"), text) {
         let message = e.to_string();
         assert!(message.starts_with("fuzz/tenants.toml"), "{message}");
         assert!(!message.contains('\n'), "{message}");

@@ -6,9 +6,11 @@
 //! the operator can act on: a clean exit, an error status, a trap with its
 //! wasm backtrace, the CPU limit, the memory limit.
 
-use crate::manifest::{RestartPolicy, TenantConfig};
-use crate::sandbox::{self, CpuLimitExceeded, TenantState};
-use crate::tenant::{Counters, State, Tenant};
+use crate::account::Counters;
+use crate::config::manifest::{RestartPolicy, TenantConfig};
+use crate::limits::cpu::CpuLimitExceeded;
+use crate::runtime::instance::{self, InstanceState};
+use crate::tenancy::tenant::{State, Tenant};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +85,7 @@ pub enum GuestError {
 /// a fresh sandbox and runs its `wasi:cli/run` to completion.
 async fn run_once(
     engine: Engine,
-    pre: Arc<CommandPre<TenantState>>,
+    pre: Arc<CommandPre<InstanceState>>,
     tenant: Arc<Tenant>,
     config: Arc<TenantConfig>,
     generation: u64,
@@ -91,18 +93,18 @@ async fn run_once(
 ) -> Result<(), GuestError> {
     let tenant = &tenant;
     let name = tenant.name().to_owned();
-    let mut store = sandbox::store(&engine, tenant, &config, generation, open);
+    let mut store = instance::store(&engine, tenant.clone(), &config, generation, open);
     let command = pre.instantiate_async(&mut store).await.map_err(|e| {
         // A trap in the component's start-up counts as one.
         if e.downcast_ref::<Trap>().is_some() {
-            Counters::bump(&tenant.counters.traps);
+            Counters::bump(&tenant.counters().traps);
         }
         GuestError::Start {
             tenant: name.clone(),
-            reason: crate::engine::one_line(&e),
+            reason: crate::runtime::engine::one_line(&e),
         }
     })?;
-    // Running once it listens (crate::tcp).
+    // Running once it listens (the Tenancy seam, crate::tenancy::tenant).
     info!(tenant = name, "guest started");
     let outcome = command.wasi_cli_run().call_run(&mut store).await;
     let out_of_memory = store.data().hit_memory_limit();
@@ -142,14 +144,14 @@ fn classify(
         };
     }
     if e.downcast_ref::<CpuLimitExceeded>().is_some() {
-        Counters::bump(&record.counters.traps);
+        Counters::bump(&record.counters().traps);
         let cpu = e
             .downcast::<CpuLimitExceeded>()
             .expect("checked just above");
         return GuestError::CpuLimit { tenant, cpu };
     }
     if let Some(&trap) = e.downcast_ref::<Trap>() {
-        Counters::bump(&record.counters.traps);
+        Counters::bump(&record.counters().traps);
         let backtrace = e.downcast_ref::<WasmBacktrace>().map(|bt| {
             let text = bt.to_string();
             // Drop wasmtime's own heading; ours precedes the frames.
@@ -173,7 +175,7 @@ fn classify(
     }
     GuestError::Host {
         tenant,
-        reason: crate::engine::one_line(&e),
+        reason: crate::runtime::engine::one_line(&e),
     }
 }
 
@@ -194,7 +196,7 @@ pub enum Command {
         /// The new configuration (component, limits, grants).
         config: Arc<TenantConfig>,
         /// The new component, compiled and linked.
-        pre: Arc<CommandPre<TenantState>>,
+        pre: Arc<CommandPre<InstanceState>>,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Duration, String>>,
     },
@@ -218,13 +220,13 @@ impl Drop for Instance {
 impl Instance {
     fn start(
         engine: &Engine,
-        pre: &Arc<CommandPre<TenantState>>,
+        pre: &Arc<CommandPre<InstanceState>>,
         tenant: &Arc<Tenant>,
         config: Arc<TenantConfig>,
     ) -> Self {
         let generation = tenant.next_generation();
         let open = Arc::new(AtomicU64::new(0));
-        let task = crate::workers::spawn(run_once(
+        let task = crate::runtime::workers::spawn(run_once(
             engine.clone(),
             pre.clone(),
             tenant.clone(),
@@ -281,7 +283,7 @@ async fn swap(
     tenant: &Arc<Tenant>,
     current: &mut Instance,
     config: Arc<TenantConfig>,
-    pre: &Arc<CommandPre<TenantState>>,
+    pre: &Arc<CommandPre<InstanceState>>,
     draining: &mut VecDeque<(u64, JoinHandle<()>)>,
 ) -> Result<Duration, String> {
     let started = Instant::now();
@@ -387,7 +389,7 @@ async fn drain_then_drop(tenant: String, mut old: Instance, deadline: Duration) 
 /// the last run's outcome.
 pub async fn supervise(
     engine: Engine,
-    mut pre: Arc<CommandPre<TenantState>>,
+    mut pre: Arc<CommandPre<InstanceState>>,
     tenant: Arc<Tenant>,
     mut commands: mpsc::Receiver<Command>,
 ) -> Result<(), GuestError> {
@@ -471,6 +473,6 @@ pub async fn supervise(
         );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(limits.restart_backoff_max);
-        Counters::bump(&tenant.counters.restarts);
+        Counters::bump(&tenant.counters().restarts);
     }
 }

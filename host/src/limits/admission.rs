@@ -1,197 +1,183 @@
-//! What the host enforces on client connections whatever the guest does:
-//! the bytes each one moves (counted, and limited when the tenant says so),
-//! its idle timeout, the back-off when accepting fails because the process
-//! is out of file descriptors or memory, and the reset of clients past the
-//! connection cap, also while the guest is not accepting.
-//!
-//! A connection the host closes is shut down at the socket: the client sees
-//! the end of the stream, and the guest reads the end of the stream too, so
-//! it frees the connection through its ordinary path.
+//! Admission: which clients a tenant's guest is handed, whatever the guest
+//! does. The connection caps (a client past one is reset before the guest
+//! sees it, and reset by the host while a guest at its cap does not accept),
+//! the count of open client and outbound connections, the accept gate
+//! (only the tenant's current version accepts) and the back-off when
+//! accepting fails because the process is out of file descriptors or
+//! memory. The WASI layer asks here for every client it accepts and every
+//! connection it opens (crate::wasi::sockets).
 
-use crate::tenant::{Counters, Tenant};
+use super::{instant_at, now_ms};
+use crate::account::{Account, Counters};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
-/// The origin of [`now_ms`].
-fn base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
+/// The host's listening sockets of a tenant, as the reaper of clients past
+/// its cap needs them (implemented by the tenant, crate::tenancy).
+pub trait HostListeners: Send + Sync {
+    /// The host's listeners for all the tenant's addresses.
+    fn listeners(&self) -> Vec<Arc<TcpListener>>;
 }
 
-/// Milliseconds since [`base`], on a monotonic clock.
-fn now_ms() -> u64 {
-    u64::try_from(base().elapsed().as_millis()).unwrap_or(u64::MAX)
+/// A tenant's admission state, shared by all its guest versions.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Pauses accepting when accepts fail for want of resources.
+    pub backoff: AcceptBackoff,
+    /// Whoever found the accept gate closed (not the current version, or
+    /// accepting paused) and waits to hear it may have opened.
+    pub gate: Arc<Gate>,
+    /// Open client connections per client address.
+    pub peers: PeerCounts,
+    /// Resets clients past the cap while the guest does not accept.
+    reaper: CapReaper,
 }
 
-/// The instant `ms` (from [`now_ms`]) stands for.
-fn instant_at(ms: u64) -> Instant {
-    base() + Duration::from_millis(ms)
+impl Admission {
+    /// Records that the guest asked for a client.
+    pub fn guest_accepting(&self) {
+        self.reaper.guest_accepting();
+    }
+
+    /// Admits `client` from `peer` against the tenant's caps (`cap` open
+    /// connections, `per_peer` from one client address), or resets it,
+    /// counted and logged, and returns `None`.
+    pub fn admit(
+        &self,
+        account: &Account,
+        client: std::net::TcpStream,
+        peer: SocketAddr,
+        cap: u64,
+        per_peer: Option<u32>,
+    ) -> Option<std::net::TcpStream> {
+        let over_cap = account.counters.connections_open.load(Ordering::Relaxed) >= cap;
+        let over_peer_cap = per_peer.is_some_and(|max| self.peers.open(peer.ip()) >= max);
+        if !over_cap && !over_peer_cap {
+            return Some(client);
+        }
+        let name = account.name();
+        if over_cap {
+            refuse_client(
+                account,
+                client,
+                peer,
+                format_args!("{name} is at its cap of {cap}"),
+            );
+        } else {
+            let ip = peer.ip();
+            let max = per_peer.unwrap_or_default();
+            refuse_client(
+                account,
+                client,
+                peer,
+                format_args!("{ip} is at {name}'s cap of {max} per client address"),
+            );
+        }
+        None
+    }
 }
 
-/// Why the host closed a connection.
-#[derive(Debug, Clone, Copy)]
-enum Reason {
-    Idle,
-    BytesIn,
-    BytesOut,
+/// One open client connection, counted for its tenant and for the guest
+/// instance that holds it, while it lives.
+pub struct OpenConnection {
+    account: Arc<Account>,
+    admission: Arc<Admission>,
+    instance: Arc<AtomicU64>,
+    /// The client's address, counted in the tenant's per-peer counts.
+    peer: IpAddr,
+    /// The idle watchdog, if the tenant has an idle timeout.
+    watchdog: Option<tokio::task::AbortHandle>,
 }
 
-/// The host's account of one client connection, shared by its input and
-/// output streams and its idle watchdog.
-pub struct Policed {
-    tenant: Arc<Tenant>,
-    peer: SocketAddr,
-    max_in: Option<u64>,
-    max_out: Option<u64>,
-    idle_timeout: Option<Duration>,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    /// When a byte last moved, from [`now_ms`]; kept only with a timeout.
-    last_active: AtomicU64,
-    closed: AtomicBool,
-}
-
-impl Policed {
-    /// The account of a connection with `peer` (a client, or the far end of
-    /// an outbound connection), under `tenant`'s current limits.
-    pub fn new(tenant: &Arc<Tenant>, peer: SocketAddr) -> Arc<Self> {
-        let limits = tenant.config().limits.clone();
-        Arc::new(Policed {
-            tenant: tenant.clone(),
+impl OpenConnection {
+    /// Counts a client connection from `peer` of the tenant of `account`
+    /// and `admission`, whose cap is `cap`, held by the instance counting
+    /// in `instance`. At the cap, starts resetting the clients queued on
+    /// `listeners` that the guest does not take.
+    pub fn new(
+        account: &Arc<Account>,
+        admission: &Arc<Admission>,
+        instance: &Arc<AtomicU64>,
+        peer: IpAddr,
+        watchdog: Option<tokio::task::AbortHandle>,
+        cap: u64,
+        listeners: &Arc<dyn HostListeners>,
+    ) -> Self {
+        admission.peers.opened(peer);
+        let open = account
+            .counters
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if open >= cap {
+            // At the cap: clients the guest does not take are reset anyway.
+            CapReaper::start(admission, account, cap, listeners.clone());
+        }
+        instance.fetch_add(1, Ordering::Relaxed);
+        Counters::bump(&account.counters.connections_accepted);
+        OpenConnection {
+            account: account.clone(),
+            admission: admission.clone(),
+            instance: instance.clone(),
             peer,
-            max_in: limits.max_bytes_in,
-            max_out: limits.max_bytes_out,
-            idle_timeout: limits.idle_timeout,
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            last_active: AtomicU64::new(now_ms()),
-            closed: AtomicBool::new(false),
+            watchdog,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.abort();
+        }
+        self.account
+            .counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+        self.instance.fetch_sub(1, Ordering::Relaxed);
+        self.admission.peers.closed(self.peer);
+    }
+}
+
+/// One outbound connection of a tenant, being made or open, counted
+/// against its cap while it lives.
+pub struct Outbound {
+    account: Arc<Account>,
+    /// The idle watchdog, once connected, if the tenant has an idle timeout.
+    pub watchdog: Option<tokio::task::AbortHandle>,
+}
+
+impl Outbound {
+    /// Counts one more outbound connection of the tenant of `account`,
+    /// unless it has `cap`.
+    pub fn take(account: &Arc<Account>, cap: u32) -> Option<Outbound> {
+        let open = &account.counters.outbound_open;
+        open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < u64::from(cap)).then_some(n + 1)
+        })
+        .ok()?;
+        Counters::bump(&account.counters.outbound_started);
+        Some(Outbound {
+            account: account.clone(),
+            watchdog: None,
         })
     }
+}
 
-    /// The tenant whose connection this is.
-    pub fn tenant(&self) -> &Arc<Tenant> {
-        &self.tenant
-    }
-
-    /// How many bytes a read may take now: `wanted`, less what is left of
-    /// the inbound limit. Zero once the limit is reached: the connection has
-    /// then been closed.
-    pub fn read_allowance(&self, stream: &TcpStream, wanted: usize) -> usize {
-        let Some(max) = self.max_in else {
-            return wanted;
-        };
-        let left = max.saturating_sub(self.bytes_in.load(Ordering::Relaxed));
-        if left == 0 {
-            self.close(stream, Reason::BytesIn);
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.abort();
         }
-        wanted.min(usize::try_from(left).unwrap_or(usize::MAX))
-    }
-
-    /// Whether the guest may send `len` more bytes, beside `queued` bytes
-    /// written but not yet sent; if not, the connection has been closed.
-    pub fn may_send(&self, stream: &TcpStream, queued: usize, len: usize) -> bool {
-        let Some(max) = self.max_out else {
-            return true;
-        };
-        let after = self.bytes_out.load(Ordering::Relaxed) + queued as u64 + len as u64;
-        if after > max {
-            self.close(stream, Reason::BytesOut);
-            return false;
-        }
-        true
-    }
-
-    /// Records `n` bytes received from the client.
-    pub fn received(&self, n: usize) {
-        let n = n as u64;
-        self.bytes_in.fetch_add(n, Ordering::Relaxed);
-        self.tenant
+        self.account
             .counters
-            .bytes_in
-            .fetch_add(n, Ordering::Relaxed);
-        self.touch();
-    }
-
-    /// Records `n` bytes sent to the client.
-    pub fn sent(&self, n: usize) {
-        let n = n as u64;
-        self.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.tenant
-            .counters
-            .bytes_out
-            .fetch_add(n, Ordering::Relaxed);
-        self.touch();
-    }
-
-    fn touch(&self) {
-        if self.idle_timeout.is_some() {
-            self.last_active.store(now_ms(), Ordering::Relaxed);
-        }
-    }
-
-    /// Shuts the connection down once, logging and counting why.
-    fn close(&self, stream: &TcpStream, reason: Reason) {
-        if self.closed.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let (tenant, peer) = (self.tenant.name(), self.peer);
-        let counters = &self.tenant.counters;
-        let counter = match reason {
-            Reason::Idle => &counters.idle_closed,
-            Reason::BytesIn | Reason::BytesOut => &counters.byte_limit_closed,
-        };
-        Counters::bump(counter);
-        // Clients can make a line per connection: within the log budget.
-        if let Some(left_out) = self.tenant.refusal_log.admit() {
-            let note = crate::log_budget::left_out_note(left_out);
-            match reason {
-                Reason::Idle => {
-                    let after = humantime::format_duration(self.idle_timeout.unwrap_or_default());
-                    info!(tenant, %peer, "closed: connection from {peer} idle for {after}{note}");
-                }
-                Reason::BytesIn => {
-                    let max = self.max_in.unwrap_or_default();
-                    warn!(tenant, %peer, max, "closed: connection from {peer} sent its limit of {max} bytes{note}");
-                }
-                Reason::BytesOut => {
-                    let max = self.max_out.unwrap_or_default();
-                    warn!(tenant, %peer, max, "closed: connection to {peer} would pass its limit of {max} bytes sent{note}");
-                }
-            }
-        }
-        // The client may be gone already; closing proceeds either way.
-        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
-    }
-
-    /// Closes `stream` once no byte has moved for the idle timeout; returns
-    /// at once without one. Runs until then (or until aborted, when the
-    /// connection goes).
-    pub fn watch_idle(
-        self: Arc<Self>,
-        stream: Weak<TcpStream>,
-    ) -> Option<impl Future<Output = ()>> {
-        let timeout = self.idle_timeout?;
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        Some(async move {
-            loop {
-                let last = self.last_active.load(Ordering::Relaxed);
-                tokio::time::sleep_until(instant_at(last.saturating_add(timeout_ms))).await;
-                if self.last_active.load(Ordering::Relaxed) != last {
-                    continue;
-                }
-                if let Some(stream) = stream.upgrade() {
-                    self.close(&stream, Reason::Idle);
-                }
-                return;
-            }
-        })
+            .outbound_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -254,8 +240,8 @@ impl AcceptBackoff {
     }
 
     /// Records a failed accept on `addr` and pauses accepting.
-    pub fn failed(&self, tenant: &Tenant, addr: SocketAddr, error: &std::io::Error) {
-        Counters::bump(&tenant.counters.accept_errors);
+    pub fn failed(&self, account: &Account, addr: SocketAddr, error: &std::io::Error) {
+        Counters::bump(&account.counters.accept_errors);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.delay = (state.delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
         let until = now_ms() + u64::try_from(state.delay.as_millis()).unwrap_or(u64::MAX);
@@ -267,7 +253,7 @@ impl AcceptBackoff {
         }
         let unlogged = std::mem::take(&mut state.unlogged);
         state.last_log = Some(now);
-        let name = tenant.name();
+        let name = account.name();
         let pause = humantime::format_duration(state.delay);
         warn!(
             tenant = name,
@@ -352,18 +338,17 @@ impl Gate {
 /// than a close, so the client knows at once. Counted; logged within the
 /// tenant's log budget.
 pub fn refuse_client(
-    tenant: &Tenant,
+    account: &Account,
     client: std::net::TcpStream,
     peer: SocketAddr,
     why: std::fmt::Arguments<'_>,
 ) {
     let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
     drop(client);
-    Counters::bump(&tenant.counters.connections_refused);
-    if let Some(left_out) = tenant.refusal_log.admit() {
-        let note = crate::log_budget::left_out_note(left_out);
+    Counters::bump(&account.counters.connections_refused);
+    if let Some(note) = account.may_log() {
         warn!(
-            tenant = tenant.name(),
+            tenant = account.name(),
             %peer,
             "refused: connection from {peer} reset, {why}{note}"
         );
@@ -376,10 +361,10 @@ const REAP_AFTER: Duration = Duration::from_millis(100);
 
 /// Resets clients queued on a tenant's listeners while it is at its
 /// connection cap and its guest is not accepting (a guest that accepts has
-/// them reset as it asks: see crate::tcp), so they learn at once rather
+/// them reset as it asks: see [`Admission::admit`]), so they learn at once rather
 /// than wait in the listen queue.
 #[derive(Debug, Default)]
-pub struct CapReaper {
+struct CapReaper {
     running: AtomicBool,
     /// When the guest last asked for a client, from [`now_ms`].
     last_accept: AtomicU64,
@@ -387,36 +372,43 @@ pub struct CapReaper {
 
 impl CapReaper {
     /// Records that the guest asked for a client.
-    pub fn guest_accepting(&self) {
+    fn guest_accepting(&self) {
         self.last_accept.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Runs the reaper for `tenant`, whose cap is `cap`, until it is below
-    /// the cap (call it when the tenant reaches its cap).
-    pub fn start(tenant: &Arc<Tenant>, cap: u64) {
-        if tenant.cap_reaper.running.swap(true, Ordering::AcqRel) {
+    /// Runs the reaper of `admission`, whose tenant (of `account`, with
+    /// host listeners `listeners`) has `cap`, until it is below the cap
+    /// (call it when the tenant reaches its cap).
+    fn start(
+        admission: &Arc<Admission>,
+        account: &Arc<Account>,
+        cap: u64,
+        listeners: Arc<dyn HostListeners>,
+    ) {
+        if admission.reaper.running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let tenant = tenant.clone();
+        let (admission, account) = (admission.clone(), account.clone());
         tokio::spawn(async move {
+            let reaper = &admission.reaper;
+            let open = || account.counters.connections_open.load(Ordering::Relaxed);
             let mut tick = tokio::time::interval(REAP_AFTER / 2);
             loop {
-                while tenant.open_connections() >= cap {
+                while open() >= cap {
                     tick.tick().await;
-                    let quiet = now_ms()
-                        .saturating_sub(tenant.cap_reaper.last_accept.load(Ordering::Relaxed));
+                    let quiet = now_ms().saturating_sub(reaper.last_accept.load(Ordering::Relaxed));
                     if quiet < REAP_AFTER.as_millis() as u64 {
                         continue;
                     }
-                    for listener in tenant.listeners() {
+                    for listener in listeners.listeners() {
                         // Non-blocking: the listener is shared with the guest.
-                        while tenant.open_connections() >= cap {
+                        while open() >= cap {
                             let Ok((client, peer)) = listener.accept() else {
                                 break;
                             };
-                            let name = tenant.name();
+                            let name = account.name();
                             refuse_client(
-                                &tenant,
+                                &account,
                                 client,
                                 peer,
                                 format_args!("{name} is at its cap of {cap} and not accepting"),
@@ -424,12 +416,10 @@ impl CapReaper {
                         }
                     }
                 }
-                tenant.cap_reaper.running.store(false, Ordering::Release);
+                reaper.running.store(false, Ordering::Release);
                 // Reached the cap again just now: carry on, unless another
                 // reaper took over.
-                if tenant.open_connections() < cap
-                    || tenant.cap_reaper.running.swap(true, Ordering::AcqRel)
-                {
+                if open() < cap || reaper.running.swap(true, Ordering::AcqRel) {
                     return;
                 }
             }

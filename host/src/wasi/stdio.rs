@@ -7,7 +7,7 @@
 //! write(2): a guest that logs every request, as the seed does, costs the
 //! host one write per turn of its event loop, not one per line.
 
-use crate::tenant::{Counters, Tenant};
+use crate::account::{Account, Counters};
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
@@ -46,14 +46,14 @@ impl Stream {
 /// tenant's `log_lines_per_sec`.
 #[derive(Debug, Clone)]
 pub struct GuestOutput {
-    tenant: Arc<Tenant>,
+    account: Arc<Account>,
     stream: Stream,
 }
 
 impl GuestOutput {
-    /// Output of `tenant`'s `stream`.
-    pub fn new(tenant: Arc<Tenant>, stream: Stream) -> Self {
-        Self { tenant, stream }
+    /// Output of `stream` of the tenant of `account`.
+    pub fn new(account: Arc<Account>, stream: Stream) -> Self {
+        Self { account, stream }
     }
 }
 
@@ -141,10 +141,10 @@ struct LineLogger {
 
 impl LineLogger {
     fn emit(&mut self) {
-        let tenant = &self.output.tenant;
+        let tenant = &self.output.account;
         if let Some(left_out) = tenant.output_log.admit() {
             let text = escape_controls(&String::from_utf8_lossy(&self.line));
-            let note = crate::log_budget::left_out_note(left_out);
+            let note = crate::account::log_budget::left_out_note(left_out);
             tracing::info!(
                 target: "guest",
                 tenant = tenant.name(),

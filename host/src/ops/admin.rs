@@ -30,9 +30,10 @@
 //!   changed, or 422 with why nothing did.
 //! - `GET /status`, as on the admin endpoint.
 
-use crate::control::Control;
-use crate::manifest::{BUILTIN_PREFIX, ComponentSource};
-use crate::tenant::{Snapshot, State as TenantState};
+use super::metrics::{self, Audited};
+use crate::config::manifest::{BUILTIN_PREFIX, ComponentSource};
+use crate::tenancy::control::Control;
+use crate::tenancy::tenant::{Snapshot, State as TenantState};
 use axum::Json;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
@@ -42,7 +43,6 @@ use axum::routing::{any, get, post};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -56,6 +56,7 @@ struct StatusBody {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
+    audited: Arc<Audited>,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/status", get(status))
@@ -65,6 +66,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/tenants/{name}/swap", any(elsewhere))
         .route("/reload", any(elsewhere))
+        .layer(axum::Extension(audited))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
     serve_bounded(listener, app, |_| None).await
@@ -154,10 +156,11 @@ pub async fn serve_control(
     listener: ControlListener,
     control: Arc<Control>,
     token_file: Option<PathBuf>,
+    audited: Arc<Audited>,
 ) -> std::io::Result<()> {
     let guard = Arc::new(Guard {
-        control: control.clone(),
         token_file,
+        audited,
     });
     let app = axum::Router::new()
         .route("/status", get(status))
@@ -174,34 +177,9 @@ pub async fn serve_control(
 
 /// What the control endpoint's gate needs.
 struct Guard {
-    control: Arc<Control>,
     token_file: Option<PathBuf>,
-}
-
-/// Control actions, as the `action` label names them.
-const ACTIONS: [&str; 4] = ["swap", "reload", "status", "other"];
-/// Outcomes, as the `outcome` label names them.
-const OUTCOMES: [&str; 3] = ["ok", "failed", "unauthorized"];
-
-/// Requests to the control endpoint, by action and outcome.
-#[derive(Debug, Default)]
-pub struct Audited([[AtomicU64; OUTCOMES.len()]; ACTIONS.len()]);
-
-impl Audited {
-    /// Every (action, outcome, count).
-    pub fn counts(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let mut all = Vec::new();
-        for (a, action) in ACTIONS.iter().enumerate() {
-            for (o, outcome) in OUTCOMES.iter().enumerate() {
-                all.push((*action, *outcome, self.0[a][o].load(Ordering::Relaxed)));
-            }
-        }
-        all
-    }
-
-    fn count(&self, action: usize, outcome: usize) {
-        self.0[action][outcome].fetch_add(1, Ordering::Relaxed);
-    }
+    /// Where the requests are counted.
+    audited: Arc<Audited>,
 }
 
 /// Checks the credential, runs the request, and logs and counts it: one
@@ -226,7 +204,7 @@ async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if let Err(why) = check_token(file, presented) {
-            guard.control.audited.count(action, 2);
+            guard.audited.count(action, 2);
             warn!(target: "audit", %peer, %method, path, "audit: {peer}: {method} {path}: refused, {why}");
             return (
                 StatusCode::UNAUTHORIZED,
@@ -241,7 +219,7 @@ async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
     let response = next.run(request).await;
     let status = response.status();
     let outcome = if status.is_success() { 0 } else { 1 };
-    guard.control.audited.count(action, outcome);
+    guard.audited.count(action, outcome);
     info!(target: "audit", %peer, %method, path, status = status.as_u16(), "audit: {peer}: {method} {path}: {status}");
     response
 }
@@ -331,13 +309,13 @@ async fn healthz_of(State(control): State<Arc<Control>>, Path(name): Path<String
     }
 }
 
-async fn metrics(State(control): State<Arc<Control>>) -> Response {
-    match crate::metrics::render(&control) {
+async fn metrics(
+    State(control): State<Arc<Control>>,
+    axum::Extension(audited): axum::Extension<Arc<Audited>>,
+) -> Response {
+    match metrics::render(&control, &audited) {
         Ok(text) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                crate::metrics::CONTENT_TYPE,
-            )],
+            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
             text,
         )
             .into_response(),

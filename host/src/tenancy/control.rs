@@ -4,11 +4,13 @@
 //! SIGHUP, the component file watcher and the admin endpoint; operations
 //! run one at a time.
 
-use crate::engine::{self, Loader};
-use crate::manifest::{self, ComponentSource, TenantConfig};
-use crate::sandbox::TenantState;
-use crate::supervisor::{self, Command, GuestError};
-use crate::tenant::{State, Tenant};
+use crate::config::manifest::{self, ComponentSource, TenantConfig};
+use crate::config::reload::{Current, plan_reload};
+use crate::runtime::builtins;
+use crate::runtime::engine::{self, Loader};
+use crate::runtime::instance::InstanceState;
+use crate::tenancy::supervisor::{self, Command, GuestError};
+use crate::tenancy::tenant::{State, Tenant};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
@@ -20,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-type Pre = Arc<CommandPre<TenantState>>;
+type Pre = Arc<CommandPre<InstanceState>>;
 
 /// One running tenant.
 struct Running {
@@ -36,61 +38,6 @@ impl Drop for Running {
             task.abort();
         }
     }
-}
-
-/// What a reload is to do with each tenant, computed from what runs and
-/// what the manifest wants alone (no side effect), then applied by
-/// [`Control::reload`].
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ReloadPlan {
-    /// Tenants in the manifest that do not run: started.
-    pub add: Vec<String>,
-    /// Tenants that run and are not in the manifest: stopped (draining).
-    pub remove: Vec<String>,
-    /// Tenants whose component or configuration differs, or that their
-    /// restart policy left stopped or failed: swapped (started again).
-    pub change: Vec<String>,
-    /// Tenants exactly as the manifest wants them (perhaps written at
-    /// another place in the file): left alone.
-    pub keep: Vec<String>,
-}
-
-/// A running tenant, as [`plan_reload`] compares it.
-#[derive(Debug)]
-pub struct Current<'a, C> {
-    /// Its configuration.
-    pub config: &'a TenantConfig,
-    /// Which compiled component it runs (compared for equality only).
-    pub component: C,
-    /// Left stopped or failed by its restart policy.
-    pub stopped: bool,
-}
-
-/// The plan to go from `running` to `wanted` (each wanted tenant with the
-/// compiled component its manifest entry names), tenants in manifest order.
-pub fn plan_reload<C: PartialEq>(
-    running: &BTreeMap<String, Current<'_, C>>,
-    wanted: &[(&TenantConfig, C)],
-) -> ReloadPlan {
-    let mut plan = ReloadPlan::default();
-    for (config, component) in wanted {
-        let name = config.name.clone();
-        match running.get(&config.name) {
-            None => plan.add.push(name),
-            Some(now)
-                if now.config.runs_like(config) && now.component == *component && !now.stopped =>
-            {
-                plan.keep.push(name);
-            }
-            Some(_) => plan.change.push(name),
-        }
-    }
-    plan.remove = running
-        .keys()
-        .filter(|name| !wanted.iter().any(|(c, _)| &c.name == *name))
-        .cloned()
-        .collect();
-    plan
 }
 
 /// What a manifest reload did.
@@ -125,9 +72,7 @@ pub struct Control {
     /// its pool was sized for at start (it cannot grow).
     pool: Option<(usize, u64)>,
     /// The counts of removed tenants, for the host-wide metrics.
-    retired: crate::metrics::Retired,
-    /// Requests to the control endpoint, by action and outcome.
-    pub audited: crate::admin::Audited,
+    retired: crate::account::Counters,
     /// The manifest's `[host]` settings as they were at start (tenants
     /// left out), to tell a reload which of them it cannot apply.
     started_with: Mutex<Option<manifest::Manifest>>,
@@ -145,8 +90,7 @@ impl Control {
             ops: tokio::sync::Mutex::new(()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             pool,
-            retired: crate::metrics::Retired::default(),
-            audited: crate::admin::Audited::default(),
+            retired: crate::account::Counters::default(),
             started_with: Mutex::new(None),
         })
     }
@@ -196,7 +140,7 @@ impl Control {
     }
 
     /// The counts of tenants removed so far.
-    pub fn retired(&self) -> &crate::metrics::Retired {
+    pub fn retired(&self) -> &crate::account::Counters {
         &self.retired
     }
 
@@ -391,7 +335,7 @@ impl Control {
         let mut opened = Vec::new();
         for addr in &config.listen {
             if tenant.listener(*addr).is_none() {
-                let listener = crate::tcp::host_listener(*addr)
+                let listener = crate::tenancy::listeners::host_listener(*addr)
                     .map_err(|e| format!("cannot listen on {addr} again: {e}"))?;
                 opened.push((*addr, Arc::new(listener)));
             }
@@ -529,7 +473,7 @@ impl Control {
                 if old.is_some_and(|(c, _)| c.listen.contains(addr)) {
                     continue;
                 }
-                let listener = crate::tcp::host_listener(*addr).map_err(|e| {
+                let listener = crate::tenancy::listeners::host_listener(*addr).map_err(|e| {
                     format!("tenant '{}': cannot listen on {addr}: {e}", config.name)
                 })?;
                 *addr = listener.local_addr().unwrap_or(*addr);
@@ -572,7 +516,7 @@ impl Control {
                 // drain timeout passes, as on a swap or at shutdown.
                 r.tenant.stop_accepting();
                 r.tenant.close_listeners();
-                self.retired.retire(&r.tenant);
+                self.retired.absorb(r.tenant.counters());
                 let open = r.tenant.open_connections();
                 info!(
                     tenant = name,
@@ -650,14 +594,6 @@ async fn drain_removed(running: Running) {
     drop(running);
 }
 
-/// The built-in guests, by the name `builtin:NAME` gives in a manifest.
-fn builtin(name: &str) -> Option<&'static [u8]> {
-    engine::BUILTIN_GUESTS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, bytes)| *bytes)
-}
-
 /// Reads, checks and compiles a component. Errors are prefixed with `at`
 /// (the manifest line of its `component` key) when given.
 pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> anyhow::Result<Pre> {
@@ -669,12 +605,12 @@ pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> an
         }
     };
     let (label, bytes): (String, std::borrow::Cow<'static, [u8]>) = match source {
-        ComponentSource::Builtin(name) => match builtin(name) {
+        ComponentSource::Builtin(name) => match builtins::builtin(name) {
             Some(bytes) => (format!("builtin:{name}"), bytes.into()),
             None => {
                 return Err(located(anyhow::anyhow!(
                     "there is no built-in guest named {name:?} (there are: {})",
-                    engine::builtin_names()
+                    builtins::builtin_names()
                 )));
             }
         },
@@ -764,102 +700,5 @@ impl ComponentWatcher {
             }
             self.follow_tenants();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Current, ReloadPlan, plan_reload};
-    use crate::manifest::{ComponentSource, Limits, TenantConfig};
-    use std::collections::BTreeMap;
-
-    fn tenant(name: &str, component: &str) -> TenantConfig {
-        TenantConfig {
-            name: name.into(),
-            component: ComponentSource::Builtin(component.into()),
-            component_at: format!("tenants.toml:{}", name.len()),
-            listen_at: String::new(),
-            listen: vec!["127.0.0.1:9800".parse().unwrap()],
-            env: Default::default(),
-            connect: Vec::new(),
-            limits: Limits::default(),
-        }
-    }
-
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|n| (*n).to_owned()).collect()
-    }
-
-    #[test]
-    fn a_reload_plan_adds_removes_changes_and_keeps_by_comparing_alone() {
-        let (keep, moved, limits, component, stopped, gone) = (
-            tenant("keep", "seed"),
-            tenant("moved", "seed"),
-            tenant("limits", "seed"),
-            tenant("component", "seed"),
-            tenant("stopped", "seed"),
-            tenant("gone", "seed"),
-        );
-        let running: BTreeMap<String, Current<'_, u8>> = [
-            (&keep, 1, false),
-            (&moved, 1, false),
-            (&limits, 1, false),
-            (&component, 1, false),
-            (&stopped, 1, true),
-            (&gone, 1, false),
-        ]
-        .into_iter()
-        .map(|(config, component, stopped)| {
-            let now = Current {
-                config,
-                component,
-                stopped,
-            };
-            (config.name.clone(), now)
-        })
-        .collect();
-        let moved_in_file = TenantConfig {
-            component_at: "tenants.toml:99".into(),
-            ..moved.clone()
-        };
-        let mut tighter = limits.clone();
-        tighter.limits.max_connections = 8;
-        let new = tenant("new", "echo");
-        let wanted = [
-            (&keep, 1),
-            (&moved_in_file, 1),
-            (&tighter, 1),
-            (&component, 2),
-            (&stopped, 1),
-            (&new, 3),
-        ];
-        assert_eq!(
-            plan_reload(&running, &wanted),
-            ReloadPlan {
-                add: names(&["new"]),
-                remove: names(&["gone"]),
-                change: names(&["limits", "component", "stopped"]),
-                keep: names(&["keep", "moved"]),
-            }
-        );
-    }
-
-    #[test]
-    fn reloading_the_same_manifest_plans_nothing_but_keeping() {
-        let (a, b) = (tenant("a", "seed"), tenant("b", "kv"));
-        let running: BTreeMap<String, Current<'_, &str>> = [(&a, "x"), (&b, "y")]
-            .into_iter()
-            .map(|(config, component)| {
-                let now = Current {
-                    config,
-                    component,
-                    stopped: false,
-                };
-                (config.name.clone(), now)
-            })
-            .collect();
-        let plan = plan_reload(&running, &[(&a, "x"), (&b, "y")]);
-        assert_eq!(plan.keep, names(&["a", "b"]));
-        assert!(plan.add.is_empty() && plan.remove.is_empty() && plan.change.is_empty());
     }
 }

@@ -6,7 +6,7 @@
 //! set's queue; `wait` checks only the queued members and those it reported
 //! ready last time (members are level-triggered), so a set of thousands of
 //! quiet connections costs nothing per wait. Members the host cannot check
-//! directly (timers, output streams; see [`crate::poll::Fast`]) go through
+//! directly (timers, output streams; see [`crate::wasi::poll::Fast`]) go through
 //! wasmtime-wasi's `poll` on every wait: a guest adds those only while it
 //! needs them.
 //!
@@ -14,8 +14,8 @@
 //! never holds more than the tenant's handle limit allows, and the host
 //! forgets a member when the guest drops its pollable.
 
-use crate::poll::Fast;
-use crate::sandbox::TenantState;
+use crate::wasi::poll::Fast;
+use crate::wasi::{GuestWasi, WasiHost};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use wasmtime::component::{Linker, Resource, ResourceType};
 use wasmtime_wasi::p2::DynPollable;
 
 /// The interface this module implements.
-const INTERFACE: &str = "tcphost:server/readiness@0.1.0";
+pub const INTERFACE: &str = "tcphost:server/readiness@0.1.0";
 
 /// A guest's ready set: the host side of a `ready-set` resource.
 pub struct ReadySet {
@@ -214,13 +214,13 @@ impl ReadySet {
 }
 
 /// Links `tcphost:server/readiness`.
-pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     let mut instance = linker.instance(INTERFACE)?;
     instance.resource(
         "ready-set",
         ResourceType::host::<ReadySet>(),
         |mut store, rep| {
-            let state = store.data_mut();
+            let state = store.data_mut().wasi();
             let set: ReadySet = state.table().delete(Resource::new_own(rep))?;
             for member in set.members.values() {
                 state.fast.watched.remove(&member.pollable);
@@ -230,8 +230,8 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
     )?;
     instance.func_wrap(
         "[constructor]ready-set",
-        |mut store: StoreContextMut<'_, TenantState>, (): ()| {
-            let state = store.data_mut();
+        |mut store: StoreContextMut<'_, T>, (): ()| {
+            let state = store.data_mut().wasi();
             state
                 .fast
                 .optimistic
@@ -242,9 +242,9 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
     )?;
     instance.func_wrap(
         "[method]ready-set.insert",
-        |mut store: StoreContextMut<'_, TenantState>,
+        |mut store: StoreContextMut<'_, T>,
          (this, member, token): (Resource<ReadySet>, Resource<DynPollable>, u64)| {
-            let state = store.data_mut();
+            let state = store.data_mut().wasi();
             // The pollable must be the guest's own (a handle it holds).
             state.table().get(&member)?;
             let pollable = member.rep();
@@ -262,8 +262,8 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
     )?;
     instance.func_wrap(
         "[method]ready-set.remove",
-        |mut store: StoreContextMut<'_, TenantState>, (this, token): (Resource<ReadySet>, u64)| {
-            let state = store.data_mut();
+        |mut store: StoreContextMut<'_, T>, (this, token): (Resource<ReadySet>, u64)| {
+            let state = store.data_mut().wasi();
             let removed = state.table().get_mut(&this)?.remove(token);
             if let Some(pollable) = removed {
                 state.fast.watched.remove(&pollable);
@@ -273,7 +273,7 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
     )?;
     instance.func_wrap_async(
         "[method]ready-set.wait",
-        |mut store: StoreContextMut<'_, TenantState>, (this, max): (Resource<ReadySet>, u32)| {
+        |mut store: StoreContextMut<'_, T>, (this, max): (Resource<ReadySet>, u32)| {
             Box::new(async move {
                 let max = usize::try_from(max.max(1)).unwrap_or(usize::MAX);
                 Ok((wait(&mut store, &this, max).await?,))
@@ -285,7 +285,7 @@ pub fn add_to_linker(linker: &mut Linker<TenantState>) -> wasmtime::Result<()> {
 
 /// Removes the member whose pollable `pollable` is being dropped from the
 /// set that watches it, if any.
-pub fn forget(state: &mut TenantState, pollable: u32) -> wasmtime::Result<()> {
+pub fn forget(state: &mut GuestWasi, pollable: u32) -> wasmtime::Result<()> {
     if let Some((set, token)) = state.fast.watched.remove(&pollable) {
         state
             .table()
@@ -297,16 +297,16 @@ pub fn forget(state: &mut TenantState, pollable: u32) -> wasmtime::Result<()> {
 
 /// `wait`: the tokens of up to `max` ready members, waiting until there is
 /// at least one.
-async fn wait(
-    store: &mut StoreContextMut<'_, TenantState>,
+async fn wait<T: WasiHost>(
+    store: &mut StoreContextMut<'_, T>,
     this: &Resource<ReadySet>,
     max: usize,
 ) -> wasmtime::Result<Vec<u64>> {
-    if store.data_mut().fast.let_io_in() {
+    if store.data_mut().wasi().fast.let_io_in() {
         tokio::task::yield_now().await;
     }
     loop {
-        let set = store.data_mut().table().get_mut(this)?;
+        let set = store.data_mut().wasi().table().get_mut(this)?;
         if set.members.is_empty() {
             return Ok(Vec::new());
         }
@@ -316,7 +316,7 @@ async fn wait(
         let reps: Vec<u32> = generic.iter().map(|(_, rep)| *rep).collect();
         // A wake since `ready_now` left a permit: no wakeup is lost.
         let wait = ready.is_empty();
-        if let Some(others) = crate::poll::others_ready(store, &reps, &shared.notify, wait).await? {
+        if let Some(others) = super::poll::others_ready(store, &reps, &shared.notify, wait).await? {
             let room = max - ready.len();
             ready.extend(others.into_iter().map(|i| generic[i].0).take(room));
         }

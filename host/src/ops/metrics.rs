@@ -4,12 +4,12 @@
 //! nothing extra for metrics.
 //!
 //! Totals cover every tenant the host has run: a tenant removed by a
-//! manifest reload leaves its counts in them (see [`Retired`]), so they
-//! never go down.
+//! manifest reload leaves its counts in them (crate::tenancy::control keeps
+//! them), so they never go down.
 
-use crate::control::Control;
-use crate::policy::Capability;
-use crate::tenant::{State, Tenant};
+use crate::account::{Capability, Counters};
+use crate::tenancy::control::Control;
+use crate::tenancy::tenant::State;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -32,17 +32,46 @@ const STATES: [(State, &str); 5] = [
     (State::Failed, "failed"),
 ];
 
-/// The metrics of the host that `control` runs, as text.
-pub fn render(control: &Arc<Control>) -> Result<String, Error> {
+/// Control actions, as the `action` label names them.
+pub const ACTIONS: [&str; 4] = ["swap", "reload", "status", "other"];
+/// Outcomes, as the `outcome` label names them.
+pub const OUTCOMES: [&str; 3] = ["ok", "failed", "unauthorized"];
+
+/// Requests to the control endpoint, by action and outcome (counted by
+/// crate::ops::admin's audit).
+#[derive(Debug, Default)]
+pub struct Audited([[AtomicU64; OUTCOMES.len()]; ACTIONS.len()]);
+
+impl Audited {
+    /// Every (action, outcome, count).
+    pub fn counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut all = Vec::new();
+        for (a, action) in ACTIONS.iter().enumerate() {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                all.push((*action, *outcome, self.0[a][o].load(Ordering::Relaxed)));
+            }
+        }
+        all
+    }
+
+    /// Counts a request: indices into [`ACTIONS`] and [`OUTCOMES`].
+    pub fn count(&self, action: usize, outcome: usize) {
+        self.0[action][outcome].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The metrics of the host that `control` runs (and of its control
+/// endpoint, `audited`), as text.
+pub fn render(control: &Arc<Control>, audited: &Arc<Audited>) -> Result<String, Error> {
     let mut registry = Registry::with_prefix("tcphost");
-    registry.register_collector(Box::new(Tenants(control.clone())));
+    registry.register_collector(Box::new(Tenants(control.clone(), audited.clone())));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
 }
 
 /// Reads the tenants' counters when scraped.
-struct Tenants(Arc<Control>);
+struct Tenants(Arc<Control>, Arc<Audited>);
 
 impl std::fmt::Debug for Tenants {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,141 +80,108 @@ impl std::fmt::Debug for Tenants {
 }
 
 /// A per-tenant counter: metric name, help, and where to read it.
-type Field = (&'static str, &'static str, fn(&Tenant) -> &AtomicU64);
+type Field = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
 /// Per-tenant counters, each also summed into a `host_` total.
 const COUNTERS: [Field; 15] = [
     (
         "connections_accepted",
         "Client connections handed to the guest.",
-        |t| &t.counters.connections_accepted,
+        |c| &c.connections_accepted,
     ),
     (
         "outbound_connections_started",
         "Outbound connections the guest started under its connect grant.",
-        |t| &t.counters.outbound_started,
+        |c| &c.outbound_started,
     ),
     (
         "connections_refused",
         "Client connections reset at a connection cap: the tenant's, or the one per client address.",
-        |t| &t.counters.connections_refused,
+        |c| &c.connections_refused,
     ),
     (
         "connections_idle_closed",
         "Client connections the host closed after their idle timeout.",
-        |t| &t.counters.idle_closed,
+        |c| &c.idle_closed,
     ),
     (
         "connections_byte_limit_closed",
         "Client connections the host closed at a byte limit.",
-        |t| &t.counters.byte_limit_closed,
+        |c| &c.byte_limit_closed,
     ),
     (
         "accept_errors",
         "Accepts that failed for want of a resource (file descriptors, memory).",
-        |t| &t.counters.accept_errors,
+        |c| &c.accept_errors,
     ),
     (
         "received_bytes",
         "Bytes received on the tenant's connections: from clients, and on outbound connections it was granted.",
-        |t| &t.counters.bytes_in,
+        |c| &c.bytes_in,
     ),
     (
         "sent_bytes",
         "Bytes sent on the tenant's connections: to clients, and on outbound connections it was granted.",
-        |t| &t.counters.bytes_out,
+        |c| &c.bytes_out,
     ),
     (
         "guest_traps",
         "Guest traps: panics, CPU limit, out of memory, invalid accesses.",
-        |t| &t.counters.traps,
+        |c| &c.traps,
     ),
     (
         "guest_restarts",
         "Times a guest was started again after stopping.",
-        |t| &t.counters.restarts,
+        |c| &c.restarts,
     ),
     (
         "cpu_yields",
         "Times a running guest was interrupted so that others could run.",
-        |t| &t.counters.cpu_yields,
+        |c| &c.cpu_yields,
     ),
     (
         "cpu_limit_kills",
         "Times a guest was cut off for computing past its CPU limit.",
-        |t| &t.counters.cpu_limit_kills,
+        |c| &c.cpu_limit_kills,
     ),
     (
         "memory_refusals",
         "Linear memory growths refused at the memory limit.",
-        |t| &t.counters.memory_refusals,
+        |c| &c.memory_refusals,
     ),
     (
         "guest_preopen_queries",
         "Times a guest asked for its preopened directories (language runtimes do at start-up): none are granted; not counted as a refusal.",
-        |t| &t.counters.preopen_queries,
+        |c| &c.preopen_queries,
     ),
     (
         "guest_log_lines_dropped",
         "Lines of guest output left out of the log at the tenant's log_lines_per_sec.",
-        |t| &t.counters.log_lines_dropped,
+        |c| &c.log_lines_dropped,
     ),
 ];
 
 /// Per-tenant gauges, each also summed into a `host_` total.
 const GAUGES: [Field; 4] = [
-    ("connections_open", "Client connections open now.", |t| {
-        &t.counters.connections_open
+    ("connections_open", "Client connections open now.", |c| {
+        &c.connections_open
     }),
     (
         "outbound_connections_open",
         "Outbound connections being made or open now (capped by max_outbound_connections).",
-        |t| &t.counters.outbound_open,
+        |c| &c.outbound_open,
     ),
     (
         "connections_lingering",
         "Connections the guest closed whose last bytes the host is still sending.",
-        |t| &t.counters.lingering,
+        |c| &c.lingering,
     ),
     (
         "memory_bytes",
         "Linear memory the tenant's guest instances hold.",
-        |t| &t.counters.memory_bytes,
+        |c| &c.memory_bytes,
     ),
 ];
-
-/// The counts of tenants a reload removed, kept in the host-wide totals.
-#[derive(Debug, Default)]
-pub struct Retired {
-    /// Indexed like [`COUNTERS`].
-    counters: [AtomicU64; COUNTERS.len()],
-    capability_refusals: AtomicU64,
-    /// Indexed by `Capability as usize`.
-    refusals_by_kind: [AtomicU64; Capability::ALL.len()],
-}
-
-impl Retired {
-    /// Adds the counts of `tenant`, which is being removed.
-    pub fn retire(&self, tenant: &Tenant) {
-        let add = |to: &AtomicU64, from: &AtomicU64| {
-            to.fetch_add(get(from), Ordering::Relaxed);
-        };
-        for (to, (_, _, field)) in self.counters.iter().zip(COUNTERS) {
-            add(to, field(tenant));
-        }
-        add(
-            &self.capability_refusals,
-            &tenant.counters.capability_refusals,
-        );
-        for (to, from) in self
-            .refusals_by_kind
-            .iter()
-            .zip(&tenant.counters.refusals_by_kind)
-        {
-            add(to, from);
-        }
-    }
-}
 
 fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
@@ -202,14 +198,15 @@ impl Collector for Tenants {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for t in &tenants {
                 let labels = [("tenant", t.name())];
-                ConstCounter::new(get(field(t))).encode(family.encode_family(&labels)?)?;
+                ConstCounter::new(get(field(t.counters())))
+                    .encode(family.encode_family(&labels)?)?;
             }
         }
         for (name, help, field) in GAUGES {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for t in &tenants {
                 let labels = [("tenant", t.name())];
-                as_gauge(get(field(t))).encode(family.encode_family(&labels)?)?;
+                as_gauge(get(field(t.counters()))).encode(family.encode_family(&labels)?)?;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -221,7 +218,7 @@ impl Collector for Tenants {
         for t in &tenants {
             for kind in Capability::ALL {
                 let labels = [("tenant", t.name()), ("kind", kind.as_str())];
-                let value = get(&t.counters.refusals_by_kind[kind as usize]);
+                let value = get(&t.counters().refusals_by_kind[kind as usize]);
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -241,10 +238,11 @@ impl Collector for Tenants {
 
         // Host-wide totals: the tenants running now, and those removed.
         let retired = self.0.retired();
-        let sum = |field: fn(&Tenant) -> &AtomicU64| -> u64 {
-            tenants.iter().map(|t| get(field(t))).sum()
+        let sum = |field: fn(&Counters) -> &AtomicU64| -> u64 {
+            tenants.iter().map(|t| get(field(t.counters()))).sum()
         };
-        for ((name, help, field), gone) in COUNTERS.into_iter().zip(&retired.counters) {
+        for (name, help, field) in COUNTERS {
+            let gone = field(retired);
             let name = format!("host_{name}");
             let help = format!("All tenants: {help}");
             let family = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
@@ -262,10 +260,8 @@ impl Collector for Tenants {
             None,
             MetricType::Counter,
         )?;
-        ConstCounter::new(
-            sum(|t| &t.counters.capability_refusals) + get(&retired.capability_refusals),
-        )
-        .encode(family)?;
+        ConstCounter::new(sum(|c| &c.capability_refusals) + get(&retired.capability_refusals))
+            .encode(family)?;
         let mut family = encoder.encode_descriptor(
             "host_capability_refusals_by_kind",
             "All tenants: refused attempts to use a capability not granted, by kind.",
@@ -276,7 +272,7 @@ impl Collector for Tenants {
             let i = kind as usize;
             let value: u64 = tenants
                 .iter()
-                .map(|t| get(&t.counters.refusals_by_kind[i]))
+                .map(|t| get(&t.counters().refusals_by_kind[i]))
                 .sum::<u64>()
                 + get(&retired.refusals_by_kind[i]);
             ConstCounter::new(value).encode(family.encode_family(&[("kind", kind.as_str())])?)?;
@@ -287,7 +283,7 @@ impl Collector for Tenants {
             None,
             MetricType::Counter,
         )?;
-        for (action, outcome, count) in self.0.audited.counts() {
+        for (action, outcome, count) in self.1.counts() {
             ConstCounter::new(count)
                 .encode(family.encode_family(&[("action", action), ("outcome", outcome)])?)?;
         }

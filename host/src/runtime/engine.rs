@@ -3,69 +3,20 @@
 //! distinct component once (and, with a cache directory, once across
 //! restarts of the host), and preparing it for fast instantiation.
 
-use crate::sandbox::TenantState;
+use crate::limits::cpu::EPOCH_TICK;
+use crate::runtime::instance::InstanceState;
+use crate::wasi::p2::{INTERFACES, MINOR};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use thiserror::Error;
 use tracing::{info, warn};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::bindings::CommandPre;
-
-include!(concat!(env!("OUT_DIR"), "/builtin_guests.rs"));
-
-/// The default guest (the seed server from `guest/`): the first built-in.
-pub const DEFAULT_GUEST: &[u8] = BUILTIN_GUESTS[0].1;
-
-/// The names of the built-in guests, for messages: `seed, echo, ...`.
-pub fn builtin_names() -> String {
-    let names: Vec<&str> = BUILTIN_GUESTS.iter().map(|(name, _)| *name).collect();
-    names.join(", ")
-}
-
-/// How often running guests are made to yield to the rest of the host; the
-/// unit in which CPU limits are measured.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// The WASI 0.2 minor version the host links; guests built against this or
-/// any older 0.2 release link to it.
-const WASI_MINOR: u64 = 12;
-
-/// The WASI 0.2 interfaces the host links, as `package/interface`.
-const PROVIDED: &[&str] = &[
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:clocks/monotonic-clock",
-    "wasi:clocks/wall-clock",
-    "wasi:random/random",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:cli/stdin",
-    "wasi:cli/stdout",
-    "wasi:cli/stderr",
-    "wasi:cli/terminal-input",
-    "wasi:cli/terminal-output",
-    "wasi:cli/terminal-stdin",
-    "wasi:cli/terminal-stdout",
-    "wasi:cli/terminal-stderr",
-    "wasi:filesystem/types",
-    "wasi:filesystem/preopens",
-    "wasi:sockets/network",
-    "wasi:sockets/instance-network",
-    "wasi:sockets/tcp",
-    "wasi:sockets/tcp-create-socket",
-    "wasi:sockets/udp",
-    "wasi:sockets/udp-create-socket",
-    "wasi:sockets/ip-name-lookup",
-];
 
 /// Why a guest component cannot be run; each says what to do about it.
 #[derive(Debug, Error)]
@@ -106,7 +57,7 @@ pub enum LoadError {
     /// Imports outside WASI 0.2.
     #[error(
         "{path} needs imports this host does not provide: {}; a guest may import only WASI 0.2 \
-         cli, clocks, filesystem, io, random and sockets (up to 0.2.{WASI_MINOR}) and {EXTENSION}",
+         cli, clocks, filesystem, io, random and sockets (up to 0.2.{MINOR}) and {EXTENSION}",
         missing.join(", ")
     )]
     MissingImports {
@@ -232,18 +183,18 @@ pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 /// instantiation.
 pub struct Loader {
     engine: Engine,
-    linker: Linker<TenantState>,
+    linker: Linker<InstanceState>,
     cache_dir: Option<PathBuf>,
     /// Components in use, by content hash. Weak: a component no tenant runs
     /// any more is freed, so swapping through many versions does not keep
     /// every one in memory (the disk cache still has their compiled code).
-    prepared: Mutex<HashMap<[u8; 32], std::sync::Weak<CommandPre<TenantState>>>>,
+    prepared: Mutex<HashMap<[u8; 32], std::sync::Weak<CommandPre<InstanceState>>>>,
 }
 
 impl Loader {
     /// A loader for `engine`, caching compiled code in `cache_dir` if given.
     pub fn new(engine: Engine, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let linker = crate::sandbox::linker(&engine)?;
+        let linker = crate::runtime::instance::linker(&engine)?;
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!("cannot create the cache directory {}: {e}", dir.display())
@@ -268,7 +219,7 @@ impl Loader {
         &self,
         label: &str,
         bytes: &[u8],
-    ) -> Result<Arc<CommandPre<TenantState>>, LoadError> {
+    ) -> Result<Arc<CommandPre<InstanceState>>, LoadError> {
         let path = label.to_owned();
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path }),
@@ -372,10 +323,10 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Checks a compiled component against the guest world and links it.
 fn prepare(
     engine: &Engine,
-    linker: &Linker<TenantState>,
+    linker: &Linker<InstanceState>,
     path: &str,
     component: &Component,
-) -> Result<CommandPre<TenantState>, LoadError> {
+) -> Result<CommandPre<InstanceState>, LoadError> {
     let path = path.to_owned();
     let ty = component.component_type();
     let missing: Vec<String> = ty
@@ -444,7 +395,7 @@ fn check_imports(path: &str, bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 /// The project's own interface the host links (see `wit/world.wit`).
-const EXTENSION: &str = "tcphost:server/readiness@0.1.0";
+const EXTENSION: &str = crate::wasi::p2::readiness::INTERFACE;
 
 /// Whether the host links an import named `name`: a WASI 0.2 interface no
 /// newer than the host's, or the project's extension.
@@ -464,7 +415,7 @@ fn is_provided_name(name: &str, instance: bool) -> bool {
         .strip_prefix("0.2.")
         .and_then(|rest| rest.split(['-', '+']).next())
         .and_then(|minor| minor.parse::<u64>().ok());
-    instance && PROVIDED.contains(&interface) && minor.is_some_and(|m| m <= WASI_MINOR)
+    instance && INTERFACES.contains(&interface) && minor.is_some_and(|m| m <= MINOR)
 }
 
 /// An error chain on one line, for messages that must fit one.
@@ -482,32 +433,12 @@ mod tests {
     #[test]
     fn a_component_is_shared_while_in_use_and_freed_once_no_one_holds_it() {
         let loader = Loader::new(new_engine(None).unwrap(), None).unwrap();
-        let (_, echo) = BUILTIN_GUESTS.iter().find(|(n, _)| *n == "echo").unwrap();
+        let echo = crate::runtime::builtins::builtin("echo").unwrap();
         let first = loader.load("echo", echo).unwrap();
         let again = loader.load("echo", echo).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the same bytes, compiled once");
         assert_eq!(loader.components_in_use(), 1);
         drop((first, again));
         assert_eq!(loader.components_in_use(), 0);
-    }
-
-    #[test]
-    fn every_file_in_the_guest_bin_directory_is_a_built_in_and_seed_is_the_default() {
-        let bins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/src/bin");
-        let mut files: Vec<String> = std::fs::read_dir(bins)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
-            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
-        let mut built: Vec<String> = BUILTIN_GUESTS.iter().map(|(n, _)| n.to_string()).collect();
-        assert_eq!(built[0], "seed");
-        assert_eq!(DEFAULT_GUEST, BUILTIN_GUESTS[0].1);
-        built.sort();
-        assert_eq!(built, files);
-        for name in &files {
-            assert!(builtin_names().contains(name.as_str()));
-        }
     }
 }

@@ -1,10 +1,14 @@
-//! A tenant's shared runtime record: its configuration, its counters and its
-//! current state. The supervisor and the sandbox write it; the admin
-//! endpoint reads it.
+//! A tenant's shared runtime record: its configuration, its state, the
+//! host's listeners for its addresses and which guest version accepts. Its
+//! state is written only through its own methods, by the supervisor (start,
+//! restart, swap, stop) and control (add, remove), and by the WASI layer
+//! only through the [`Tenancy`] seam (a version listens). The admin
+//! endpoint and the metrics read it.
 
-use crate::connection::{AcceptBackoff, PeerCounts};
-use crate::manifest::TenantConfig;
-use crate::policy::Capability;
+use crate::account::Account;
+use crate::config::manifest::{Limits, TenantConfig};
+use crate::limits::admission::{Admission, HostListeners};
+use crate::wasi::Tenancy;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,62 +49,6 @@ impl std::fmt::Display for State {
     }
 }
 
-/// Counters kept per tenant. Relaxed atomics: they are statistics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Client connections open now.
-    pub connections_open: AtomicU64,
-    /// Client connections handed to the guest, ever.
-    pub connections_accepted: AtomicU64,
-    /// Connections the guest closed whose last bytes the host is still
-    /// sending (bounded by the connection cap).
-    pub lingering: AtomicU64,
-    /// Outbound connections being made or open now.
-    pub outbound_open: AtomicU64,
-    /// Outbound connections started, ever.
-    pub outbound_started: AtomicU64,
-    /// Client connections reset because the tenant was at its cap.
-    pub connections_refused: AtomicU64,
-    /// Times the guest was started again after stopping.
-    pub restarts: AtomicU64,
-    /// Traps (panics, CPU limit, out-of-bounds, ...).
-    pub traps: AtomicU64,
-    /// Times the guest was cut off for computing past its CPU limit.
-    pub cpu_limit_kills: AtomicU64,
-    /// Memory growths refused at the memory limit.
-    pub memory_refusals: AtomicU64,
-    /// Capability attempts refused (bind, connect, UDP, DNS).
-    pub capability_refusals: AtomicU64,
-    /// The same, by kind, indexed by `Capability as usize`.
-    pub refusals_by_kind: [AtomicU64; Capability::ALL.len()],
-    /// Times the guest asked for its preopened directories (runtimes do at
-    /// start-up; not a refusal: none are granted).
-    pub preopen_queries: AtomicU64,
-    /// Bytes received on the tenant's connections (clients' and outbound).
-    pub bytes_in: AtomicU64,
-    /// Bytes sent on the tenant's connections (clients' and outbound).
-    pub bytes_out: AtomicU64,
-    /// Times a running guest was interrupted (epoch tick) to let others run.
-    pub cpu_yields: AtomicU64,
-    /// Linear memory the tenant's instances hold now, in bytes (a gauge).
-    pub memory_bytes: AtomicU64,
-    /// Lines of guest output left out of the log at its limit.
-    pub log_lines_dropped: AtomicU64,
-    /// Accepts that failed (out of file descriptors, memory, ...).
-    pub accept_errors: AtomicU64,
-    /// Client connections the host closed after their idle timeout.
-    pub idle_closed: AtomicU64,
-    /// Client connections the host closed at a byte limit.
-    pub byte_limit_closed: AtomicU64,
-}
-
-impl Counters {
-    /// Adds one to `counter`.
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 #[derive(Debug)]
 struct Status {
     state: State,
@@ -111,22 +59,12 @@ struct Status {
 /// One tenant at run time.
 #[derive(Debug)]
 pub struct Tenant {
-    name: String,
+    /// Its name, counters and log budgets.
+    account: Arc<Account>,
+    /// Its admission state (accept gate, back-off, per-peer counts).
+    admission: Arc<Admission>,
     /// Its configuration, replaced by a live swap or a manifest reload.
     config: Mutex<Arc<TenantConfig>>,
-    /// Its counters.
-    pub counters: Counters,
-    /// Pauses accepting when accepts fail for want of resources.
-    pub accept_backoff: AcceptBackoff,
-    /// Open client connections per client address.
-    pub peers: PeerCounts,
-    /// Bounds how fast lines a guest or its clients can provoke at will
-    /// (refusals, listens, connections closed by the host) fill the log.
-    pub refusal_log: crate::log_budget::LogBudget,
-    /// Bounds how fast the guest's output fills the log (its limit).
-    pub output_log: crate::log_budget::LogBudget,
-    /// Resets clients past the cap while the guest does not accept.
-    pub cap_reaper: crate::connection::CapReaper,
     status: Mutex<Status>,
     /// The host's listening sockets for the tenant's addresses, handed to
     /// each guest version in turn; closed when the tenant stops for good.
@@ -135,9 +73,6 @@ pub struct Tenant {
     last_generation: AtomicU64,
     /// The guest version that accepts new connections.
     current_generation: tokio::sync::watch::Sender<u64>,
-    /// Whoever found the accept gate closed (not the current version, or
-    /// accepting paused) and waits to hear it may have opened.
-    pub accept_gate: Arc<crate::connection::Gate>,
 }
 
 /// Stops a listening socket listening, for every descriptor of it (guest
@@ -194,14 +129,9 @@ impl Tenant {
             .filter_map(|l| Some((l.local_addr().ok()?, l)))
             .collect();
         Tenant {
-            name: config.name.clone(),
+            account: Arc::new(Account::new(&config.name)),
+            admission: Arc::default(),
             config: Mutex::new(Arc::new(config)),
-            counters: Counters::default(),
-            accept_backoff: AcceptBackoff::default(),
-            peers: PeerCounts::default(),
-            refusal_log: crate::log_budget::LogBudget::default(),
-            cap_reaper: crate::connection::CapReaper::default(),
-            output_log: crate::log_budget::LogBudget::with_rate(0),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_error: None,
@@ -210,7 +140,6 @@ impl Tenant {
             listeners: Mutex::new(listeners),
             last_generation: AtomicU64::new(0),
             current_generation: tokio::sync::watch::Sender::new(0),
-            accept_gate: Arc::default(),
         }
     }
 
@@ -274,7 +203,15 @@ impl Tenant {
 
     /// Client connections open now, over all guest versions.
     pub fn open_connections(&self) -> u64 {
-        self.counters.connections_open.load(Ordering::Relaxed)
+        self.account
+            .counters
+            .connections_open
+            .load(Ordering::Relaxed)
+    }
+
+    /// The tenant's counters.
+    pub fn counters(&self) -> &crate::account::Counters {
+        &self.account.counters
     }
 
     /// Stops accepting for good, as the host stops: no guest version is
@@ -282,7 +219,7 @@ impl Tenant {
     /// version) are shut down, so the addresses refuse new clients at once.
     pub fn stop_accepting(&self) {
         self.current_generation.send_replace(STOPPED);
-        self.accept_gate.open();
+        self.admission.gate.open();
         for listener in self
             .listeners
             .lock()
@@ -323,7 +260,7 @@ impl Tenant {
             newer
         });
         if newer {
-            self.accept_gate.open();
+            self.admission.gate.open();
         }
         newer
     }
@@ -340,7 +277,7 @@ impl Tenant {
             restore
         });
         if restored {
-            self.accept_gate.open();
+            self.admission.gate.open();
         }
         restored
     }
@@ -362,7 +299,7 @@ impl Tenant {
 
     /// The tenant's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.account.name()
     }
 
     /// Moves to `state`, keeping the last error.
@@ -396,14 +333,16 @@ impl Tenant {
     /// Everything the admin endpoint shows.
     pub fn snapshot(&self) -> Snapshot {
         let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let c = &self.counters;
+        let c = &self.account.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let config = self.config();
         Snapshot {
-            name: self.name.clone(),
+            name: self.name().to_owned(),
             component: match &config.component {
-                crate::manifest::ComponentSource::Builtin(name) => format!("builtin:{name}"),
-                crate::manifest::ComponentSource::File(path) => path.display().to_string(),
+                crate::config::manifest::ComponentSource::Builtin(name) => {
+                    format!("builtin:{name}")
+                }
+                crate::config::manifest::ComponentSource::File(path) => path.display().to_string(),
             },
             generation: *self.current_generation.borrow(),
             state: status.state,
@@ -420,5 +359,41 @@ impl Tenant {
             memory_refusals: get(&c.memory_refusals),
             capability_refusals: get(&c.capability_refusals),
         }
+    }
+}
+
+impl HostListeners for Tenant {
+    fn listeners(&self) -> Vec<Arc<TcpListener>> {
+        Tenant::listeners(self)
+    }
+}
+
+impl Tenancy for Tenant {
+    fn account(&self) -> &Arc<Account> {
+        &self.account
+    }
+
+    fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    fn listener(&self, addr: SocketAddr) -> Option<Arc<TcpListener>> {
+        Tenant::listener(self, addr)
+    }
+
+    fn may_accept(&self, generation: u64) -> bool {
+        self.is_current(generation)
+    }
+
+    fn listening(&self, generation: u64) {
+        // From now on new clients come to this version, unless it is an
+        // older one listening again or the host is stopping.
+        if self.make_current(generation) {
+            self.set_state(State::Running);
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        self.config().limits.clone()
     }
 }

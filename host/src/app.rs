@@ -1,0 +1,423 @@
+//! The host process: starts everything from the command line or manifest
+//! (listeners, guest threads, engine, tenants, endpoints, file watch), then
+//! waits for signals: SIGHUP reloads, SIGINT and SIGTERM stop gracefully.
+
+use crate::cli::Cli;
+use crate::config::manifest::{
+    self, ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig,
+};
+use crate::ops::admin;
+use crate::ops::metrics::Audited;
+use crate::runtime::engine::{self, Loader};
+use crate::tenancy::control::{self, Control};
+use crate::tenancy::listeners;
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::{error, info, warn};
+
+/// Runs the host as `cli` says until it is stopped.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before anything can listen: a signal must never find the default
+    // disposition (death by signal, non-zero status) in place.
+    let mut signals = Signals::new()?;
+
+    let single = cli.config.is_none();
+    let mut manifest = match &cli.config {
+        Some(path) => manifest::load(path)?,
+        None => one_tenant(&cli)?,
+    };
+    raise_open_file_limit(&manifest);
+    // The host listens on every tenant address itself, from now until the
+    // tenant goes: see crate::tcp.
+    let mut listeners = Vec::with_capacity(manifest.tenants.len());
+    for tenant in &mut manifest.tenants {
+        let mut own = Vec::with_capacity(tenant.listen.len());
+        for addr in &mut tenant.listen {
+            let listener = match listeners::open(*addr, &tenant.listen_at) {
+                Ok(listener) => listener,
+                Err(e) if single => return Err(e),
+                Err(e) => return Err(e.context(format!("tenant '{}'", tenant.name))),
+            };
+            *addr = listener.local_addr().unwrap_or(*addr);
+            own.push(Arc::new(listener));
+        }
+        listeners.push(own);
+    }
+    let admin_addr = cli.admin.or(manifest.admin);
+    let control_at = match (&cli.control, &manifest.control) {
+        (Some(addr), _) => Some(manifest::Control {
+            addr: addr.clone(),
+            token_file: cli.control_token_file.clone(),
+        }),
+        (None, chosen) => chosen.clone(),
+    };
+    if let Some(at) = &control_at {
+        match (&at.addr, &at.token_file) {
+            (manifest::ControlAddr::Tcp(addr), None) => anyhow::bail!(
+                "the control endpoint on {addr} needs a token file (--control-token-file), or listen on unix:PATH"
+            ),
+            // Unreadable or empty: every request would be refused.
+            (_, Some(file)) => {
+                admin::read_token(file)
+                    .map_err(|why| anyhow::anyhow!("control endpoint: {why}"))?;
+            }
+            (manifest::ControlAddr::Unix(_), None) => {}
+        }
+    }
+
+    let cache_dir = match (
+        cli.no_cache,
+        cli.cache_dir.clone().or(manifest.cache_dir.clone()),
+    ) {
+        (true, _) => None,
+        (false, Some(chosen)) => Some(chosen),
+        // The default is a convenience: without a usable one, compile.
+        (false, None) => default_cache_dir().filter(|dir| match std::fs::create_dir_all(dir) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(dir = %dir.display(), "no compile cache (cannot create its directory: {e})");
+                false
+            }
+        }),
+    };
+    let pooling = manifest.pooling_allocator.then(|| {
+        let max_memory = manifest
+            .tenants
+            .iter()
+            .map(|t| t.limits.max_memory)
+            .max()
+            .unwrap_or(0);
+        // Room for every tenant twice over: swaps and restarts overlap.
+        (
+            u32::try_from(manifest.tenants.len() * 2)
+                .unwrap_or(u32::MAX)
+                .max(2),
+            max_memory,
+        )
+    });
+    // Guest instances run on their own threads, by default one per core:
+    // see crate::runtime::workers.
+    let threads = manifest.guest_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    crate::runtime::workers::start(threads).context("cannot start the guest threads")?;
+    let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
+    if pooling.is_some() {
+        crate::tenancy::supervisor::pooled();
+    }
+    let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
+    let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone(), pool);
+    control.set_host_settings(&manifest);
+
+    // Compiling (cold, seconds per component) runs off the async threads,
+    // and a signal meanwhile stops the host at once: nothing serves yet.
+    let compile = {
+        let control = control.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut prepared = Vec::with_capacity(manifest.tenants.len());
+            for (config, listeners) in manifest.tenants.into_iter().zip(listeners) {
+                // The shorthand names its guest by file, not by manifest line.
+                let at = if single {
+                    ""
+                } else {
+                    config.component_at.as_str()
+                };
+                let pre = control.load(&config.component, at)?;
+                prepared.push((config, listeners, pre));
+            }
+            Ok(prepared)
+        })
+    };
+    tokio::pin!(compile);
+    let prepared = loop {
+        tokio::select! {
+            done = &mut compile => break done.context("compiling the guests failed")??,
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => {
+                    info!("received {name} while starting: stopped before serving");
+                    return Ok(());
+                }
+                Signal::Reload => warn!("SIGHUP while starting: ignored, the manifest is being loaded"),
+            },
+        }
+    };
+    let names: Vec<String> = prepared.iter().map(|(c, _, _)| c.name.clone()).collect();
+
+    let audited = Arc::new(Audited::default());
+    if let Some(addr) = admin_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        crate::policy::forbid_admin(bound);
+        info!(%bound, "admin: listening on {bound}");
+        let (control, audited) = (control.clone(), audited.clone());
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, control, audited).await {
+                error!("admin endpoint failed: {e}");
+            }
+        });
+    }
+    if let Some(at) = control_at {
+        let listener = control_listener(&at.addr)
+            .await
+            .with_context(|| format!("cannot serve the control endpoint on {}", at.addr))?;
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve_control(listener, control, at.token_file, audited).await {
+                error!("control endpoint failed: {e}");
+            }
+        });
+    }
+    for (config, listeners, pre) in prepared {
+        control.start(config, listeners, pre);
+    }
+    info!(tenants = names.len(), "host running");
+    match control::ComponentWatcher::new(control.clone()) {
+        Ok(watcher) => {
+            tokio::spawn(watcher.run());
+        }
+        Err(e) => warn!("cannot watch component files, so changing one swaps nothing: {e}"),
+    }
+
+    // The one-tenant shorthand ends with its guest; a manifest host runs
+    // until it is signalled.
+    let guest = single.then(|| control.take_task(&names[0])).flatten();
+    let guest_done = async move {
+        match guest {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(guest_done);
+    loop {
+        tokio::select! {
+            joined = &mut guest_done => {
+                return match joined {
+                    Ok(outcome) => outcome.map_err(Into::into),
+                    Err(e) => Err(anyhow::anyhow!("guest task failed: {e}")),
+                };
+            }
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => {
+                    stop(&control, &mut signals, name).await;
+                    return Ok(());
+                }
+                Signal::Reload => match control.reload().await {
+                    Ok(report) => info!(?report, "SIGHUP: manifest reloaded"),
+                    Err(e) => error!("SIGHUP: manifest not reloaded, nothing changed: {e}"),
+                },
+            },
+        }
+    }
+}
+
+/// Graceful stop: no new connections; open ones may finish, each tenant's
+/// for up to its drain timeout; a second SIGINT or SIGTERM cuts it short.
+async fn stop(control: &Control, signals: &mut Signals, name: &str) {
+    control.stop_accepting();
+    let open: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
+    info!(
+        open,
+        "received {name}: accepting no more clients; waiting for {open} open connections (a second signal stops at once)"
+    );
+    let second = async {
+        loop {
+            if let Signal::Stop(name) = signals.next().await {
+                return name;
+            }
+        }
+    };
+    tokio::select! {
+        left = control.drained() => {
+            if left == 0 {
+                info!("every connection closed; stopped");
+            } else {
+                warn!(left, "drain timeout passed; stopped, closing {left} connections");
+            }
+        }
+        second = second => {
+            let left: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
+            warn!(left, "received {second} again: stopped at once, closing {left} connections");
+        }
+    }
+}
+
+/// The manifest equivalent of `host [GUEST.wasm] --listen ADDR`: one tenant,
+/// default limits, never restarted (the host ends with its guest).
+fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
+    let (component, default_name) = match &cli.guest {
+        Some(path) => (
+            // Absolute, so the file watcher knows its directory.
+            ComponentSource::File(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()),
+        ),
+        None => (
+            ComponentSource::Builtin("seed".into()),
+            Some("seed".to_owned()),
+        ),
+    };
+    let name = cli
+        .name
+        .clone()
+        .or(default_name)
+        .unwrap_or_else(|| "guest".to_owned());
+    manifest::valid_name(&name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
+    // A swap may load files beside the guest file (none for the built-in).
+    let component_dirs = match &component {
+        ComponentSource::File(path) => path.parent().map(PathBuf::from).into_iter().collect(),
+        ComponentSource::Builtin(_) => Vec::new(),
+    };
+    Ok(Manifest {
+        admin: None,
+        control: None,
+        component_dirs,
+        cache_dir: None,
+        pooling_allocator: false,
+        guest_threads: None,
+        tenants: vec![TenantConfig {
+            name,
+            component,
+            component_at: String::new(),
+            listen_at: String::new(),
+            listen: vec![cli.listen],
+            env: BTreeMap::new(),
+            connect: Vec::new(),
+            limits: Limits {
+                restart: RestartPolicy::Never,
+                ..Limits::default()
+            },
+        }],
+    })
+}
+
+/// Raises the soft limit on open files to the hard one: every client
+/// connection is a descriptor, and the usual soft limit (1024) is below a
+/// single tenant's default connection cap. Warns when the tenants' caps
+/// together exceed what the host may open (past it, accepts fail and back
+/// off: see crate::connection).
+fn raise_open_file_limit(manifest: &Manifest) {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!("cannot raise the limit on open files (now {before}): {e}");
+            before
+        }
+    };
+    if limit > before {
+        info!(
+            before,
+            limit, "raised the limit on open files from {before} to {limit}"
+        );
+    }
+    let caps: u64 = manifest
+        .tenants
+        .iter()
+        .map(|t| u64::from(t.limits.max_connections))
+        .sum();
+    if caps > limit {
+        warn!(
+            caps,
+            limit,
+            "the tenants' connection caps add up to {caps}, more than the {limit} files the host may open: past that, accepts fail and back off (raise the hard limit, e.g. LimitNOFILE= under systemd, or lower max_connections)"
+        );
+    }
+}
+
+/// `$XDG_CACHE_HOME/tcphost`, or `~/.cache/tcphost` (relative settings
+/// are ignored, as the XDG specification says).
+fn default_cache_dir() -> Option<PathBuf> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let base =
+        absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".cache")))?;
+    Some(base.join("tcphost"))
+}
+
+/// Binds the control endpoint: on TCP, out of every guest's reach; on a
+/// Unix socket, a file only the host's user may open (a stale socket file
+/// from an earlier run is replaced, anything else there is an error).
+async fn control_listener(addr: &manifest::ControlAddr) -> anyhow::Result<admin::ControlListener> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    match addr {
+        manifest::ControlAddr::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(*addr);
+            crate::policy::forbid_admin(bound);
+            info!(%bound, "control: listening on {bound}");
+            Ok(admin::ControlListener::Tcp(listener))
+        }
+        manifest::ControlAddr::Unix(path) => {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                anyhow::ensure!(
+                    meta.file_type().is_socket(),
+                    "{} exists and is not a socket",
+                    path.display()
+                );
+                // Another host may be serving it: never take it over.
+                anyhow::ensure!(
+                    std::os::unix::net::UnixStream::connect(path).is_err(),
+                    "{} is in use by another process",
+                    path.display()
+                );
+                std::fs::remove_file(path)?;
+            }
+            // Made in a directory only this user may enter, owner-only, then
+            // moved into place: nobody can connect before it is.
+            let parent = path.parent().unwrap_or(std::path::Path::new("."));
+            let private = parent.join(format!(".control-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&private);
+            std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+            let fresh = private.join("control.sock");
+            let bound = tokio::net::UnixListener::bind(&fresh).and_then(|listener| {
+                std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
+                std::fs::rename(&fresh, path)?;
+                Ok(listener)
+            });
+            let _ = std::fs::remove_dir_all(&private);
+            let listener = bound?;
+            info!(path = %path.display(), "control: listening on unix:{}", path.display());
+            Ok(admin::ControlListener::Unix(listener))
+        }
+    }
+}
+
+/// A signal the host acts on.
+enum Signal {
+    /// SIGINT or SIGTERM (named): stop.
+    Stop(&'static str),
+    /// SIGHUP: reload the manifest.
+    Reload,
+}
+
+/// The host's signal handlers, installed when created.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The operator's configuration: the manifest's types and its parser
+//! ([`manifest`]: validated whole, with `file:line: key` errors), and what
+//! a reload is to change ([`reload`]: a pure plan). Depends on nothing else
+//! in the host.
+
+pub mod manifest;
+pub mod reload;

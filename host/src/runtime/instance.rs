@@ -1,0 +1,114 @@
+//! One guest instance's store: its WASI state (crate::wasi), its memory
+//! limiter and its CPU clock (crate::limits), wired to wasmtime's epoch and
+//! call hooks; and the linker every guest is instantiated against. This is
+//! the embedder's side of the WASI seam: [`InstanceState`] implements
+//! [`WasiHost`], and nothing in crate::wasi names it.
+
+use crate::account::{Account, Counters};
+use crate::config::manifest::TenantConfig;
+use crate::limits::cpu::CpuClock;
+use crate::limits::memory::MemoryLimiter;
+use crate::wasi::{GuestWasi, Tenancy, WasiHost};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use wasmtime::component::Linker;
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+/// Everything the host keeps per guest instance, inside its [`Store`].
+pub struct InstanceState {
+    /// The guest's WASI state.
+    wasi: GuestWasi,
+    /// The tenant's account, for the CPU counters.
+    account: Arc<Account>,
+    /// Bounds the instance's memories and tables.
+    limiter: MemoryLimiter,
+    /// Time run in wasm without a host call, against the CPU limit.
+    cpu: CpuClock,
+}
+
+impl InstanceState {
+    /// Whether the guest asked for more memory than its limit allows.
+    pub fn hit_memory_limit(&self) -> bool {
+        self.limiter.refused
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.ctx()
+    }
+}
+
+impl WasiHost for InstanceState {
+    fn wasi(&mut self) -> &mut GuestWasi {
+        &mut self.wasi
+    }
+}
+
+/// Builds the confined store for one instance (guest version `generation`)
+/// of `tenant`'s guest, configured by `config`; it counts its open client
+/// connections in `open`.
+pub fn store(
+    engine: &Engine,
+    tenant: Arc<dyn Tenancy>,
+    config: &TenantConfig,
+    generation: u64,
+    open: Arc<AtomicU64>,
+) -> Store<InstanceState> {
+    let account = tenant.account().clone();
+    let state = InstanceState {
+        wasi: GuestWasi::new(tenant, config, generation, open),
+        limiter: MemoryLimiter::new(account.clone(), config.limits.max_memory),
+        cpu: CpuClock::new(config.limits.cpu_limit),
+        account,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+
+    // CPU, two rules, checked at every epoch tick the guest runs into:
+    // - Sharing the thread: a guest that has not let its thread poll for
+    //   I/O (waited for an event, or yielded) for a whole tick yields now,
+    //   whatever it was doing: computing, or calling the host without ever
+    //   waiting. A server that waits between requests is not made to
+    //   yield: on a shared guest thread each yield waits for the others'
+    //   slices.
+    // - The CPU limit: ticks spent in wasm without any host call count;
+    //   past the limit the guest is cut off (a guest that calls the host
+    //   is not stuck in a loop of its own, and yields by the first rule).
+    // The epoch check itself enters and leaves the host, so the return from
+    // the epoch callback must not count as a host call.
+    store.call_hook(|mut store, hook| {
+        if matches!(hook, CallHook::ReturningFromHost) {
+            store.data_mut().cpu.returned_from_host();
+        }
+        Ok(())
+    });
+    store.epoch_deadline_callback(move |mut store| {
+        let state = store.data_mut();
+        if let Err(exceeded) = state.cpu.tick() {
+            Counters::bump(&state.account.counters.cpu_limit_kills);
+            return Err(exceeded.into());
+        }
+        if !state.wasi.fast.let_io_in() {
+            return Ok(UpdateDeadline::Continue(1));
+        }
+        Counters::bump(&state.account.counters.cpu_yields);
+        // tokio's yield lets the guest thread poll for I/O before this
+        // guest runs again, so tenants sharing the thread are served
+        // between its slices (a plain re-wake would run it again at once).
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    store.set_epoch_deadline(1);
+    store
+}
+
+/// The linker all guests share: WASI 0.2 as crate::wasi::p2 provides it.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    crate::wasi::p2::add_to_linker(&mut linker)?;
+    Ok(linker)
+}

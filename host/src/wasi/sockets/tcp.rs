@@ -1,0 +1,796 @@
+//! A guest's TCP socket, independent of the WASI version that exposes it:
+//! its states, and every decision a socket operation takes. The bindings
+//! (crate::wasi::p2::tcp) only move values in and out of the guest.
+//!
+//! Socket activation: a tenant's listen addresses are bound and listening in
+//! the host from start-up to shutdown. When a guest binds and listens on a
+//! granted address it is handed the host's listener; only the tenant's
+//! current guest version accepts from it, so a new version takes over new
+//! connections the moment it listens, with no gap in which a client could
+//! be refused, while the old version keeps serving the connections it has.
+//!
+//! Every ungranted bind, listen and connect is refused here (as the policy
+//! decides), and every client and outbound connection is admitted and
+//! counted through the tenant's limits (crate::limits).
+
+use super::{Family, SocketError};
+use crate::limits::admission::{GateWaiter, OpenConnection, Outbound, is_resource_error};
+use crate::limits::connection::Policed;
+use crate::policy::{Grant, log_refusal};
+use crate::wasi::Tenancy;
+use crate::wasi::poll::Fast;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll, Waker};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use wasmtime_wasi::sockets::SocketAddrUse;
+
+/// Socket options a guest may set; applied to connected sockets. Durations
+/// in nanoseconds, as WASI gives them.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `SO_KEEPALIVE`.
+    pub keep_alive: bool,
+    /// `TCP_KEEPIDLE`.
+    pub keep_alive_idle: u64,
+    /// `TCP_KEEPINTVL`.
+    pub keep_alive_interval: u64,
+    /// `TCP_KEEPCNT`.
+    pub keep_alive_count: u32,
+    /// TTL or unicast hops.
+    pub hop_limit: u8,
+    /// Kernel buffer sizes the guest asked for, applied once connected.
+    pub receive_buffer: Option<usize>,
+    /// The same for sending.
+    pub send_buffer: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive: false,
+            keep_alive_idle: 7_200_000_000_000,
+            keep_alive_interval: 75_000_000_000,
+            keep_alive_count: 9,
+            hop_limit: 64,
+            receive_buffer: None,
+            send_buffer: None,
+        }
+    }
+}
+
+impl Options {
+    /// Applies the options that differ from a fresh socket's to `socket`
+    /// (best effort: the kernel may round or refuse a value); costs nothing
+    /// for the defaults, the common case on every accept.
+    fn apply(&self, socket: &socket2::SockRef<'_>, family: Family) {
+        let defaults = Options::default();
+        if self.keep_alive != defaults.keep_alive {
+            self.apply_keep_alive(socket, family);
+        }
+        if self.keep_alive_params() != defaults.keep_alive_params() {
+            self.apply_keep_alive_params(socket, family);
+        }
+        if self.hop_limit != defaults.hop_limit {
+            self.apply_hop_limit(socket, family);
+        }
+        self.apply_buffers(socket, family);
+    }
+
+    fn keep_alive_params(&self) -> (u64, u64, u32) {
+        (
+            self.keep_alive_idle,
+            self.keep_alive_interval,
+            self.keep_alive_count,
+        )
+    }
+
+    /// Applies `keep_alive`.
+    pub fn apply_keep_alive(&self, socket: &socket2::SockRef<'_>, _: Family) {
+        let _ = socket.set_keepalive(self.keep_alive);
+    }
+
+    /// Applies the keep-alive idle time, interval and count.
+    pub fn apply_keep_alive_params(&self, socket: &socket2::SockRef<'_>, _: Family) {
+        let secs = |nanos: u64| std::time::Duration::from_nanos(nanos);
+        let _ = socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(secs(self.keep_alive_idle))
+                .with_interval(secs(self.keep_alive_interval))
+                .with_retries(self.keep_alive_count),
+        );
+    }
+
+    /// Applies the hop limit.
+    pub fn apply_hop_limit(&self, socket: &socket2::SockRef<'_>, family: Family) {
+        let hops = u32::from(self.hop_limit);
+        let _ = match family {
+            Family::Ipv4 => socket.set_ttl_v4(hops),
+            Family::Ipv6 => socket.set_unicast_hops_v6(hops),
+        };
+    }
+
+    /// Applies the buffer sizes asked for.
+    pub fn apply_buffers(&self, socket: &socket2::SockRef<'_>, _: Family) {
+        if let Some(size) = self.receive_buffer {
+            let _ = socket.set_recv_buffer_size(size);
+        }
+        if let Some(size) = self.send_buffer {
+            let _ = socket.set_send_buffer_size(size);
+        }
+    }
+}
+
+enum State {
+    /// Created, not bound.
+    Fresh,
+    /// `start-bind` accepted; `finish-bind` completes it.
+    BindStarted(SocketAddr),
+    /// Bound to a granted listen address (or the wildcard, for connecting).
+    Bound(SocketAddr),
+    /// `start-listen` accepted on the host's listener for this address.
+    ListenStarted(SocketAddr, Arc<TcpListener>),
+    /// Listening through the host's listener: a duplicate of its socket,
+    /// registered for readiness on its own. Readiness never accepts: a
+    /// client is taken from the queue only by the guest's `accept`, and only
+    /// while this version is current, so no client can be stranded in a
+    /// version that is being replaced.
+    Listening {
+        addr: SocketAddr,
+        listener: Arc<AsyncFd<TcpListener>>,
+        /// Woken when the tenant's accept gate opens (crate::limits::admission).
+        waiter: Arc<GateWaiter>,
+    },
+    /// An outbound connection in progress: the connect itself, not a task,
+    /// so dropping the socket cancels it and closes its descriptor.
+    Connecting(Connect),
+    /// The outbound connection finished; `finish-connect` reports it.
+    ConnectDone(std::io::Result<TcpStream>),
+    /// Connected; the streams have been handed out.
+    Connected {
+        stream: Arc<TcpStream>,
+        /// Set for accepted clients: counts against the connection cap
+        /// until the guest drops the socket.
+        _open: Option<OpenConnection>,
+    },
+    /// Failed for good.
+    Closed,
+}
+
+/// An outbound connect in progress.
+type Connect = std::pin::Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+/// A granted address bound by a socket of one guest instance: while it is
+/// held, another socket of the same instance binding the address gets
+/// `address-in-use` (as the kernel would say), so an instance holds at
+/// most one listener, one descriptor and one readiness registration per
+/// granted address however often it binds and listens.
+struct Claim {
+    claims: Claims,
+    addr: SocketAddr,
+}
+
+/// The granted addresses an instance's sockets have bound.
+pub type Claims = Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>;
+
+impl Claim {
+    /// Claims `addr` in `claims`, unless one of the instance's sockets has.
+    fn take(claims: &Claims, addr: SocketAddr) -> Option<Claim> {
+        let fresh = claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr);
+        fresh.then(|| Claim {
+            claims: claims.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.addr);
+    }
+}
+
+/// A connection as it is handed to the guest: the socket, the stream its
+/// input and output streams read and write, and its policing.
+pub struct Connection {
+    /// The connected socket.
+    pub socket: TcpSocket,
+    /// The stream, shared by the socket and its streams.
+    pub stream: Arc<TcpStream>,
+    /// The host's account of it.
+    pub policed: Arc<Policed>,
+}
+
+/// A guest's TCP socket (the `tcp-socket` resource).
+pub struct TcpSocket {
+    family: Family,
+    state: State,
+    /// The options the guest set.
+    pub options: Options,
+    /// The guest version (instance) this socket belongs to.
+    generation: u64,
+    tenant: Arc<dyn Tenancy>,
+    /// The granted address this socket has bound, if any.
+    _claim: Option<Claim>,
+    /// Set from `start-connect` while the outbound connection is being
+    /// made or is open: counts against the tenant's outbound cap.
+    _outbound: Option<Outbound>,
+}
+
+impl TcpSocket {
+    /// A fresh socket of `family` for guest version `generation`.
+    pub fn new(family: Family, generation: u64, tenant: Arc<dyn Tenancy>) -> Self {
+        Self::with_state(family, generation, tenant, State::Fresh)
+    }
+
+    fn with_state(family: Family, generation: u64, tenant: Arc<dyn Tenancy>, state: State) -> Self {
+        TcpSocket {
+            family,
+            state,
+            options: Options::default(),
+            generation,
+            tenant,
+            _claim: None,
+            _outbound: None,
+        }
+    }
+
+    /// The socket's address family.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    fn stream(&self) -> Result<&Arc<TcpStream>, SocketError> {
+        match &self.state {
+            State::Connected { stream, .. } => Ok(stream),
+            _ => Err(SocketError::InvalidState),
+        }
+    }
+
+    /// The connected socket, for options; `None` before it connects.
+    pub fn sock_ref(&self) -> Option<socket2::SockRef<'_>> {
+        match &self.state {
+            State::Connected { stream, .. } => Some(socket2::SockRef::from(stream.as_ref())),
+            _ => None,
+        }
+    }
+
+    /// Waits until the socket's pending operation (a connect, or a client
+    /// to accept) can be finished.
+    pub async fn ready(&mut self) {
+        match &mut self.state {
+            State::Connecting(connect) => {
+                let result = connect.await;
+                self.state = State::ConnectDone(result);
+            }
+            State::Listening {
+                listener, waiter, ..
+            } => {
+                let (tenant, generation) = (&*self.tenant, self.generation);
+                std::future::poll_fn(|cx| poll_accept(listener, tenant, generation, waiter, cx))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    /// `start-bind`: to a granted address only, one socket per address per
+    /// instance.
+    pub fn start_bind(
+        &mut self,
+        addr: SocketAddr,
+        grant: &Grant,
+        claims: &Claims,
+    ) -> Result<(), SocketError> {
+        match self.state {
+            State::Fresh => {}
+            State::BindStarted(_) => return Err(SocketError::ConcurrencyConflict),
+            _ => return Err(SocketError::InvalidState),
+        }
+        if Family::of(&addr) != self.family || is_ipv4_mapped(&addr) {
+            return Err(SocketError::InvalidArgument);
+        }
+        if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpBind) {
+            log_refusal(self.tenant.account(), refusal, addr);
+            return Err(SocketError::AccessDenied);
+        }
+        // The implicit bind of a connect (wildcard, port 0) claims nothing.
+        if !addr.ip().is_unspecified() || addr.port() != 0 {
+            let Some(claim) = Claim::take(claims, addr) else {
+                return Err(SocketError::AddressInUse);
+            };
+            self._claim = Some(claim);
+        }
+        self.state = State::BindStarted(addr);
+        Ok(())
+    }
+
+    /// `finish-bind`.
+    pub fn finish_bind(&mut self) -> Result<(), SocketError> {
+        match self.state {
+            State::BindStarted(addr) => {
+                self.state = State::Bound(addr);
+                Ok(())
+            }
+            _ => Err(SocketError::NotInProgress),
+        }
+    }
+
+    /// `start-connect`: to a granted address only, within the tenant's
+    /// outbound cap of `cap`.
+    pub fn start_connect(
+        &mut self,
+        addr: SocketAddr,
+        grant: &Grant,
+        cap: u32,
+    ) -> Result<(), SocketError> {
+        match self.state {
+            State::Fresh | State::Bound(_) => {}
+            State::BindStarted(_) | State::Connecting(_) | State::ListenStarted(..) => {
+                return Err(SocketError::ConcurrencyConflict);
+            }
+            _ => return Err(SocketError::InvalidState),
+        }
+        if Family::of(&addr) != self.family
+            || addr.port() == 0
+            || addr.ip().is_unspecified()
+            || is_ipv4_mapped(&addr)
+        {
+            return Err(SocketError::InvalidArgument);
+        }
+        let account = self.tenant.account();
+        if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpConnect) {
+            log_refusal(account, refusal, addr);
+            return Err(SocketError::AccessDenied);
+        }
+        let Some(slot) = Outbound::take(account, cap) else {
+            let name = account.name();
+            account.refuse(
+                crate::account::Capability::TcpConnect,
+                format_args!(
+                    "connect to {addr}: {name} has {cap} outbound connections open, its cap"
+                ),
+            );
+            return Err(SocketError::NewSocketLimit);
+        };
+        self._outbound = Some(slot);
+        self.state = State::Connecting(Box::pin(connect(addr, self.options, self.family)));
+        Ok(())
+    }
+
+    /// `finish-connect`: the connection, policed as the tenant's clients
+    /// are (bytes and idle time), for the bindings to hand out its streams.
+    pub fn finish_connect(&mut self) -> Result<(Arc<TcpStream>, Arc<Policed>), SocketError> {
+        let result = match std::mem::replace(&mut self.state, State::Closed) {
+            State::ConnectDone(result) => result,
+            // Not waited on yet: one look, which cannot lose the outcome
+            // (a connect still under way is put back as it was).
+            State::Connecting(mut connect) => {
+                let look = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+                    Poll::Ready(connect.as_mut().poll(cx))
+                }));
+                match std::pin::pin!(look).poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(Poll::Ready(result)) => result,
+                    _ => {
+                        self.state = State::Connecting(connect);
+                        return Err(SocketError::WouldBlock);
+                    }
+                }
+            }
+            other => {
+                self.state = other;
+                return Err(SocketError::NotInProgress);
+            }
+        };
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(e) => {
+                self._outbound = None;
+                return Err(SocketError::from_io(&e));
+            }
+        };
+        let stream = Arc::new(stream);
+        let peer = stream.peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
+        let policed = Policed::new(self.tenant.account(), &self.tenant.limits(), peer);
+        if let Some(outbound) = &mut self._outbound {
+            outbound.watchdog = policed
+                .clone()
+                .watch_idle(Arc::downgrade(&stream))
+                .map(|watch| tokio::spawn(watch).abort_handle());
+        }
+        self.state = State::Connected {
+            stream: stream.clone(),
+            _open: None,
+        };
+        Ok((stream, policed))
+    }
+
+    /// The socket failed for good (its streams could not be handed out).
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+    }
+
+    /// `start-listen`: on the host's listener for the bound address.
+    pub fn start_listen(&mut self, grant: &Grant) -> Result<(), SocketError> {
+        let addr = match self.state {
+            State::Bound(addr) => addr,
+            State::BindStarted(_) | State::Connecting(_) | State::ListenStarted(..) => {
+                return Err(SocketError::ConcurrencyConflict);
+            }
+            // Not bound (WASI has no implicit bind for listening), or
+            // listening or connected already.
+            _ => return Err(SocketError::InvalidState),
+        };
+        if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpListen) {
+            log_refusal(self.tenant.account(), refusal, addr);
+            return Err(SocketError::AccessDenied);
+        }
+        let Some(listener) = self.tenant.listener(addr) else {
+            return Err(SocketError::AddressNotBindable);
+        };
+        self.state = State::ListenStarted(addr, listener);
+        Ok(())
+    }
+
+    /// `finish-listen`: listening; tells the tenant layer this version
+    /// listens.
+    pub fn finish_listen(&mut self) -> Result<(), SocketError> {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::ListenStarted(addr, listener) => {
+                // A duplicate (its own descriptor) so each version has its
+                // own readiness registration on the one listening socket;
+                // one per granted address per instance (see `Claim`).
+                let registered = listener.try_clone().and_then(|dup| {
+                    // SAFETY: `dup` is an open descriptor owned by the
+                    // AsyncFd for its whole life (std's TcpListener closes
+                    // it only when dropped, and always reports the same fd).
+                    unsafe { AsyncFd::register(dup) }.map_err(std::io::Error::from)
+                });
+                let listener = match registered {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        self.state = State::Closed;
+                        return Err(accept_error(&e));
+                    }
+                };
+                self.state = State::Listening {
+                    addr,
+                    listener: Arc::new(listener),
+                    waiter: self.tenant.admission().gate.waiter(),
+                };
+                let generation = self.generation;
+                // Whether new clients now come to this version is the
+                // tenant layer's to decide.
+                self.tenant.listening(generation);
+                // A guest can listen in a loop: within the log budget.
+                let account = self.tenant.account();
+                if let Some(note) = account.may_log() {
+                    let name = account.name();
+                    tracing::info!(tenant = name, %addr, generation, "{name}: listening on {addr}{note}");
+                }
+                Ok(())
+            }
+            other => {
+                self.state = other;
+                Err(SocketError::NotInProgress)
+            }
+        }
+    }
+
+    /// Takes the next client from a listening socket, resetting those past
+    /// the connection cap (`limits`), or past the cap for their address.
+    fn next_client(
+        &self,
+        limits: &crate::config::manifest::Limits,
+    ) -> Result<(TcpStream, SocketAddr), SocketError> {
+        let cap = u64::from(limits.max_connections);
+        let per_peer = limits.max_connections_per_peer;
+        let (account, admission) = (self.tenant.account(), self.tenant.admission());
+        let current = self.tenant.may_accept(self.generation);
+        let State::Listening { listener, .. } = &self.state else {
+            return Err(SocketError::InvalidState);
+        };
+        // Paused after accepts failed for want of file descriptors: the
+        // clients wait in the backlog until the pause ends.
+        if !current || admission.backoff.paused().is_some() {
+            return Err(SocketError::WouldBlock);
+        }
+        admission.guest_accepting();
+        loop {
+            // Through the readiness: an accept that finds the queue empty
+            // clears it only if nothing arrived meanwhile, so no wakeup is
+            // lost between an empty queue and the next wait. No waker is
+            // registered here: that is for whoever waits (see
+            // crate::wasi::poll).
+            let (client, peer) = match listener.try_io(Interest::READABLE, TcpListener::accept) {
+                Ok(client) => client,
+                // The client gave up while queued, or Linux reported a
+                // network error of that client's on the listener: take the
+                // next one (WASI leaves both to the host to absorb).
+                Err(e) if is_client_error(&e) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(SocketError::WouldBlock);
+                }
+                Err(e) if is_resource_error(&e) => {
+                    let addr = listener
+                        .get_ref()
+                        .local_addr()
+                        .unwrap_or(([0, 0, 0, 0], 0).into());
+                    admission.backoff.failed(account, addr, &e);
+                    return Err(SocketError::WouldBlock);
+                }
+                Err(e) => return Err(SocketError::from_io(&e)),
+            };
+            admission.backoff.succeeded();
+            let Some(client) = admission.admit(account, client, peer, cap, per_peer) else {
+                continue;
+            };
+            // Registering with the event loop can fail (out of memory,
+            // the epoll watch limit): the client is closed and the guest
+            // told, never trapped.
+            return client
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(client))
+                .map(|client| (client, peer))
+                .map_err(|e| accept_error(&e));
+        }
+    }
+
+    /// `accept`: the next client admitted under the instance's `limits`,
+    /// counted in `open` (the instance's open connections), as a connected
+    /// socket that inherits this one's options.
+    pub fn accept(
+        &self,
+        limits: &crate::config::manifest::Limits,
+        open: &Arc<AtomicU64>,
+    ) -> Result<Connection, SocketError> {
+        let (stream, peer) = self.next_client(limits)?;
+        let _ = stream.set_nodelay(true);
+        // The client inherits the listener's options, as WASI says.
+        let family = Family::of(&peer);
+        self.options.apply(&socket2::SockRef::from(&stream), family);
+        let stream = Arc::new(stream);
+        let (account, admission) = (self.tenant.account(), self.tenant.admission());
+        let policed = Policed::new(account, &self.tenant.limits(), peer);
+        let watchdog = policed
+            .clone()
+            .watch_idle(Arc::downgrade(&stream))
+            .map(|watch| tokio::spawn(watch).abort_handle());
+        let cap = u64::from(limits.max_connections);
+        let listeners: Arc<dyn crate::limits::admission::HostListeners> = self.tenant.clone();
+        let open = OpenConnection::new(
+            account,
+            admission,
+            open,
+            peer.ip(),
+            watchdog,
+            cap,
+            &listeners,
+        );
+        let mut socket = Self::with_state(
+            family,
+            self.generation,
+            self.tenant.clone(),
+            State::Connected {
+                stream: stream.clone(),
+                _open: Some(open),
+            },
+        );
+        socket.options = self.options;
+        Ok(Connection {
+            socket,
+            stream,
+            policed,
+        })
+    }
+
+    /// `local-address`.
+    pub fn local_address(&self) -> Result<SocketAddr, SocketError> {
+        match &self.state {
+            State::Bound(addr) | State::ListenStarted(addr, _) | State::Listening { addr, .. } => {
+                Ok(*addr)
+            }
+            State::Connected { stream, .. } => {
+                stream.local_addr().map_err(|e| SocketError::from_io(&e))
+            }
+            _ => Err(SocketError::InvalidState),
+        }
+    }
+
+    /// `remote-address`.
+    pub fn remote_address(&self) -> Result<SocketAddr, SocketError> {
+        self.stream()
+            .and_then(|s| s.peer_addr().map_err(|e| SocketError::from_io(&e)))
+    }
+
+    /// `is-listening`.
+    pub fn is_listening(&self) -> bool {
+        matches!(self.state, State::Listening { .. })
+    }
+
+    /// `set-listen-backlog-size`: the host's listener has its own backlog;
+    /// the hint is accepted.
+    pub fn set_listen_backlog_size(&self, value: u64) -> Result<(), SocketError> {
+        match (&self.state, value) {
+            (_, 0) => Err(SocketError::InvalidArgument),
+            (State::Connected { .. } | State::Connecting(_), _) => Err(SocketError::InvalidState),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores a socket option with `store` and, once connected, applies it
+    /// to the real socket with `apply`.
+    pub fn set_option(
+        &mut self,
+        store: impl FnOnce(&mut Options),
+        apply: fn(&Options, &socket2::SockRef<'_>, Family),
+    ) {
+        store(&mut self.options);
+        if let Some(sock) = self.sock_ref() {
+            apply(&self.options, &sock, self.family);
+        }
+    }
+
+    /// A kernel buffer size of a connected socket (what was asked for, or
+    /// a typical default, before it connects).
+    pub fn buffer_size(
+        &self,
+        asked: fn(&Options) -> Option<usize>,
+        get: fn(&socket2::Socket) -> std::io::Result<usize>,
+    ) -> u64 {
+        self.sock_ref()
+            .and_then(|s| get(&s).ok())
+            .or(asked(&self.options))
+            .unwrap_or(131_072) as u64
+    }
+
+    /// The fast readiness check of this socket's pollable, if it has one
+    /// (a listening socket: whether a client may be accepted).
+    pub fn fast(&self) -> Option<Fast> {
+        match &self.state {
+            State::Listening { listener, .. } => Some(Fast::Accept {
+                listener: listener.clone(),
+                tenant: self.tenant.clone(),
+                generation: self.generation,
+                waiter: self.tenant.admission().gate.waiter(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// `shutdown`.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> Result<(), SocketError> {
+        let Some(sock) = self.sock_ref() else {
+            return Err(SocketError::InvalidState);
+        };
+        // A peer that is already gone makes this fail; the socket is done
+        // either way.
+        let _ = sock.shutdown(how);
+        Ok(())
+    }
+}
+
+/// Whether `listener` (of guest version `generation`) has a client to
+/// accept now; if not, `cx` is woken when it may have (through `waiter`
+/// while the tenant's accept gate is closed). Exact, as POSIX `poll` is:
+/// ready only while a client waits in the queue and this version may take
+/// it (it is the current one, and accepting is not paused), so a server
+/// that polls and then accepts never blocks in the accept.
+pub fn poll_accept(
+    listener: &AsyncFd<TcpListener>,
+    tenant: &dyn Tenancy,
+    generation: u64,
+    waiter: &GateWaiter,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let admission = tenant.admission();
+    loop {
+        if !tenant.may_accept(generation) {
+            // Set before the second look, so an opening in between is not
+            // missed.
+            waiter.set(cx.waker());
+            if !tenant.may_accept(generation) {
+                return Poll::Pending;
+            }
+        }
+        if admission.backoff.paused().is_none() {
+            break;
+        }
+        waiter.set(cx.waker());
+        // False if the pause ended meanwhile: look again.
+        if admission.backoff.wake_after_pause(&admission.gate) {
+            return Poll::Pending;
+        }
+    }
+    loop {
+        let mut guard = match listener.poll_read_ready(cx) {
+            Poll::Ready(Ok(guard)) => guard,
+            // Let `accept` report the error.
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        };
+        // The readiness stays set after the last client was taken until an
+        // accept finds the queue empty: ask the kernel, without accepting.
+        if client_waiting(listener.get_ref()) {
+            return Poll::Ready(());
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Whether the listen queue of `listener` holds a client (or an error to
+/// report): `poll(2)` without waiting.
+fn client_waiting(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for a descriptor `listener` keeps open.
+    let n = unsafe { libc::poll(&raw mut fd, 1, 0) };
+    n != 0
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`): WASI sockets are
+/// IPv6-only, and refuse these with `invalid-argument`.
+fn is_ipv4_mapped(addr: &SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some())
+}
+
+/// Connects to `addr` with the socket options the guest set before.
+async fn connect(addr: SocketAddr, options: Options, family: Family) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            socket2::SockRef::from(&socket).set_only_v6(true)?;
+            socket
+        }
+    };
+    options.apply(&socket2::SockRef::from(&socket), family);
+    let stream = socket.connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The error code for an accepted client (or listener) the host could not
+/// take on: out of descriptors or memory is `new-socket-limit`.
+fn accept_error(e: &std::io::Error) -> SocketError {
+    if is_resource_error(e) {
+        SocketError::NewSocketLimit
+    } else {
+        SocketError::from_io(e)
+    }
+}
+
+/// Whether an accept failed because of one client (it went away, or Linux
+/// reports an error that client's connection already had), not the
+/// listener: the next client can be taken at once.
+fn is_client_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::ECONNREFUSED
+                | libc::ETIMEDOUT
+                | libc::EHOSTUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+                | libc::ENONET
+                | libc::EPROTO
+                | libc::ENOPROTOOPT
+        )
+    )
+}
