@@ -2,7 +2,7 @@
 //! import ([`engine`]), the built-in guests ([`builtins`]), one instance's
 //! store with its limits wired in ([`instance`]), and the guest threads
 //! instances run on ([`workers`]). Knows the WASI layer and the limits;
-//! never a tenant, only the [`crate::wasi::Tenancy`] it is given.
+//! never a tenant, only the [`crate::wasi::seam::Tenancy`] it is given.
 
 pub mod builtins;
 pub mod engine;

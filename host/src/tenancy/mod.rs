@@ -2,7 +2,7 @@
 //! their addresses ([`listeners`]), the supervisor that starts, restarts,
 //! swaps and stops a tenant's guest ([`supervisor`]), and the running set
 //! with the operations on it: swaps, reloads, graceful stop, file watch
-//! ([`control`]). Implements the WASI layer's [`crate::wasi::Tenancy`].
+//! ([`control`]). Implements the WASI layer's [`crate::wasi::seam::Tenancy`].
 
 pub mod control;
 pub mod listeners;

@@ -8,7 +8,7 @@
 use crate::account::Account;
 use crate::config::manifest::{Limits, TenantConfig};
 use crate::limits::admission::{Admission, HostListeners};
-use crate::wasi::Tenancy;
+use crate::wasi::seam::Tenancy;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;

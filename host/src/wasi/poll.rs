@@ -17,12 +17,9 @@
 //! create and destroy them: `input-stream.subscribe`, the input stream and
 //! pollable destructors, and `tcp-socket.subscribe` (in crate::wasi::p2::tcp).
 
-use crate::limits::admission::GateWaiter;
-use crate::wasi::Tenancy;
-use std::net::TcpListener;
+use crate::wasi::sockets::tcp::AcceptReadiness;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -33,17 +30,7 @@ pub enum Fast {
     Read(Arc<TcpStream>),
     /// A client waiting on a listener; only the current guest version's
     /// listener is ever ready.
-    Accept {
-        /// The listener (this version's duplicate of the host's socket).
-        listener: Arc<AsyncFd<TcpListener>>,
-        /// Whose listener.
-        tenant: Arc<dyn Tenancy>,
-        /// The guest version that subscribed.
-        generation: u64,
-        /// This pollable's place among the waiters for the tenant's accept
-        /// gate.
-        waiter: Arc<GateWaiter>,
-    },
+    Accept(AcceptReadiness),
 }
 
 impl Fast {
@@ -63,14 +50,7 @@ impl Fast {
     fn check(&self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Fast::Read(stream) => stream.poll_read_ready(cx).map(|_| ()),
-            Fast::Accept {
-                listener,
-                tenant,
-                generation,
-                waiter,
-            } => {
-                crate::wasi::sockets::tcp::poll_accept(listener, &**tenant, *generation, waiter, cx)
-            }
+            Fast::Accept(accept) => accept.poll(cx),
         }
     }
 }

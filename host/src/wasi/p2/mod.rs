@@ -10,7 +10,7 @@ pub mod refuse;
 pub mod streams;
 pub mod tcp;
 
-use crate::wasi::WasiHost;
+use crate::wasi::view::WasiHost;
 use wasmtime::component::Linker;
 
 /// The WASI 0.2 release the host links (and whose entry points it

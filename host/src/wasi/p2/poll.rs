@@ -4,8 +4,8 @@
 //! streams, stdio, connects) goes through wasmtime-wasi's `poll` unchanged.
 
 use super::VERSION;
-use crate::wasi::WasiHost;
 use crate::wasi::poll::{Fast, park};
+use crate::wasi::view::WasiHost;
 use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 use wasmtime::StoreContextMut;

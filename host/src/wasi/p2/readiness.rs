@@ -15,7 +15,7 @@
 //! forgets a member when the guest drops its pollable.
 
 use crate::wasi::poll::Fast;
-use crate::wasi::{GuestWasi, WasiHost};
+use crate::wasi::view::{GuestWasi, WasiHost};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 
 use super::VERSION;
 use crate::account::{Capability, Counters};
-use crate::wasi::WasiHost;
+use crate::wasi::view::WasiHost;
 use wasmtime::component::{Linker, Val};
 
 /// Replaces the entry points of capabilities that are never granted, so each

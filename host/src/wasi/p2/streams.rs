@@ -4,8 +4,8 @@
 //! of a closed connection off the guest's thread.
 
 use crate::limits::connection::Policed;
-use crate::wasi::GuestWasi;
 use crate::wasi::sockets::tcp::TcpSocket;
+use crate::wasi::view::GuestWasi;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

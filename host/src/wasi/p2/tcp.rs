@@ -4,9 +4,10 @@
 //! the guest's resource table.
 
 use super::streams::push_streams;
+use crate::wasi::poll::Fast;
 use crate::wasi::sockets::tcp::{Connection, Options, TcpSocket};
 use crate::wasi::sockets::{Family, SocketError};
-use crate::wasi::{GuestWasi, WasiHost};
+use crate::wasi::view::{GuestWasi, WasiHost};
 use std::net::SocketAddr;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress};
@@ -346,7 +347,11 @@ impl HostTcpSocket for GuestWasi {
     }
 
     fn subscribe(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<Resource<DynPollable>> {
-        let fast = self.table().get(&this)?.fast();
+        let fast = self
+            .table()
+            .get(&this)?
+            .accept_readiness()
+            .map(Fast::Accept);
         let pollable = wasmtime_wasi::p2::subscribe(self.table(), this)?;
         if let Some(fast) = fast {
             self.fast.add_pollable(pollable.rep(), fast);

@@ -17,8 +17,7 @@ use super::{Family, SocketError};
 use crate::limits::admission::{GateWaiter, OpenConnection, Outbound, is_resource_error};
 use crate::limits::connection::Policed;
 use crate::policy::{Grant, log_refusal};
-use crate::wasi::Tenancy;
-use crate::wasi::poll::Fast;
+use crate::wasi::seam::Tenancy;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -653,11 +652,11 @@ impl TcpSocket {
             .unwrap_or(131_072) as u64
     }
 
-    /// The fast readiness check of this socket's pollable, if it has one
-    /// (a listening socket: whether a client may be accepted).
-    pub fn fast(&self) -> Option<Fast> {
+    /// A direct check of whether a client may be accepted, for a
+    /// listening socket's pollable (see crate::wasi::poll).
+    pub fn accept_readiness(&self) -> Option<AcceptReadiness> {
         match &self.state {
-            State::Listening { listener, .. } => Some(Fast::Accept {
+            State::Listening { listener, .. } => Some(AcceptReadiness {
                 listener: listener.clone(),
                 tenant: self.tenant.clone(),
                 generation: self.generation,
@@ -679,13 +678,41 @@ impl TcpSocket {
     }
 }
 
+/// Whether a listening socket has a client its guest version may accept,
+/// checked directly: what a listener's pollable waits for.
+#[derive(Clone)]
+pub struct AcceptReadiness {
+    /// The listener (this version's duplicate of the host's socket).
+    listener: Arc<AsyncFd<TcpListener>>,
+    /// Whose listener.
+    tenant: Arc<dyn Tenancy>,
+    /// The guest version that subscribed.
+    generation: u64,
+    /// This pollable's place among the waiters for the tenant's accept
+    /// gate.
+    waiter: Arc<GateWaiter>,
+}
+
+impl AcceptReadiness {
+    /// Ready now; if not, `cx` is woken when it may be (see [`poll_accept`]).
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        poll_accept(
+            &self.listener,
+            &*self.tenant,
+            self.generation,
+            &self.waiter,
+            cx,
+        )
+    }
+}
+
 /// Whether `listener` (of guest version `generation`) has a client to
 /// accept now; if not, `cx` is woken when it may have (through `waiter`
 /// while the tenant's accept gate is closed). Exact, as POSIX `poll` is:
 /// ready only while a client waits in the queue and this version may take
 /// it (it is the current one, and accepting is not paused), so a server
 /// that polls and then accepts never blocks in the accept.
-pub fn poll_accept(
+fn poll_accept(
     listener: &AsyncFd<TcpListener>,
     tenant: &dyn Tenancy,
     generation: u64,

@@ -1,0 +1,110 @@
+//! A guest instance's WASI state, and how the WASI layer finds it in a
+//! store's data: the role of wasmtime-wasi's `WasiView`.
+
+use super::seam::Tenancy;
+use super::{poll, sockets, stdio};
+use crate::config::manifest::{Limits, TenantConfig};
+use crate::policy::Grant;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How the WASI layer finds its state in a store's data (the role of
+/// wasmtime-wasi's `WasiView`, which the store's data also implements).
+pub trait WasiHost: WasiView + 'static {
+    /// The guest's WASI state.
+    fn wasi(&mut self) -> &mut GuestWasi;
+}
+
+/// A guest instance's WASI state: everything the WASI layer sees.
+pub struct GuestWasi {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    /// The tenant, through the seam.
+    pub tenant: Arc<dyn Tenancy>,
+    /// This instance's guest version: only the tenant's current version
+    /// accepts new connections.
+    pub generation: u64,
+    /// What the guest may do on the network.
+    pub grant: Arc<Grant>,
+    /// The limits this instance was started with (its caps).
+    pub limits: Limits,
+    /// Client connections this instance holds open.
+    pub open: Arc<AtomicU64>,
+    /// Which pollables the fast path of `poll` can check directly.
+    pub fast: poll::FastPoll,
+    /// The granted addresses this instance's sockets have bound.
+    pub claims: sockets::tcp::Claims,
+}
+
+impl GuestWasi {
+    /// The WASI state of guest version `generation` of `tenant`, started
+    /// with `config`: its grant and nothing else (no preopened directory,
+    /// no inherited environment or arguments, stdin empty). It counts its
+    /// open client connections in `open`.
+    pub fn new(
+        tenant: Arc<dyn Tenancy>,
+        config: &TenantConfig,
+        generation: u64,
+        open: Arc<AtomicU64>,
+    ) -> Self {
+        let account = tenant.account().clone();
+        account
+            .output_log
+            .set_rate(config.limits.log_lines_per_sec.unwrap_or(0));
+        let mut builder = WasiCtx::builder();
+        builder
+            .arg(&config.name)
+            .stdout(stdio::GuestOutput::new(
+                account.clone(),
+                stdio::Stream::Stdout,
+            ))
+            .stderr(stdio::GuestOutput::new(account, stdio::Stream::Stderr))
+            // TCP is the host's own implementation (sockets, p2::tcp), UDP
+            // and name lookups are refused at their entry points
+            // (p2::refuse).
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            // Random bytes are allocated by the host before the guest gets
+            // them: no more at once than the guest could hold.
+            .max_random_size(config.limits.max_memory);
+        for (key, value) in &config.env {
+            builder.env(key, value);
+        }
+        if let Some(first) = config.listen.first() {
+            builder.env("LISTEN_ADDR", first.to_string());
+        }
+        let all: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+        builder.env("LISTEN_ADDRS", all.join(","));
+
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(crate::limits::memory::MAX_RESOURCES);
+        GuestWasi {
+            ctx: builder.build(),
+            table,
+            tenant,
+            generation,
+            grant: Arc::new(Grant::from(config)),
+            limits: config.limits.clone(),
+            open,
+            fast: poll::FastPoll::default(),
+            claims: sockets::tcp::Claims::default(),
+        }
+    }
+
+    /// The guest's resources.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+impl WasiView for GuestWasi {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
