@@ -11,6 +11,7 @@ use crate::ops::metrics::Audited;
 use crate::runtime::engine::{self, Loader};
 use crate::tenancy::control::{self, Control};
 use crate::tenancy::listeners;
+use crate::tenancy::supervisor::GuestError;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,9 +30,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => one_tenant(&cli)?,
     };
     raise_open_file_limit(&manifest);
-    // The host listens on every tenant address itself, from now until the
-    // tenant goes: see crate::tcp.
-    let mut listeners = Vec::with_capacity(manifest.tenants.len());
+    let listeners = open_listeners(&mut manifest, single)?;
+    let admin_addr = cli.admin.or(manifest.admin);
+    let control_at = control_endpoint(&cli, &manifest)?;
+    let control = start_control(&cli, &manifest)?;
+    let Some(prepared) = compile(&control, manifest, listeners, single, &mut signals).await? else {
+        return Ok(());
+    };
+    let names: Vec<String> = prepared.iter().map(|(c, _, _)| c.name.clone()).collect();
+
+    serve_endpoints(&control, admin_addr, control_at).await?;
+    for (config, listeners, pre) in prepared {
+        control.start(config, listeners, pre);
+    }
+    info!(tenants = names.len(), "host running");
+    match control::ComponentWatcher::new(control.clone()) {
+        Ok(watcher) => {
+            tokio::spawn(watcher.run());
+        }
+        Err(e) => warn!("cannot watch component files, so changing one swaps nothing: {e}"),
+    }
+
+    // The one-tenant shorthand ends with its guest; a manifest host runs
+    // until it is signalled.
+    let guest = single.then(|| control.take_task(&names[0])).flatten();
+    serve_until_stopped(&control, guest, &mut signals).await
+}
+
+/// What every tenant is started with: the host's listeners for its
+/// addresses, in manifest order (port 0 replaced by the port picked).
+type Listeners = Vec<Vec<Arc<std::net::TcpListener>>>;
+
+/// Opens the host's listeners for every tenant address: the host listens
+/// on them itself, from now until the tenant goes (see
+/// crate::tenancy::listeners).
+fn open_listeners(manifest: &mut Manifest, single: bool) -> anyhow::Result<Listeners> {
+    let mut all = Vec::with_capacity(manifest.tenants.len());
     for tenant in &mut manifest.tenants {
         let mut own = Vec::with_capacity(tenant.listen.len());
         for addr in &mut tenant.listen {
@@ -43,9 +77,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             *addr = listener.local_addr().unwrap_or(*addr);
             own.push(Arc::new(listener));
         }
-        listeners.push(own);
+        all.push(own);
     }
-    let admin_addr = cli.admin.or(manifest.admin);
+    Ok(all)
+}
+
+/// The control endpoint the command line or manifest asks for, checked:
+/// on TCP it needs a readable, non-empty token file.
+fn control_endpoint(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Option<manifest::Control>> {
     let control_at = match (&cli.control, &manifest.control) {
         (Some(addr), _) => Some(manifest::Control {
             addr: addr.clone(),
@@ -66,8 +105,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             (manifest::ControlAddr::Unix(_), None) => {}
         }
     }
+    Ok(control_at)
+}
 
-    let cache_dir = match (
+/// The compile cache directory: the one asked for, none with
+/// `--no-cache`, else the default if it can be made.
+fn cache_dir(cli: &Cli, manifest: &Manifest) -> Option<PathBuf> {
+    match (
         cli.no_cache,
         cli.cache_dir.clone().or(manifest.cache_dir.clone()),
     ) {
@@ -81,7 +125,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 false
             }
         }),
-    };
+    }
+}
+
+/// Starts the guest threads and the engine, and makes the (empty) set of
+/// running tenants.
+fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>> {
     let pooling = manifest.pooling_allocator.then(|| {
         let max_memory = manifest
             .tenants
@@ -108,11 +157,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         crate::tenancy::supervisor::pooled();
     }
     let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
-    let control = Control::new(Loader::new(engine, cache_dir)?, cli.config.clone(), pool);
-    control.set_host_settings(&manifest);
+    let loader = Loader::new(engine, cache_dir(cli, manifest))?;
+    let control = Control::new(loader, cli.config.clone(), pool);
+    control.set_host_settings(manifest);
+    Ok(control)
+}
 
-    // Compiling (cold, seconds per component) runs off the async threads,
-    // and a signal meanwhile stops the host at once: nothing serves yet.
+/// Every tenant, ready to start: its configuration, listeners and
+/// compiled component.
+type Prepared = Vec<(TenantConfig, Vec<Arc<std::net::TcpListener>>, control::Pre)>;
+
+/// Compiles every tenant's component (cold, seconds per component) off the
+/// async threads; `None` if a signal stopped the host meanwhile (nothing
+/// serves yet, so it stops at once).
+async fn compile(
+    control: &Arc<Control>,
+    manifest: Manifest,
+    listeners: Listeners,
+    single: bool,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Prepared>> {
     let compile = {
         let control = control.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -131,20 +195,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         })
     };
     tokio::pin!(compile);
-    let prepared = loop {
+    loop {
         tokio::select! {
-            done = &mut compile => break done.context("compiling the guests failed")??,
+            done = &mut compile => return Ok(Some(done.context("compiling the guests failed")??)),
             signal = signals.next() => match signal {
                 Signal::Stop(name) => {
                     info!("received {name} while starting: stopped before serving");
-                    return Ok(());
+                    return Ok(None);
                 }
                 Signal::Reload => warn!("SIGHUP while starting: ignored, the manifest is being loaded"),
             },
         }
-    };
-    let names: Vec<String> = prepared.iter().map(|(c, _, _)| c.name.clone()).collect();
+    }
+}
 
+/// Starts the admin endpoint (read-only) and the control endpoint, where
+/// asked for; no guest can reach either.
+async fn serve_endpoints(
+    control: &Arc<Control>,
+    admin_addr: Option<std::net::SocketAddr>,
+    control_at: Option<manifest::Control>,
+) -> anyhow::Result<()> {
     let audited = Arc::new(Audited::default());
     if let Some(addr) = admin_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -171,20 +242,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
-    for (config, listeners, pre) in prepared {
-        control.start(config, listeners, pre);
-    }
-    info!(tenants = names.len(), "host running");
-    match control::ComponentWatcher::new(control.clone()) {
-        Ok(watcher) => {
-            tokio::spawn(watcher.run());
-        }
-        Err(e) => warn!("cannot watch component files, so changing one swaps nothing: {e}"),
-    }
+    Ok(())
+}
 
-    // The one-tenant shorthand ends with its guest; a manifest host runs
-    // until it is signalled.
-    let guest = single.then(|| control.take_task(&names[0])).flatten();
+/// Serves until a signal stops the host (SIGHUP reloads the manifest), or
+/// until `guest` (the one-tenant shorthand's) ends.
+async fn serve_until_stopped(
+    control: &Arc<Control>,
+    guest: Option<tokio::task::JoinHandle<Result<(), GuestError>>>,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
     let guest_done = async move {
         match guest {
             Some(task) => task.await,
@@ -202,7 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             signal = signals.next() => match signal {
                 Signal::Stop(name) => {
-                    stop(&control, &mut signals, name).await;
+                    stop(control, signals, name).await;
                     return Ok(());
                 }
                 Signal::Reload => match control.reload().await {

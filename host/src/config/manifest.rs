@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -385,19 +385,15 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
 
 /// Validates manifest `text`, read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
-    let file = path.display().to_string();
-    let base = path.parent().unwrap_or(Path::new("."));
-    let at = |span: Range<usize>, key: &str, message: String| ManifestError::At {
-        file: file.clone(),
-        line: line_of(text, span.start),
-        key: key.to_owned(),
-        message,
+    let doc = Doc {
+        file: path.display().to_string(),
+        text,
+        base: path.parent().unwrap_or(Path::new(".")),
     };
-
     let raw: RawManifest = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         ManifestError::At {
-            file: file.clone(),
+            file: doc.file.clone(),
             line: line_of(text, span.start),
             key: key_at(text, span),
             message: e.message().trim().to_owned(),
@@ -407,137 +403,120 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
     if let Some(threads) = &raw.host.guest_threads
         && !(1..=MAX_GUEST_THREADS).contains(threads.get_ref())
     {
-        return Err(at(
+        return Err(doc.at(
             threads.span(),
             "host.guest_threads",
             format!("must be from 1 to {MAX_GUEST_THREADS}"),
         ));
     }
     let defaults = match raw.limits {
-        Some(limits) => {
-            let span = limits.span();
-            let merged = limits.into_inner().or(&Limits::default());
-            check_limits(&merged).map_err(|(key, why)| at(span, &format!("limits.{key}"), why))?;
-            merged
-        }
+        Some(limits) => doc.limits(limits, &Limits::default(), "limits")?,
         None => Limits::default(),
     };
-    let mut names: HashMap<String, ()> = HashMap::new();
-    let mut addresses: Vec<(SocketAddr, String)> = Vec::new();
-    if let Some(admin) = &raw.host.admin {
-        addresses.push((*admin.get_ref(), "the admin endpoint".to_owned()));
+    let admin = raw.host.admin.as_ref().map(|a| *a.get_ref());
+    let mut taken = Taken::default();
+    if let Some(admin) = admin {
+        taken
+            .addresses
+            .push((admin, "the admin endpoint".to_owned()));
     }
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     for tenant in raw.tenants {
+        tenants.push(doc.tenant(tenant, &defaults, admin, &mut taken)?);
+    }
+    let control = doc.control(raw.host.control, raw.host.control_token_file, &taken)?;
+    let base = doc.base;
+    let component_dirs = match raw.host.component_dirs {
+        Some(dirs) => dirs.iter().map(|d| absolute(&base.join(d))).collect(),
+        None => vec![absolute(base)],
+    };
+    Ok(Manifest {
+        admin,
+        control,
+        component_dirs,
+        cache_dir: raw.host.cache_dir.map(|dir| base.join(dir.into_inner())),
+        pooling_allocator: raw.host.pooling_allocator,
+        guest_threads: raw.host.guest_threads.map(Spanned::into_inner),
+        tenants,
+    })
+}
+
+/// The manifest being parsed: where errors point.
+struct Doc<'a> {
+    /// Its path, as errors name it.
+    file: String,
+    text: &'a str,
+    /// Relative paths in it are relative to this directory.
+    base: &'a Path,
+}
+
+/// What earlier entries of the manifest have taken.
+#[derive(Default)]
+struct Taken {
+    names: HashSet<String>,
+    /// Listen addresses and who uses each.
+    addresses: Vec<(SocketAddr, String)>,
+}
+
+impl Doc<'_> {
+    /// An error at `span`, about `key`.
+    fn at(&self, span: Range<usize>, key: &str, message: String) -> ManifestError {
+        ManifestError::At {
+            file: self.file.clone(),
+            line: line_of(self.text, span.start),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    /// `file:line` of `span`.
+    fn place(&self, span: &Range<usize>) -> String {
+        format!("{}:{}", self.file, line_of(self.text, span.start))
+    }
+
+    /// Limits written at `key`, over `defaults`, checked.
+    fn limits(
+        &self,
+        limits: Spanned<RawLimits>,
+        defaults: &Limits,
+        key: &str,
+    ) -> Result<Limits, ManifestError> {
+        let span = limits.span();
+        let merged = limits.into_inner().or(defaults);
+        check_limits(&merged).map_err(|(k, why)| self.at(span, &format!("{key}.{k}"), why))?;
+        Ok(merged)
+    }
+
+    /// One `[[tenant]]`, checked against what the others took.
+    fn tenant(
+        &self,
+        tenant: RawTenant,
+        defaults: &Limits,
+        admin: Option<SocketAddr>,
+        taken: &mut Taken,
+    ) -> Result<TenantConfig, ManifestError> {
         let name = tenant.name.get_ref().clone();
         if let Err(why) = valid_name(&name) {
-            return Err(at(tenant.name.span(), "tenant.name", why));
+            return Err(self.at(tenant.name.span(), "tenant.name", why));
         }
-        if names.insert(name.clone(), ()).is_some() {
-            return Err(at(
+        if !taken.names.insert(name.clone()) {
+            return Err(self.at(
                 tenant.name.span(),
                 "tenant.name",
                 format!("duplicate tenant name {name:?}"),
             ));
         }
-
-        let listen_span = tenant.listen.span();
-        let listen_at = format!("{file}:{}", line_of(text, listen_span.start));
-        let mut listen = Vec::new();
-        for addr in tenant.listen.into_inner() {
-            let (span, addr) = (addr.span(), addr.into_inner());
-            // Port 0 asks for a free port, so it never collides.
-            if addr.port() != 0 {
-                if let Some((used, owner)) = addresses.iter().find(|(a, _)| overlap(*a, addr)) {
-                    let what = if *used == addr {
-                        format!("{addr} is already used by {owner}")
-                    } else {
-                        format!("{addr} overlaps {used}, already used by {owner}")
-                    };
-                    return Err(at(span, "tenant.listen", what));
-                }
-                addresses.push((addr, format!("tenant {name:?}")));
-            }
-            listen.push(addr);
-        }
-        if listen.is_empty() {
-            return Err(at(
-                listen_span,
-                "tenant.listen",
-                "at least one address is required".into(),
-            ));
-        }
-
-        let mut connect = Vec::new();
-        for addr in tenant.connect.map(Spanned::into_inner).unwrap_or_default() {
-            let (span, addr) = (addr.span(), addr.into_inner());
-            // The admin endpoint swaps and reloads tenants: no guest may
-            // reach it, whatever the manifest says.
-            if let Some(admin) = &raw.host.admin
-                && reaches(*admin.get_ref(), addr)
-            {
-                let admin = admin.get_ref();
-                return Err(at(
-                    span,
-                    "tenant.connect",
-                    format!(
-                        "{addr} is the host's admin endpoint ({admin}): no tenant may connect to it"
-                    ),
-                ));
-            }
-            connect.push(addr);
-        }
-
-        let env_span = tenant.env.as_ref().map_or(0..0, Spanned::span);
-        let env = tenant.env.map(Spanned::into_inner).unwrap_or_default();
-        for key in env.keys() {
-            if key == "LISTEN_ADDR" || key == "LISTEN_ADDRS" {
-                return Err(at(
-                    env_span.clone(),
-                    "tenant.env",
-                    format!("{key} is set by the host"),
-                ));
-            }
-            if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(at(
-                    env_span.clone(),
-                    "tenant.env",
-                    format!("{key:?} is not a valid variable name"),
-                ));
-            }
-        }
-
-        let component_span = tenant.component.span();
-        let component_at = format!("{file}:{}", line_of(text, component_span.start));
-        let spec = tenant.component.into_inner();
-        let component = match spec.strip_prefix(BUILTIN_PREFIX) {
-            Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
-            None => {
-                let path = base.join(&spec);
-                // Absolute, so the file watcher knows its directory.
-                let path = std::path::absolute(&path).unwrap_or(path);
-                if !path.is_file() {
-                    return Err(at(
-                        component_span,
-                        "tenant.component",
-                        format!("{} does not exist or is not a file", path.display()),
-                    ));
-                }
-                ComponentSource::File(path)
-            }
-        };
-
+        let listen_at = self.place(&tenant.listen.span());
+        let listen = self.listen(&name, tenant.listen, taken)?;
+        let connect = self.connect(tenant.connect, admin)?;
+        let env = self.env(tenant.env)?;
+        let component_at = self.place(&tenant.component.span());
+        let component = self.component(tenant.component)?;
         let limits = match tenant.limits {
-            Some(limits) => {
-                let span = limits.span();
-                let merged = limits.into_inner().or(&defaults);
-                check_limits(&merged)
-                    .map_err(|(key, why)| at(span, &format!("tenant.limits.{key}"), why))?;
-                merged
-            }
+            Some(limits) => self.limits(limits, defaults, "tenant.limits")?,
             None => defaults.clone(),
         };
-        tenants.push(TenantConfig {
+        Ok(TenantConfig {
             name,
             component,
             component_at,
@@ -546,62 +525,169 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             env,
             connect,
             limits,
-        });
+        })
     }
 
-    let control = match (raw.host.control, raw.host.control_token_file) {
-        (None, None) => None,
-        (None, Some(file)) => {
-            return Err(at(
-                file.span(),
-                "host.control_token_file",
-                "is set, but no host.control endpoint is".into(),
+    /// A tenant's listen addresses: at least one, none used before.
+    fn listen(
+        &self,
+        name: &str,
+        listen: Spanned<Vec<Spanned<SocketAddr>>>,
+        taken: &mut Taken,
+    ) -> Result<Vec<SocketAddr>, ManifestError> {
+        let listen_span = listen.span();
+        let mut all = Vec::new();
+        for addr in listen.into_inner() {
+            let (span, addr) = (addr.span(), addr.into_inner());
+            // Port 0 asks for a free port, so it never collides.
+            if addr.port() != 0 {
+                if let Some((used, owner)) = taken.addresses.iter().find(|(a, _)| overlap(*a, addr))
+                {
+                    let what = if *used == addr {
+                        format!("{addr} is already used by {owner}")
+                    } else {
+                        format!("{addr} overlaps {used}, already used by {owner}")
+                    };
+                    return Err(self.at(span, "tenant.listen", what));
+                }
+                taken.addresses.push((addr, format!("tenant {name:?}")));
+            }
+            all.push(addr);
+        }
+        if all.is_empty() {
+            return Err(self.at(
+                listen_span,
+                "tenant.listen",
+                "at least one address is required".into(),
             ));
         }
-        (Some(addr), token_file) => {
-            let span = addr.span();
-            let addr: ControlAddr = addr
-                .into_inner()
-                .parse()
-                .map_err(|why| at(span.clone(), "host.control", why))?;
-            let token_file = token_file.map(|f| base.join(f.into_inner()));
-            if let ControlAddr::Tcp(tcp) = &addr {
-                if token_file.is_none() {
-                    return Err(at(
-                        span,
-                        "host.control",
-                        "a TCP control endpoint needs host.control_token_file (or use unix:PATH)"
-                            .into(),
-                    ));
-                }
-                if let Some((used, owner)) = addresses
-                    .iter()
-                    .find(|(a, _)| tcp.port() != 0 && overlap(*a, *tcp))
-                {
-                    return Err(at(
-                        span,
-                        "host.control",
-                        format!("{tcp} overlaps {used}, already used by {owner}"),
-                    ));
-                }
-            }
-            Some(Control { addr, token_file })
-        }
-    };
+        Ok(all)
+    }
 
-    let component_dirs = match raw.host.component_dirs {
-        Some(dirs) => dirs.iter().map(|d| absolute(&base.join(d))).collect(),
-        None => vec![absolute(base)],
-    };
-    Ok(Manifest {
-        admin: raw.host.admin.map(Spanned::into_inner),
-        control,
-        component_dirs,
-        cache_dir: raw.host.cache_dir.map(|dir| base.join(dir.into_inner())),
-        pooling_allocator: raw.host.pooling_allocator,
-        guest_threads: raw.host.guest_threads.map(Spanned::into_inner),
-        tenants,
-    })
+    /// A tenant's connect grants: never the admin endpoint.
+    fn connect(
+        &self,
+        connect: Option<Spanned<Vec<Spanned<SocketAddr>>>>,
+        admin: Option<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, ManifestError> {
+        let mut all = Vec::new();
+        for addr in connect.map(Spanned::into_inner).unwrap_or_default() {
+            let (span, addr) = (addr.span(), addr.into_inner());
+            // The admin endpoint swaps and reloads tenants: no guest may
+            // reach it, whatever the manifest says.
+            if let Some(admin) = admin
+                && reaches(admin, addr)
+            {
+                return Err(self.at(
+                    span,
+                    "tenant.connect",
+                    format!(
+                        "{addr} is the host's admin endpoint ({admin}): no tenant may connect to it"
+                    ),
+                ));
+            }
+            all.push(addr);
+        }
+        Ok(all)
+    }
+
+    /// A tenant's environment: valid names, none the host sets.
+    fn env(
+        &self,
+        env: Option<Spanned<BTreeMap<String, String>>>,
+    ) -> Result<BTreeMap<String, String>, ManifestError> {
+        let env_span = env.as_ref().map_or(0..0, Spanned::span);
+        let env = env.map(Spanned::into_inner).unwrap_or_default();
+        for key in env.keys() {
+            if key == "LISTEN_ADDR" || key == "LISTEN_ADDRS" {
+                return Err(self.at(
+                    env_span.clone(),
+                    "tenant.env",
+                    format!("{key} is set by the host"),
+                ));
+            }
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(self.at(
+                    env_span.clone(),
+                    "tenant.env",
+                    format!("{key:?} is not a valid variable name"),
+                ));
+            }
+        }
+        Ok(env)
+    }
+
+    /// A tenant's component: a built-in, or a file that exists.
+    fn component(&self, spec: Spanned<String>) -> Result<ComponentSource, ManifestError> {
+        let span = spec.span();
+        let spec = spec.into_inner();
+        Ok(match spec.strip_prefix(BUILTIN_PREFIX) {
+            Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
+            None => {
+                let path = self.base.join(&spec);
+                // Absolute, so the file watcher knows its directory.
+                let path = std::path::absolute(&path).unwrap_or(path);
+                if !path.is_file() {
+                    return Err(self.at(
+                        span,
+                        "tenant.component",
+                        format!("{} does not exist or is not a file", path.display()),
+                    ));
+                }
+                ComponentSource::File(path)
+            }
+        })
+    }
+
+    /// The control endpoint: TCP needs a token file, and an address of
+    /// its own.
+    fn control(
+        &self,
+        addr: Option<Spanned<String>>,
+        token_file: Option<Spanned<String>>,
+        taken: &Taken,
+    ) -> Result<Option<Control>, ManifestError> {
+        Ok(match (addr, token_file) {
+            (None, None) => None,
+            (None, Some(file)) => {
+                return Err(self.at(
+                    file.span(),
+                    "host.control_token_file",
+                    "is set, but no host.control endpoint is".into(),
+                ));
+            }
+            (Some(addr), token_file) => {
+                let span = addr.span();
+                let addr: ControlAddr = addr
+                    .into_inner()
+                    .parse()
+                    .map_err(|why| self.at(span.clone(), "host.control", why))?;
+                let token_file = token_file.map(|f| self.base.join(f.into_inner()));
+                if let ControlAddr::Tcp(tcp) = &addr {
+                    if token_file.is_none() {
+                        return Err(self.at(
+                            span,
+                            "host.control",
+                            "a TCP control endpoint needs host.control_token_file (or use unix:PATH)"
+                                .into(),
+                        ));
+                    }
+                    if let Some((used, owner)) = taken
+                        .addresses
+                        .iter()
+                        .find(|(a, _)| tcp.port() != 0 && overlap(*a, *tcp))
+                    {
+                        return Err(self.at(
+                            span,
+                            "host.control",
+                            format!("{tcp} overlaps {used}, already used by {owner}"),
+                        ));
+                    }
+                }
+                Some(Control { addr, token_file })
+            }
+        })
+    }
 }
 
 /// Tenant names appear in logs, metrics and URLs: keep them plain.

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-type Pre = Arc<CommandPre<InstanceState>>;
+/// A compiled component, ready to instantiate.
+pub type Pre = Arc<CommandPre<InstanceState>>;
 
 /// One running tenant.
 struct Running {
