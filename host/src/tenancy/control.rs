@@ -5,7 +5,7 @@
 //! run one at a time.
 
 use crate::config::manifest::{self, ComponentSource, TenantConfig};
-use crate::config::reload::{Current, plan_reload};
+use crate::config::reload::{Current, ReloadPlan, plan_reload};
 use crate::runtime::builtins;
 use crate::runtime::engine::{self, Loader};
 use crate::runtime::instance::InstanceState;
@@ -432,24 +432,7 @@ impl Control {
             .as_ref()
             .map(|started| started.host_keys_changed(&manifest))
             .unwrap_or_default();
-        if let Some((tenants, max_memory)) = self.pool {
-            if manifest.tenants.len() > tenants {
-                return Err(format!(
-                    "the pooling allocator was sized at start for {tenants} tenants, and the manifest has {}: restart the host to grow it",
-                    manifest.tenants.len()
-                ));
-            }
-            if let Some(t) = manifest
-                .tenants
-                .iter()
-                .find(|t| t.limits.max_memory > max_memory)
-            {
-                return Err(format!(
-                    "tenant '{}': max_memory {} is above the {max_memory} bytes the pooling allocator was sized for at start: restart the host to grow it",
-                    t.name, t.limits.max_memory
-                ));
-            }
-        }
+        self.fits_pool(&manifest)?;
 
         // Prepare everything that can fail before changing anything.
         let existing: HashMap<String, (Arc<TenantConfig>, Pre)> = self
@@ -457,8 +440,71 @@ impl Control {
             .iter()
             .map(|(name, r)| (name.clone(), (r.tenant.config(), r.pre.clone())))
             .collect();
-        let mut plans = Vec::new();
-        for mut config in manifest.tenants {
+        let prepared = self.prepare_reload(manifest.tenants, &existing)?;
+        let plan = self.plan(&existing, &prepared);
+
+        let mut report = ReloadReport {
+            need_restart,
+            ..ReloadReport::default()
+        };
+        for name in plan.remove.clone() {
+            self.remove(&name);
+            report.removed.push(name);
+        }
+        self.apply_reload(&plan, prepared, &mut report).await;
+        if !report.need_restart.is_empty() {
+            warn!(
+                keys = ?report.need_restart,
+                "manifest reload: {} changed, which takes effect only when the host restarts",
+                report.need_restart.join(", ")
+            );
+        }
+        info!(
+            added = report.added.len(),
+            removed = report.removed.len(),
+            changed = report.changed.len(),
+            unchanged = report.unchanged.len(),
+            failed = report.failed.len(),
+            "manifest reloaded"
+        );
+        Ok(report)
+    }
+
+    /// Whether `manifest` fits the pooling allocator as it was sized at
+    /// start (it cannot grow).
+    fn fits_pool(&self, manifest: &manifest::Manifest) -> Result<(), String> {
+        let Some((tenants, max_memory)) = self.pool else {
+            return Ok(());
+        };
+        if manifest.tenants.len() > tenants {
+            return Err(format!(
+                "the pooling allocator was sized at start for {tenants} tenants, and the manifest has {}: restart the host to grow it",
+                manifest.tenants.len()
+            ));
+        }
+        if let Some(t) = manifest
+            .tenants
+            .iter()
+            .find(|t| t.limits.max_memory > max_memory)
+        {
+            return Err(format!(
+                "tenant '{}': max_memory {} is above the {max_memory} bytes the pooling allocator was sized for at start: restart the host to grow it",
+                t.name, t.limits.max_memory
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens the listeners a reload newly grants and compiles every
+    /// wanted tenant's component: all that can fail, before anything
+    /// changes.
+    fn prepare_reload(
+        &self,
+        wanted: Vec<TenantConfig>,
+        existing: &HashMap<String, (Arc<TenantConfig>, Pre)>,
+    ) -> Result<Vec<Reloaded>, String> {
+        let mut prepared = Vec::new();
+        for mut config in wanted {
             let old = existing.get(&config.name);
             let mut listeners = Vec::new();
             for (i, addr) in config.listen.iter_mut().enumerate() {
@@ -483,51 +529,65 @@ impl Control {
             let pre = self
                 .load(&config.component, &config.component_at)
                 .map_err(|e| format!("{e:#}"))?;
-            plans.push((config, listeners, pre));
+            prepared.push((config, listeners, pre));
         }
+        Ok(prepared)
+    }
 
-        let mut report = ReloadReport {
-            need_restart,
-            ..ReloadReport::default()
+    /// What the reload is to do: [`plan_reload`] over what runs
+    /// (`existing`) and what is `prepared`, components compared by identity
+    /// (the loader compiles equal bytes once).
+    fn plan(
+        &self,
+        existing: &HashMap<String, (Arc<TenantConfig>, Pre)>,
+        prepared: &[Reloaded],
+    ) -> ReloadPlan {
+        let current: BTreeMap<String, Current<'_, *const ()>> = existing
+            .iter()
+            .map(|(name, (config, pre))| {
+                let now = Current {
+                    config,
+                    component: Arc::as_ptr(pre).cast::<()>(),
+                    stopped: self.is_stopped_for_good(name),
+                };
+                (name.clone(), now)
+            })
+            .collect();
+        let wanted: Vec<(&TenantConfig, *const ())> = prepared
+            .iter()
+            .map(|(config, _, pre)| (config, Arc::as_ptr(pre).cast::<()>()))
+            .collect();
+        plan_reload(&current, &wanted)
+    }
+
+    /// Removes tenant `name`: its addresses refuse new clients at once;
+    /// the connections it has (on every version) run on until they close
+    /// or its drain timeout passes, as on a swap or at shutdown.
+    fn remove(&self, name: &str) {
+        let Some(r) = self.running().remove(name) else {
+            return;
         };
-        let plan = {
-            let current: BTreeMap<String, Current<'_, *const ()>> = existing
-                .iter()
-                .map(|(name, (config, pre))| {
-                    let now = Current {
-                        config,
-                        component: Arc::as_ptr(pre).cast::<()>(),
-                        stopped: self.is_stopped_for_good(name),
-                    };
-                    (name.clone(), now)
-                })
-                .collect();
-            let wanted: Vec<(&TenantConfig, *const ())> = plans
-                .iter()
-                .map(|(config, _, pre)| (config, Arc::as_ptr(pre).cast::<()>()))
-                .collect();
-            plan_reload(&current, &wanted)
-        };
-        for name in plan.remove {
-            let removed = self.running().remove(&name);
-            if let Some(r) = removed {
-                r.tenant.set_state(State::Stopped);
-                // Its addresses refuse new clients at once; the connections
-                // it has (on every version) run on until they close or its
-                // drain timeout passes, as on a swap or at shutdown.
-                r.tenant.stop_accepting();
-                r.tenant.close_listeners();
-                self.retired.absorb(r.tenant.counters());
-                let open = r.tenant.open_connections();
-                info!(
-                    tenant = name,
-                    open, "tenant removed; draining {open} connections"
-                );
-                tokio::spawn(drain_removed(r));
-            }
-            report.removed.push(name);
-        }
-        for (config, listeners, pre) in plans {
+        r.tenant.set_state(State::Stopped);
+        r.tenant.stop_accepting();
+        r.tenant.close_listeners();
+        self.retired.absorb(r.tenant.counters());
+        let open = r.tenant.open_connections();
+        info!(
+            tenant = name,
+            open, "tenant removed; draining {open} connections"
+        );
+        tokio::spawn(drain_removed(r));
+    }
+
+    /// Starts the tenants `plan` adds, swaps those it changes, and keeps
+    /// the rest, into `report`.
+    async fn apply_reload(
+        &self,
+        plan: &ReloadPlan,
+        prepared: Vec<Reloaded>,
+        report: &mut ReloadReport,
+    ) {
+        for (config, listeners, pre) in prepared {
             let name = config.name.clone();
             if plan.add.contains(&name) {
                 self.start(config, listeners.into_iter().map(|(_, l)| l).collect(), pre);
@@ -558,24 +618,16 @@ impl Control {
                 }
             }
         }
-        if !report.need_restart.is_empty() {
-            warn!(
-                keys = ?report.need_restart,
-                "manifest reload: {} changed, which takes effect only when the host restarts",
-                report.need_restart.join(", ")
-            );
-        }
-        info!(
-            added = report.added.len(),
-            removed = report.removed.len(),
-            changed = report.changed.len(),
-            unchanged = report.unchanged.len(),
-            failed = report.failed.len(),
-            "manifest reloaded"
-        );
-        Ok(report)
     }
 }
+
+/// A tenant as a reload wants it: its configuration, the listeners the
+/// reload opened for it, and its compiled component.
+type Reloaded = (
+    TenantConfig,
+    Vec<(std::net::SocketAddr, Arc<TcpListener>)>,
+    Pre,
+);
 
 /// Lets a removed tenant's open connections finish, up to its drain
 /// timeout, then stops it (dropping `running` stops its guest).

@@ -152,12 +152,12 @@ impl Tenant {
     }
 
     /// Replaces the configuration (after a successful swap).
-    pub fn set_config(&self, config: Arc<TenantConfig>) {
+    pub(in crate::tenancy) fn set_config(&self, config: Arc<TenantConfig>) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// Adds host listeners (for addresses a reload grants).
-    pub fn add_listeners(
+    pub(in crate::tenancy) fn add_listeners(
         &self,
         listeners: impl IntoIterator<Item = (SocketAddr, Arc<TcpListener>)>,
     ) {
@@ -169,7 +169,7 @@ impl Tenant {
 
     /// Closes the listeners of addresses not in `keep`: they refuse new
     /// clients at once.
-    pub fn retain_listeners(&self, keep: &[SocketAddr]) {
+    pub(in crate::tenancy) fn retain_listeners(&self, keep: &[SocketAddr]) {
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -217,7 +217,7 @@ impl Tenant {
     /// Stops accepting for good, as the host stops: no guest version is
     /// current any more, and the listening sockets (shared with every
     /// version) are shut down, so the addresses refuse new clients at once.
-    pub fn stop_accepting(&self) {
+    pub(in crate::tenancy) fn stop_accepting(&self) {
         self.current_generation.send_replace(STOPPED);
         self.admission.gate.open();
         for listener in self
@@ -231,7 +231,7 @@ impl Tenant {
     }
 
     /// Closes the tenant's listeners: its addresses refuse connections.
-    pub fn close_listeners(&self) {
+    pub(in crate::tenancy) fn close_listeners(&self) {
         for (_, listener) in self
             .listeners
             .lock()
@@ -243,7 +243,7 @@ impl Tenant {
     }
 
     /// A number for a new guest version (instance).
-    pub fn next_generation(&self) -> u64 {
+    pub(in crate::tenancy) fn next_generation(&self) -> u64 {
         self.last_generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -251,7 +251,7 @@ impl Tenant {
     /// is newer than the current one (an old version listening again, or
     /// any version once the host is stopping, does not take over). Returns
     /// whether it did.
-    pub fn make_current(&self, generation: u64) -> bool {
+    pub(in crate::tenancy) fn make_current(&self, generation: u64) -> bool {
         let newer = self.current_generation.send_if_modified(|current| {
             let newer = generation > *current;
             if newer {
@@ -268,7 +268,7 @@ impl Tenant {
     /// Hands new connections back to `previous` after `failed` (the version
     /// that had taken over from it) ended, unless a later version or the
     /// host's stop has taken over since. Returns whether it did.
-    pub fn restore_current(&self, failed: u64, previous: u64) -> bool {
+    pub(in crate::tenancy) fn restore_current(&self, failed: u64, previous: u64) -> bool {
         let restored = self.current_generation.send_if_modified(|current| {
             let restore = *current == failed;
             if restore {
@@ -303,7 +303,7 @@ impl Tenant {
     }
 
     /// Moves to `state`, keeping the last error.
-    pub fn set_state(&self, state: State) {
+    pub(in crate::tenancy) fn set_state(&self, state: State) {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if status.state != state {
             status.state = state;
@@ -312,7 +312,7 @@ impl Tenant {
     }
 
     /// Records a failure.
-    pub fn set_error(&self, error: String) {
+    pub(in crate::tenancy) fn set_error(&self, error: String) {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
