@@ -364,7 +364,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
 /// connection is a descriptor, and the usual soft limit (1024) is below a
 /// single tenant's default connection cap. Warns when the tenants' caps
 /// together exceed what the host may open (past it, accepts fail and back
-/// off: see crate::connection).
+/// off: see crate::limits::admission).
 fn raise_open_file_limit(manifest: &Manifest) {
     let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {

@@ -1,5 +1,58 @@
 //! The host as a library: everything the `host` binary is made of, so the
 //! tests and fuzz targets can drive its parts directly.
+//!
+//! # Layout
+//!
+//! Layers from the top down; each uses only the layers below it, and no
+//! two parts of the host import each other in a loop (`tests/layout.rs`
+//! checks both on every test run: `cargo test -p host --test layout`).
+//!
+//! - The process: `main.rs` parses the command line ([`cli`]) and calls
+//!   [`app`], which starts the rest and waits for signals.
+//! - [`ops`]: what operators see: the read-only admin endpoint and the
+//!   control endpoint (`ops::admin`), Prometheus metrics (`ops::metrics`).
+//! - [`tenancy`]: the tenants: each one's record (`tenancy::tenant`), the
+//!   host's listeners for their addresses (`tenancy::listeners`), the
+//!   supervisor that runs a tenant's guest (`tenancy::supervisor`), the
+//!   running set and its operations (`tenancy::control`).
+//! - [`runtime`]: running guests: the engine and component cache, the
+//!   built-in guests, one instance's store with its limits wired in, the
+//!   guest threads.
+//! - [`wasi`]: the guest's WASI as the host implements it, behind one seam:
+//!   its own state and view (`wasi::view`), the narrow trait through which
+//!   it asks the tenant layer (`wasi::seam`), sockets independent of the
+//!   WASI version (`wasi::sockets`), the poll fast path (`wasi::poll`),
+//!   the WASI 0.2 bindings (`wasi::p2`), guest stdio (`wasi::stdio`).
+//! - [`limits`]: each limit a unit of its own, with a table of where each
+//!   is enforced.
+//! - [`policy`]: grants as data, and the decision for each attempt.
+//! - [`config`]: the manifest's types and parser, and the reload plan.
+//! - [`account`]: a tenant's name, counters and log budgets: a leaf every
+//!   layer counts and logs through.
+//!
+//! # Where things happen (one answer each)
+//!
+//! - **A grant is decided** in [`policy::Grant::decide`], and nowhere
+//!   else. The WASI layer enforces the decision: TCP binds, listens and
+//!   connects in `wasi::sockets::tcp`; UDP and name lookups, never granted,
+//!   refused at their entry points in `wasi::p2::refuse`.
+//! - **Each limit is enforced** where the table in [`limits`] says: memory
+//!   and handles in `limits::memory`, CPU time in `limits::cpu`,
+//!   connection caps and file-descriptor back-off in `limits::admission`,
+//!   bytes and idle time in `limits::connection`, log lines in
+//!   `account::log_budget`.
+//! - **A tenant is started, restarted, swapped and stopped** by
+//!   `tenancy::supervisor` (one task per tenant), on the orders of
+//!   `tenancy::control` (add, swap, remove, reload, graceful stop). A
+//!   tenant's state is written only from within `tenancy` (its writers are
+//!   `pub(in crate::tenancy)`): by the supervisor, by control when it adds
+//!   or removes a tenant, and by the tenant itself when the WASI layer says
+//!   through the seam that a version listens.
+//! - **A connection is admitted** in `wasi::sockets::tcp` (`accept`), which
+//!   asks `limits::admission` (`Admission::admit`: the caps, per client
+//!   address too) and counts it there (`OpenConnection`); outbound
+//!   connections are counted by `limits::admission::Outbound`. Both are
+//!   then policed by `limits::connection::Policed`.
 
 pub mod account;
 pub mod app;

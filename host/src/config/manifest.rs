@@ -340,7 +340,7 @@ pub struct Manifest {
     pub cache_dir: Option<PathBuf>,
     /// Whether instances come from wasmtime's pooling allocator.
     pub pooling_allocator: bool,
-    /// Threads guest instances run on (see crate::workers); `None`: one
+    /// Threads guest instances run on (see crate::runtime::workers); `None`: one
     /// per core.
     pub guest_threads: Option<usize>,
     /// Every tenant, in file order.

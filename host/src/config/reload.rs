@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// What a reload is to do with each tenant, computed from what runs and
 /// what the manifest wants alone (no side effect), then applied by
-/// [`Control::reload`].
+/// `Control::reload` (crate::tenancy::control).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
     /// Tenants in the manifest that do not run: started.

@@ -190,7 +190,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Pauses a tenant's accepting after accepts fail for want of resources, so
 /// a full file-descriptor table costs a retry now and then, not a busy
-/// loop, and logs it at most once per [`LOG_EVERY`].
+/// loop, and logs it at most once per `LOG_EVERY` (10 s).
 #[derive(Debug, Default)]
 pub struct AcceptBackoff {
     /// Accepts resume at this time (from [`now_ms`]); 0 when not paused.

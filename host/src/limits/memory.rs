@@ -11,7 +11,7 @@ use wasmtime::ResourceLimiter;
 /// Most resources (sockets, streams, pollables) a guest may hold at once.
 /// A full table makes further calls fail instead of growing host memory.
 /// (wasmtime also bounds the handles a component holds and lends at the
-/// same number; crate::poll bounds `poll` lists by it.)
+/// same number; crate::wasi::p2::poll bounds `poll` lists by it.)
 pub const MAX_RESOURCES: usize = 100_000;
 
 /// Most table elements a guest instance may hold, over all its tables.

@@ -15,7 +15,7 @@
 //!   not running. `GET /healthz/{name}`: 200 while that tenant is running
 //!   (serving on its addresses), else 503 with its state.
 //! - `GET /metrics`: counters per tenant and host-wide, for Prometheus
-//!   (crate::metrics).
+//!   (crate::ops::metrics).
 //! - A control request here is refused (405), pointing at the control
 //!   endpoint.
 //!

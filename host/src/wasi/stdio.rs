@@ -85,7 +85,7 @@ thread_local! {
 }
 
 /// The host's log writer: standard error, except that the lines a guest
-/// writes at once go out in one write (see [`batched`]).
+/// writes at once go out in one write (see `batched`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogWriter;
 

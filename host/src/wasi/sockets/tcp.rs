@@ -694,7 +694,7 @@ pub struct AcceptReadiness {
 }
 
 impl AcceptReadiness {
-    /// Ready now; if not, `cx` is woken when it may be (see [`poll_accept`]).
+    /// Ready now; if not, `cx` is woken when it may be (see `poll_accept`).
     pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
         poll_accept(
             &self.listener,
