@@ -17,11 +17,7 @@ fn main() {
     let bins = PathBuf::from(env("CARGO_MANIFEST_DIR")).join("../guest/src/bin");
     let mut names: Vec<String> = std::fs::read_dir(&bins)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", bins.display()))
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            let stem = path.file_stem()?.to_str()?.to_owned();
-            (path.extension()? == "rs").then_some(stem)
-        })
+        .filter_map(|entry| guest_name(&entry.ok()?.path()))
         .collect();
     // The default first, then by name: the order errors and docs list them.
     names.sort_by_key(|name| (name != DEFAULT, name.clone()));
@@ -57,6 +53,18 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build_guests.rs");
     println!("cargo:rerun-if-changed=../wit");
+}
+
+/// The binary a `src/bin/` entry is, as cargo finds them: `NAME.rs`, or a
+/// directory `NAME/` with a `main.rs`.
+fn guest_name(path: &std::path::Path) -> Option<String> {
+    let name = path.file_stem()?.to_str()?.to_owned();
+    let binary = if path.is_dir() {
+        path.join("main.rs").is_file()
+    } else {
+        path.extension().is_some_and(|e| e == "rs")
+    };
+    binary.then_some(name)
 }
 
 fn env(var: &str) -> String {

@@ -1,29 +1,34 @@
 //! The host's modules depend on each other in one direction: the layers
-//! named in `host/src/lib.rs` from the top down, and within each layer no
-//! loop between its parts. Read from the source, as a reviewer would: a
-//! `crate::` path (or `super::`) in code names what a module depends on.
+//! named in `host/src/lib.rs` from the top down, and no loop between any
+//! two of its files. Read from the source as Rust (with `syn`): every path
+//! that names a module of the host (`crate::`, `super::`, `self::`, a child
+//! module, or a name a `use` bound to one, in code and inside macros) is a
+//! dependency of the file it is written in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use syn::visit::Visit;
 
 /// The layers, from the top down: each may use only those after it.
 const LAYERS: &[&str] = &[
     "app", "cli", "ops", "tenancy", "runtime", "wasi", "limits", "policy", "config", "account",
 ];
 
+type Module = Vec<String>;
+
 /// Every `.rs` file of the host's library, by module path.
-fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
-    fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, PathBuf>) {
+fn files(src: &Path) -> BTreeMap<Module, PathBuf> {
+    fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<Module, PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
             if path.is_dir() {
-                if prefix.is_empty() && name == "bin" {
-                    continue;
+                // src/bin/ holds other binaries, not the library.
+                if !(prefix.is_empty() && name == "bin") {
+                    let mut inner = prefix.to_vec();
+                    inner.push(name);
+                    walk(&path, &inner, out);
                 }
-                let mut inner = prefix.to_vec();
-                inner.push(name);
-                walk(&path, &inner, out);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let mut module = prefix.to_vec();
                 match name.as_str() {
@@ -40,173 +45,341 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
     out
 }
 
-/// The unit a module belongs to for the loop check: a top-level module,
-/// or a part of a layer folder (`wasi::sockets`, with what is below it).
-fn unit(module: &[String]) -> String {
-    module[..module.len().min(2)].join("::")
+/// Inline modules (`mod tests { .. }`) of a file whose module is `at`.
+struct Inline<'a> {
+    at: Module,
+    out: &'a mut BTreeSet<Module>,
 }
 
-/// The code of a file: comments and the trailing test module left out.
-fn code(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-    text.lines()
-        .map(|line| line.split("//").next().unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The module paths a file's code names: `crate::a::b`, `super::a`, and
-/// each path of a group, `crate::a::{b, c::d}`.
-fn references(module: &[String], code: &str) -> Vec<Vec<String>> {
-    let mut found = Vec::new();
-    let bytes = code.as_bytes();
-    for start in ["crate::", "super::"] {
-        let mut from = 0;
-        while let Some(at) = code[from..].find(start) {
-            let begin = from + at;
-            from = begin + start.len();
-            if begin > 0 && (bytes[begin - 1].is_ascii_alphanumeric() || bytes[begin - 1] == b'_') {
-                continue;
-            }
-            // `super` is the parent of the file's module (for a `mod.rs`,
-            // of its folder's module).
-            let base = if start == "crate::" {
-                Vec::new()
-            } else {
-                module[..module.len().saturating_sub(1)].to_vec()
-            };
-            paths(&code[from..], base, &mut found);
+impl<'ast> Visit<'ast> for Inline<'_> {
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        if item.content.is_some() {
+            self.at.push(item.ident.to_string());
+            self.out.insert(self.at.clone());
+            syn::visit::visit_item_mod(self, item);
+            self.at.pop();
         }
     }
-    found
 }
 
-/// The paths of a use tree at the start of `text` (after a `::`), each
-/// prefixed with `prefix`, into `out`; returns how much of `text` it read.
-fn paths(text: &str, mut prefix: Vec<String>, out: &mut Vec<Vec<String>>) -> usize {
-    let mut at = 0;
-    loop {
-        let rest = &text[at..];
-        if let Some(group) = rest.strip_prefix('{') {
-            at += 1;
-            let mut used = 0;
-            loop {
-                let item = group[used..].trim_start();
-                used += group[used..].len() - item.len();
-                if item.starts_with('}') {
-                    return at + used + 1;
+/// The module paths one file's code names.
+struct Scan<'a> {
+    modules: &'a BTreeSet<Module>,
+    /// The module being read (the file's, or an inline one in it).
+    at: Module,
+    /// Names `use` bound to modules, per module scope.
+    aliases: Vec<BTreeMap<String, Module>>,
+    found: Vec<Module>,
+    unresolved: Vec<String>,
+}
+
+impl Scan<'_> {
+    /// The module (or item in one) that `segments` names from here, if it
+    /// is the host's.
+    fn resolve(&self, segments: &[String]) -> Option<Module> {
+        let (first, rest) = segments.split_first()?;
+        let mut base = match first.as_str() {
+            "crate" => Vec::new(),
+            "self" => self.at.clone(),
+            "super" => {
+                let mut base = self.at.clone();
+                base.pop();
+                let mut rest = rest;
+                while rest.first().is_some_and(|s| s == "super") {
+                    base.pop();
+                    rest = &rest[1..];
                 }
-                used += paths(&group[used..], prefix.clone(), out);
-                let after = group[used..].trim_start();
-                used += group[used..].len() - after.len();
-                if after.starts_with(',') {
-                    used += 1;
-                } else if after.starts_with('}') {
-                    return at + used + 1;
+                base.extend(rest.iter().cloned());
+                return Some(base);
+            }
+            _ => {
+                let mut child = self.at.clone();
+                child.push(first.clone());
+                if self.modules.contains(&child) {
+                    child
+                } else if let Some(target) = self.aliases.iter().rev().find_map(|a| a.get(first)) {
+                    target.clone()
                 } else {
-                    return at + used;
+                    return None;
+                }
+            }
+        };
+        base.extend(rest.iter().cloned());
+        Some(base)
+    }
+
+    /// Records a path, failing the check if it climbs out of the crate.
+    fn record(&mut self, segments: Vec<String>) {
+        let relative = matches!(
+            segments.first().map(String::as_str),
+            Some("crate" | "super" | "self")
+        );
+        match self.resolve(&segments) {
+            Some(target) if known_prefix(self.modules, &target).is_some() => {
+                self.found.push(target)
+            }
+            Some(_) | None if relative => self.unresolved.push(segments.join("::")),
+            _ => {}
+        }
+    }
+
+    /// Every full path of a `use` tree under `prefix`, with the name each
+    /// binds (`None` for a glob).
+    fn use_paths(
+        tree: &syn::UseTree,
+        prefix: Vec<String>,
+        out: &mut Vec<(Vec<String>, Option<String>)>,
+    ) {
+        match tree {
+            syn::UseTree::Path(p) => {
+                let mut next = prefix;
+                next.push(p.ident.to_string());
+                Self::use_paths(&p.tree, next, out);
+            }
+            syn::UseTree::Name(n) => {
+                let name = n.ident.to_string();
+                let mut full = prefix;
+                if name != "self" {
+                    full.push(name.clone());
+                }
+                let bound = if name == "self" {
+                    full.last().cloned()
+                } else {
+                    Some(name)
+                };
+                out.push((full, bound));
+            }
+            syn::UseTree::Rename(r) => {
+                let mut full = prefix;
+                full.push(r.ident.to_string());
+                out.push((full, Some(r.rename.to_string())));
+            }
+            syn::UseTree::Glob(_) => out.push((prefix, None)),
+            syn::UseTree::Group(g) => {
+                for item in &g.items {
+                    Self::use_paths(item, prefix.clone(), out);
                 }
             }
         }
-        let ident: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+    }
+}
+
+/// The longest known module `path` starts with.
+fn known_prefix(modules: &BTreeSet<Module>, path: &[String]) -> Option<Module> {
+    (0..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|prefix| modules.contains(prefix))
+}
+
+impl<'ast> Visit<'ast> for Scan<'_> {
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        if item.content.is_some() {
+            self.at.push(item.ident.to_string());
+            self.aliases.push(BTreeMap::new());
+            syn::visit::visit_item_mod(self, item);
+            self.aliases.pop();
+            self.at.pop();
+        }
+    }
+
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        let mut paths = Vec::new();
+        Self::use_paths(&item.tree, Vec::new(), &mut paths);
+        for (path, bound) in paths {
+            let target = self.resolve(&path);
+            if let (Some(target), Some(name)) = (&target, bound)
+                && self.modules.contains(target)
+            {
+                self.aliases
+                    .last_mut()
+                    .unwrap()
+                    .insert(name, target.clone());
+            }
+            self.record(path);
+        }
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        let segments = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        self.record(segments);
+        syn::visit::visit_path(self, path);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        // Macro arguments are tokens, not syntax: find `crate :: a :: b`.
+        let tokens: Vec<String> = mac
+            .tokens
+            .to_string()
+            .split_whitespace()
+            .map(str::to_owned)
             .collect();
-        if ident.is_empty() {
-            out.push(prefix);
-            return at;
+        for (i, token) in tokens.iter().enumerate() {
+            if token != "crate" || tokens.get(i + 1).map(String::as_str) != Some("::") {
+                continue;
+            }
+            let mut segments = vec!["crate".to_owned()];
+            let mut j = i + 2;
+            while let Some(ident) = tokens
+                .get(j)
+                .filter(|t| t.chars().all(|c| c.is_alphanumeric() || c == '_'))
+            {
+                segments.push(ident.clone());
+                if tokens.get(j + 1).map(String::as_str) != Some("::") {
+                    break;
+                }
+                j += 2;
+            }
+            self.record(segments);
         }
-        at += ident.len();
-        if ident != "self" {
-            prefix.push(ident);
+        syn::visit::visit_macro(self, mac);
+    }
+}
+
+/// The file-to-file dependencies of the host's library.
+fn dependencies(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
+    let files = files(src);
+    let parsed: BTreeMap<Module, syn::File> = files
+        .iter()
+        .map(|(module, path)| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let file = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (module.clone(), file)
+        })
+        .collect();
+    let mut modules: BTreeSet<Module> = files.keys().cloned().collect();
+    modules.insert(Vec::new());
+    for (module, file) in &parsed {
+        Inline {
+            at: module.clone(),
+            out: &mut modules,
         }
-        if text[at..].starts_with("::") {
-            at += 2;
-        } else {
-            out.push(prefix);
-            return at;
+        .visit_file(file);
+    }
+    let mut edges: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
+    let mut unresolved = Vec::new();
+    for (module, file) in &parsed {
+        let mut scan = Scan {
+            modules: &modules,
+            at: module.clone(),
+            aliases: vec![BTreeMap::new()],
+            found: Vec::new(),
+            unresolved: Vec::new(),
+        };
+        scan.visit_file(file);
+        for path in scan.unresolved {
+            unresolved.push(format!("{}: {path}", files[module].display()));
         }
+        for target in scan.found {
+            // The file the target is in (an inline module is its file's).
+            let Some(file) = (1..=target.len())
+                .rev()
+                .map(|n| target[..n].to_vec())
+                .find(|prefix| files.contains_key(prefix))
+            else {
+                continue;
+            };
+            if &file != module {
+                edges.entry(module.clone()).or_default().insert(file);
+            }
+        }
+    }
+    assert!(
+        unresolved.is_empty(),
+        "paths that name nothing in the host:\n{}",
+        unresolved.join("\n")
+    );
+    edges
+}
+
+/// A loop in `edges`, if there is one.
+fn find_loop(edges: &BTreeMap<Module, BTreeSet<Module>>) -> Option<Vec<Module>> {
+    fn visit(
+        node: &Module,
+        edges: &BTreeMap<Module, BTreeSet<Module>>,
+        done: &mut BTreeMap<Module, bool>,
+        stack: &mut Vec<Module>,
+    ) -> Option<Vec<Module>> {
+        match done.get(node) {
+            Some(true) => return None,
+            Some(false) => {
+                let at = stack.iter().position(|n| n == node).unwrap();
+                let mut cycle = stack[at..].to_vec();
+                cycle.push(node.clone());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        done.insert(node.clone(), false);
+        stack.push(node.clone());
+        for next in edges.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, edges, done, stack) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        done.insert(node.clone(), true);
+        None
+    }
+    let mut done = BTreeMap::new();
+    edges
+        .keys()
+        .find_map(|node| visit(node, edges, &mut done, &mut Vec::new()))
+}
+
+fn name(module: &Module) -> String {
+    if module.is_empty() {
+        "crate".into()
+    } else {
+        module.join("::")
     }
 }
 
 #[test]
 fn the_host_modules_depend_on_each_other_in_one_direction() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let modules = modules(&src);
-    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut wrong_way = Vec::new();
-    for (module, path) in &modules {
-        let text = std::fs::read_to_string(path).unwrap();
-        let from = unit(module);
-        for reference in references(module, &code(&text)) {
-            // The longest known module the path starts with.
-            let Some(target) = (1..=reference.len())
-                .rev()
-                .map(|n| reference[..n].to_vec())
-                .find(|prefix| modules.contains_key(prefix))
-            else {
-                continue;
-            };
-            let to = unit(&target);
-            if to == from {
-                continue;
-            }
-            let layer = |m: &[String]| LAYERS.iter().position(|l| *l == m[0]);
-            let (Some(a), Some(b)) = (layer(module), layer(&target)) else {
-                panic!("{}: a top-level module missing from LAYERS", path.display());
-            };
-            if a > b {
-                wrong_way.push(format!(
-                    "{}: {} uses {} (a layer above it)",
-                    path.display(),
-                    module.join("::"),
-                    target.join("::")
-                ));
-            }
-            edges.entry(from.clone()).or_default().insert(to);
-        }
-    }
+    let edges = dependencies(&src);
+
+    let layer = |m: &Module| {
+        LAYERS
+            .iter()
+            .position(|l| Some(*l) == m.first().map(String::as_str))
+            .unwrap_or_else(|| panic!("{} is in no layer of LAYERS", name(m)))
+    };
+    let wrong_way: Vec<String> = edges
+        .iter()
+        .flat_map(|(from, to)| to.iter().map(move |to| (from, to)))
+        .filter(|(from, to)| layer(from) > layer(to))
+        .map(|(from, to)| format!("{} uses {}, a layer above it", name(from), name(to)))
+        .collect();
     assert!(wrong_way.is_empty(), "{}", wrong_way.join("\n"));
 
-    // No loop between units: a depth-first search finds no back edge.
-    fn visit(
-        node: &str,
-        edges: &BTreeMap<String, BTreeSet<String>>,
-        state: &mut BTreeMap<String, bool>,
-        stack: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        match state.get(node) {
-            Some(true) => return None,
-            Some(false) => {
-                let at = stack.iter().position(|n| n == node).unwrap();
-                let mut cycle = stack[at..].to_vec();
-                cycle.push(node.to_owned());
-                return Some(cycle);
-            }
-            None => {}
-        }
-        state.insert(node.to_owned(), false);
-        stack.push(node.to_owned());
-        for next in edges.get(node).into_iter().flatten() {
-            if let Some(cycle) = visit(next, edges, state, stack) {
-                return Some(cycle);
-            }
-        }
-        stack.pop();
-        state.insert(node.to_owned(), true);
-        None
+    if let Some(cycle) = find_loop(&edges) {
+        let names: Vec<String> = cycle.iter().map(name).collect();
+        panic!("import loop: {}", names.join(" -> "));
     }
-    let mut state = BTreeMap::new();
-    for node in edges.keys() {
-        let cycle = visit(node, &edges, &mut state, &mut Vec::new());
-        assert!(
-            cycle.is_none(),
-            "import loop: {}",
-            cycle.unwrap().join(" -> ")
-        );
-    }
-    // The check sees the real graph: the WASI layer's bindings use its
-    // sockets, and the tenants implement its seam.
-    assert!(edges["wasi::p2"].contains("wasi::sockets"));
-    assert!(edges["tenancy::tenant"].contains("wasi::seam"));
+
+    // The check sees the real graph: the WASI 0.2 bindings use the sockets
+    // core, the tenant implements the seam, a folder's mod.rs its files.
+    let has = |from: &str, to: &str| {
+        let split = |s: &str| s.split("::").map(str::to_owned).collect::<Module>();
+        edges
+            .get(&split(from))
+            .is_some_and(|t| t.contains(&split(to)))
+    };
+    assert!(has("wasi::p2::tcp", "wasi::sockets::tcp"));
+    assert!(has("tenancy::tenant", "wasi::seam"));
+    assert!(has("wasi::p2", "wasi::p2::tcp"));
+    assert!(has("wasi::view", "wasi::sockets::tcp"));
+}
+
+#[test]
+fn the_check_finds_a_loop_and_a_layer_used_from_below() {
+    let module = |s: &str| s.split("::").map(str::to_owned).collect::<Module>();
+    let mut edges = BTreeMap::new();
+    edges.insert(module("a::x"), BTreeSet::from([module("a::y")]));
+    edges.insert(module("a::y"), BTreeSet::from([module("a::z")]));
+    assert!(find_loop(&edges).is_none());
+    edges.insert(module("a::z"), BTreeSet::from([module("a::x")]));
+    assert_eq!(find_loop(&edges).unwrap().len(), 4);
 }

@@ -14,9 +14,46 @@ use crate::tenancy::listeners;
 use crate::tenancy::supervisor::GuestError;
 use anyhow::Context;
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use tracing::{error, info, warn};
+
+/// Runs the host as `cli` says, from logging to exit status: errors are
+/// one line on standard error and a failing status, never a panic.
+pub fn main(cli: Cli) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(crate::wasi::stdio::LogWriter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line (plus a backtrace for traps), never a Rust backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    // A guest may still be computing on a worker thread; do not wait for it.
+    runtime.shutdown_background();
+    code
+}
 
 /// Runs the host as `cli` says until it is stopped.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -131,6 +168,7 @@ fn cache_dir(cli: &Cli, manifest: &Manifest) -> Option<PathBuf> {
 /// Starts the guest threads and the engine, and makes the (empty) set of
 /// running tenants.
 fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>> {
+    let cache_dir = cache_dir(cli, manifest);
     let pooling = manifest.pooling_allocator.then(|| {
         let max_memory = manifest
             .tenants
@@ -157,7 +195,7 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
         crate::tenancy::supervisor::pooled();
     }
     let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
-    let loader = Loader::new(engine, cache_dir(cli, manifest))?;
+    let loader = Loader::new(engine, cache_dir)?;
     let control = Control::new(loader, cli.config.clone(), pool);
     control.set_host_settings(manifest);
     Ok(control)

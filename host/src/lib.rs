@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! Layers from the top down; each uses only the layers below it, and no
-//! two parts of the host import each other in a loop (`tests/layout.rs`
+//! two files of the host import each other in a loop (`tests/layout.rs`
 //! checks both on every test run: `cargo test -p host --test layout`).
 //!
 //! - The process: `main.rs` parses the command line ([`cli`]) and calls
@@ -45,14 +45,16 @@
 //!   `tenancy::supervisor` (one task per tenant), on the orders of
 //!   `tenancy::control` (add, swap, remove, reload, graceful stop). A
 //!   tenant's state is written only from within `tenancy` (its writers are
-//!   `pub(in crate::tenancy)`): by the supervisor, by control when it adds
-//!   or removes a tenant, and by the tenant itself when the WASI layer says
-//!   through the seam that a version listens.
+//!   `pub(in crate::tenancy)`): by the supervisor as its guest runs, ends
+//!   and is restarted or swapped; by control when it starts a tenant (new,
+//!   or again after its restart policy left it stopped) or removes one; and
+//!   by the tenant itself when the WASI layer says, through the seam, that
+//!   a version listens.
 //! - **A connection is admitted** in `wasi::sockets::tcp` (`accept`), which
-//!   asks `limits::admission` (`Admission::admit`: the caps, per client
-//!   address too) and counts it there (`OpenConnection`); outbound
-//!   connections are counted by `limits::admission::Outbound`. Both are
-//!   then policed by `limits::connection::Policed`.
+//!   asks the tenant's admission unit (`limits::admission::Admission::admit`:
+//!   the caps, per client address too), then the tenant, through the seam,
+//!   to count it open (`OpenConnection`) and to police it (`Policed`);
+//!   outbound connections are counted by `limits::admission::Outbound`.
 
 pub mod account;
 pub mod app;

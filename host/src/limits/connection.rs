@@ -29,9 +29,6 @@ enum Reason {
 pub struct Policed {
     account: Arc<Account>,
     peer: SocketAddr,
-    /// Most connections of the tenant whose last bytes may be sent after
-    /// the guest closed them (its connection cap when this one opened).
-    max_lingering: u64,
     max_in: Option<u64>,
     max_out: Option<u64>,
     idle_timeout: Option<Duration>,
@@ -50,7 +47,6 @@ impl Policed {
         Arc::new(Policed {
             account: account.clone(),
             peer,
-            max_lingering: u64::from(limits.max_connections),
             max_in: limits.max_bytes_in,
             max_out: limits.max_bytes_out,
             idle_timeout: limits.idle_timeout,
@@ -64,12 +60,6 @@ impl Policed {
     /// The account of the tenant whose connection this is.
     pub fn account(&self) -> &Arc<Account> {
         &self.account
-    }
-
-    /// Most of the tenant's closed connections whose last bytes may be
-    /// sent at once.
-    pub fn max_lingering(&self) -> u64 {
-        self.max_lingering
     }
 
     /// How many bytes a read may take now: `wanted`, less what is left of

@@ -4,17 +4,23 @@
 //! | Limit (manifest key)                    | Enforced in |
 //! |-----------------------------------------|-------------|
 //! | `max_memory`, over all memories         | [`memory::MemoryLimiter`] (the store's limiter) |
-//! | table elements, handles (100,000)       | [`memory::MemoryLimiter`], [`memory::MAX_RESOURCES`] (the resource table, poll lists) |
-//! | `cpu_limit` without a host call         | [`cpu::CpuClock`], asked by the runtime's epoch callback |
+//! | table elements (100,000), instances (64), tables (64), memories (16) | [`memory::MemoryLimiter`] |
+//! | handles (100,000): sockets, streams, pollables | [`memory::MAX_RESOURCES`]: the resource table (crate::wasi::view), `poll` lists (crate::wasi::p2::poll) |
+//! | random bytes at once (`max_memory`)     | wasmtime-wasi's context, as crate::wasi::view builds it |
+//! | `cpu_limit` without a host call         | [`cpu::CpuClock`], asked by the runtime's epoch callback (crate::runtime::instance) |
 //! | `max_connections`, `max_connections_per_peer` | [`admission::Admission::admit`] (at accept), the cap reaper (while the guest does not accept) |
 //! | `max_outbound_connections`              | [`admission::Outbound::take`] |
+//! | one socket per granted address per instance | the socket's claim (crate::wasi::sockets::tcp) |
 //! | file descriptors (accepts that fail)    | [`admission::AcceptBackoff`] |
 //! | `max_bytes_in`, `max_bytes_out`, `idle_timeout` | [`connection::Policed`] |
+//! | closing connections' last bytes (5 s, at most `max_connections`) | the write half (crate::wasi::sockets::stream) |
 //! | `log_lines_per_sec`, refusal lines (10/s) | crate::account::log_budget |
-//! | closing connections' last bytes (5 s, at most `max_connections`) | the WASI layer's writer (crate::wasi::sockets::tcp) |
+//! | the pooling allocator's shares (2 memories, 8 tables, 32 core instances per component) | crate::runtime::engine |
+//! | `restart`, `crash_loop_limit`/`_window`, `drain_timeout`, versions draining (16) | crate::tenancy::supervisor (and crate::tenancy::control for removed tenants) |
 //!
 //! Below the WASI layer: these modules see a tenant's account and its
-//! configuration, never the tenant or its guest.
+//! configuration, and the cap reaper its listeners; never the tenant or
+//! its guest.
 
 pub mod admission;
 pub mod connection;

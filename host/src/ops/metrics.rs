@@ -332,3 +332,26 @@ fn process_usage() -> Option<(u64, u64)> {
     let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     Some((rss_kib * 1024, fds))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{COUNTERS, Counters, GAUGES};
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_removed_tenant_leaves_every_metric_counter_in_the_host_totals() {
+        let (total, gone) = (Counters::default(), Counters::default());
+        // A distinct count in every field the metrics read.
+        for (i, (_, _, field)) in COUNTERS.iter().chain(GAUGES.iter()).enumerate() {
+            field(&gone).store(i as u64 + 1, Ordering::Relaxed);
+        }
+        total.absorb(&gone);
+        for (i, (name, _, field)) in COUNTERS.iter().chain(GAUGES.iter()).enumerate() {
+            assert_eq!(
+                field(&total).load(Ordering::Relaxed),
+                i as u64 + 1,
+                "{name}"
+            );
+        }
+    }
+}

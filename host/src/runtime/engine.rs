@@ -5,7 +5,7 @@
 
 use crate::limits::cpu::EPOCH_TICK;
 use crate::runtime::instance::InstanceState;
-use crate::wasi::p2::{INTERFACES, MINOR};
+use crate::wasi::p2::version::{INTERFACES, MINOR};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};

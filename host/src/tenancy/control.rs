@@ -1,7 +1,7 @@
 //! The running set of tenants and what an operator can do to it while the
 //! host runs: swap a tenant's component live, reload the manifest (adding,
 //! removing and changing tenants without touching the others). Shared by
-//! SIGHUP, the component file watcher and the admin endpoint; operations
+//! SIGHUP, the component file watcher and the control endpoint; operations
 //! run one at a time.
 
 use crate::config::manifest::{self, ComponentSource, TenantConfig};

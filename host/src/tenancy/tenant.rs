@@ -6,13 +6,13 @@
 //! endpoint and the metrics read it.
 
 use crate::account::Account;
-use crate::config::manifest::{Limits, TenantConfig};
-use crate::limits::admission::{Admission, HostListeners};
+use crate::config::manifest::TenantConfig;
+use crate::limits::admission::{Admission, HostListeners, OpenConnection};
+use crate::limits::connection::Policed;
+use crate::tenancy::listeners::ListenerSet;
 use crate::wasi::seam::Tenancy;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -68,19 +68,11 @@ pub struct Tenant {
     status: Mutex<Status>,
     /// The host's listening sockets for the tenant's addresses, handed to
     /// each guest version in turn; closed when the tenant stops for good.
-    listeners: Mutex<HashMap<SocketAddr, Arc<TcpListener>>>,
+    listeners: Arc<ListenerSet>,
     /// The last guest version (instance) handed out.
     last_generation: AtomicU64,
     /// The guest version that accepts new connections.
     current_generation: tokio::sync::watch::Sender<u64>,
-}
-
-/// Stops a listening socket listening, for every descriptor of it (guest
-/// versions hold duplicates, and one still draining would otherwise keep
-/// the address accepting clients that nobody serves): new clients are
-/// refused, and those queued are reset.
-fn refuse_clients(listener: &TcpListener) {
-    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
 }
 
 /// A point-in-time view of a tenant, as the admin endpoint reports it.
@@ -124,10 +116,6 @@ impl Tenant {
     /// A tenant that has not started yet, listening (in the host) on
     /// `listeners`, whose addresses are its granted ones.
     pub fn new(config: TenantConfig, listeners: Vec<Arc<TcpListener>>) -> Self {
-        let listeners = listeners
-            .into_iter()
-            .filter_map(|l| Some((l.local_addr().ok()?, l)))
-            .collect();
         Tenant {
             account: Arc::new(Account::new(&config.name)),
             admission: Arc::default(),
@@ -137,7 +125,7 @@ impl Tenant {
                 last_error: None,
                 since: SystemTime::now(),
             }),
-            listeners: Mutex::new(listeners),
+            listeners: Arc::new(ListenerSet::new(listeners)),
             last_generation: AtomicU64::new(0),
             current_generation: tokio::sync::watch::Sender::new(0),
         }
@@ -161,44 +149,23 @@ impl Tenant {
         &self,
         listeners: impl IntoIterator<Item = (SocketAddr, Arc<TcpListener>)>,
     ) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(listeners);
+        self.listeners.add(listeners);
     }
 
     /// Closes the listeners of addresses not in `keep`: they refuse new
     /// clients at once.
     pub(in crate::tenancy) fn retain_listeners(&self, keep: &[SocketAddr]) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|addr, listener| {
-                let kept = keep.contains(addr);
-                if !kept {
-                    refuse_clients(listener);
-                }
-                kept
-            });
+        self.listeners.retain(keep);
     }
 
     /// The host's listener for granted address `addr`, unless closed.
     pub fn listener(&self, addr: SocketAddr) -> Option<Arc<TcpListener>> {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .cloned()
+        self.listeners.get(addr)
     }
 
     /// The host's listeners for all the tenant's addresses.
     pub fn listeners(&self) -> Vec<Arc<TcpListener>> {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.listeners.listeners()
     }
 
     /// Client connections open now, over all guest versions.
@@ -220,26 +187,12 @@ impl Tenant {
     pub(in crate::tenancy) fn stop_accepting(&self) {
         self.current_generation.send_replace(STOPPED);
         self.admission.gate.open();
-        for listener in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            refuse_clients(listener);
-        }
+        self.listeners.refuse_all();
     }
 
     /// Closes the tenant's listeners: its addresses refuse connections.
     pub(in crate::tenancy) fn close_listeners(&self) {
-        for (_, listener) in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
-            refuse_clients(&listener);
-        }
+        self.listeners.close_all();
     }
 
     /// A number for a new guest version (instance).
@@ -362,12 +315,6 @@ impl Tenant {
     }
 }
 
-impl HostListeners for Tenant {
-    fn listeners(&self) -> Vec<Arc<TcpListener>> {
-        Tenant::listeners(self)
-    }
-}
-
 impl Tenancy for Tenant {
     fn account(&self) -> &Arc<Account> {
         &self.account
@@ -393,7 +340,30 @@ impl Tenancy for Tenant {
         }
     }
 
-    fn limits(&self) -> Limits {
-        self.config().limits.clone()
+    fn police(&self, peer: SocketAddr) -> Arc<Policed> {
+        Policed::new(&self.account, &self.config().limits, peer)
+    }
+
+    fn open_connection(
+        &self,
+        peer: IpAddr,
+        cap: u64,
+        instance: &Arc<AtomicU64>,
+        watchdog: Option<tokio::task::AbortHandle>,
+    ) -> OpenConnection {
+        let listeners: Arc<dyn HostListeners> = self.listeners.clone();
+        OpenConnection::new(
+            &self.account,
+            &self.admission,
+            instance,
+            peer,
+            watchdog,
+            cap,
+            &listeners,
+        )
+    }
+
+    fn max_connections(&self) -> u64 {
+        u64::from(self.config().limits.max_connections)
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! - [`sockets`]: TCP independent of the WASI version: the socket's state
 //!   machine, accepting (gate, caps, readiness as exact as POSIX `poll`),
-//!   connecting, socket options.
+//!   connecting, socket options, and a connection's read and write halves.
 //! - [`poll`]: which pollables the host can check directly (version
 //!   independent: keyed by the guest's resource handles).
 //! - [`p2`]: the WASI 0.2 bindings over those: `wasi:sockets/tcp`, the
@@ -20,7 +20,7 @@
 //! - [`stdio`]: the guest's stdout and stderr, into the host's log.
 //!
 //! Within the layer, dependencies point one way too: `p2` -> `view` ->
-//! `poll` -> `sockets` -> `seam`.
+//! `poll` -> `sockets` -> `seam`; `stdio` stands alone.
 
 pub mod p2;
 pub mod poll;

@@ -2,17 +2,20 @@
 //! may ask of the tenant it serves, and nothing else.
 
 use crate::account::Account;
-use crate::config::manifest::Limits;
-use crate::limits::admission::{Admission, HostListeners};
-use std::net::{SocketAddr, TcpListener};
+use crate::limits::admission::{Admission, OpenConnection};
+use crate::limits::connection::Policed;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// What the WASI layer may ask of the tenant it serves, and nothing else
 /// (implemented by crate::tenancy's tenant).
-pub trait Tenancy: HostListeners {
-    /// The tenant's account: name, counters, log budgets.
+pub trait Tenancy: Send + Sync {
+    /// The tenant's account: name, counters, log budgets (to count and
+    /// log what the guest does).
     fn account(&self) -> &Arc<Account>;
-    /// Its admission state: accept gate, back-off, per-peer counts, reaper.
+    /// Its admission unit (crate::limits::admission): the accept gate and
+    /// back-off, and the caps each client is admitted against.
     fn admission(&self) -> &Arc<Admission>;
     /// The host's listener for granted address `addr`, unless closed.
     fn listener(&self, addr: SocketAddr) -> Option<Arc<TcpListener>>;
@@ -21,6 +24,21 @@ pub trait Tenancy: HostListeners {
     /// Guest version `generation` listens on one of its addresses; the
     /// tenant layer decides whether it takes over new clients.
     fn listening(&self, generation: u64);
-    /// The tenant's limits now, under which new connections are policed.
-    fn limits(&self) -> Limits;
+    /// The policing of a new connection with `peer`, under the tenant's
+    /// limits now.
+    fn police(&self, peer: SocketAddr) -> Arc<Policed>;
+    /// Counts an admitted client from `peer` as open, against the tenant's
+    /// cap of `cap` and in `instance` (the guest instance's own count),
+    /// while the returned value lives; at the cap, the tenant resets the
+    /// clients queued on its listeners that the guest does not take.
+    fn open_connection(
+        &self,
+        peer: IpAddr,
+        cap: u64,
+        instance: &Arc<AtomicU64>,
+        watchdog: Option<tokio::task::AbortHandle>,
+    ) -> OpenConnection;
+    /// The tenant's connection cap now (which also bounds the closed
+    /// connections whose last bytes are still being sent).
+    fn max_connections(&self) -> u64;
 }

@@ -4,7 +4,7 @@
 //! preopens are an empty list, and the ask is counted (not a refusal:
 //! language runtimes ask at start-up). The linker must allow shadowing.
 
-use super::VERSION;
+use super::version::VERSION;
 use crate::account::{Capability, Counters};
 use crate::wasi::view::WasiHost;
 use wasmtime::component::{Linker, Val};

@@ -2,6 +2,7 @@
 //! and does ([`tcp`]), and the errors it reports ([`SocketError`]), which
 //! each version's bindings map to their own error codes.
 
+pub mod stream;
 pub mod tcp;
 
 /// What a socket operation reports to the guest: the error codes WASI

@@ -399,7 +399,7 @@ impl TcpSocket {
         };
         let stream = Arc::new(stream);
         let peer = stream.peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
-        let policed = Policed::new(self.tenant.account(), &self.tenant.limits(), peer);
+        let policed = self.tenant.police(peer);
         if let Some(outbound) = &mut self._outbound {
             outbound.watchdog = policed
                 .clone()
@@ -558,23 +558,13 @@ impl TcpSocket {
         let family = Family::of(&peer);
         self.options.apply(&socket2::SockRef::from(&stream), family);
         let stream = Arc::new(stream);
-        let (account, admission) = (self.tenant.account(), self.tenant.admission());
-        let policed = Policed::new(account, &self.tenant.limits(), peer);
+        let policed = self.tenant.police(peer);
         let watchdog = policed
             .clone()
             .watch_idle(Arc::downgrade(&stream))
             .map(|watch| tokio::spawn(watch).abort_handle());
         let cap = u64::from(limits.max_connections);
-        let listeners: Arc<dyn crate::limits::admission::HostListeners> = self.tenant.clone();
-        let open = OpenConnection::new(
-            account,
-            admission,
-            open,
-            peer.ip(),
-            watchdog,
-            cap,
-            &listeners,
-        );
+        let open = self.tenant.open_connection(peer.ip(), cap, open, watchdog);
         let mut socket = Self::with_state(
             family,
             self.generation,

@@ -1,0 +1,308 @@
+//! A connection's two halves, independent of the WASI version: reading,
+//! policed (bytes, idle time) and with readiness as exact as POSIX `poll`;
+//! writing, buffered for what the socket does not take at once, with the
+//! last bytes of a closed connection sent off the guest's thread. Each
+//! version's bindings wrap these in its own stream types
+//! (crate::wasi::p2::streams).
+
+use crate::limits::connection::Policed;
+use crate::wasi::seam::Tenancy;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Most bytes one `read` returns, and one `write` permit.
+pub const MAX_IO: usize = 64 * 1024;
+
+/// Why a stream operation did not succeed.
+#[derive(Debug)]
+pub enum StreamFailure {
+    /// The stream is closed (by the peer, or by the host at a limit).
+    Closed,
+    /// The last operation failed.
+    Failed(std::io::Error),
+    /// The guest broke the stream's rules: a trap.
+    Trap(String),
+}
+
+/// The read half of a connection.
+pub struct Receiver {
+    stream: Arc<TcpStream>,
+    eof: bool,
+    policed: Arc<Policed>,
+    /// The instance uses ready sets (see crate::wasi::poll::FastPoll).
+    optimistic: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    /// The read half of `stream`, policed by `policed`; `optimistic` is
+    /// the instance's choice of readiness (see crate::wasi::poll::FastPoll).
+    pub fn new(stream: Arc<TcpStream>, policed: Arc<Policed>, optimistic: Arc<AtomicBool>) -> Self {
+        Receiver {
+            stream,
+            eof: false,
+            policed,
+            optimistic,
+        }
+    }
+
+    /// Waits until a read returns data or the end.
+    pub async fn ready(&mut self) {
+        if !self.eof {
+            let _ = self.stream.readable().await;
+        }
+    }
+
+    /// Up to `size` bytes received (none if none are waiting), the end of
+    /// the stream, or a failure.
+    pub fn read(&mut self, size: usize) -> Result<Bytes, StreamFailure> {
+        if self.eof {
+            return Err(StreamFailure::Closed);
+        }
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        let allowed = self.policed.read_allowance(&self.stream, size.min(MAX_IO));
+        if allowed == 0 {
+            // At its inbound byte limit: closed by the host.
+            self.eof = true;
+            return Err(StreamFailure::Closed);
+        }
+        let mut buf = BytesMut::with_capacity(allowed);
+        match self.stream.try_read_buf(&mut buf) {
+            Ok(0) => {
+                self.eof = true;
+                Err(StreamFailure::Closed)
+            }
+            Ok(n) => {
+                self.policed.received(n);
+                if !self.optimistic.load(Ordering::Relaxed)
+                    && (n < allowed || unread(&self.stream) == 0)
+                {
+                    // The read emptied the socket: forget its readiness, so
+                    // the stream is ready again only when a read will
+                    // return data or the end (an end already seen stays
+                    // ready: tokio keeps "read closed"). No event can slip
+                    // in between the read and the clear: the guest thread
+                    // drives its own event loop (crate::runtime::workers), not while
+                    // in here; data arriving meanwhile raises a new event.
+                    let _ = self.stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                Ok(buf.freeze())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Bytes::new()),
+            Err(e) => Err(StreamFailure::Failed(e)),
+        }
+    }
+}
+
+/// Bytes waiting to be read on `stream` (`FIONREAD`), or 1 if the kernel
+/// will not say: only asked after a read filled its whole buffer.
+fn unread(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, for a
+    // descriptor `stream` keeps open.
+    let ok = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &raw mut n) } == 0;
+    if ok {
+        usize::try_from(n).unwrap_or(1)
+    } else {
+        1
+    }
+}
+
+/// The write half of a connection. What the socket does not take at once
+/// waits in `pending` (at most [`MAX_IO`] bytes: a permit from
+/// `check_write` never exceeds the room left) and is written as the socket
+/// drains.
+pub struct Sender {
+    stream: Arc<TcpStream>,
+    pending: BytesMut,
+    /// Bytes the guest may still write on its last `check-write`.
+    permit: usize,
+    /// A `flush` is in progress: `check-write` permits nothing until the
+    /// bytes written before it are sent.
+    flushing: bool,
+    failed: Option<std::io::ErrorKind>,
+    policed: Arc<Policed>,
+    /// Whose connection: its cap bounds the closed connections whose last
+    /// bytes are still being sent.
+    tenant: Arc<dyn Tenancy>,
+}
+
+/// Longest the host keeps sending what a guest wrote before it closed the
+/// connection, to a client that reads slowly or not at all.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A drained buffer larger than this is let go, so an idle connection keeps
+/// no memory from a past burst.
+const KEEP_BUFFER: usize = 4096;
+
+impl Sender {
+    /// The write half of `stream`, policed by `policed`, of `tenant`.
+    pub fn new(stream: Arc<TcpStream>, policed: Arc<Policed>, tenant: Arc<dyn Tenancy>) -> Self {
+        Sender {
+            stream,
+            pending: BytesMut::new(),
+            permit: 0,
+            flushing: false,
+            failed: None,
+            policed,
+            tenant,
+        }
+    }
+
+    /// Sends as much of `data` as the socket takes now; returns how much.
+    fn send_now(&mut self, data: &[u8]) -> Result<usize, StreamFailure> {
+        if let Some(kind) = self.failed {
+            return Err(failure(kind));
+        }
+        let mut sent = 0;
+        while sent < data.len() {
+            match self.stream.try_write(&data[sent..]) {
+                Ok(n) => {
+                    sent += n;
+                    self.policed.sent(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.failed = Some(e.kind());
+                    self.pending = BytesMut::new();
+                    return Err(failure(e.kind()));
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Writes as much of `pending` as the socket takes now.
+    fn drain(&mut self) -> Result<(), StreamFailure> {
+        if self.pending.is_empty() {
+            return self.failed.map_or(Ok(()), |kind| Err(failure(kind)));
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let sent = self.send_now(&pending)?;
+        self.pending = pending;
+        let _ = self.pending.split_to(sent);
+        if self.pending.is_empty() && self.pending.capacity() > KEEP_BUFFER {
+            self.pending = BytesMut::new();
+        }
+        Ok(())
+    }
+}
+
+fn failure(kind: std::io::ErrorKind) -> StreamFailure {
+    if kind == std::io::ErrorKind::BrokenPipe {
+        StreamFailure::Closed
+    } else {
+        StreamFailure::Failed(std::io::Error::from(kind))
+    }
+}
+
+impl Sender {
+    /// Waits until what was written is sent (or sending failed).
+    pub async fn ready(&mut self) {
+        while !self.pending.is_empty() && self.failed.is_none() {
+            if self.stream.writable().await.is_err() {
+                return;
+            }
+            if self.drain().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes `bytes`, within the permit of the last `check_write`.
+    pub fn write(&mut self, bytes: Bytes) -> Result<(), StreamFailure> {
+        if bytes.len() > self.permit {
+            return Err(StreamFailure::Trap(format!(
+                "write of {} bytes past the {} that check-write permitted",
+                bytes.len(),
+                self.permit
+            )));
+        }
+        if !self
+            .policed
+            .may_send(&self.stream, self.pending.len(), bytes.len())
+        {
+            // At its outbound byte limit: closed by the host.
+            self.failed = Some(std::io::ErrorKind::BrokenPipe);
+            return Err(StreamFailure::Closed);
+        }
+        self.permit -= bytes.len();
+        if self.pending.is_empty() {
+            // The common case: straight to the socket, no copy.
+            let sent = self.send_now(&bytes)?;
+            self.pending.extend_from_slice(&bytes[sent..]);
+            Ok(())
+        } else {
+            self.pending.extend_from_slice(&bytes);
+            self.drain()
+        }
+    }
+
+    /// Starts sending everything written so far: `check_write` permits
+    /// nothing until it is sent.
+    pub fn flush(&mut self) -> Result<(), StreamFailure> {
+        self.drain()?;
+        self.flushing = !self.pending.is_empty();
+        Ok(())
+    }
+
+    /// How many bytes may be written now.
+    pub fn check_write(&mut self) -> Result<usize, StreamFailure> {
+        self.drain()?;
+        if self.pending.is_empty() {
+            self.flushing = false;
+        }
+        self.permit = if self.flushing {
+            0
+        } else {
+            MAX_IO - self.pending.len()
+        };
+        Ok(self.permit)
+    }
+
+    /// The connection is being closed: what the guest wrote and the socket
+    /// has not taken yet is sent off the guest's thread.
+    pub fn linger(&mut self) {
+        // Bytes the guest wrote are sent before the connection goes, off
+        // the guest's thread (a peer that does not read must not hold the
+        // guest up), within LINGER and at most as many connections at once
+        // as the tenant's cap; past that they are abandoned.
+        if self.pending.is_empty() || self.failed.is_some() {
+            return;
+        }
+        let account = self.policed.account().clone();
+        let cap = self.tenant.max_connections();
+        let lingering = &account.counters.lingering;
+        if lingering
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let mut rest = Sender {
+            pending: std::mem::take(&mut self.pending),
+            ..Sender::new(
+                self.stream.clone(),
+                self.policed.clone(),
+                self.tenant.clone(),
+            )
+        };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(LINGER, rest.ready()).await;
+            rest.policed
+                .account()
+                .counters
+                .lingering
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
