@@ -1,9 +1,10 @@
 //! The host's modules depend on each other in one direction: the layers
 //! named in `host/src/lib.rs` from the top down, and no loop between any
-//! two of its files. Read from the source as Rust (with `syn`): every path
-//! that names a module of the host (`crate::`, `super::`, `self::`, a child
-//! module, or a name a `use` bound to one, in code and inside macros) is a
-//! dependency of the file it is written in.
+//! two of the library's files. Read from the source as Rust (with `syn`): a
+//! path that names a module of the host (`crate::`, `super::`, `self::`, a
+//! child module, or a name a module-level `use` bound to one, directly or
+//! through a glob; in code, and in macro arguments) is a dependency of the
+//! file it is written in. Visibility paths (`pub(in crate::x)`) are not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,8 @@ struct Scan<'a> {
     at: Module,
     /// Names `use` bound to modules, per module scope.
     aliases: Vec<BTreeMap<String, Module>>,
+    /// Modules glob-imported (`use m::*`), per module scope.
+    globs: Vec<Vec<Module>>,
     found: Vec<Module>,
     unresolved: Vec<String>,
 }
@@ -95,12 +98,17 @@ impl Scan<'_> {
             _ => {
                 let mut child = self.at.clone();
                 child.push(first.clone());
+                let through_glob = self.globs.iter().flatten().find_map(|glob| {
+                    let mut inner = glob.clone();
+                    inner.push(first.clone());
+                    self.modules.contains(&inner).then_some(inner)
+                });
                 if self.modules.contains(&child) {
                     child
                 } else if let Some(target) = self.aliases.iter().rev().find_map(|a| a.get(first)) {
                     target.clone()
                 } else {
-                    return None;
+                    through_glob?
                 }
             }
         };
@@ -114,11 +122,14 @@ impl Scan<'_> {
             segments.first().map(String::as_str),
             Some("crate" | "super" | "self")
         );
+        // A relative path must name a module below the crate root (or the
+        // root itself, as `use crate::*` does).
         match self.resolve(&segments) {
-            Some(target) if known_prefix(self.modules, &target).is_some() => {
-                self.found.push(target)
+            Some(target) if target.is_empty() => {}
+            Some(target) if known_prefix(self.modules, &target).is_some_and(|m| !m.is_empty()) => {
+                self.found.push(target);
             }
-            Some(_) | None if relative => self.unresolved.push(segments.join("::")),
+            _ if relative => self.unresolved.push(segments.join("::")),
             _ => {}
         }
     }
@@ -172,12 +183,46 @@ fn known_prefix(modules: &BTreeSet<Module>, path: &[String]) -> Option<Module> {
         .find(|prefix| modules.contains(prefix))
 }
 
+impl Scan<'_> {
+    /// Binds the names a module's `use` items bring in, before its code is
+    /// read (a `use` may follow the code that relies on it).
+    fn bind(&mut self, items: &[syn::Item]) {
+        for item in items {
+            let syn::Item::Use(item) = item else { continue };
+            let mut paths = Vec::new();
+            Self::use_paths(&item.tree, Vec::new(), &mut paths);
+            for (path, bound) in paths {
+                let Some(target) = self.resolve(&path) else {
+                    continue;
+                };
+                if !self.modules.contains(&target) {
+                    continue;
+                }
+                match bound {
+                    Some(name) => {
+                        self.aliases.last_mut().unwrap().insert(name, target);
+                    }
+                    None => self.globs.last_mut().unwrap().push(target),
+                }
+            }
+        }
+    }
+}
+
 impl<'ast> Visit<'ast> for Scan<'_> {
+    fn visit_file(&mut self, file: &'ast syn::File) {
+        self.bind(&file.items);
+        syn::visit::visit_file(self, file);
+    }
+
     fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
-        if item.content.is_some() {
+        if let Some((_, items)) = &item.content {
             self.at.push(item.ident.to_string());
             self.aliases.push(BTreeMap::new());
+            self.globs.push(Vec::new());
+            self.bind(items);
             syn::visit::visit_item_mod(self, item);
+            self.globs.pop();
             self.aliases.pop();
             self.at.pop();
         }
@@ -186,18 +231,13 @@ impl<'ast> Visit<'ast> for Scan<'_> {
     fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
         let mut paths = Vec::new();
         Self::use_paths(&item.tree, Vec::new(), &mut paths);
-        for (path, bound) in paths {
-            let target = self.resolve(&path);
-            if let (Some(target), Some(name)) = (&target, bound)
-                && self.modules.contains(target)
-            {
-                self.aliases
-                    .last_mut()
-                    .unwrap()
-                    .insert(name, target.clone());
-            }
+        for (path, _) in paths {
             self.record(path);
         }
+    }
+
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {
+        // `pub(in crate::x)` says who may see an item, not what it uses.
     }
 
     fn visit_path(&mut self, path: &'ast syn::Path) {
@@ -207,24 +247,27 @@ impl<'ast> Visit<'ast> for Scan<'_> {
     }
 
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
-        // Macro arguments are tokens, not syntax: find `crate :: a :: b`.
+        // Macro arguments are tokens, not syntax: every `a :: b :: c` not
+        // itself after a `::` (or a `$`) is a path, resolved as any other.
         let tokens: Vec<String> = mac
             .tokens
             .to_string()
             .split_whitespace()
             .map(str::to_owned)
             .collect();
-        for (i, token) in tokens.iter().enumerate() {
-            if token != "crate" || tokens.get(i + 1).map(String::as_str) != Some("::") {
+        let ident = |t: &String| t.chars().all(|c| c.is_alphanumeric() || c == '_');
+        for i in 0..tokens.len() {
+            let after_path = i > 0 && matches!(tokens[i - 1].as_str(), "::" | "$");
+            if after_path
+                || !ident(&tokens[i])
+                || tokens.get(i + 1).map(String::as_str) != Some("::")
+            {
                 continue;
             }
-            let mut segments = vec!["crate".to_owned()];
+            let mut segments = vec![tokens[i].clone()];
             let mut j = i + 2;
-            while let Some(ident) = tokens
-                .get(j)
-                .filter(|t| t.chars().all(|c| c.is_alphanumeric() || c == '_'))
-            {
-                segments.push(ident.clone());
+            while let Some(next) = tokens.get(j).filter(|t| ident(t)) {
+                segments.push(next.clone());
                 if tokens.get(j + 1).map(String::as_str) != Some("::") {
                     break;
                 }
@@ -234,6 +277,21 @@ impl<'ast> Visit<'ast> for Scan<'_> {
         }
         syn::visit::visit_macro(self, mac);
     }
+}
+
+/// What a file's code at module `at` names, given every module there is:
+/// the paths found, and the relative ones that name nothing.
+fn scan(modules: &BTreeSet<Module>, at: &Module, file: &syn::File) -> (Vec<Module>, Vec<String>) {
+    let mut scan = Scan {
+        modules,
+        at: at.clone(),
+        aliases: vec![BTreeMap::new()],
+        globs: vec![Vec::new()],
+        found: Vec::new(),
+        unresolved: Vec::new(),
+    };
+    scan.visit_file(file);
+    (scan.found, scan.unresolved)
 }
 
 /// The file-to-file dependencies of the host's library.
@@ -259,18 +317,11 @@ fn dependencies(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
     let mut edges: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
     let mut unresolved = Vec::new();
     for (module, file) in &parsed {
-        let mut scan = Scan {
-            modules: &modules,
-            at: module.clone(),
-            aliases: vec![BTreeMap::new()],
-            found: Vec::new(),
-            unresolved: Vec::new(),
-        };
-        scan.visit_file(file);
-        for path in scan.unresolved {
+        let (found, names_nothing) = scan(&modules, module, file);
+        for path in names_nothing {
             unresolved.push(format!("{}: {path}", files[module].display()));
         }
-        for target in scan.found {
+        for target in found {
             // The file the target is in (an inline module is its file's).
             let Some(file) = (1..=target.len())
                 .rev()
@@ -382,4 +433,58 @@ fn the_check_finds_a_loop_and_a_layer_used_from_below() {
     assert!(find_loop(&edges).is_none());
     edges.insert(module("a::z"), BTreeSet::from([module("a::x")]));
     assert_eq!(find_loop(&edges).unwrap().len(), 4);
+}
+
+#[test]
+fn the_scanner_follows_each_kind_of_path_and_not_visibility() {
+    let module = |s: &str| -> Module {
+        if s.is_empty() {
+            Vec::new()
+        } else {
+            s.split("::").map(str::to_owned).collect()
+        }
+    };
+    let modules: BTreeSet<Module> = ["", "a", "a::b", "a::c", "a::b::tests", "d", "e"]
+        .into_iter()
+        .map(module)
+        .collect();
+    let found = |source: &str| -> BTreeSet<String> {
+        let file = syn::parse_file(source).unwrap();
+        let (found, unresolved) = scan(&modules, &module("a::b"), &file);
+        assert!(unresolved.is_empty(), "{unresolved:?}");
+        found
+            .iter()
+            .filter_map(|t| known_prefix(&modules, t))
+            .map(|m| m.join("::"))
+            .collect()
+    };
+    let set = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(found("pub(in crate::d) fn f() {}"), set(&[]));
+    assert_eq!(found("fn f() { let _ = crate::d::X; }"), set(&["d"]));
+    assert_eq!(found("fn f() { let _ = super::c::X; }"), set(&["a::c"]));
+    // An alias bound by a `use` written after the code.
+    assert_eq!(
+        found("fn f() { let _ = cc::X; } use super::c as cc;"),
+        set(&["a::c"])
+    );
+    // A glob brings child modules into scope.
+    assert_eq!(found("use crate::*; fn f() { let _ = e::X; }"), set(&["e"]));
+    // In a test module, `super` is the file's module.
+    assert_eq!(
+        found("mod tests { fn f() { let _ = super::super::c::X; } }"),
+        set(&["a::c"])
+    );
+    // Paths in macro arguments, relative ones too.
+    assert_eq!(
+        found("fn f() { assert!(super::c::X == crate::d::Y); }"),
+        set(&["a::c", "d"])
+    );
+    // A relative path that names nothing fails the check.
+    let file = syn::parse_file("fn f() { let _ = super::super::super::X; }").unwrap();
+    assert!(!scan(&modules, &module("a::b"), &file).1.is_empty());
 }

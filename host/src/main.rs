@@ -2,7 +2,7 @@
 //! sandbox that grants it its listen addresses and nothing else unless the
 //! manifest says so. One tenant from the command line, or many from a
 //! manifest, supervised side by side in one process. This file only parses
-//! the command line; crate::app does the rest.
+//! the command line; `host::app` does the rest.
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -16,7 +16,7 @@
 //! | closing connections' last bytes (5 s, at most `max_connections`) | the write half (crate::wasi::sockets::stream) |
 //! | `log_lines_per_sec`, refusal lines (10/s) | crate::account::log_budget |
 //! | the pooling allocator's shares (2 memories, 8 tables, 32 core instances per component) | crate::runtime::engine |
-//! | `restart`, `crash_loop_limit`/`_window`, `drain_timeout`, versions draining (16) | crate::tenancy::supervisor (and crate::tenancy::control for removed tenants) |
+//! | `restart`, `restart_backoff`/`_max`, `crash_loop_limit`/`_window`, `drain_timeout`, versions draining at once (16; 1 with the pooling allocator) | crate::tenancy::supervisor (and crate::tenancy::control for removed tenants) |
 //!
 //! Below the WASI layer: these modules see a tenant's account and its
 //! configuration, and the cap reaper its listeners; never the tenant or

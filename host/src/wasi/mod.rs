@@ -19,8 +19,9 @@
 //!   what is never granted. A WASI 0.3 binding is one more folder beside it.
 //! - [`stdio`]: the guest's stdout and stderr, into the host's log.
 //!
-//! Within the layer, dependencies point one way too: `p2` -> `view` ->
-//! `poll` -> `sockets` -> `seam`; `stdio` stands alone.
+//! Within the layer, dependencies point one way too: `p2` uses all the
+//! rest; `view` uses `poll`, `sockets`, `stdio` and `seam`; `poll` uses
+//! `sockets`; `sockets` uses `seam`.
 
 pub mod p2;
 pub mod poll;

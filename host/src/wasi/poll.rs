@@ -59,11 +59,11 @@ impl Fast {
 #[derive(Default)]
 pub struct FastPoll {
     /// Input streams over the host's TCP connections, by resource `rep`.
-    pub streams: std::collections::HashMap<u32, Arc<TcpStream>>,
+    streams: std::collections::HashMap<u32, Arc<TcpStream>>,
     /// Pollables with a fast readiness check, by resource `rep`.
-    pub pollables: std::collections::HashMap<u32, Fast>,
+    pollables: std::collections::HashMap<u32, Fast>,
     /// Woken by any registered socket's readiness.
-    pub wake: Arc<Notify>,
+    wake: Arc<Notify>,
     /// The waker that notifies `wake`: one for the instance's life, so
     /// sockets see the same waker on every call.
     waker: Option<Waker>,
@@ -75,7 +75,7 @@ pub struct FastPoll {
     /// may then stay ready after a read that emptied them (the set's
     /// documented level-triggered semantics), which saves a wake-up per
     /// request under load; a plain `wasi:io/poll` guest gets readiness as
-    /// exact as POSIX `poll` (see crate::wasi::p2::streams).
+    /// exact as POSIX `poll` (see crate::wasi::sockets::stream).
     pub optimistic: Arc<std::sync::atomic::AtomicBool>,
     /// When the instance last let its thread poll for I/O: last waited
     /// for an event, or yielded (see [`FastPoll::let_io_in`]).
@@ -98,6 +98,27 @@ impl FastPoll {
     /// Records that input stream `stream` reads from `connection`.
     pub fn add_stream(&mut self, stream: u32, connection: Arc<TcpStream>) {
         self.streams.insert(stream, connection);
+    }
+
+    /// The connection input stream `stream` reads from, if it is one of
+    /// the host's.
+    pub fn stream(&self, stream: u32) -> Option<Arc<TcpStream>> {
+        self.streams.get(&stream).cloned()
+    }
+
+    /// Forgets input stream `stream` (the guest dropped it).
+    pub fn remove_stream(&mut self, stream: u32) {
+        self.streams.remove(&stream);
+    }
+
+    /// Forgets pollable `pollable` (the guest dropped it).
+    pub fn remove_pollable(&mut self, pollable: u32) {
+        self.pollables.remove(&pollable);
+    }
+
+    /// What every fast pollable's waker notifies.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Records a fast pollable.
@@ -141,7 +162,12 @@ impl FastPoll {
 
     /// The fast readiness check of `pollable`, if it has one.
     pub fn fast(&self, pollable: u32) -> Option<Fast> {
-        self.pollables.get(&pollable).cloned()
+        self.fast_ref(pollable).cloned()
+    }
+
+    /// The same, borrowed.
+    pub fn fast_ref(&self, pollable: u32) -> Option<&Fast> {
+        self.pollables.get(&pollable)
     }
 }
 

@@ -23,7 +23,7 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
             let rep = stream.rep();
             let state = store.data_mut().wasi();
             let pollable = state.table().subscribe(stream)?;
-            if let Some(connection) = state.fast.streams.get(&rep).cloned() {
+            if let Some(connection) = state.fast.stream(rep) {
                 state
                     .fast
                     .add_pollable(pollable.rep(), Fast::Read(connection));
@@ -37,7 +37,7 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
         |mut store, rep| {
             Box::new(async move {
                 let state = store.data_mut().wasi();
-                state.fast.streams.remove(&rep);
+                state.fast.remove_stream(rep);
                 wasmtime_wasi::p2::bindings::io::streams::HostInputStream::drop(
                     state.table(),
                     Resource::new_own(rep),
@@ -53,7 +53,7 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
         ResourceType::host::<DynPollable>(),
         |mut store, rep| {
             let state = store.data_mut().wasi();
-            state.fast.pollables.remove(&rep);
+            state.fast.remove_pollable(rep);
             super::readiness::forget(state, rep)?;
             wasmtime_wasi::p2::bindings::io::poll::HostPollable::drop(
                 state.table(),
@@ -101,12 +101,12 @@ async fn poll_list<T: WasiHost>(
     for (index, pollable) in list.iter().enumerate() {
         let index = u32::try_from(index)?;
         let rep = pollable.rep();
-        match state.fast.pollables.get(&rep) {
+        match state.fast.fast_ref(rep) {
             Some(f) if !state.fast.watched.contains_key(&rep) => fast.push((index, f.clone())),
             _ => generic.push((index, rep)),
         }
     }
-    let wake = state.fast.wake.clone();
+    let wake = state.fast.wake();
     let waker = state.fast.waker();
     let reps: Vec<u32> = generic.iter().map(|(_, rep)| *rep).collect();
     loop {
