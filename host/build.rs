@@ -12,8 +12,25 @@ use std::path::PathBuf;
 /// The built-in guest the host runs when it is given no component.
 const DEFAULT: &str = "seed";
 
+/// The forms every guest is built in: the name after `@` in
+/// `builtin:NAME@FORM`, the cargo arguments of its build, and its target
+/// directory. The first is the default form, `builtin:NAME`.
+const FORMS: &[(&str, &[&str], &str)] = &[
+    // WASI 0.2 with this host's ready sets.
+    ("p2", &[], "wasm-target"),
+    // WASI 0.2 with standard imports only, waiting with wasi:io/poll.
+    (
+        "p2-portable",
+        &["--no-default-features"],
+        "wasm-target-portable",
+    ),
+];
+
 fn main() {
-    let dir = build_guests::build("guest", "guest");
+    let dirs: Vec<PathBuf> = FORMS
+        .iter()
+        .map(|(_, args, target)| build_guests::build_with("guest", "guest", args, target))
+        .collect();
     let bins = PathBuf::from(env("CARGO_MANIFEST_DIR")).join("../guest/src/bin");
     let mut names: Vec<String> = std::fs::read_dir(&bins)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", bins.display()))
@@ -26,28 +43,55 @@ fn main() {
         "guest/src/bin/{DEFAULT}.rs, the default guest, is missing"
     );
 
-    let mut table = String::from(
+    // Each component once, as a static; the table refers to them, so the
+    // default form and its `@FORM` name share the bytes.
+    let mut table = String::new();
+    let mut entries = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        for ((form, _, _), dir) in FORMS.iter().zip(&dirs) {
+            let wasm = dir.join(format!("{name}.wasm"));
+            let len = std::fs::metadata(&wasm)
+                .unwrap_or_else(|e| {
+                    panic!("the guest build did not produce {}: {e}", wasm.display())
+                })
+                .len();
+            let item = format!("GUEST_{i}_{}", form.replace('-', "_").to_uppercase());
+            writeln!(
+                table,
+                "static {item}: [u8; {len}] = *include_bytes!({:?});",
+                wasm.display().to_string()
+            )
+            .expect("writing to a String");
+            entries.push((format!("{name}@{form}"), item.clone()));
+            if form == &FORMS[0].0 {
+                entries.push((name.clone(), item));
+            }
+        }
+    }
+    // Default forms first (`seed` first of all), then the `@FORM` names.
+    entries.sort_by_key(|(name, _)| name.contains('@'));
+    table.push_str(
         "/// Every guest built into the host, by name (`builtin:NAME` in a\n\
-         /// manifest), the default first: one per file in `guest/src/bin/`.\n\
-         pub const BUILTIN_GUESTS: &[(&str, &[u8])] = &[\n",
+         /// manifest, its default form; `builtin:NAME@FORM` for each form), the\n\
+         /// default guest first: one per file in `guest/src/bin/`.\n\
+         pub static BUILTIN_GUESTS: &[(&str, &[u8])] = &[\n",
     );
-    for name in &names {
-        let wasm = dir.join(format!("{name}.wasm"));
-        assert!(
-            wasm.is_file(),
-            "the guest build did not produce {}",
-            wasm.display()
-        );
-        writeln!(
-            table,
-            "    ({name:?}, include_bytes!({:?})),",
-            wasm.display().to_string()
-        )
-        .expect("writing to a String");
+    for (name, item) in &entries {
+        writeln!(table, "    ({name:?}, &{item}),").expect("writing to a String");
     }
     table.push_str("];\n");
+    let forms: Vec<&str> = FORMS.iter().map(|(form, _, _)| *form).collect();
+    writeln!(
+        table,
+        "/// The forms each guest is built in, the default first.\npub const FORMS: &[&str] = &{forms:?};"
+    )
+    .expect("writing to a String");
     // Where they are, for the integration tests to run them as files.
-    println!("cargo:rustc-env=TCPHOST_GUEST_DIR={}", dir.display());
+    println!("cargo:rustc-env=TCPHOST_GUEST_DIR={}", dirs[0].display());
+    println!(
+        "cargo:rustc-env=TCPHOST_PORTABLE_GUEST_DIR={}",
+        dirs[1].display()
+    );
     let out = PathBuf::from(env("OUT_DIR")).join("builtin_guests.rs");
     std::fs::write(&out, table).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
     println!("cargo:rerun-if-changed=build.rs");

@@ -13,7 +13,20 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 /// Builds every binary of `package` (in `package_dir`, relative to the
 /// workspace root) for [`WASM_TARGET`] with the `guest` profile and returns
 /// the directory holding the `.wasm` files.
+#[allow(dead_code)] // Used by the tests' build script, not the host's.
 pub fn build(package: &str, package_dir: &str) -> PathBuf {
+    build_with(package, package_dir, &[], "wasm-target")
+}
+
+/// [`build`], with `cargo_args` added to the nested cargo's (features) and
+/// its own target directory `target_name` under `OUT_DIR`, so builds of one
+/// package with different features do not overwrite each other.
+pub fn build_with(
+    package: &str,
+    package_dir: &str,
+    cargo_args: &[&str],
+    target_name: &str,
+) -> PathBuf {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest_dir = PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
@@ -21,7 +34,7 @@ pub fn build(package: &str, package_dir: &str) -> PathBuf {
     let workspace = workspace_root(&manifest_dir);
     // The nested cargo needs its own target directory: the outer cargo holds
     // the lock on the workspace's one for as long as this script runs.
-    let target_dir = out_dir.join("wasm-target");
+    let target_dir = out_dir.join(target_name);
     // Normally the guests are built by the toolchain building the host. A
     // host built by another one (the fuzz targets need nightly, whose
     // wasm32-wasip2 standard library may not exist) names the toolchain
@@ -55,6 +68,7 @@ pub fn build(package: &str, package_dir: &str) -> PathBuf {
             "-p",
             package,
         ])
+        .args(cargo_args)
         .arg("--target-dir")
         .arg(&target_dir);
     // Flags meant for the outer, native build (or a clippy wrapper) must not

@@ -1,6 +1,6 @@
 //! The single-threaded event loop every guest runs: one ready set (the
-//! host's `tcphost:server/readiness`) watches the listener and every
-//! connection at once, so one slow or silent client never holds up the
+//! host's `tcphost:server/readiness`, or its portable stand-in over
+//! `wasi:io/poll`) watches the listener and every connection at once, so one slow or silent client never holds up the
 //! others, and a turn of the loop costs time for the clients that sent
 //! something, not for every client connected.
 //!
@@ -9,7 +9,7 @@
 //! takes it. Memory is bounded: while more than [`MAX_PENDING`] bytes of
 //! answers wait for a slow reader, the loop stops reading from that client.
 
-use crate::bindings::tcphost::server::readiness::ReadySet;
+use crate::ReadySet;
 use crate::bindings::wasi::io::poll::Pollable;
 use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 use crate::bindings::wasi::sockets::network::ErrorCode;
@@ -82,7 +82,11 @@ pub fn run<P: Protocol>(mut protocol: P) -> Result<Infallible, String> {
                 conn.on_writable()
             };
             if step == Step::Close {
-                connections.remove(id).close(&mut protocol);
+                let mut conn = connections.remove(id);
+                // Out of the set before its pollables go (the portable set
+                // holds their handles; the host's would let go by itself).
+                conn.unwatch(&set, id);
+                conn.close(&mut protocol);
             } else {
                 conn.watch(&set, id);
             }
@@ -198,6 +202,17 @@ impl<S> Connection<S> {
             } else {
                 set.remove(write);
             }
+        }
+    }
+
+    /// Takes the connection's streams out of the ready set.
+    fn unwatch(&mut self, set: &ReadySet, id: usize) {
+        let (read, write) = tokens(id);
+        if std::mem::take(&mut self.watching_read) {
+            set.remove(read);
+        }
+        if std::mem::take(&mut self.watching_write) {
+            set.remove(write);
         }
     }
 

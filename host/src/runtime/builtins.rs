@@ -1,15 +1,26 @@
 //! The guests built into the host (`builtin:NAME` in a manifest): one per
-//! file in `guest/src/bin/`, built and listed by the build script.
+//! file in `guest/src/bin/`, built and listed by the build script, each in
+//! every form of [`FORMS`] (`builtin:NAME@FORM`; `builtin:NAME` is the
+//! first form).
 
 include!(concat!(env!("OUT_DIR"), "/builtin_guests.rs"));
 
-/// The default guest (the seed server from `guest/`): the first built-in.
-pub const DEFAULT_GUEST: &[u8] = BUILTIN_GUESTS[0].1;
+/// The default guest (the seed server from `guest/`, in its default form):
+/// the first built-in.
+pub fn default_guest() -> &'static [u8] {
+    BUILTIN_GUESTS[0].1
+}
 
-/// The names of the built-in guests, for messages: `seed, echo, ...`.
+/// The built-in guests, for messages: `seed, echo, ... (each also as
+/// NAME@p2, NAME@p2-portable)`.
 pub fn builtin_names() -> String {
-    let names: Vec<&str> = BUILTIN_GUESTS.iter().map(|(name, _)| *name).collect();
-    names.join(", ")
+    let names: Vec<&str> = BUILTIN_GUESTS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !name.contains('@'))
+        .collect();
+    let forms: Vec<String> = FORMS.iter().map(|form| format!("NAME@{form}")).collect();
+    format!("{}; each also as {}", names.join(", "), forms.join(", "))
 }
 
 /// The built-in guest named `name`.
@@ -37,11 +48,19 @@ mod tests {
         files.sort();
         let mut built: Vec<String> = BUILTIN_GUESTS.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(built[0], "seed");
-        assert_eq!(DEFAULT_GUEST, BUILTIN_GUESTS[0].1);
+        assert_eq!(default_guest(), builtin("seed@p2").unwrap());
         built.sort();
-        assert_eq!(built, files);
+        let mut expected: Vec<String> = files.clone();
+        for form in FORMS {
+            expected.extend(files.iter().map(|name| format!("{name}@{form}")));
+        }
+        expected.sort();
+        assert_eq!(built, expected);
         for name in &files {
             assert!(builtin_names().contains(name.as_str()));
+            // The default form is the first, and the forms differ.
+            assert_eq!(builtin(name), builtin(&format!("{name}@{}", FORMS[0])));
+            assert_ne!(builtin(name), builtin(&format!("{name}@{}", FORMS[1])));
         }
     }
 }
