@@ -2,8 +2,10 @@
 //! `cargo bench -p host --bench throughput`; regenerates `BENCHMARKS.md`.
 //!
 //! Side by side in one run, on this machine: the host running the default
-//! guest (the seed server), a native tokio server giving the same reply, and
-//! the seed's Go server when `go` is installed. Each client sends a short
+//! guest (the seed server) in its ready-set form and in its portable form
+//! (standard `wasi:io/poll`), the portable form on stock `wasmtime run`
+//! (installed with `cargo install` if missing), a native tokio server
+//! giving the same reply, and the seed's Go server when `go` is installed. Each client sends a short
 //! message and waits for the reply before sending the next. Cases: 1, 50 and
 //! 1000 busy clients, and 50 busy beside 5000 idle connections. Also: the
 //! host's memory per idle connection (10,000 of them), and the time from
@@ -21,7 +23,7 @@ mod support;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,18 +92,80 @@ fn host(dir: &Path) -> Server {
     host_binary(
         dir,
         Path::new(env!("CARGO_BIN_EXE_host")),
+        "builtin:seed",
         "host + seed guest",
     )
 }
 
+/// The host with the seed guest's portable form (standard `wasi:io/poll`,
+/// no ready sets).
+fn host_portable(dir: &Path) -> Server {
+    host_binary(
+        dir,
+        Path::new(env!("CARGO_BIN_EXE_host")),
+        "builtin:seed@p2-portable",
+        "host + portable seed guest",
+    )
+}
+
+/// The wasmtime CLI this host is built on, as `cargo install wasmtime-cli`
+/// gives it (the run-time features only): found on the PATH or in cargo's
+/// bin directory, installed there if missing (a benchmark may install; a
+/// test may not). `None` if it cannot be had.
+fn stock_wasmtime() -> Option<PathBuf> {
+    const VERSION: &str = "48.0.8";
+    let candidates = [
+        PathBuf::from("wasmtime"),
+        PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/wasmtime"),
+    ];
+    let matches = |bin: &Path| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION))
+    };
+    if let Some(found) = candidates.iter().find(|bin| matches(bin)) {
+        return Some(found.clone());
+    }
+    eprintln!("installing wasmtime-cli {VERSION} for the stock-runtime row (minutes, once)");
+    let installed = Command::new("cargo")
+        .args(["install", "--locked", &format!("wasmtime-cli@{VERSION}")])
+        .args(["--no-default-features", "--features"])
+        .arg("run,cranelift,component-model,component-model-async,parallel-compilation,pooling-allocator,cache")
+        .status()
+        .is_ok_and(|s| s.success());
+    (installed && matches(&candidates[1])).then(|| candidates[1].clone())
+}
+
+/// The seed guest's portable form on stock `wasmtime run`, with the network
+/// inherited (the stock runtime's only way to let a guest listen).
+fn wasmtime_portable(wasmtime: &Path) -> Server {
+    let addr = free_addr();
+    let guest = Path::new(env!("TCPHOST_PORTABLE_GUEST_DIR")).join("seed.wasm");
+    let child = Command::new(wasmtime)
+        .args(["run", "-S", "inherit-network", "--env"])
+        .arg(format!("LISTEN_ADDR={addr}"))
+        .arg(&guest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_accepting(addr, Instant::now());
+    Server {
+        name: "stock wasmtime + portable seed guest",
+        child,
+        addr,
+    }
+}
+
 /// [`host`] with the host binary `binary`, named `name` in the report.
-fn host_binary(dir: &Path, binary: &Path, name: &'static str) -> Server {
+fn host_binary(dir: &Path, binary: &Path, component: &str, name: &'static str) -> Server {
     let addr = free_addr();
     let manifest = dir.join(format!("bench-{}.toml", addr.port()));
     std::fs::write(
         &manifest,
         format!(
-            "[host]\ncache_dir = \"cache\"\n\n[[tenant]]\nname = \"seed\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\nlimits = {{ max_connections = 20000 }}\n"
+            "[host]\ncache_dir = \"cache\"\n\n[[tenant]]\nname = \"seed\"\ncomponent = \"{component}\"\nlisten = [\"{addr}\"]\nlimits = {{ max_connections = 20000 }}\n"
         ),
     )
     .unwrap();
@@ -360,13 +424,18 @@ fn main() {
     // All servers run throughout (idle ones cost nothing) and take turns,
     // case by case, in every round, so a drift in the machine's speed
     // during the run falls on all of them alike.
-    let mut servers = vec![native(), host(&dir)];
+    let mut servers = vec![native(), host(&dir), host_portable(&dir)];
     if let Some(baseline) = std::env::var_os("TCPHOST_BENCH_BASELINE") {
         servers.push(host_binary(
             &dir,
             Path::new(&baseline),
+            "builtin:seed",
             "host (baseline build)",
         ));
+    }
+    match stock_wasmtime() {
+        Some(wasmtime) => servers.push(wasmtime_portable(&wasmtime)),
+        None => eprintln!("no wasmtime CLI: the stock-runtime row is left out"),
     }
     match go_seed(&dir) {
         Some(go) => servers.push(go),
