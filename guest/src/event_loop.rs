@@ -35,6 +35,12 @@ const READS_PER_TURN: usize = 8;
 /// the clients already connected.
 const ACCEPTS_PER_TURN: usize = 64;
 
+/// Whether a `check-write` permit lasts until writes use it up, saving a
+/// call per reply: this host's does. WASI 0.2 promises a permit for the
+/// next write only, and wasmtime's own streams hold to that (a second write
+/// on the same permit traps), so the portable form asks before each write.
+const PERMIT_LASTS: bool = cfg!(feature = "readiness");
+
 /// Events handled per turn; the rest come first in the next.
 const EVENTS_PER_TURN: u32 = 512;
 
@@ -288,6 +294,9 @@ impl<S> Connection<S> {
                 return self.write_failed(e);
             }
             self.permit -= end - self.sent;
+            if !PERMIT_LASTS {
+                self.permit = 0;
+            }
             self.sent = end;
         }
         if self.unsent() == 0 {
