@@ -284,6 +284,21 @@ struct Outcome {
     cpu_us: f64,
 }
 
+impl Outcome {
+    /// A round in which the server could not be loaded at all (it refused
+    /// or dropped the connections: it had stopped).
+    fn failed() -> Outcome {
+        Outcome {
+            per_sec: 0.0,
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            fewest: 0,
+            median_client: 0,
+            cpu_us: f64::NAN,
+        }
+    }
+}
+
 /// The medians of one case against one server over the rounds.
 struct Summary {
     per_sec: f64,
@@ -336,14 +351,18 @@ fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
         let measuring = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::with_capacity(busy);
+        // Each client's latencies, kept where a client the server stopped
+        // answering (starved) cannot take them with it.
+        let mut measured = Vec::with_capacity(busy);
         for _ in 0..busy {
             let (measuring, stop) = (measuring.clone(), stop.clone());
+            let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+            measured.push(latencies.clone());
             let mut stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .expect("a busy connection");
             stream.set_nodelay(true).unwrap();
             clients.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
                 let mut buf = [0u8; 256];
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
@@ -355,10 +374,10 @@ fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
                         got += n;
                     }
                     if measuring.load(Ordering::Relaxed) {
-                        latencies.push(started.elapsed().as_secs_f64() * 1e6);
+                        let took = started.elapsed().as_secs_f64() * 1e6;
+                        latencies.lock().unwrap().push(took);
                     }
                 }
-                latencies
             }));
         }
         tokio::time::sleep(WARM_UP).await;
@@ -368,17 +387,30 @@ fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
         measuring.store(false, Ordering::Relaxed);
         let cpu = cpu_time(pid).saturating_sub(cpu_before);
         stop.store(true, Ordering::Relaxed);
+        // A client still waiting for a reply after this is one the server
+        // does not serve: it is left behind, not waited for.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for client in clients {
+            if let Ok(joined) = tokio::time::timeout_at(deadline, client).await {
+                joined.unwrap();
+            }
+        }
         let mut all = Vec::new();
         let mut per_client = Vec::with_capacity(busy);
-        for client in clients {
-            let latencies = client.await.unwrap();
+        for latencies in measured {
+            let latencies = latencies.lock().unwrap();
             per_client.push(latencies.len());
-            all.extend(latencies);
+            all.extend(latencies.iter().copied());
         }
         per_client.sort_unstable();
         drop(held);
         all.sort_by(f64::total_cmp);
-        let at = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize];
+        let at = |p: f64| {
+            // No round trip at all: the server served nobody.
+            all.get(((all.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
         Outcome {
             cpu_us: cpu.as_secs_f64() * 1e6 / all.len().max(1) as f64,
             per_sec: all.len() as f64 / MEASURE.as_secs_f64(),
@@ -449,7 +481,12 @@ fn main() {
         for (c, (label, busy, idle)) in cases.iter().enumerate() {
             for (s, server) in servers.iter().enumerate() {
                 eprintln!("round {round}/{ROUNDS}: {}: {label}", server.name);
-                outcomes[s][c].push(load(server.addr, server.child.id(), *busy, *idle));
+                // A server that stops serving (a guest that traps) fails its
+                // rounds; it does not stop the benchmark.
+                let (addr, pid) = (server.addr, server.child.id());
+                let outcome = std::panic::catch_unwind(|| load(addr, pid, *busy, *idle))
+                    .unwrap_or_else(|_| Outcome::failed());
+                outcomes[s][c].push(outcome);
             }
         }
     }
@@ -488,6 +525,16 @@ fn main() {
         }
     }
     writeln!(report, "\nPer client: round trips completed in the {}s by the least served busy client and by the median one. A server that serves some clients over and over while others wait shows here, not in the percentiles, which count only completed round trips.", MEASURE.as_secs()).unwrap();
+    for server in &mut servers {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            writeln!(
+                report,
+                "\n{} stopped during the run ({status}); its rounds after that are 0 round trips (NaN).",
+                server.name
+            )
+            .unwrap();
+        }
+    }
     drop(servers);
 
     eprint!("{report}");
