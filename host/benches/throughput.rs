@@ -272,6 +272,7 @@ fn rand_below_100() -> u32 {
 }
 
 /// Results of one case against one server.
+#[derive(Clone)]
 struct Outcome {
     per_sec: f64,
     p50_us: f64,
@@ -412,7 +413,11 @@ fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
                 .unwrap_or(f64::NAN)
         };
         Outcome {
-            cpu_us: cpu.as_secs_f64() * 1e6 / all.len().max(1) as f64,
+            cpu_us: if all.is_empty() {
+                f64::NAN
+            } else {
+                cpu.as_secs_f64() * 1e6 / all.len() as f64
+            },
             per_sec: all.len() as f64 / MEASURE.as_secs_f64(),
             p50_us: at(0.5),
             p99_us: at(0.99),
@@ -477,15 +482,32 @@ fn main() {
         .iter()
         .map(|_| cases.iter().map(|_| Vec::new()).collect())
         .collect();
+    let mut stopped = vec![false; servers.len()];
+    let mut failures = String::new();
     for round in 1..=ROUNDS {
         for (c, (label, busy, idle)) in cases.iter().enumerate() {
-            for (s, server) in servers.iter().enumerate() {
+            for (s, server) in servers.iter_mut().enumerate() {
                 eprintln!("round {round}/{ROUNDS}: {}: {label}", server.name);
-                // A server that stops serving (a guest that traps) fails its
-                // rounds; it does not stop the benchmark.
-                let (addr, pid) = (server.addr, server.child.id());
-                let outcome = std::panic::catch_unwind(|| load(addr, pid, *busy, *idle))
-                    .unwrap_or_else(|_| Outcome::failed());
+                // A server that stops serving (a guest that traps) fails this
+                // round and every later one, and is stopped so that it
+                // cannot disturb the others; the benchmark goes on.
+                let outcome = if stopped[s] {
+                    Outcome::failed()
+                } else {
+                    let (addr, pid) = (server.addr, server.child.id());
+                    std::panic::catch_unwind(|| load(addr, pid, *busy, *idle))
+                        .unwrap_or_else(|_| Outcome::failed())
+                };
+                if outcome.per_sec == 0.0 && !stopped[s] {
+                    stopped[s] = true;
+                    let _ = server.child.kill();
+                    writeln!(
+                        failures,
+                        "\n{} stopped serving in round {round}, {label}; its later rounds count as failed (0 round trips).",
+                        server.name
+                    )
+                    .unwrap();
+                }
                 outcomes[s][c].push(outcome);
             }
         }
@@ -504,11 +526,32 @@ fn main() {
     for (c, (label, _, _)) in cases.iter().enumerate() {
         let native = Summary::of(&outcomes[0][c]);
         for (s, server) in servers.iter().enumerate() {
-            let o = Summary::of(&outcomes[s][c]);
+            // Rounds the server failed (it had stopped) are left out of its
+            // figures and said in its name.
+            let served: Vec<Outcome> = outcomes[s][c]
+                .iter()
+                .filter(|o| o.per_sec > 0.0)
+                .cloned()
+                .collect();
+            if served.is_empty() {
+                writeln!(
+                    report,
+                    "| {label} | {} | failed | | | | | | | | |",
+                    server.name
+                )
+                .unwrap();
+                continue;
+            }
+            let name = if served.len() < ROUNDS {
+                format!("{} ({} of {ROUNDS} rounds)", server.name, served.len())
+            } else {
+                server.name.to_owned()
+            };
+            let o = Summary::of(&served);
             writeln!(
                 report,
                 "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.1} µs | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x | {:.0} / {:.0} |",
-                server.name,
+                name,
                 o.per_sec,
                 o.per_sec_min,
                 o.per_sec_max,
@@ -525,16 +568,7 @@ fn main() {
         }
     }
     writeln!(report, "\nPer client: round trips completed in the {}s by the least served busy client and by the median one. A server that serves some clients over and over while others wait shows here, not in the percentiles, which count only completed round trips.", MEASURE.as_secs()).unwrap();
-    for server in &mut servers {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            writeln!(
-                report,
-                "\n{} stopped during the run ({status}); its rounds after that are 0 round trips (NaN).",
-                server.name
-            )
-            .unwrap();
-        }
-    }
+    report.push_str(&failures);
     drop(servers);
 
     eprint!("{report}");
