@@ -24,6 +24,13 @@ const FORMS: &[(&str, &[&str], &str)] = &[
         &["--no-default-features"],
         "wasm-target-portable",
     ),
+    // WASI 0.3: sockets over component-model async, one task per
+    // connection, standard imports only.
+    (
+        "p3",
+        &["--no-default-features", "--features", "p3"],
+        "wasm-target-p3",
+    ),
 ];
 
 fn main() {
@@ -92,6 +99,7 @@ fn main() {
         "cargo:rustc-env=TCPHOST_PORTABLE_GUEST_DIR={}",
         dirs[1].display()
     );
+    println!("cargo:rustc-env=TCPHOST_P3_GUEST_DIR={}", dirs[2].display());
     let out = PathBuf::from(env("OUT_DIR")).join("builtin_guests.rs");
     std::fs::write(&out, table).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
     println!("cargo:rerun-if-changed=build.rs");

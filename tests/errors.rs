@@ -94,7 +94,7 @@ fn missing_imports_are_all_named() {
     let component = wat::parse_str(
         r#"(component
             (import "acme:db/query@1.0.0" (instance))
-            (import "wasi:cli/environment@0.3.0" (instance))
+            (import "wasi:cli/environment@0.3.1" (instance))
             (import "tcphost:server/readiness@0.2.0" (instance))
             (import "wasi:cli/stdout@0.2.6" (instance))
             (import "tcphost:server/readiness@0.1.0" (instance))
@@ -110,7 +110,7 @@ fn missing_imports_are_all_named() {
     assert_eq!(status.code(), Some(1));
     assert_clean_error(
         &log,
-        "needs imports this host does not provide: acme:db/query@1.0.0, wasi:cli/environment@0.3.0, \
+        "needs imports this host does not provide: acme:db/query@1.0.0, wasi:cli/environment@0.3.1, \
          tcphost:server/readiness@0.2.0;",
     );
     assert!(

@@ -9,14 +9,23 @@
 //! A behaviour is one [`Protocol`] implementation in one small file under
 //! `src/bin/`, exported with [`serve!`].
 
+#[cfg(not(feature = "p3"))]
 pub mod event_loop;
 pub mod log;
+#[cfg(not(feature = "p3"))]
 pub mod net;
-#[cfg(not(feature = "readiness"))]
+#[cfg(not(any(feature = "readiness", feature = "p3")))]
 pub mod poll_set;
 
+/// The WASI 0.3 form (feature `p3`): the same [`Protocol`]s, served by one
+/// task per connection over the component model's streams.
+#[cfg(feature = "p3")]
+pub mod p3;
+#[cfg(feature = "p3")]
+pub use p3::{event_loop, net};
+
 /// Bindings for the `tcphost:server/tcp-server` world in `wit/`.
-#[cfg(feature = "readiness")]
+#[cfg(all(feature = "readiness", not(feature = "p3")))]
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -31,7 +40,7 @@ pub mod bindings {
 
 /// Bindings for the `tcphost:server/tcp-server-portable` world in `wit/`:
 /// standard `wasi:*` imports only.
-#[cfg(not(feature = "readiness"))]
+#[cfg(not(any(feature = "readiness", feature = "p3")))]
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -44,11 +53,26 @@ pub mod bindings {
     });
 }
 
+/// Bindings for the `tcphost:server/tcp-server-p3` world in `wit/p3/`:
+/// WASI 0.3, standard `wasi:*` imports only.
+#[cfg(feature = "p3")]
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit/p3",
+        world: "tcphost:server/tcp-server-p3",
+        generate_all,
+        pub_export_macro: true,
+        export_macro_name: "export_run",
+        default_bindings_module: "guest::bindings",
+    });
+}
+
 /// The set the event loop waits on: the host's ready set, or (without the
 /// `readiness` feature) the same interface over `wasi:io/poll`.
-#[cfg(feature = "readiness")]
+#[cfg(all(feature = "readiness", not(feature = "p3")))]
 pub use bindings::tcphost::server::readiness::ReadySet;
-#[cfg(not(feature = "readiness"))]
+#[cfg(not(any(feature = "readiness", feature = "p3")))]
 pub use poll_set::ReadySet;
 
 use std::net::SocketAddr;
@@ -81,6 +105,7 @@ pub trait Protocol: 'static {
 /// and calls this once: `guest::serve!(Seed, Seed);`. Built for the host's
 /// own target (as `cargo build --workspace` does), the binary only explains
 /// how to build it for wasm.
+#[cfg(not(feature = "p3"))]
 #[macro_export]
 macro_rules! serve {
     ($protocol:ty, $make:expr) => {
@@ -90,6 +115,39 @@ macro_rules! serve {
             fn run() -> ::core::result::Result<(), ()> {
                 let protocol: $protocol = $make;
                 match $crate::event_loop::run(protocol) {
+                    Ok(never) => match never {},
+                    Err(reason) => {
+                        $crate::log::line(&::std::format!("error: {reason}"));
+                        $crate::log::flush();
+                        Err(())
+                    }
+                }
+            }
+        }
+
+        $crate::bindings::export_run!(GuestRun with_types_in $crate::bindings);
+
+        #[cfg(not(target_family = "wasm"))]
+        fn main() {
+            eprintln!("this guest is a WebAssembly component: build it with `--target wasm32-wasip2`");
+            std::process::exit(2);
+        }
+    };
+}
+
+/// Exports `wasi:cli/run` for a guest whose behaviour is `$protocol`, built
+/// by the expression `$make`: the WASI 0.3 form (feature `p3`), where `run`
+/// is async and serves every connection in a task of its own.
+#[cfg(feature = "p3")]
+#[macro_export]
+macro_rules! serve {
+    ($protocol:ty, $make:expr) => {
+        struct GuestRun;
+
+        impl $crate::bindings::exports::wasi::cli::run::Guest for GuestRun {
+            async fn run() -> ::core::result::Result<(), ()> {
+                let protocol: $protocol = $make;
+                match $crate::event_loop::run(protocol).await {
                     Ok(never) => match never {},
                     Err(reason) => {
                         $crate::log::line(&::std::format!("error: {reason}"));

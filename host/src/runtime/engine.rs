@@ -6,6 +6,7 @@
 use crate::limits::cpu::EPOCH_TICK;
 use crate::runtime::instance::InstanceState;
 use crate::wasi::p2::version::{INTERFACES, MINOR};
+use crate::wasi::p3::version::{INTERFACES as INTERFACES_P3, PATCH as PATCH_P3};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -15,8 +16,9 @@ use thiserror::Error;
 use tracing::{info, warn};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
+use wasmtime_wasi::p3::bindings::{Command as CommandP3, CommandPre as CommandPreP3};
 
 /// Why a guest component cannot be run; each says what to do about it.
 #[derive(Debug, Error)]
@@ -54,10 +56,11 @@ pub enum LoadError {
         /// The validator's or compiler's message.
         reason: String,
     },
-    /// Imports outside WASI 0.2.
+    /// Imports outside WASI 0.2 and 0.3.
     #[error(
-        "{path} needs imports this host does not provide: {}; a guest may import only WASI 0.2 \
-         cli, clocks, filesystem, io, random and sockets (up to 0.2.{MINOR}) and {EXTENSION}",
+        "{path} needs imports this host does not provide: {}; a guest may import only WASI \
+         cli, clocks, filesystem, io, random and sockets (0.2 up to 0.2.{MINOR}, 0.3 up to \
+         0.3.{PATCH_P3}) and {EXTENSION}",
         missing.join(", ")
     )]
     MissingImports {
@@ -68,7 +71,7 @@ pub enum LoadError {
     },
     /// No entry point.
     #[error(
-        "{path} does not export wasi:cli/run: a guest must be a WASI 0.2 command \
+        "{path} does not export wasi:cli/run: a guest must be a WASI 0.2 or 0.3 command \
          (a Rust program with `fn main` built for wasm32-wasip2 is one)"
     )]
     NoRun {
@@ -98,7 +101,12 @@ pub const POOL_CORE_INSTANCES: u32 = 32;
 /// memory up to `max_memory` bytes.
 pub fn new_engine(pooling: Option<(u32, u64)>) -> anyhow::Result<Engine> {
     let mut config = Config::new();
-    config.wasm_component_model(true).epoch_interruption(true);
+    // Component-model async runs WASI 0.3 guests (streams, futures,
+    // waitable sets); WASI 0.2 guests never use it.
+    config
+        .wasm_component_model(true)
+        .wasm_component_model_async(true)
+        .epoch_interruption(true);
     if let Some((max_instances, max_memory)) = pooling {
         let mut pool = PoolingAllocationConfig::new();
         // Each component gets its share of the pool and no more, so one
@@ -188,7 +196,7 @@ pub struct Loader {
     /// Components in use, by content hash. Weak: a component no tenant runs
     /// any more is freed, so swapping through many versions does not keep
     /// every one in memory (the disk cache still has their compiled code).
-    prepared: Mutex<HashMap<[u8; 32], std::sync::Weak<CommandPre<InstanceState>>>>,
+    prepared: Mutex<HashMap<[u8; 32], std::sync::Weak<Prepared>>>,
 }
 
 impl Loader {
@@ -215,11 +223,7 @@ impl Loader {
 
     /// Checks and compiles `bytes` (named `label` in errors) and links it,
     /// ready to instantiate. The same bytes are compiled only once.
-    pub fn load(
-        &self,
-        label: &str,
-        bytes: &[u8],
-    ) -> Result<Arc<CommandPre<InstanceState>>, LoadError> {
+    pub fn load(&self, label: &str, bytes: &[u8]) -> Result<Arc<Prepared>, LoadError> {
         let path = label.to_owned();
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path }),
@@ -326,7 +330,7 @@ fn prepare(
     linker: &Linker<InstanceState>,
     path: &str,
     component: &Component,
-) -> Result<CommandPre<InstanceState>, LoadError> {
+) -> Result<Prepared, LoadError> {
     let path = path.to_owned();
     let ty = component.component_type();
     let missing: Vec<String> = ty
@@ -337,21 +341,88 @@ fn prepare(
     if !missing.is_empty() {
         return Err(LoadError::MissingImports { path, missing });
     }
-    let exports_run = ty.exports(engine).any(|(name, item)| {
-        name.starts_with("wasi:cli/run@0.2.")
-            && matches!(&item.ty, ComponentItem::ComponentInstance(i)
-                if i.exports(engine).any(|(f, _)| f == "run"))
-    });
-    if !exports_run {
+    // Which runs: a guest built for wasm32-wasip2 may export both, the
+    // 0.2 one from its C library's start-up code (calling a `main` that a
+    // WASI 0.3 guest does not have), so 0.3 comes first, as in wasmtime.
+    let runs: Vec<bool> = ty
+        .exports(engine)
+        .filter_map(|(name, item)| {
+            let exports_run = matches!(&item.ty, ComponentItem::ComponentInstance(i)
+                if i.exports(engine).any(|(f, _)| f == "run"));
+            let version = name.strip_prefix("wasi:cli/run@")?;
+            exports_run.then(|| version.starts_with("0.3."))
+        })
+        .collect();
+    if runs.is_empty() {
         return Err(LoadError::NoRun { path });
     }
+    let p3 = runs.contains(&true);
 
     let link_error = |e: wasmtime::Error| LoadError::Link {
         path: path.clone(),
         reason: one_line(&e),
     };
     let pre = linker.instantiate_pre(component).map_err(link_error)?;
-    CommandPre::new(pre).map_err(link_error)
+    if p3 {
+        CommandPreP3::new(pre).map(Prepared::P3).map_err(link_error)
+    } else {
+        CommandPre::new(pre).map(Prepared::P2).map_err(link_error)
+    }
+}
+
+/// A guest component, linked and ready to instantiate: a WASI 0.2 or a
+/// WASI 0.3 command (by the `wasi:cli/run` it exports).
+pub enum Prepared {
+    /// Exports `wasi:cli/run@0.2.x`.
+    P2(CommandPre<InstanceState>),
+    /// Exports `wasi:cli/run@0.3.x`: runs on component-model async.
+    P3(CommandPreP3<InstanceState>),
+}
+
+/// An instantiated guest, ready to run.
+pub enum Instantiated {
+    /// WASI 0.2.
+    P2(Command),
+    /// WASI 0.3.
+    P3(CommandP3),
+}
+
+impl Prepared {
+    /// The WASI version the guest targets, as operators write it.
+    pub fn wasi_version(&self) -> &'static str {
+        match self {
+            Prepared::P2(_) => "0.2",
+            Prepared::P3(_) => "0.3",
+        }
+    }
+
+    /// Instantiates the guest in `store`.
+    pub async fn instantiate(
+        &self,
+        store: &mut Store<InstanceState>,
+    ) -> wasmtime::Result<Instantiated> {
+        Ok(match self {
+            Prepared::P2(pre) => Instantiated::P2(pre.instantiate_async(store).await?),
+            Prepared::P3(pre) => Instantiated::P3(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl Instantiated {
+    /// Runs the guest's `wasi:cli/run` to completion: a trap, or what it
+    /// returned. A WASI 0.3 guest runs inside the store's concurrent event
+    /// loop, which also drives its tasks and streams.
+    pub async fn run(self, store: &mut Store<InstanceState>) -> wasmtime::Result<Result<(), ()>> {
+        match self {
+            Instantiated::P2(command) => command.wasi_cli_run().call_run(store).await,
+            Instantiated::P3(command) => store
+                .run_concurrent(async move |accessor| {
+                    command.wasi_cli_run().call_run(accessor).await
+                })
+                .await
+                .and_then(|outcome| outcome),
+        }
+    }
 }
 
 /// Refuses a component whose top-level imports name an instance the host
@@ -397,8 +468,8 @@ fn check_imports(path: &str, bytes: &[u8]) -> Result<(), LoadError> {
 /// The project's own interface the host links (see `wit/world.wit`).
 const EXTENSION: &str = crate::wasi::p2::readiness::INTERFACE;
 
-/// Whether the host links an import named `name`: a WASI 0.2 interface no
-/// newer than the host's, or the project's extension.
+/// Whether the host links an import named `name`: a WASI 0.2 or 0.3
+/// interface no newer than the host's, or the project's extension.
 fn is_provided(name: &str, item: &ComponentItem) -> bool {
     is_provided_name(name, matches!(item, ComponentItem::ComponentInstance(_)))
 }
@@ -411,11 +482,16 @@ fn is_provided_name(name: &str, instance: bool) -> bool {
     let Some((interface, version)) = name.split_once('@') else {
         return false;
     };
-    let minor = version
-        .strip_prefix("0.2.")
-        .and_then(|rest| rest.split(['-', '+']).next())
-        .and_then(|minor| minor.parse::<u64>().ok());
-    instance && INTERFACES.contains(&interface) && minor.is_some_and(|m| m <= MINOR)
+    let patch = |prefix: &str| {
+        version
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split(['-', '+']).next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let p2 = INTERFACES.contains(&interface) && patch("0.2.").is_some_and(|m| m <= MINOR);
+    let p3 = INTERFACES_P3.contains(&interface)
+        && patch("0.3.").is_some_and(|p| (0..=PATCH_P3).contains(&p));
+    instance && (p2 || p3)
 }
 
 /// An error chain on one line, for messages that must fit one.

@@ -107,9 +107,11 @@ pub fn store(
     store
 }
 
-/// The linker all guests share: WASI 0.2 as crate::wasi::p2 provides it.
+/// The linker all guests share: WASI 0.2 and 0.3 as crate::wasi::p2 and
+/// crate::wasi::p3 provide them.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     crate::wasi::p2::add_to_linker(&mut linker)?;
+    crate::wasi::p3::add_to_linker(&mut linker)?;
     Ok(linker)
 }

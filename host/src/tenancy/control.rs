@@ -7,8 +7,8 @@
 use crate::config::manifest::{self, ComponentSource, TenantConfig};
 use crate::config::reload::{Current, ReloadPlan, plan_reload};
 use crate::runtime::builtins;
+use crate::runtime::engine::Prepared;
 use crate::runtime::engine::{self, Loader};
-use crate::runtime::instance::InstanceState;
 use crate::tenancy::supervisor::{self, Command, GuestError};
 use crate::tenancy::tenant::{State, Tenant};
 use serde::Serialize;
@@ -20,10 +20,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use wasmtime_wasi::p2::bindings::CommandPre;
 
 /// A compiled component, ready to instantiate.
-pub type Pre = Arc<CommandPre<InstanceState>>;
+pub type Pre = Arc<Prepared>;
 
 /// One running tenant.
 struct Running {

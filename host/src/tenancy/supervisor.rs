@@ -9,7 +9,8 @@
 use crate::account::Counters;
 use crate::config::manifest::{RestartPolicy, TenantConfig};
 use crate::limits::cpu::CpuLimitExceeded;
-use crate::runtime::instance::{self, InstanceState};
+use crate::runtime::engine::Prepared;
+use crate::runtime::instance;
 use crate::tenancy::tenant::{State, Tenant};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use wasmtime::{Engine, Trap, WasmBacktrace};
 use wasmtime_wasi::I32Exit;
-use wasmtime_wasi::p2::bindings::CommandPre;
 
 /// How a guest instance failed.
 #[derive(Debug, Error)]
@@ -85,7 +85,7 @@ pub enum GuestError {
 /// a fresh sandbox and runs its `wasi:cli/run` to completion.
 async fn run_once(
     engine: Engine,
-    pre: Arc<CommandPre<InstanceState>>,
+    pre: Arc<Prepared>,
     tenant: Arc<Tenant>,
     config: Arc<TenantConfig>,
     generation: u64,
@@ -94,7 +94,7 @@ async fn run_once(
     let tenant = &tenant;
     let name = tenant.name().to_owned();
     let mut store = instance::store(&engine, tenant.clone(), &config, generation, open);
-    let command = pre.instantiate_async(&mut store).await.map_err(|e| {
+    let command = pre.instantiate(&mut store).await.map_err(|e| {
         // A trap in the component's start-up counts as one.
         if e.downcast_ref::<Trap>().is_some() {
             Counters::bump(&tenant.counters().traps);
@@ -106,7 +106,7 @@ async fn run_once(
     })?;
     // Running once it listens (the Tenancy seam, crate::tenancy::tenant).
     info!(tenant = name, "guest started");
-    let outcome = command.wasi_cli_run().call_run(&mut store).await;
+    let outcome = command.run(&mut store).await;
     let out_of_memory = store.data().hit_memory_limit();
     let max_memory = config.limits.max_memory;
     match outcome {
@@ -196,7 +196,7 @@ pub enum Command {
         /// The new configuration (component, limits, grants).
         config: Arc<TenantConfig>,
         /// The new component, compiled and linked.
-        pre: Arc<CommandPre<InstanceState>>,
+        pre: Arc<Prepared>,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Duration, String>>,
     },
@@ -220,7 +220,7 @@ impl Drop for Instance {
 impl Instance {
     fn start(
         engine: &Engine,
-        pre: &Arc<CommandPre<InstanceState>>,
+        pre: &Arc<Prepared>,
         tenant: &Arc<Tenant>,
         config: Arc<TenantConfig>,
     ) -> Self {
@@ -283,7 +283,7 @@ async fn swap(
     tenant: &Arc<Tenant>,
     current: &mut Instance,
     config: Arc<TenantConfig>,
-    pre: &Arc<CommandPre<InstanceState>>,
+    pre: &Arc<Prepared>,
     draining: &mut VecDeque<(u64, JoinHandle<()>)>,
 ) -> Result<Duration, String> {
     let started = Instant::now();
@@ -389,7 +389,7 @@ async fn drain_then_drop(tenant: String, mut old: Instance, deadline: Duration) 
 /// the last run's outcome.
 pub async fn supervise(
     engine: Engine,
-    mut pre: Arc<CommandPre<InstanceState>>,
+    mut pre: Arc<Prepared>,
     tenant: Arc<Tenant>,
     mut commands: mpsc::Receiver<Command>,
 ) -> Result<(), GuestError> {

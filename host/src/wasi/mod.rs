@@ -23,7 +23,9 @@
 //! rest; `view` uses `poll`, `sockets`, `stdio` and `seam`; `poll` uses
 //! `sockets`; `sockets` uses `seam`.
 
+pub mod deny;
 pub mod p2;
+pub mod p3;
 pub mod poll;
 pub mod seam;
 pub mod sockets;

@@ -5,7 +5,6 @@
 //! language runtimes ask at start-up). The linker must allow shadowing.
 
 use super::version::VERSION;
-use crate::account::{Capability, Counters};
 use crate::wasi::view::WasiHost;
 use wasmtime::component::{Linker, Val};
 
@@ -16,12 +15,7 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
     linker
         .instance(&format!("wasi:sockets/udp-create-socket@{VERSION}"))?
         .func_new("create-udp-socket", |mut store, _ty, _params, results| {
-            store
-                .data_mut()
-                .wasi()
-                .tenant
-                .account()
-                .refuse(Capability::Udp, format_args!("UDP sockets are not granted"));
+            crate::wasi::deny::udp(store.data_mut().wasi().tenant.account());
             results[0] = access_denied();
             Ok(())
         })?;
@@ -34,10 +28,7 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
                     Some(Val::String(name)) => name.as_str(),
                     _ => "?",
                 };
-                store.data_mut().wasi().tenant.account().refuse(
-                    Capability::Dns,
-                    format_args!("name lookup of {name:?} is not granted"),
-                );
+                crate::wasi::deny::name_lookup(store.data_mut().wasi().tenant.account(), name);
                 // A dynamic host function must release the `borrow<network>`
                 // it was handed, or the call fails.
                 if let Some(Val::Resource(network)) = params.first() {
@@ -51,18 +42,7 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
     linker
         .instance(&format!("wasi:filesystem/preopens@{VERSION}"))?
         .func_new("get-directories", |mut store, _ty, _params, results| {
-            // Not a refusal: language runtimes (libc, Python, JavaScript)
-            // ask at start-up whatever the guest's code does. Counted
-            // apart; without a directory no file can be opened at all.
-            let account = store.data_mut().wasi().tenant.account().clone();
-            Counters::bump(&account.counters.preopen_queries);
-            if let Some(note) = account.may_log() {
-                let name = account.name();
-                tracing::info!(
-                    tenant = name,
-                    "{name}: asked for its preopened directories: none are granted, so it can open no file{note}"
-                );
-            }
+            crate::wasi::deny::preopens(store.data_mut().wasi().tenant.account());
             results[0] = Val::List(Vec::new());
             Ok(())
         })?;

@@ -100,6 +100,55 @@ impl Receiver {
     }
 }
 
+impl Receiver {
+    /// Waits until a read returns data or the end (a zero-length WASI 0.3
+    /// read asks this).
+    pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.eof {
+            return std::task::Poll::Ready(());
+        }
+        self.stream.poll_read_ready(cx).map(|_| ())
+    }
+
+    /// Reads into `buf` (WASI 0.3: straight into the guest's memory): how
+    /// many bytes, or the end of the stream, or a failure; pending (with
+    /// `cx` woken) while nothing has arrived.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<Result<usize, StreamFailure>> {
+        use std::task::Poll;
+        loop {
+            if self.eof {
+                return Poll::Ready(Err(StreamFailure::Closed));
+            }
+            let allowed = self
+                .policed
+                .read_allowance(&self.stream, buf.len().min(MAX_IO));
+            if allowed == 0 {
+                // At its inbound byte limit: closed by the host.
+                self.eof = true;
+                continue;
+            }
+            if let Err(e) = std::task::ready!(self.stream.poll_read_ready(cx)) {
+                return Poll::Ready(Err(StreamFailure::Failed(e)));
+            }
+            // A read that finds nothing clears the readiness, so the next
+            // look waits for new data.
+            match self.stream.try_read(&mut buf[..allowed]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.policed.received(n);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(StreamFailure::Failed(e))),
+            }
+        }
+    }
+}
+
 /// Bytes waiting to be read on `stream` (`FIONREAD`), or 1 if the kernel
 /// will not say: only asked after a read filled its whole buffer.
 fn unread(stream: &TcpStream) -> usize {
@@ -192,6 +241,54 @@ impl Sender {
             self.pending = BytesMut::new();
         }
         Ok(())
+    }
+}
+
+impl Sender {
+    /// Waits until the socket takes bytes (a zero-length WASI 0.3 write
+    /// asks this).
+    pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.failed.is_some() {
+            return std::task::Poll::Ready(());
+        }
+        self.stream.poll_write_ready(cx).map(|_| ())
+    }
+
+    /// Sends from `data` (WASI 0.3: straight from the guest's memory, no
+    /// buffer of the host's): how many bytes the socket took, or a failure;
+    /// pending (with `cx` woken) while it takes none.
+    pub fn poll_write(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<Result<usize, StreamFailure>> {
+        use std::task::Poll;
+        if let Some(kind) = self.failed {
+            return Poll::Ready(Err(failure(kind)));
+        }
+        let data = &data[..data.len().min(MAX_IO)];
+        if !self.policed.may_send(&self.stream, 0, data.len()) {
+            // At its outbound byte limit: closed by the host.
+            self.failed = Some(std::io::ErrorKind::BrokenPipe);
+            return Poll::Ready(Err(StreamFailure::Closed));
+        }
+        loop {
+            if let Err(e) = std::task::ready!(self.stream.poll_write_ready(cx)) {
+                self.failed = Some(e.kind());
+                return Poll::Ready(Err(failure(e.kind())));
+            }
+            match self.stream.try_write(data) {
+                Ok(n) => {
+                    self.policed.sent(n);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.failed = Some(e.kind());
+                    return Poll::Ready(Err(failure(e.kind())));
+                }
+            }
+        }
     }
 }
 

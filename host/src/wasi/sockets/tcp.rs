@@ -148,12 +148,14 @@ enum State {
     Connecting(Connect),
     /// The outbound connection finished; `finish-connect` reports it.
     ConnectDone(std::io::Result<TcpStream>),
-    /// Connected; the streams have been handed out.
+    /// Connected.
     Connected {
         stream: Arc<TcpStream>,
+        /// The host's account of the connection (bytes, idle time).
+        policed: Arc<Policed>,
         /// Set for accepted clients: counts against the connection cap
-        /// until the guest drops the socket.
-        _open: Option<OpenConnection>,
+        /// until the guest drops the socket and every [`Hold`] on it.
+        open: Option<Arc<OpenConnection>>,
     },
     /// Failed for good.
     Closed,
@@ -198,6 +200,18 @@ impl Drop for Claim {
     }
 }
 
+/// What keeps a socket's share of the tenant's limits taken while any part
+/// of it lives: the granted address it claimed, its outbound slot, its
+/// place under the connection cap. In WASI 0.2 a socket's streams are its
+/// children and cannot outlive it; in WASI 0.3 its streams (a listener's
+/// clients, a connection's bytes) can, so each holds one of these.
+#[derive(Clone, Default)]
+pub struct Hold {
+    _claim: Option<Arc<Claim>>,
+    _outbound: Option<Arc<Outbound>>,
+    _open: Option<Arc<OpenConnection>>,
+}
+
 /// A connection as it is handed to the guest: the socket, the stream its
 /// input and output streams read and write, and its policing.
 pub struct Connection {
@@ -219,10 +233,13 @@ pub struct TcpSocket {
     generation: u64,
     tenant: Arc<dyn Tenancy>,
     /// The granted address this socket has bound, if any.
-    _claim: Option<Claim>,
+    claim: Option<Arc<Claim>>,
     /// Set from `start-connect` while the outbound connection is being
     /// made or is open: counts against the tenant's outbound cap.
-    _outbound: Option<Outbound>,
+    outbound: Option<Arc<Outbound>>,
+    /// Which halves of a connection WASI 0.3 has handed out (`receive`,
+    /// `send`): each once.
+    taken: (bool, bool),
 }
 
 impl TcpSocket {
@@ -238,8 +255,9 @@ impl TcpSocket {
             options: Options::default(),
             generation,
             tenant,
-            _claim: None,
-            _outbound: None,
+            claim: None,
+            outbound: None,
+            taken: (false, false),
         }
     }
 
@@ -307,7 +325,7 @@ impl TcpSocket {
             let Some(claim) = Claim::take(claims, addr) else {
                 return Err(SocketError::AddressInUse);
             };
-            self._claim = Some(claim);
+            self.claim = Some(Arc::new(claim));
         }
         self.state = State::BindStarted(addr);
         Ok(())
@@ -361,7 +379,7 @@ impl TcpSocket {
             );
             return Err(SocketError::NewSocketLimit);
         };
-        self._outbound = Some(slot);
+        self.outbound = Some(Arc::new(slot));
         self.state = State::Connecting(Box::pin(connect(addr, self.options, self.family)));
         Ok(())
     }
@@ -393,14 +411,15 @@ impl TcpSocket {
         let stream = match result {
             Ok(stream) => stream,
             Err(e) => {
-                self._outbound = None;
+                self.outbound = None;
                 return Err(SocketError::from_io(&e));
             }
         };
         let stream = Arc::new(stream);
         let peer = stream.peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
         let policed = self.tenant.police(peer);
-        if let Some(outbound) = &mut self._outbound {
+        // Not shared yet: only a connected socket is held.
+        if let Some(outbound) = self.outbound.as_mut().and_then(Arc::get_mut) {
             outbound.watchdog = policed
                 .clone()
                 .watch_idle(Arc::downgrade(&stream))
@@ -408,7 +427,8 @@ impl TcpSocket {
         }
         self.state = State::Connected {
             stream: stream.clone(),
-            _open: None,
+            policed: policed.clone(),
+            open: None,
         };
         Ok((stream, policed))
     }
@@ -485,65 +505,6 @@ impl TcpSocket {
         }
     }
 
-    /// Takes the next client from a listening socket, resetting those past
-    /// the connection cap (`limits`), or past the cap for their address.
-    fn next_client(
-        &self,
-        limits: &crate::config::manifest::Limits,
-    ) -> Result<(TcpStream, SocketAddr), SocketError> {
-        let cap = u64::from(limits.max_connections);
-        let per_peer = limits.max_connections_per_peer;
-        let (account, admission) = (self.tenant.account(), self.tenant.admission());
-        let current = self.tenant.may_accept(self.generation);
-        let State::Listening { listener, .. } = &self.state else {
-            return Err(SocketError::InvalidState);
-        };
-        // Paused after accepts failed for want of file descriptors: the
-        // clients wait in the backlog until the pause ends.
-        if !current || admission.backoff.paused().is_some() {
-            return Err(SocketError::WouldBlock);
-        }
-        admission.guest_accepting();
-        loop {
-            // Through the readiness: an accept that finds the queue empty
-            // clears it only if nothing arrived meanwhile, so no wakeup is
-            // lost between an empty queue and the next wait. No waker is
-            // registered here: that is for whoever waits (see
-            // crate::wasi::poll).
-            let (client, peer) = match listener.try_io(Interest::READABLE, TcpListener::accept) {
-                Ok(client) => client,
-                // The client gave up while queued, or Linux reported a
-                // network error of that client's on the listener: take the
-                // next one (WASI leaves both to the host to absorb).
-                Err(e) if is_client_error(&e) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Err(SocketError::WouldBlock);
-                }
-                Err(e) if is_resource_error(&e) => {
-                    let addr = listener
-                        .get_ref()
-                        .local_addr()
-                        .unwrap_or(([0, 0, 0, 0], 0).into());
-                    admission.backoff.failed(account, addr, &e);
-                    return Err(SocketError::WouldBlock);
-                }
-                Err(e) => return Err(SocketError::from_io(&e)),
-            };
-            admission.backoff.succeeded();
-            let Some(client) = admission.admit(account, client, peer, cap, per_peer) else {
-                continue;
-            };
-            // Registering with the event loop can fail (out of memory,
-            // the epoll watch limit): the client is closed and the guest
-            // told, never trapped.
-            return client
-                .set_nonblocking(true)
-                .and_then(|()| TcpStream::from_std(client))
-                .map(|client| (client, peer))
-                .map_err(|e| accept_error(&e));
-        }
-    }
-
     /// `accept`: the next client admitted under the instance's `limits`,
     /// counted in `open` (the instance's open connections), as a connected
     /// socket that inherits this one's options.
@@ -552,34 +513,80 @@ impl TcpSocket {
         limits: &crate::config::manifest::Limits,
         open: &Arc<AtomicU64>,
     ) -> Result<Connection, SocketError> {
-        let (stream, peer) = self.next_client(limits)?;
-        let _ = stream.set_nodelay(true);
-        // The client inherits the listener's options, as WASI says.
-        let family = Family::of(&peer);
-        self.options.apply(&socket2::SockRef::from(&stream), family);
-        let stream = Arc::new(stream);
-        let policed = self.tenant.police(peer);
-        let watchdog = policed
-            .clone()
-            .watch_idle(Arc::downgrade(&stream))
-            .map(|watch| tokio::spawn(watch).abort_handle());
-        let cap = u64::from(limits.max_connections);
-        let open = self.tenant.open_connection(peer.ip(), cap, open, watchdog);
-        let mut socket = Self::with_state(
-            family,
-            self.generation,
-            self.tenant.clone(),
-            State::Connected {
-                stream: stream.clone(),
-                _open: Some(open),
+        let State::Listening { listener, .. } = &self.state else {
+            return Err(SocketError::InvalidState);
+        };
+        AcceptFrom {
+            listener,
+            tenant: &self.tenant,
+            generation: self.generation,
+            options: self.options,
+        }
+        .accept(limits, open)
+    }
+
+    /// What keeps this socket's share of the tenant's limits taken, for a
+    /// part of it that may outlive it (WASI 0.3 streams).
+    pub fn hold(&self) -> Hold {
+        Hold {
+            _claim: self.claim.clone(),
+            _outbound: self.outbound.clone(),
+            _open: match &self.state {
+                State::Connected { open, .. } => open.clone(),
+                _ => None,
             },
-        );
-        socket.options = self.options;
-        Ok(Connection {
-            socket,
-            stream,
-            policed,
+        }
+    }
+
+    /// A listening socket's clients, for a stream of them that may outlive
+    /// the socket (WASI 0.3 `listen`); `None` unless listening.
+    pub fn acceptor(&self) -> Option<Acceptor> {
+        Some(Acceptor {
+            readiness: self.accept_readiness()?,
+            options: self.options,
+            hold: self.hold(),
         })
+    }
+
+    /// One half of a connected socket, once each (WASI 0.3 `receive` with
+    /// `send == false`, `send` with `true`): the stream, its policing, and
+    /// what keeps the connection counted while the half lives.
+    pub fn take_half(
+        &mut self,
+        send: bool,
+    ) -> Result<(Arc<TcpStream>, Arc<Policed>, Hold), SocketError> {
+        let hold = self.hold();
+        let State::Connected {
+            stream, policed, ..
+        } = &self.state
+        else {
+            return Err(SocketError::InvalidState);
+        };
+        let taken = if send {
+            &mut self.taken.1
+        } else {
+            &mut self.taken.0
+        };
+        if std::mem::replace(taken, true) {
+            return Err(SocketError::InvalidState);
+        }
+        Ok((stream.clone(), policed.clone(), hold))
+    }
+
+    /// Whether the socket is fresh (never bound): WASI 0.3 `listen` binds
+    /// such a socket implicitly, to an ephemeral port.
+    pub fn is_fresh(&self) -> bool {
+        matches!(self.state, State::Fresh)
+    }
+
+    /// Ready once an outbound connect has finished (at once for a socket
+    /// that is not connecting); `finish_connect` then reports it.
+    pub fn poll_connect(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let State::Connecting(connect) = &mut self.state {
+            let result = std::task::ready!(connect.as_mut().poll(cx));
+            self.state = State::ConnectDone(result);
+        }
+        Poll::Ready(())
     }
 
     /// `local-address`.
@@ -665,6 +672,157 @@ impl TcpSocket {
         // either way.
         let _ = sock.shutdown(how);
         Ok(())
+    }
+}
+
+/// A listening socket, as accepting needs it.
+struct AcceptFrom<'a> {
+    listener: &'a AsyncFd<TcpListener>,
+    tenant: &'a Arc<dyn Tenancy>,
+    generation: u64,
+    /// The listener's options, which its clients inherit.
+    options: Options,
+}
+
+impl AcceptFrom<'_> {
+    /// Takes the next client from a listening socket, resetting those past
+    /// the connection cap (`limits`), or past the cap for their address.
+    fn next_client(
+        &self,
+        limits: &crate::config::manifest::Limits,
+    ) -> Result<(TcpStream, SocketAddr), SocketError> {
+        let listener = self.listener;
+        let cap = u64::from(limits.max_connections);
+        let per_peer = limits.max_connections_per_peer;
+        let (account, admission) = (self.tenant.account(), self.tenant.admission());
+        let current = self.tenant.may_accept(self.generation);
+        // Paused after accepts failed for want of file descriptors: the
+        // clients wait in the backlog until the pause ends.
+        if !current || admission.backoff.paused().is_some() {
+            return Err(SocketError::WouldBlock);
+        }
+        admission.guest_accepting();
+        loop {
+            // Through the readiness: an accept that finds the queue empty
+            // clears it only if nothing arrived meanwhile, so no wakeup is
+            // lost between an empty queue and the next wait. No waker is
+            // registered here: that is for whoever waits (see
+            // crate::wasi::poll).
+            let (client, peer) = match listener.try_io(Interest::READABLE, TcpListener::accept) {
+                Ok(client) => client,
+                // The client gave up while queued, or Linux reported a
+                // network error of that client's on the listener: take the
+                // next one (WASI leaves both to the host to absorb).
+                Err(e) if is_client_error(&e) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(SocketError::WouldBlock);
+                }
+                Err(e) if is_resource_error(&e) => {
+                    let addr = listener
+                        .get_ref()
+                        .local_addr()
+                        .unwrap_or(([0, 0, 0, 0], 0).into());
+                    admission.backoff.failed(account, addr, &e);
+                    return Err(SocketError::WouldBlock);
+                }
+                Err(e) => return Err(SocketError::from_io(&e)),
+            };
+            admission.backoff.succeeded();
+            let Some(client) = admission.admit(account, client, peer, cap, per_peer) else {
+                continue;
+            };
+            // Registering with the event loop can fail (out of memory,
+            // the epoll watch limit): the client is closed and the guest
+            // told, never trapped.
+            return client
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(client))
+                .map(|client| (client, peer))
+                .map_err(|e| accept_error(&e));
+        }
+    }
+
+    /// The next client admitted under the instance's `limits`, counted in
+    /// `open` (the instance's open connections), as a connected socket
+    /// that inherits the listener's options.
+    fn accept(
+        &self,
+        limits: &crate::config::manifest::Limits,
+        open: &Arc<AtomicU64>,
+    ) -> Result<Connection, SocketError> {
+        let (stream, peer) = self.next_client(limits)?;
+        let _ = stream.set_nodelay(true);
+        // The client inherits the listener's options, as WASI says.
+        let family = Family::of(&peer);
+        self.options.apply(&socket2::SockRef::from(&stream), family);
+        let stream = Arc::new(stream);
+        let policed = self.tenant.police(peer);
+        let watchdog = policed
+            .clone()
+            .watch_idle(Arc::downgrade(&stream))
+            .map(|watch| tokio::spawn(watch).abort_handle());
+        let cap = u64::from(limits.max_connections);
+        let open = self.tenant.open_connection(peer.ip(), cap, open, watchdog);
+        let mut socket = TcpSocket::with_state(
+            family,
+            self.generation,
+            self.tenant.clone(),
+            State::Connected {
+                stream: stream.clone(),
+                policed: policed.clone(),
+                open: Some(Arc::new(open)),
+            },
+        );
+        socket.options = self.options;
+        Ok(Connection {
+            socket,
+            stream,
+            policed,
+        })
+    }
+}
+
+/// A listening socket's clients, as a WASI 0.3 `stream<tcp-socket>` takes
+/// them: it may outlive the socket, and keeps the socket's claim on its
+/// address while it lives.
+pub struct Acceptor {
+    readiness: AcceptReadiness,
+    /// The listener's options, which its clients inherit.
+    options: Options,
+    hold: Hold,
+}
+
+impl Acceptor {
+    /// Ready when a client may be accepted (see [`AcceptReadiness`]).
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.readiness.poll(cx)
+    }
+
+    /// The next client admitted under the instance's `limits`, counted in
+    /// `open`; pending (with `cx` woken) until there is one.
+    pub fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+        limits: &crate::config::manifest::Limits,
+        open: &Arc<AtomicU64>,
+    ) -> Poll<Result<Connection, SocketError>> {
+        let _ = &self.hold;
+        let from = AcceptFrom {
+            listener: &self.readiness.listener,
+            tenant: &self.readiness.tenant,
+            generation: self.readiness.generation,
+            options: self.options,
+        };
+        loop {
+            std::task::ready!(self.readiness.poll(cx));
+            // Ready means a client waits and this version may take it; one
+            // that is gone (or refused at a cap) meanwhile sends us back to
+            // waiting, which registers `cx` again.
+            match from.accept(limits, open) {
+                Err(SocketError::WouldBlock) => continue,
+                other => return Poll::Ready(other),
+            }
+        }
     }
 }
 

@@ -1,0 +1,246 @@
+//! The streams of WASI 0.3 sockets over the version-independent halves in
+//! crate::wasi::sockets: a listener's clients ([`Clients`], a
+//! `stream<tcp-socket>`), a connection's bytes in ([`Incoming`]) and out
+//! ([`Outgoing`]), each `stream<u8>` read from or written to the guest's
+//! memory directly. Each holds its socket's share of the tenant's limits
+//! (crate::wasi::sockets::tcp::Hold), as it may outlive the socket.
+
+use super::bindings::error_code;
+use super::bindings::wasi::sockets::types::ErrorCode;
+use crate::limits::connection::Policed;
+use crate::wasi::seam::Tenancy;
+use crate::wasi::sockets::SocketError;
+use crate::wasi::sockets::stream::{Receiver, Sender, StreamFailure};
+use crate::wasi::sockets::tcp::{Acceptor, Hold};
+use crate::wasi::view::WasiHost;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{
+    Destination, Resource, Source, StreamConsumer, StreamProducer, StreamResult,
+};
+
+use crate::wasi::sockets::tcp::TcpSocket;
+
+/// Room asked of the guest's buffer for a read when the guest gave none
+/// (a host-side buffer, used only if the guest's memory is not at hand).
+const HOST_BUFFER: usize = 8192;
+
+/// How a stream's completion future ends: sent exactly once, also when
+/// the stream is dropped (a dropped sender would trap the guest).
+struct Done(Option<oneshot::Sender<Result<(), ErrorCode>>>);
+
+impl Done {
+    fn new() -> (Self, oneshot::Receiver<Result<(), ErrorCode>>) {
+        let (tx, rx) = oneshot::channel();
+        (Done(Some(tx)), rx)
+    }
+
+    fn finish(&mut self, result: Result<(), ErrorCode>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.finish(Ok(()));
+    }
+}
+
+/// The end of a stream for `failure`: its completion result, or a trap.
+fn end(done: &mut Done, failure: StreamFailure) -> Poll<wasmtime::Result<StreamResult>> {
+    match failure {
+        StreamFailure::Closed => done.finish(Ok(())),
+        StreamFailure::Failed(e) => done.finish(Err(error_code(SocketError::from_io(&e)))),
+        StreamFailure::Trap(why) => return Poll::Ready(Err(wasmtime::format_err!("{why}"))),
+    }
+    Poll::Ready(Ok(StreamResult::Dropped))
+}
+
+/// What a producer or consumer answers when it cannot go on now: wait,
+/// unless the guest is cancelling the read or write.
+fn pending(finish: bool) -> Poll<wasmtime::Result<StreamResult>> {
+    if finish {
+        Poll::Ready(Ok(StreamResult::Cancelled))
+    } else {
+        Poll::Pending
+    }
+}
+
+/// A listener's clients: each a connected socket pushed into the guest's
+/// table, admitted under the instance's limits as WASI 0.2's `accept`.
+pub struct Clients {
+    acceptor: Acceptor,
+}
+
+impl Clients {
+    /// The clients `acceptor` takes.
+    pub fn new(acceptor: Acceptor) -> Self {
+        Clients { acceptor }
+    }
+}
+
+impl<D: WasiHost> StreamProducer<D> for Clients {
+    type Item = Resource<TcpSocket>;
+    type Buffer = Option<Resource<TcpSocket>>;
+
+    fn poll_produce<'a>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut store: StoreContextMut<'a, D>,
+        mut dst: Destination<'a, Self::Item, Self::Buffer>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        // A zero-length read asks whether a client waits.
+        if dst.remaining(&mut store) == Some(0) {
+            return match self.acceptor.poll_ready(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(StreamResult::Completed)),
+                Poll::Pending => pending(finish),
+            };
+        }
+        let wasi = store.data_mut().wasi();
+        loop {
+            let connection = match self.acceptor.poll_accept(cx, &wasi.limits, &wasi.open) {
+                Poll::Ready(Ok(connection)) => connection,
+                // That client is closed (the host could not take it on):
+                // the next one.
+                Poll::Ready(Err(SocketError::NewSocketLimit)) => continue,
+                // The listener itself failed: the stream ends.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(StreamResult::Dropped)),
+                Poll::Pending => return pending(finish),
+            };
+            // At the guest's handle limit the client is closed, as a
+            // server out of descriptors would; the guest goes on.
+            let Ok(socket) = wasi.table().push(connection.socket) else {
+                continue;
+            };
+            dst.set_buffer(Some(socket));
+            return Poll::Ready(Ok(StreamResult::Completed));
+        }
+    }
+}
+
+/// A connection's bytes in, read straight into the guest's buffer.
+pub struct Incoming {
+    receiver: Receiver,
+    done: Done,
+    _hold: Hold,
+}
+
+impl Incoming {
+    /// The read half of `stream`, policed by `policed`, and the future
+    /// that reports how it ended.
+    pub fn new(
+        stream: Arc<TcpStream>,
+        policed: Arc<Policed>,
+        hold: Hold,
+    ) -> (Self, oneshot::Receiver<Result<(), ErrorCode>>) {
+        let (done, result) = Done::new();
+        // Readiness as exact as POSIX `poll`: a read that empties the
+        // socket waits for new data.
+        let optimistic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let receiver = Receiver::new(stream, policed, optimistic);
+        (
+            Incoming {
+                receiver,
+                done,
+                _hold: hold,
+            },
+            result,
+        )
+    }
+}
+
+impl<D> StreamProducer<D> for Incoming {
+    type Item = u8;
+    type Buffer = bytes::BytesMut;
+
+    fn poll_produce<'a>(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut store: StoreContextMut<'a, D>,
+        dst: Destination<'a, Self::Item, Self::Buffer>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        let this = &mut *self;
+        if dst.remaining(&mut store) == Some(0) {
+            return match this.receiver.poll_ready(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(StreamResult::Completed)),
+                Poll::Pending => pending(finish),
+            };
+        }
+        let mut dst = dst.as_direct(store, HOST_BUFFER);
+        match this.receiver.poll_read(cx, dst.remaining()) {
+            Poll::Ready(Ok(n)) => {
+                dst.mark_written(n);
+                Poll::Ready(Ok(StreamResult::Completed))
+            }
+            Poll::Ready(Err(failure)) => end(&mut this.done, failure),
+            Poll::Pending => pending(finish),
+        }
+    }
+}
+
+/// A connection's bytes out, sent straight from the guest's buffer: the
+/// guest's write completes with what the socket took, so no bytes wait in
+/// the host.
+pub struct Outgoing {
+    sender: Sender,
+    done: Done,
+    _hold: Hold,
+}
+
+impl Outgoing {
+    /// The write half of `stream` of `tenant`, policed by `policed`, and
+    /// the future that reports how it ended.
+    pub fn new(
+        stream: Arc<TcpStream>,
+        policed: Arc<Policed>,
+        tenant: Arc<dyn Tenancy>,
+        hold: Hold,
+    ) -> (Self, oneshot::Receiver<Result<(), ErrorCode>>) {
+        let (done, result) = Done::new();
+        (
+            Outgoing {
+                sender: Sender::new(stream, policed, tenant),
+                done,
+                _hold: hold,
+            },
+            result,
+        )
+    }
+}
+
+impl<D> StreamConsumer<D> for Outgoing {
+    type Item = u8;
+
+    fn poll_consume(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        store: StoreContextMut<D>,
+        src: Source<Self::Item>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        let this = &mut *self;
+        let mut src = src.as_direct(store);
+        if src.remaining().is_empty() {
+            return match this.sender.poll_ready(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(StreamResult::Completed)),
+                Poll::Pending => pending(finish),
+            };
+        }
+        match this.sender.poll_write(cx, src.remaining()) {
+            Poll::Ready(Ok(n)) => {
+                src.mark_read(n);
+                Poll::Ready(Ok(StreamResult::Completed))
+            }
+            Poll::Ready(Err(failure)) => end(&mut this.done, failure),
+            Poll::Pending => pending(finish),
+        }
+    }
+}
