@@ -365,7 +365,7 @@ fn a_guest_past_its_outbound_byte_limit_on_a_connection_is_cut_off() {
 
 #[test]
 fn closing_a_connection_whose_client_does_not_read_does_not_hold_the_guest_up() {
-    let manifest = one(&test_guest("hostile").display().to_string(), "");
+    let manifest = one(&hostile_guest().display().to_string(), "");
     let t = Tenants::start(&manifest, &["t"], &[]);
     let (addr, admin) = (t.addr("t"), t.admin.unwrap());
     let mut sink = connect(addr);

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 
 /// The hostile guest, running, with a connection to give it orders.
 fn hostile() -> (Host, SocketAddr, TcpStream) {
-    let (host, addr) = Host::serve(Some(&test_guest("hostile")));
+    let (host, addr) = Host::serve_as(&hostile_guest(), "hostile");
     let stream = connect(addr);
     (host, addr, stream)
 }
@@ -157,4 +157,29 @@ fn a_guest_exiting_with_an_error_status_is_reported() {
     stream.write_all(b"exit 3\n").unwrap();
     assert_eq!(host.wait_exit().code(), Some(1));
     assert_clean_error(&host.log(), "error: guest 'hostile' exited with status 1");
+}
+
+also_on_wasi_p3!(
+    binding_another_port_is_refused_and_logged,
+    binding_all_interfaces_is_refused_and_logged,
+    connecting_out_is_refused_and_logged,
+    udp_is_refused_and_logged,
+    name_lookups_are_refused_and_logged,
+    the_filesystem_has_no_directories_and_asking_for_them_is_no_refusal,
+    the_guest_sees_only_its_listen_address_in_the_environment,
+    the_guest_keeps_serving_after_refusals,
+    a_trapping_guest_is_reported_with_its_wasm_backtrace,
+    a_guest_exiting_with_an_error_status_is_reported,
+);
+
+/// WASI 0.3 binds a socket that listens unbound implicitly, to an
+/// ephemeral port: never a granted address, so refused and logged.
+#[test]
+fn wasi_p3_listening_without_binding_is_refused_and_logged() {
+    on_wasi_p3(|| {
+        let (host, _addr, mut stream) = hostile();
+        let reply = order(&mut stream, "listen-unbound");
+        assert!(reply.starts_with("denied"), "{reply}");
+        refusal(&host, "refused: bind/listen on 0.0.0.0:0 is not granted");
+    });
 }

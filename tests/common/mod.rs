@@ -23,10 +23,58 @@ pub fn client_bin() -> &'static str {
     env!("CARGO_BIN_EXE_client")
 }
 
+thread_local! {
+    /// Whether the test on this thread runs the WASI 0.3 form of the guests
+    /// (see [`on_wasi_p3`]).
+    static WASI_P3: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `test` with the WASI 0.3 form of every guest it names through
+/// [`builtin`], [`repo_guest`] and [`hostile_guest`].
+pub fn on_wasi_p3(test: fn()) {
+    WASI_P3.with(|p3| p3.set(true));
+    test();
+}
+
+/// Whether this test runs the WASI 0.3 guests.
+pub fn wasi_p3() -> bool {
+    WASI_P3.with(std::cell::Cell::get)
+}
+
+/// Runs the named tests of this file again, each with the WASI 0.3 form of
+/// its guests, as `wasi_p3::NAME`: the same guarantees, proven for both.
+#[macro_export]
+macro_rules! also_on_wasi_p3 {
+    ($($test:ident),* $(,)?) => {
+        mod wasi_p3 {
+            $(
+                #[test]
+                fn $test() {
+                    $crate::common::on_wasi_p3(super::$test);
+                }
+            )*
+        }
+    };
+}
+
+/// `builtin:NAME` in a manifest, in the form this test runs.
+pub fn builtin(name: &str) -> String {
+    if wasi_p3() {
+        format!("builtin:{name}@p3")
+    } else {
+        format!("builtin:{name}")
+    }
+}
+
 /// One of the repository's guests (`guest/src/bin/{name}.rs`), as built
-/// for embedding in the host.
+/// for embedding in the host, in the form this test runs.
 pub fn repo_guest(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("TCPHOST_GUEST_DIR")).join(format!("{name}.wasm"));
+    let dir = if wasi_p3() {
+        env!("TCPHOST_P3_GUEST_DIR")
+    } else {
+        env!("TCPHOST_GUEST_DIR")
+    };
+    let path = PathBuf::from(dir).join(format!("{name}.wasm"));
     assert!(path.is_file(), "no guest named {name}");
     path
 }
@@ -34,6 +82,12 @@ pub fn repo_guest(name: &str) -> PathBuf {
 /// A test guest's component, from `tests/guests/src/bin/{name}.rs`.
 pub fn test_guest(name: &str) -> PathBuf {
     test_guests::path(name)
+}
+
+/// The hostile test guest, in the form this test runs (`hostile`, or
+/// `hostile-p3` on WASI 0.3).
+pub fn hostile_guest() -> PathBuf {
+    test_guest(if wasi_p3() { "hostile-p3" } else { "hostile" })
 }
 
 /// The log lines a process has written to stderr so far.
@@ -162,11 +216,21 @@ impl Host {
     /// `None`) and waits until the guest listens. Returns the host and the
     /// address to connect to.
     pub fn serve(guest: Option<&Path>) -> (Host, SocketAddr) {
+        Host::serve_with(guest, &[])
+    }
+
+    /// [`Host::serve`] with the tenant named `name`.
+    pub fn serve_as(guest: &Path, name: &str) -> (Host, SocketAddr) {
+        Host::serve_with(Some(guest), &["--name", name])
+    }
+
+    fn serve_with(guest: Option<&Path>, extra: &[&str]) -> (Host, SocketAddr) {
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         if let Some(guest) = guest {
             args.push(guest.into());
         }
         args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        args.extend(extra.iter().map(Into::into));
         let host = Host::start(&args);
         let line = host.wait_for_log(": listening on ");
         let addr = line

@@ -1,0 +1,286 @@
+//! The hostile guest on WASI 0.3: the same commands as `hostile` (one per
+//! line, one answer line each, `ok ...` or `denied ...`), tried through
+//! `wasi:sockets@0.3.0` and the other 0.3 interfaces directly, plus what
+//! only 0.3 allows: `listen-unbound` (listen without bind: 0.3 binds
+//! implicitly) and `hoard-streams` (accept every client, drop its socket
+//! and keep its receive stream, which outlives the socket in 0.3). Serves
+//! one client at a time.
+#![cfg_attr(target_family = "wasm", no_main)]
+
+#[cfg(target_family = "wasm")]
+mod guest {
+    mod bindings {
+        wit_bindgen::generate!({
+            path: "../../wit/p3",
+            world: "tcphost:server/tcp-server-p3",
+            generate_all,
+        });
+    }
+
+    use bindings::exports::wasi::cli::run::Guest;
+    use bindings::wasi::cli::environment::get_environment;
+    use bindings::wasi::sockets::types::{
+        IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, TcpSocket,
+        UdpSocket,
+    };
+    use std::net::SocketAddr;
+    use wit_bindgen::{StreamReader, StreamResult};
+
+    struct Hostile;
+
+    impl Guest for Hostile {
+        async fn run() -> Result<(), ()> {
+            let addr: SocketAddr = env("LISTEN_ADDR")
+                .and_then(|a| a.parse().ok())
+                .expect("the host sets LISTEN_ADDR");
+            let listener = TcpSocket::create(family(&addr)).expect("a socket");
+            listener
+                .bind(to_wasi(addr))
+                .expect("binding the granted address");
+            let mut clients = listener.listen().expect("listening on the granted address");
+            loop {
+                let Some(client) = next(&mut clients).await else {
+                    return Err(());
+                };
+                let (mut input, _) = client.receive();
+                let (mut output, to_send) = bindings::wit_stream::new::<u8>();
+                let _sent = client.send(to_send);
+                let mut pending = Vec::new();
+                while let Some(line) = read_line(&mut input, &mut pending).await {
+                    let line = line.trim().to_owned();
+                    if line == "hoard" || line == "hoard-streams" {
+                        let _ = output.write_all(b"ok hoarding\n".to_vec()).await;
+                        hoard(&mut clients, line == "hoard-streams", client).await;
+                    }
+                    let answer = attempt(&line).await;
+                    println!("{line}: {answer}");
+                    let rest = output.write_all(format!("{answer}\n").into_bytes()).await;
+                    if !rest.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    bindings::export!(Hostile with_types_in bindings);
+
+    /// The next client of `clients`, or `None` once the stream ends.
+    async fn next(clients: &mut StreamReader<TcpSocket>) -> Option<TcpSocket> {
+        loop {
+            let (result, mut got) = clients.read(Vec::with_capacity(1)).await;
+            if let Some(client) = got.pop() {
+                return Some(client);
+            }
+            if let StreamResult::Dropped = result {
+                return None;
+            }
+        }
+    }
+
+    /// One line from `input` (without waiting for more than it needs).
+    async fn read_line(input: &mut StreamReader<u8>, pending: &mut Vec<u8>) -> Option<String> {
+        loop {
+            if let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                return Some(String::from_utf8_lossy(&line).into_owned());
+            }
+            let (result, data) = input.read(Vec::with_capacity(1024)).await;
+            if let StreamResult::Dropped = result {
+                return None;
+            }
+            pending.extend_from_slice(&data);
+        }
+    }
+
+    /// Accepts every client and holds it without reading, forever; with
+    /// `streams`, drops each socket and holds its receive stream instead.
+    async fn hoard(clients: &mut StreamReader<TcpSocket>, streams: bool, first: TcpSocket) -> ! {
+        let mut held = vec![first];
+        let mut inputs = Vec::new();
+        loop {
+            let Some(client) = next(clients).await else {
+                continue;
+            };
+            if streams {
+                inputs.push(client.receive());
+                drop(client);
+                println!("hoarding {} streams", inputs.len());
+            } else {
+                held.push(client);
+                println!("hoarding {} connections", held.len());
+            }
+        }
+    }
+
+    fn env(name: &str) -> Option<String> {
+        get_environment()
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+
+    fn family(addr: &SocketAddr) -> IpAddressFamily {
+        match addr {
+            SocketAddr::V4(_) => IpAddressFamily::Ipv4,
+            SocketAddr::V6(_) => IpAddressFamily::Ipv6,
+        }
+    }
+
+    fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
+        match addr {
+            SocketAddr::V4(a) => {
+                let o = a.ip().octets();
+                IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    port: a.port(),
+                    address: (o[0], o[1], o[2], o[3]),
+                })
+            }
+            SocketAddr::V6(a) => {
+                let s = a.ip().segments();
+                IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                    port: a.port(),
+                    flow_info: a.flowinfo(),
+                    address: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+                    scope_id: a.scope_id(),
+                })
+            }
+        }
+    }
+
+    /// Tries what `command` says and describes the outcome.
+    async fn attempt(command: &str) -> String {
+        let (verb, arg) = command.split_once(' ').unwrap_or((command, ""));
+        let outcome: Result<String, String> = match verb {
+            "bind" => match arg.parse::<SocketAddr>() {
+                Ok(addr) => TcpSocket::create(family(&addr))
+                    .and_then(|s| s.bind(to_wasi(addr)).and_then(|()| s.listen()).map(drop))
+                    .map(|()| format!("listening on {addr}"))
+                    .map_err(|e| format!("{e:?}")),
+                Err(e) => return format!("bad address: {e}"),
+            },
+            "listen-unbound" => TcpSocket::create(IpAddressFamily::Ipv4)
+                .and_then(|s| s.listen().map(drop))
+                .map(|()| "listening".into())
+                .map_err(|e| format!("{e:?}")),
+            "connect" => match arg.parse::<SocketAddr>() {
+                Ok(addr) => match TcpSocket::create(family(&addr)) {
+                    Ok(s) => s
+                        .connect(to_wasi(addr))
+                        .await
+                        .map(|()| "connected".into())
+                        .map_err(|e| format!("{e:?}")),
+                    Err(e) => Err(format!("{e:?}")),
+                },
+                Err(e) => return format!("bad address: {e}"),
+            },
+            "connect-hold" => {
+                let (n, target) = arg.split_once(' ').unwrap_or(("1", arg));
+                let Ok(target) = target.parse::<SocketAddr>() else {
+                    return format!("bad address: {target}");
+                };
+                let (mut held, mut refused, mut first) = (Vec::new(), 0, None);
+                for _ in 0..n.parse().unwrap_or(1) {
+                    let socket = TcpSocket::create(family(&target)).expect("a socket");
+                    match socket.connect(to_wasi(target)).await {
+                        Ok(()) => held.push(socket),
+                        Err(e) => {
+                            refused += 1;
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                let connected = held.len();
+                std::mem::forget(held);
+                let why = first.map(|e| format!(" ({e:?})")).unwrap_or_default();
+                Ok(format!("{connected} connected, {refused} refused{why}"))
+            }
+            "udp" => UdpSocket::create(IpAddressFamily::Ipv4)
+                .map(|_| "a UDP socket".into())
+                .map_err(|e| format!("{e:?}")),
+            "resolve" => bindings::wasi::sockets::ip_name_lookup::resolve_addresses(arg.into())
+                .await
+                .map(|addrs| format!("{} addresses", addrs.len()))
+                .map_err(|e| format!("{e:?}")),
+            "read" => {
+                let dirs = bindings::wasi::filesystem::preopens::get_directories();
+                if dirs.is_empty() {
+                    Err(format!("no directory to read {arg} from"))
+                } else {
+                    Ok(format!("{} directories", dirs.len()))
+                }
+            }
+            "env" => {
+                return env(arg).map_or_else(|| "denied not present".into(), |v| format!("ok {v}"));
+            }
+            "panic" => panic!("asked to panic"),
+            "spin" => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "spin-clock" => {
+                // Each `now` is a host call that returns at once.
+                let mut last = 0;
+                loop {
+                    last = std::hint::black_box(
+                        bindings::wasi::clocks::monotonic_clock::now().max(last),
+                    );
+                }
+            }
+            "say" => {
+                let n: u32 = arg.parse().unwrap_or(1);
+                for i in 0..n {
+                    println!("chatter {i}");
+                }
+                Ok(format!("{n} lines"))
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "listen" => {
+                let addr: SocketAddr = env("LISTEN_ADDR")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(([127, 0, 0, 1], 0).into());
+                let (mut held, mut refused, mut first) = (Vec::new(), 0, None);
+                for _ in 0..arg.parse().unwrap_or(1) {
+                    let socket = TcpSocket::create(family(&addr)).expect("a socket");
+                    match socket.bind(to_wasi(addr)).and_then(|()| socket.listen()) {
+                        Ok(clients) => held.push((clients, socket)),
+                        Err(e) => {
+                            refused += 1;
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                let listening = held.len();
+                // Held for good: what they cost the host must stay bounded.
+                std::mem::forget(held);
+                let why = first.map(|e| format!(" ({e:?})")).unwrap_or_default();
+                Ok(format!("{listening} listening, {refused} refused{why}"))
+            }
+            "random" => {
+                let bytes =
+                    bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
+                Ok(format!("{} random bytes", bytes.len()))
+            }
+            "exit" => std::process::exit(arg.parse().unwrap_or(1)),
+            _ => return format!("unknown command {verb:?}"),
+        };
+        match outcome {
+            Ok(what) => format!("ok {what}"),
+            Err(e) => format!("denied {e}"),
+        }
+    }
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn main() {
+    eprintln!("this guest is a WebAssembly component: build it with `--target wasm32-wasip2`");
+    std::process::exit(2);
+}
