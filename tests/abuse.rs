@@ -40,7 +40,11 @@ fn read_to_end_or_timeout(stream: &mut TcpStream) -> (Vec<u8>, bool) {
 
 #[test]
 fn ten_thousand_idle_connections_leave_the_tenant_serving() {
-    let t = Tenants::start(&one("builtin:seed", "max_connections = 12000"), &["t"], &[]);
+    let t = Tenants::start(
+        &one(&builtin("seed"), "max_connections = 12000"),
+        &["t"],
+        &[],
+    );
     let (addr, admin) = (t.addr("t"), t.admin.unwrap());
     let before = t.host.rss_kib();
     let neighbour = Neighbour::start(addr);
@@ -65,7 +69,7 @@ fn ten_thousand_idle_connections_leave_the_tenant_serving() {
 
 #[test]
 fn slowloris_writers_do_not_hold_up_other_clients() {
-    let t = Tenants::start(&one("builtin:seed", ""), &["t"], &[]);
+    let t = Tenants::start(&one(&builtin("seed"), ""), &["t"], &[]);
     let addr = t.addr("t");
     let neighbour = Neighbour::start(addr);
     let mut slow: Vec<TcpStream> = (0..200).map(|_| connect(addr)).collect();
@@ -102,7 +106,7 @@ fn connect_from(
 #[test]
 fn one_client_address_cannot_take_all_of_a_tenants_connections() {
     let t = Tenants::start(
-        &one("builtin:seed", "max_connections_per_peer = 20"),
+        &one(&builtin("seed"), "max_connections_per_peer = 20"),
         &["t"],
         &[],
     );
@@ -144,7 +148,7 @@ fn one_client_address_cannot_take_all_of_a_tenants_connections() {
 
 #[test]
 fn clients_that_never_read_cannot_grow_the_host() {
-    let t = Tenants::start(&one("builtin:echo", ""), &["t"], &[]);
+    let t = Tenants::start(&one(&builtin("echo"), ""), &["t"], &[]);
     let addr = t.addr("t");
     let before = t.host.rss_kib();
     let neighbour_echo = connect(addr);
@@ -199,7 +203,7 @@ fn clients_that_never_read_cannot_grow_the_host() {
 
 #[test]
 fn a_connect_and_reset_storm_leaves_nothing_behind() {
-    let t = Tenants::start(&one("builtin:seed", ""), &["t"], &[]);
+    let t = Tenants::start(&one(&builtin("seed"), ""), &["t"], &[]);
     let (addr, admin) = (t.addr("t"), t.admin.unwrap());
     let neighbour = Neighbour::start(addr);
     wait_metric(admin, &series("tcphost_connections_open"), |n| n == 1.0);
@@ -254,7 +258,7 @@ fn the_host_raises_its_soft_open_file_limit_to_the_hard_one() {
     let (_, hard) = open_file_limits("self");
     let dir = scratch_dir("nofile");
     let manifest = dir.join("tenants.toml");
-    std::fs::write(&manifest, one("builtin:seed", "")).unwrap();
+    std::fs::write(&manifest, one(&builtin("seed"), "")).unwrap();
     let host = Host::start_under_ulimit(&["--config".as_ref(), manifest.as_os_str()], "-Sn 64");
     host.wait_for_log("t: listening on ");
     assert_eq!(
@@ -268,7 +272,7 @@ fn the_host_raises_its_soft_open_file_limit_to_the_hard_one() {
 fn out_of_file_descriptors_the_host_backs_off_and_recovers() {
     let dir = scratch_dir("fds");
     let manifest = dir.join("tenants.toml");
-    std::fs::write(&manifest, one("builtin:seed", "")).unwrap();
+    std::fs::write(&manifest, one(&builtin("seed"), "")).unwrap();
     let host = Host::start_with_fd_limit(&["--config".as_ref(), manifest.as_os_str()], 40);
     let marker = "t: listening on ";
     let addr = addr_after(&host.wait_for_log(marker), marker);
@@ -300,7 +304,7 @@ fn out_of_file_descriptors_the_host_backs_off_and_recovers() {
 
 #[test]
 fn an_idle_connection_is_closed_after_the_idle_timeout() {
-    let t = Tenants::start(&one("builtin:seed", "idle_timeout = \"1s\""), &["t"], &[]);
+    let t = Tenants::start(&one(&builtin("seed"), "idle_timeout = \"1s\""), &["t"], &[]);
     let (addr, admin) = (t.addr("t"), t.admin.unwrap());
     let mut idle = connect(addr);
     assert_seed_reply(&round_trip(&mut idle, b"hi\n"));
@@ -323,7 +327,7 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
 
 #[test]
 fn a_client_past_its_inbound_byte_limit_is_disconnected() {
-    let t = Tenants::start(&one("builtin:echo", "max_bytes_in = 1000"), &["t"], &[]);
+    let t = Tenants::start(&one(&builtin("echo"), "max_bytes_in = 1000"), &["t"], &[]);
     let (addr, admin) = (t.addr("t"), t.admin.unwrap());
     let mut client = connect(addr);
     let line = format!("{}\n", "a".repeat(599));
@@ -351,7 +355,7 @@ fn a_client_past_its_inbound_byte_limit_is_disconnected() {
 
 #[test]
 fn a_guest_past_its_outbound_byte_limit_on_a_connection_is_cut_off() {
-    let t = Tenants::start(&one("builtin:echo", "max_bytes_out = 100"), &["t"], &[]);
+    let t = Tenants::start(&one(&builtin("echo"), "max_bytes_out = 100"), &["t"], &[]);
     let addr = t.addr("t");
     let mut client = connect(addr);
     let line = format!("{}\n", "b".repeat(59));
@@ -410,7 +414,7 @@ fn closing_a_connection_whose_client_does_not_read_does_not_hold_the_guest_up() 
 #[test]
 fn a_storm_of_idle_clients_is_closed_and_logged_within_the_budget() {
     let t = Tenants::start(
-        &one("builtin:seed", "idle_timeout = \"200ms\""),
+        &one(&builtin("seed"), "idle_timeout = \"200ms\""),
         &["t"],
         &[],
     );
@@ -437,7 +441,7 @@ fn after_a_pause_in_accepting_every_address_is_served_again() {
     let manifest = dir.join("tenants.toml");
     std::fs::write(
         &manifest,
-        one("builtin:seed", "").replace(
+        one(&builtin("seed"), "").replace(
             "listen = [\"127.0.0.1:0\"]",
             "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]",
         ),
@@ -472,3 +476,17 @@ fn after_a_pause_in_accepting_every_address_is_served_again() {
     let last = queued.last_mut().unwrap();
     assert_seed_reply(&round_trip(last, b"finally\n"));
 }
+
+also_on_wasi_p3!(
+    ten_thousand_idle_connections_leave_the_tenant_serving,
+    slowloris_writers_do_not_hold_up_other_clients,
+    one_client_address_cannot_take_all_of_a_tenants_connections,
+    clients_that_never_read_cannot_grow_the_host,
+    a_connect_and_reset_storm_leaves_nothing_behind,
+    out_of_file_descriptors_the_host_backs_off_and_recovers,
+    an_idle_connection_is_closed_after_the_idle_timeout,
+    a_client_past_its_inbound_byte_limit_is_disconnected,
+    a_guest_past_its_outbound_byte_limit_on_a_connection_is_cut_off,
+    a_storm_of_idle_clients_is_closed_and_logged_within_the_budget,
+    after_a_pause_in_accepting_every_address_is_served_again,
+);

@@ -1,7 +1,9 @@
-//! The repository's guests in their portable form (`guest` built without
-//! its `readiness` feature, `builtin:NAME@p2-portable`): standard `wasi:*`
-//! imports only, so the same file runs on any WASI 0.2 runtime, and served
-//! by this host like the default form.
+//! The repository's guests in their standard forms: portable WASI 0.2
+//! (`guest` built without its `readiness` feature,
+//! `builtin:NAME@p2-portable`) and WASI 0.3 (feature `p3`,
+//! `builtin:NAME@p3`): standard `wasi:*` imports only, so the same file
+//! runs on any runtime of that WASI version, and served by this host like
+//! the default form.
 
 mod common;
 
@@ -14,6 +16,13 @@ use std::time::{Duration, Instant};
 fn portable_guest(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("TCPHOST_PORTABLE_GUEST_DIR")).join(format!("{name}.wasm"));
     assert!(path.is_file(), "no portable guest named {name}");
+    path
+}
+
+/// The WASI 0.3 build of guest `name`.
+fn p3_guest(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("TCPHOST_P3_GUEST_DIR")).join(format!("{name}.wasm"));
+    assert!(path.is_file(), "no WASI 0.3 guest named {name}");
     path
 }
 
@@ -79,8 +88,40 @@ fn the_portable_guests_import_only_standard_wasi_interfaces() {
 }
 
 #[test]
+fn the_wasi_p3_guests_use_wasi_0_3_sockets_and_only_standard_interfaces() {
+    for name in guest_names() {
+        let imports = imports(&p3_guest(&name));
+        assert!(
+            imports.iter().any(|i| i == "wasi:sockets/types@0.3.0"),
+            "{name}: {imports:?}"
+        );
+        // No WASI 0.2 socket, no extension: the standard library's own
+        // WASI 0.2 imports (environment, stdio, random) are all it keeps.
+        let old_or_private: Vec<&String> = imports
+            .iter()
+            .filter(|i| !i.starts_with("wasi:") || i.starts_with("wasi:sockets/tcp@"))
+            .collect();
+        assert!(
+            old_or_private.is_empty(),
+            "{name} imports {old_or_private:?}"
+        );
+    }
+}
+
+#[test]
 fn the_portable_seed_guest_answers_every_message_and_every_client() {
-    let (host, addr) = Host::serve(Some(&portable_guest("seed")));
+    seed_answers_every_message_and_every_client(&portable_guest("seed"));
+}
+
+#[test]
+fn the_wasi_p3_seed_guest_answers_every_message_and_every_client() {
+    seed_answers_every_message_and_every_client(&p3_guest("seed"));
+}
+
+/// The seed guest at `path` answers binary and full-size messages, and
+/// many clients at once beside quiet ones; it never uses the extension.
+fn seed_answers_every_message_and_every_client(path: &std::path::Path) {
+    let (host, addr) = Host::serve(Some(path));
     let mut stream = connect(addr);
     for message in [&b"hello\n"[..], b"\x00\xff binary \r\n", &[b'a'; 2048]] {
         assert_seed_reply(&round_trip(&mut stream, message));
@@ -118,9 +159,14 @@ listen = ["127.0.0.1:0"]
 name = "readiness"
 component = "builtin:kv@p2"
 listen = ["127.0.0.1:0"]
+
+[[tenant]]
+name = "p3"
+component = "builtin:kv@p3"
+listen = ["127.0.0.1:0"]
 "#;
-    let tenants = Tenants::start(manifest, &["portable", "readiness"], &[]);
-    for name in ["portable", "readiness"] {
+    let tenants = Tenants::start(manifest, &["portable", "readiness", "p3"], &[]);
+    for name in ["portable", "readiness", "p3"] {
         let mut stream = connect(tenants.addr(name));
         assert_eq!(round_trip(&mut stream, b"SET k v\n"), "OK\n", "{name}");
         assert_eq!(round_trip(&mut stream, b"GET k\n"), "VALUE v\n", "{name}");
@@ -146,7 +192,18 @@ fn an_unknown_form_is_a_clear_error_listing_the_forms() {
 fn a_client_the_portable_guest_cannot_serve_yet_waits_without_losing_bytes() {
     // A reply buffered while the client does not read is delivered once it
     // does (the loop's write path is the same in both forms).
-    let (_host, addr) = Host::serve(Some(&portable_guest("echo")));
+    echo_loses_no_byte(&portable_guest("echo"));
+}
+
+#[test]
+fn a_client_the_wasi_p3_guest_cannot_serve_yet_waits_without_losing_bytes() {
+    // The 0.3 loop reads no more until the host has taken the last answer.
+    echo_loses_no_byte(&p3_guest("echo"));
+}
+
+/// 200 KB sent to the echo guest at `path` before reading come back whole.
+fn echo_loses_no_byte(path: &std::path::Path) {
+    let (_host, addr) = Host::serve(Some(path));
     let mut stream = connect(addr);
     let message = vec![b'x'; 200_000];
     stream.write_all(&message).unwrap();

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 /// A manifest with the seed as tenant `t`, draining for `drain`.
 fn seed_draining(drain: &str) -> String {
     format!(
-        "[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ drain_timeout = \"{drain}\" }}\n"
+        "[[tenant]]\nname = \"t\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ drain_timeout = \"{drain}\" }}\n",
+        builtin("seed")
     )
 }
 
@@ -98,7 +99,7 @@ fn while_draining_the_health_check_fails_and_nothing_new_starts() {
         (503, "stopping: draining open connections\n")
     );
     // Nothing new starts while stopping.
-    let (code, body) = t.post("/tenants/t/swap", "builtin:echo");
+    let (code, body) = t.post("/tenants/t/swap", &builtin("echo"));
     assert_eq!(
         (code, body.as_str()),
         (422, "not swapped: the host is stopping\n")
@@ -124,3 +125,11 @@ fn a_second_signal_stops_at_once() {
         "the client saw its connection end"
     );
 }
+
+also_on_wasi_p3!(
+    sigterm_with_no_clients_exits_zero,
+    sigint_lets_open_connections_finish_refuses_new_ones_then_exits_zero,
+    connections_that_outstay_the_drain_timeout_are_closed,
+    while_draining_the_health_check_fails_and_nothing_new_starts,
+    a_second_signal_stops_at_once,
+);

@@ -150,7 +150,7 @@ fn ten_swaps_under_load_lose_no_request_and_refuse_no_connection() {
 
 #[test]
 fn broken_components_are_refused_and_the_old_version_keeps_serving() {
-    let t = Tenants::start(&live("builtin:echo", ""), &["live"], &[]);
+    let t = Tenants::start(&live(&builtin("echo"), ""), &["live"], &[]);
     let addr = t.addr("live");
     let dir = scratch_dir("broken");
     let garbage = dir.join("garbage.wasm");
@@ -189,12 +189,12 @@ fn broken_components_are_refused_and_the_old_version_keeps_serving() {
     }
     let status = t.status("live");
     assert_eq!(status["state"], "running", "{status}");
-    assert_eq!(status["component"], "builtin:echo", "{status}");
+    assert_eq!(status["component"], builtin("echo"), "{status}");
 }
 
 #[test]
 fn a_new_version_that_fails_just_after_it_listens_leaves_the_old_one_accepting() {
-    let t = Tenants::start(&live("builtin:echo", ""), &["live"], &[]);
+    let t = Tenants::start(&live(&builtin("echo"), ""), &["live"], &[]);
     let addr = t.addr("live");
     assert_eq!(fresh_reply(addr, "hello"), "hello\n");
     let broken = test_guest("trap-after-listen").display().to_string();
@@ -213,14 +213,14 @@ fn a_new_version_that_fails_just_after_it_listens_leaves_the_old_one_accepting()
 #[test]
 fn the_drain_deadline_closes_connections_that_outstay_it() {
     let t = Tenants::start(
-        &live("builtin:echo", "drain_timeout = \"500ms\""),
+        &live(&builtin("echo"), "drain_timeout = \"500ms\""),
         &["live"],
         &[],
     );
     let addr = t.addr("live");
     let mut old = connect(addr);
     assert_eq!(round_trip(&mut old, b"before\n"), "before\n");
-    let (code, body) = swap(&t, "builtin:upper");
+    let (code, body) = swap(&t, &builtin("upper"));
     assert_eq!(code, 200, "{body}");
     // The old version still serves its connection until the deadline...
     assert_eq!(round_trip(&mut old, b"during\n"), "during\n");
@@ -243,7 +243,7 @@ fn the_drain_deadline_closes_connections_that_outstay_it() {
 
 #[test]
 fn a_tenant_with_two_addresses_is_served_on_both_before_and_after_a_swap() {
-    let manifest = live("builtin:echo", "").replace(
+    let manifest = live(&builtin("echo"), "").replace(
         "listen = [\"127.0.0.1:0\"]",
         "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]",
     );
@@ -271,7 +271,7 @@ fn a_tenant_with_two_addresses_is_served_on_both_before_and_after_a_swap() {
     for addr in &addrs {
         assert_eq!(fresh_reply(*addr, "hello"), "hello\n", "{addr}");
     }
-    let (code, body) = swap(&t, "builtin:upper");
+    let (code, body) = swap(&t, &builtin("upper"));
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         listening(2),
@@ -286,7 +286,7 @@ fn a_tenant_with_two_addresses_is_served_on_both_before_and_after_a_swap() {
 #[test]
 fn swaps_in_quick_succession_keep_at_most_sixteen_old_versions_draining() {
     let t = Tenants::start(
-        &live("builtin:echo", "drain_timeout = \"1h\""),
+        &live(&builtin("echo"), "drain_timeout = \"1h\""),
         &["live"],
         &[],
     );
@@ -299,11 +299,11 @@ fn swaps_in_quick_succession_keep_at_most_sixteen_old_versions_draining() {
         assert!(reply == "hi\n" || reply == "HI\n", "{reply}");
         held.push(stream);
         let to = if round % 2 == 0 {
-            "builtin:upper"
+            builtin("upper")
         } else {
-            "builtin:echo"
+            builtin("echo")
         };
-        let (code, body) = swap(&t, to);
+        let (code, body) = swap(&t, &to);
         assert_eq!(code, 200, "{body}");
     }
     t.host
@@ -323,11 +323,11 @@ fn swaps_in_quick_succession_keep_at_most_sixteen_old_versions_draining() {
 #[test]
 fn an_old_version_without_connections_is_dropped_at_once() {
     let t = Tenants::start(
-        &live("builtin:echo", "drain_timeout = \"1h\""),
+        &live(&builtin("echo"), "drain_timeout = \"1h\""),
         &["live"],
         &[],
     );
-    let (code, body) = swap(&t, "builtin:upper");
+    let (code, body) = swap(&t, &builtin("upper"));
     assert_eq!(code, 200, "{body}");
     t.host.wait_for_log("old version drained and dropped");
 }
@@ -519,4 +519,34 @@ fn the_kv_guest_keeps_state_across_connections_until_swapped_out() {
     // A new version starts with an empty store: state lives in the guest.
     assert_eq!(swap(&t, "builtin:kv").0, 200);
     assert_eq!(fresh_reply(addr, "GET colour"), "NONE\n");
+}
+
+also_on_wasi_p3!(
+    ten_swaps_under_load_lose_no_request_and_refuse_no_connection,
+    broken_components_are_refused_and_the_old_version_keeps_serving,
+    a_new_version_that_fails_just_after_it_listens_leaves_the_old_one_accepting,
+    the_drain_deadline_closes_connections_that_outstay_it,
+    a_tenant_with_two_addresses_is_served_on_both_before_and_after_a_swap,
+    swaps_in_quick_succession_keep_at_most_sixteen_old_versions_draining,
+    an_old_version_without_connections_is_dropped_at_once,
+    a_changed_component_file_is_swapped_in,
+);
+
+/// A tenant swapped from a WASI 0.2 guest to a WASI 0.3 one and back,
+/// under a client that keeps its connection: nothing refused, each
+/// version answers in its own way.
+#[test]
+fn a_tenant_swaps_between_wasi_versions_without_refusing_a_connection() {
+    let t = Tenants::start(&live("builtin:echo", ""), &["live"], &[]);
+    let addr = t.addr("live");
+    let mut kept = connect(addr);
+    assert_eq!(round_trip(&mut kept, b"hi\n"), "hi\n");
+    let (code, body) = swap(&t, "builtin:upper@p3");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(fresh_reply(addr, "hello"), "HELLO\n");
+    // The old version keeps the connection it had.
+    assert_eq!(round_trip(&mut kept, b"still\n"), "still\n");
+    let (code, body) = swap(&t, "builtin:echo@p2");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(fresh_reply(addr, "back"), "back\n");
 }

@@ -35,3 +35,32 @@ pub const INTERFACES: &[&str] = &[
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_is_written_once_and_the_vendored_wit_agrees_with_it() {
+        assert_eq!(super::VERSION, format!("0.3.{}", super::PATCH));
+        let sockets = include_str!("../../../../wit/p3/deps/sockets.wit");
+        assert!(sockets.contains(&format!("package wasi:sockets@{};", super::VERSION)));
+        let bindings = include_str!("bindings.rs");
+        assert!(bindings.contains(&format!(
+            "world: \"wasi:sockets/imports@{}\"",
+            super::VERSION
+        )));
+        // Every interface the host names is one the vendored WIT defines.
+        let all: String = ["cli", "clocks", "filesystem", "random", "sockets"]
+            .map(|p| {
+                std::fs::read_to_string(format!(
+                    "{}/../wit/p3/deps/{p}.wit",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+                .unwrap()
+            })
+            .concat();
+        for interface in super::INTERFACES {
+            let name = interface.rsplit('/').next().unwrap();
+            assert!(all.contains(&format!("interface {name} {{")), "{interface}");
+        }
+    }
+}
