@@ -183,3 +183,20 @@ fn wasi_p3_listening_without_binding_is_refused_and_logged() {
         refusal(&host, "refused: bind/listen on 0.0.0.0:0 is not granted");
     });
 }
+
+/// Dropping the stream a WASI 0.3 guest gave `send` shuts the connection
+/// down for writing, as the WIT says: the client sees the end of the
+/// stream while the guest still holds the socket.
+#[test]
+fn wasi_p3_closing_the_send_stream_ends_what_the_client_reads() {
+    on_wasi_p3(|| {
+        let (_host, _addr, mut stream) = hostile();
+        assert_eq!(order(&mut stream, "half-close"), "ok half-closing\n");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = std::io::Read::read_to_end(&mut stream, &mut rest);
+        assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    });
+}

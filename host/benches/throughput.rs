@@ -2,9 +2,10 @@
 //! `cargo bench -p host --bench throughput`; regenerates `BENCHMARKS.md`.
 //!
 //! Side by side in one run, on this machine: the host running the default
-//! guest (the seed server) in its ready-set form and in its portable form
-//! (standard `wasi:io/poll`), the portable form on stock `wasmtime run`
-//! (installed with `cargo install` if missing), a native tokio server
+//! guest (the seed server) in its ready-set form, in its portable form
+//! (standard `wasi:io/poll`) and in its WASI 0.3 form (component-model
+//! async), the portable and 0.3 forms on stock `wasmtime run` (installed
+//! with `cargo install` if missing), a native tokio server
 //! giving the same reply, and the seed's Go server when `go` is installed. Each client sends a short
 //! message and waits for the reply before sending the next. Cases: 1, 50 and
 //! 1000 busy clients, and 50 busy beside 5000 idle connections. Also: the
@@ -108,6 +109,17 @@ fn host_portable(dir: &Path) -> Server {
     )
 }
 
+/// The host with the seed guest's WASI 0.3 form (component-model async:
+/// streams, one task per connection).
+fn host_p3(dir: &Path) -> Server {
+    host_binary(
+        dir,
+        Path::new(env!("CARGO_BIN_EXE_host")),
+        "builtin:seed@p3",
+        "host + WASI 0.3 seed guest",
+    )
+}
+
 /// The wasmtime CLI this host is built on, as `cargo install wasmtime-cli`
 /// gives it (the run-time features only): found on the PATH or in cargo's
 /// bin directory, installed there if missing (a benchmark may install; a
@@ -153,6 +165,28 @@ fn wasmtime_portable(wasmtime: &Path) -> Server {
     wait_accepting(addr, Instant::now());
     Server {
         name: "stock wasmtime + portable seed guest",
+        child,
+        addr,
+    }
+}
+
+/// The seed guest's WASI 0.3 form on stock `wasmtime run`, with the
+/// network inherited and WASI 0.3 switched on.
+fn wasmtime_p3(wasmtime: &Path) -> Server {
+    let addr = free_addr();
+    let guest = Path::new(env!("TCPHOST_P3_GUEST_DIR")).join("seed.wasm");
+    let child = Command::new(wasmtime)
+        .args(["run", "-S", "inherit-network", "-S", "p3", "-W"])
+        .args(["component-model-async", "--env"])
+        .arg(format!("LISTEN_ADDR={addr}"))
+        .arg(&guest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_accepting(addr, Instant::now());
+    Server {
+        name: "stock wasmtime + WASI 0.3 seed guest",
         child,
         addr,
     }
@@ -461,7 +495,7 @@ fn main() {
     // All servers run throughout (idle ones cost nothing) and take turns,
     // case by case, in every round, so a drift in the machine's speed
     // during the run falls on all of them alike.
-    let mut servers = vec![native(), host(&dir), host_portable(&dir)];
+    let mut servers = vec![native(), host(&dir), host_portable(&dir), host_p3(&dir)];
     if let Some(baseline) = std::env::var_os("TCPHOST_BENCH_BASELINE") {
         servers.push(host_binary(
             &dir,
@@ -471,7 +505,10 @@ fn main() {
         ));
     }
     match stock_wasmtime() {
-        Some(wasmtime) => servers.push(wasmtime_portable(&wasmtime)),
+        Some(wasmtime) => {
+            servers.push(wasmtime_portable(&wasmtime));
+            servers.push(wasmtime_p3(&wasmtime));
+        }
         None => eprintln!("no wasmtime CLI: the stock-runtime row is left out"),
     }
     match go_seed(&dir) {
@@ -574,26 +611,28 @@ fn main() {
     eprint!("{report}");
 
     // Memory per idle connection, host and guest together.
-    let server = host(&dir);
-    std::thread::sleep(Duration::from_millis(500));
-    let before = server.rss_kib();
-    let addr = server.addr;
-    let held: Vec<std::net::TcpStream> = (0..IDLE_FOR_MEMORY)
-        .map(|_| std::net::TcpStream::connect(addr).unwrap())
-        .collect();
-    // Let the guest accept them all.
-    std::thread::sleep(Duration::from_secs(3));
-    let after = server.rss_kib();
-    drop(held);
-    drop(server);
-    writeln!(
-        report,
-        "\nMemory: the host's RSS went from {:.1} MiB to {:.1} MiB holding {IDLE_FOR_MEMORY} idle connections: {:.1} KiB per connection, host and guest together.\n",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        (after as f64 - before as f64) / IDLE_FOR_MEMORY as f64
-    )
-    .unwrap();
+    for server in [host(&dir), host_p3(&dir)] {
+        std::thread::sleep(Duration::from_millis(500));
+        let before = server.rss_kib();
+        let addr = server.addr;
+        let held: Vec<std::net::TcpStream> = (0..IDLE_FOR_MEMORY)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        // Let the guest accept them all.
+        std::thread::sleep(Duration::from_secs(3));
+        let after = server.rss_kib();
+        drop(held);
+        writeln!(
+            report,
+            "\nMemory, {}: the host's RSS went from {:.1} MiB to {:.1} MiB holding {IDLE_FOR_MEMORY} idle connections: {:.1} KiB per connection, host and guest together.",
+            server.name,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            (after as f64 - before as f64) / IDLE_FOR_MEMORY as f64
+        )
+        .unwrap();
+    }
+    report.push('\n');
 
     // Exec to accepting connections, one tenant from the command line.
     let cache = scratch("cache");

@@ -22,7 +22,8 @@
 //!   its own state and view (`wasi::view`), the narrow trait through which
 //!   it asks the tenant layer (`wasi::seam`), sockets independent of the
 //!   WASI version (`wasi::sockets`), the poll fast path (`wasi::poll`),
-//!   the WASI 0.2 bindings (`wasi::p2`), guest stdio (`wasi::stdio`).
+//!   the WASI 0.2 and 0.3 bindings over them (`wasi::p2`, `wasi::p3`),
+//!   guest stdio (`wasi::stdio`).
 //! - [`limits`]: each limit a unit of its own, with a table of where each
 //!   is enforced.
 //! - [`policy`]: grants as data, and the decision for each attempt.
@@ -35,7 +36,8 @@
 //! - **A grant is decided** in [`policy::Grant::decide`], and nowhere
 //!   else. The WASI layer enforces the decision: TCP binds, listens and
 //!   connects in `wasi::sockets::tcp`; UDP and name lookups, never granted,
-//!   refused at their entry points in `wasi::p2::refuse`.
+//!   refused at their entry points (`wasi::p2::refuse`, `wasi::p3::sockets`)
+//!   through `wasi::deny`.
 //! - **Each limit is enforced** where the table in [`limits`] says: memory
 //!   and handles in `limits::memory`, CPU time in `limits::cpu`,
 //!   connection caps and file-descriptor back-off in `limits::admission`,

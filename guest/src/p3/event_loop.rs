@@ -26,7 +26,8 @@ use wit_bindgen::StreamResult;
 /// The largest read handed to the protocol, as in the seed server.
 pub const READ_SIZE: u64 = 2048;
 
-/// Clients taken from a listener's stream in one read.
+/// Room for clients in one read of a listener's stream (a host may hand
+/// over fewer: this one gives one per read).
 const ACCEPT_BATCH: usize = 64;
 
 /// Serves clients on every granted address with `protocol`, forever;

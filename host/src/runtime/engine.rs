@@ -482,10 +482,12 @@ fn is_provided_name(name: &str, instance: bool) -> bool {
     let Some((interface, version)) = name.split_once('@') else {
         return false;
     };
+    // A pre-release (`0.3.0-rc-...`) is not the release the host links;
+    // build metadata (`+...`) does not change the version.
     let patch = |prefix: &str| {
         version
             .strip_prefix(prefix)
-            .and_then(|rest| rest.split(['-', '+']).next())
+            .and_then(|rest| rest.split('+').next())
             .and_then(|n| n.parse::<u64>().ok())
     };
     let p2 = INTERFACES.contains(&interface) && patch("0.2.").is_some_and(|m| m <= MINOR);

@@ -16,12 +16,17 @@
 //!   independent: keyed by the guest's resource handles).
 //! - [`p2`]: the WASI 0.2 bindings over those: `wasi:sockets/tcp`, the
 //!   connection streams, `wasi:io/poll`, the ready sets, the refusals of
-//!   what is never granted. A WASI 0.3 binding is one more folder beside it.
+//!   what is never granted.
+//! - [`p3`]: the WASI 0.3 bindings over the same socket core:
+//!   `wasi:sockets@0.3.0`, whose listener and connection streams are the
+//!   component model's own (`stream<tcp-socket>`, `stream<u8>`).
+//! - [`deny`]: what is never granted, counted and logged alike for both
+//!   versions.
 //! - [`stdio`]: the guest's stdout and stderr, into the host's log.
 //!
-//! Within the layer, dependencies point one way too: `p2` uses all the
-//! rest; `view` uses `poll`, `sockets`, `stdio` and `seam`; `poll` uses
-//! `sockets`; `sockets` uses `seam`.
+//! Within the layer, dependencies point one way too: `p2` and `p3` use the
+//! rest (never each other); `view` uses `poll`, `sockets`, `stdio` and
+//! `seam`; `poll` uses `sockets`; `sockets` uses `seam`.
 
 pub mod deny;
 pub mod p2;

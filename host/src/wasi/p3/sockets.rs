@@ -66,8 +66,9 @@ impl<T: WasiHost> HostTcpSocketWithStore<T> for HasSelf<GuestWasi> {
         if let Err(e) = started {
             return Ok(Err(error_code(e)));
         }
-        // The connect is the socket's own future: polled through the
-        // table, so dropping the socket (or the call) cancels it.
+        // The connect is the socket's own future, polled through the
+        // table: a cancelled call leaves it with the socket (its descriptor
+        // and outbound slot too), which dropping the socket frees.
         std::future::poll_fn(|cx| {
             accessor.with(|mut access| match socket(access.get(), &this) {
                 Ok(socket) => socket.poll_connect(cx).map(Ok),

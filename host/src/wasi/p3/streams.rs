@@ -53,9 +53,16 @@ impl Drop for Done {
 }
 
 /// The end of a stream for `failure`: its completion result, or a trap.
-fn end(done: &mut Done, failure: StreamFailure) -> Poll<wasmtime::Result<StreamResult>> {
+/// `closed` is what a closed stream reports: the end of what the peer sent
+/// (`Ok`), or, for sending, that the rest could not be sent (the peer is
+/// gone, or the host cut the connection off at its byte limit).
+fn end(
+    done: &mut Done,
+    failure: StreamFailure,
+    closed: Result<(), ErrorCode>,
+) -> Poll<wasmtime::Result<StreamResult>> {
     match failure {
-        StreamFailure::Closed => done.finish(Ok(())),
+        StreamFailure::Closed => done.finish(closed),
         StreamFailure::Failed(e) => done.finish(Err(error_code(SocketError::from_io(&e)))),
         StreamFailure::Trap(why) => return Poll::Ready(Err(wasmtime::format_err!("{why}"))),
     }
@@ -104,24 +111,51 @@ impl<D: WasiHost> StreamProducer<D> for Clients {
             };
         }
         let wasi = store.data_mut().wasi();
-        loop {
+        // Clients the host could not take on, skipped in this call; past
+        // this many, the guest's thread gets a turn before the next.
+        for _ in 0..SKIPS_PER_CALL {
             let connection = match self.acceptor.poll_accept(cx, &wasi.limits, &wasi.open) {
                 Poll::Ready(Ok(connection)) => connection,
-                // That client is closed (the host could not take it on):
-                // the next one.
-                Poll::Ready(Err(SocketError::NewSocketLimit)) => continue,
-                // The listener itself failed: the stream ends.
-                Poll::Ready(Err(_)) => return Poll::Ready(Ok(StreamResult::Dropped)),
+                Poll::Ready(Err(e)) => {
+                    // The stream stays open, as the WIT says: an error that
+                    // is one client's (or the process's, for a while) costs
+                    // that client, not the listener.
+                    client_lost(wasi, format_args!("{e:?}"));
+                    continue;
+                }
                 Poll::Pending => return pending(finish),
             };
-            // At the guest's handle limit the client is closed, as a
-            // server out of descriptors would; the guest goes on.
+            // At the guest's handle limit the client is closed (WASI 0.3
+            // has no error for one client on this stream); counted and
+            // logged as a refused connection.
             let Ok(socket) = wasi.table().push(connection.socket) else {
+                client_lost(wasi, format_args!("its handle table is full"));
                 continue;
             };
             dst.set_buffer(Some(socket));
             return Poll::Ready(Ok(StreamResult::Completed));
         }
+        cx.waker().wake_by_ref();
+        pending(finish)
+    }
+}
+
+/// Clients one read of the stream may skip (not taken on) before it lets
+/// the guest's thread run: errors that repeat cannot spin the thread.
+const SKIPS_PER_CALL: usize = 64;
+
+/// A client accepted from the queue could not be handed to the guest
+/// (`why`): it is closed, counted as refused, and logged within the
+/// tenant's budget.
+fn client_lost(wasi: &mut crate::wasi::view::GuestWasi, why: std::fmt::Arguments<'_>) {
+    let account = wasi.tenant.account();
+    crate::account::Counters::bump(&account.counters.connections_refused);
+    if let Some(note) = account.may_log() {
+        let name = account.name();
+        tracing::warn!(
+            tenant = name,
+            "{name}: a client was closed before the guest got it: {why}{note}"
+        );
     }
 }
 
@@ -180,9 +214,17 @@ impl<D> StreamProducer<D> for Incoming {
                 dst.mark_written(n);
                 Poll::Ready(Ok(StreamResult::Completed))
             }
-            Poll::Ready(Err(failure)) => end(&mut this.done, failure),
+            Poll::Ready(Err(failure)) => end(&mut this.done, failure, Ok(())),
             Poll::Pending => pending(finish),
         }
+    }
+}
+
+impl Drop for Incoming {
+    /// The guest dropped its receive stream: as `shutdown(SHUT_RD)`, the
+    /// WIT says.
+    fn drop(&mut self) {
+        self.receiver.shutdown(std::net::Shutdown::Read);
     }
 }
 
@@ -239,8 +281,19 @@ impl<D> StreamConsumer<D> for Outgoing {
                 src.mark_read(n);
                 Poll::Ready(Ok(StreamResult::Completed))
             }
-            Poll::Ready(Err(failure)) => end(&mut this.done, failure),
+            Poll::Ready(Err(failure)) => {
+                end(&mut this.done, failure, Err(ErrorCode::ConnectionBroken))
+            }
             Poll::Pending => pending(finish),
         }
+    }
+}
+
+impl Drop for Outgoing {
+    /// The guest closed its send stream: as `shutdown(SHUT_WR)`, the WIT
+    /// says, so the peer sees the end of the stream while the socket and
+    /// its receive stream live on (WASI 0.3 has no `shutdown` of its own).
+    fn drop(&mut self) {
+        self.sender.shutdown(std::net::Shutdown::Write);
     }
 }

@@ -1,9 +1,11 @@
 //! A connection's two halves, independent of the WASI version: reading,
 //! policed (bytes, idle time) and with readiness as exact as POSIX `poll`;
-//! writing, buffered for what the socket does not take at once, with the
-//! last bytes of a closed connection sent off the guest's thread. Each
-//! version's bindings wrap these in its own stream types
-//! (crate::wasi::p2::streams).
+//! writing, policed too. WASI 0.2 writes are buffered for what the socket
+//! does not take at once, with the last bytes of a closed connection sent
+//! off the guest's thread; WASI 0.3 writes go straight from the guest's
+//! memory and complete with what the socket took. Each version's bindings
+//! wrap these in its own stream types (crate::wasi::p2::streams,
+//! crate::wasi::p3::streams).
 
 use crate::limits::connection::Policed;
 use crate::wasi::seam::Tenancy;
@@ -101,6 +103,12 @@ impl Receiver {
 }
 
 impl Receiver {
+    /// Shuts the connection down in `how` (WASI 0.3 does when a stream is
+    /// dropped); a peer already gone makes this fail, which changes nothing.
+    pub fn shutdown(&self, how: std::net::Shutdown) {
+        let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(how);
+    }
+
     /// Waits until a read returns data or the end (a zero-length WASI 0.3
     /// read asks this).
     pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
@@ -245,6 +253,12 @@ impl Sender {
 }
 
 impl Sender {
+    /// Shuts the connection down in `how` (WASI 0.3 does when a stream is
+    /// dropped); a peer already gone makes this fail, which changes nothing.
+    pub fn shutdown(&self, how: std::net::Shutdown) {
+        let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(how);
+    }
+
     /// Waits until the socket takes bytes (a zero-length WASI 0.3 write
     /// asks this).
     pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {

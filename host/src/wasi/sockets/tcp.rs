@@ -544,7 +544,7 @@ impl TcpSocket {
         Some(Acceptor {
             readiness: self.accept_readiness()?,
             options: self.options,
-            hold: self.hold(),
+            _hold: self.hold(),
         })
     }
 
@@ -555,13 +555,13 @@ impl TcpSocket {
         &mut self,
         send: bool,
     ) -> Result<(Arc<TcpStream>, Arc<Policed>, Hold), SocketError> {
-        let hold = self.hold();
         let State::Connected {
             stream, policed, ..
         } = &self.state
         else {
             return Err(SocketError::InvalidState);
         };
+        let (stream, policed) = (stream.clone(), policed.clone());
         let taken = if send {
             &mut self.taken.1
         } else {
@@ -570,7 +570,9 @@ impl TcpSocket {
         if std::mem::replace(taken, true) {
             return Err(SocketError::InvalidState);
         }
-        Ok((stream.clone(), policed.clone(), hold))
+        // Held only once connected, after `finish_connect` set the idle
+        // watchdog up.
+        Ok((stream, policed, self.hold()))
     }
 
     /// Whether the socket is fresh (never bound): WASI 0.3 `listen` binds
@@ -789,7 +791,8 @@ pub struct Acceptor {
     readiness: AcceptReadiness,
     /// The listener's options, which its clients inherit.
     options: Options,
-    hold: Hold,
+    /// Keeps the listening socket's claim on its address.
+    _hold: Hold,
 }
 
 impl Acceptor {
@@ -806,7 +809,6 @@ impl Acceptor {
         limits: &crate::config::manifest::Limits,
         open: &Arc<AtomicU64>,
     ) -> Poll<Result<Connection, SocketError>> {
-        let _ = &self.hold;
         let from = AcceptFrom {
             listener: &self.readiness.listener,
             tenant: &self.readiness.tenant,

@@ -2,9 +2,11 @@
 //! line, one answer line each, `ok ...` or `denied ...`), tried through
 //! `wasi:sockets@0.3.0` and the other 0.3 interfaces directly, plus what
 //! only 0.3 allows: `listen-unbound` (listen without bind: 0.3 binds
-//! implicitly) and `hoard-streams` (accept every client, drop its socket
-//! and keep its receive stream, which outlives the socket in 0.3). Serves
-//! one client at a time.
+//! implicitly), `hoard-streams` (accept every client, drop its socket
+//! and keep its receive stream, which outlives the socket in 0.3) and
+//! `half-close` (answer, then drop the send stream and keep the socket and
+//! its receive stream: the client should see the end of the stream).
+//! Serves one client at a time.
 #![cfg_attr(target_family = "wasm", no_main)]
 
 #[cfg(target_family = "wasm")]
@@ -51,6 +53,13 @@ mod guest {
                     if line == "hoard" || line == "hoard-streams" {
                         let _ = output.write_all(b"ok hoarding\n".to_vec()).await;
                         hoard(&mut clients, line == "hoard-streams", client).await;
+                    }
+                    if line == "half-close" {
+                        let _ = output.write_all(b"ok half-closing\n".to_vec()).await;
+                        drop(output);
+                        // Read on until the client goes.
+                        while read_line(&mut input, &mut pending).await.is_some() {}
+                        break;
                     }
                     let answer = attempt(&line).await;
                     println!("{line}: {answer}");
@@ -148,6 +157,27 @@ mod guest {
         }
     }
 
+    /// Connects `socket` to `addr`, giving up (cancelling the call) after
+    /// two seconds, as the 0.2 guest's `connect_timeout` does.
+    async fn connect_within_2s(socket: &TcpSocket, addr: SocketAddr) -> Result<(), String> {
+        use std::future::Future;
+        use std::task::Poll;
+        let mut connect = std::pin::pin!(socket.connect(to_wasi(addr)));
+        let mut timer = std::pin::pin!(bindings::wasi::clocks::monotonic_clock::wait_for(
+            2_000_000_000
+        ));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = connect.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(|e| format!("{e:?}")));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err("timed out".into()));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Tries what `command` says and describes the outcome.
     async fn attempt(command: &str) -> String {
         let (verb, arg) = command.split_once(' ').unwrap_or((command, ""));
@@ -165,11 +195,9 @@ mod guest {
                 .map_err(|e| format!("{e:?}")),
             "connect" => match arg.parse::<SocketAddr>() {
                 Ok(addr) => match TcpSocket::create(family(&addr)) {
-                    Ok(s) => s
-                        .connect(to_wasi(addr))
+                    Ok(s) => connect_within_2s(&s, addr)
                         .await
-                        .map(|()| "connected".into())
-                        .map_err(|e| format!("{e:?}")),
+                        .map(|()| "connected".into()),
                     Err(e) => Err(format!("{e:?}")),
                 },
                 Err(e) => return format!("bad address: {e}"),
@@ -182,7 +210,7 @@ mod guest {
                 let (mut held, mut refused, mut first) = (Vec::new(), 0, None);
                 for _ in 0..n.parse().unwrap_or(1) {
                     let socket = TcpSocket::create(family(&target)).expect("a socket");
-                    match socket.connect(to_wasi(target)).await {
+                    match connect_within_2s(&socket, target).await {
                         Ok(()) => held.push(socket),
                         Err(e) => {
                             refused += 1;
@@ -192,7 +220,7 @@ mod guest {
                 }
                 let connected = held.len();
                 std::mem::forget(held);
-                let why = first.map(|e| format!(" ({e:?})")).unwrap_or_default();
+                let why = first.map(|e| format!(" ({e})")).unwrap_or_default();
                 Ok(format!("{connected} connected, {refused} refused{why}"))
             }
             "udp" => UdpSocket::create(IpAddressFamily::Ipv4)
