@@ -66,11 +66,23 @@ impl Policed {
     /// the inbound limit. Zero once the limit is reached: the connection has
     /// then been closed.
     pub fn read_allowance(&self, stream: &TcpStream, wanted: usize) -> usize {
+        self.read_allowance_then(stream, wanted, || ())
+    }
+
+    /// [`Policed::read_allowance`], calling `before_close` first if the
+    /// limit is reached (to send what the guest already wrote).
+    pub fn read_allowance_then(
+        &self,
+        stream: &TcpStream,
+        wanted: usize,
+        before_close: impl FnOnce(),
+    ) -> usize {
         let Some(max) = self.max_in else {
             return wanted;
         };
         let left = max.saturating_sub(self.bytes_in.load(Ordering::Relaxed));
         if left == 0 {
+            before_close();
             self.close(stream, Reason::BytesIn);
         }
         wanted.min(usize::try_from(left).unwrap_or(usize::MAX))

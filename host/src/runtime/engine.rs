@@ -415,12 +415,23 @@ impl Instantiated {
     pub async fn run(self, store: &mut Store<InstanceState>) -> wasmtime::Result<Result<(), ()>> {
         match self {
             Instantiated::P2(command) => command.wasi_cli_run().call_run(store).await,
-            Instantiated::P3(command) => store
-                .run_concurrent(async move |accessor| {
+            Instantiated::P3(command) => {
+                use crate::wasi::view::WasiHost;
+                // Replies the guest wrote in a turn are sent together once
+                // the turn ends (crate::wasi::sockets::stream::SendBatch):
+                // after every poll of the guest's event loop.
+                let sends = store.data_mut().wasi().sends.clone();
+                let mut run = std::pin::pin!(store.run_concurrent(async move |accessor| {
                     command.wasi_cli_run().call_run(accessor).await
+                }));
+                std::future::poll_fn(|cx| {
+                    let outcome = run.as_mut().poll(cx);
+                    sends.flush(cx);
+                    outcome
                 })
                 .await
-                .and_then(|outcome| outcome),
+                .and_then(|outcome| outcome)
+            }
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct GuestWasi {
     pub fast: poll::FastPoll,
     /// The granted addresses this instance's sockets have bound.
     pub claims: sockets::tcp::Claims,
+    /// WASI 0.3 replies taken but not yet sent: sent at the end of each
+    /// turn of the guest (crate::runtime::engine).
+    pub sends: sockets::stream::SendBatch,
 }
 
 impl GuestWasi {
@@ -91,6 +94,7 @@ impl GuestWasi {
             open,
             fast: poll::FastPoll::default(),
             claims: sockets::tcp::Claims::default(),
+            sends: sockets::stream::SendBatch::default(),
         }
     }
 

@@ -122,10 +122,10 @@ impl<T: WasiHost> HostTcpSocketWithStore<T> for HasSelf<GuestWasi> {
         mut data: StreamReader<u8>,
     ) -> wasmtime::Result<FutureReader<Result<(), ErrorCode>>> {
         let wasi = access.get();
-        let tenant = wasi.tenant.clone();
+        let (tenant, batch) = (wasi.tenant.clone(), wasi.sends.clone());
         match socket(wasi, &this)?.take_half(true) {
             Ok((stream, policed, hold)) => {
-                let (outgoing, done) = Outgoing::new(stream, policed, tenant, hold);
+                let (outgoing, done) = Outgoing::new(stream, policed, tenant, hold, batch);
                 data.pipe(&mut access, outgoing)?;
                 FutureReader::new(&mut access, done)
             }
@@ -144,9 +144,11 @@ impl<T: WasiHost> HostTcpSocketWithStore<T> for HasSelf<GuestWasi> {
         mut access: Access<'_, T, Self>,
         this: Resource<TcpSocket>,
     ) -> wasmtime::Result<(StreamReader<u8>, FutureReader<Result<(), ErrorCode>>)> {
-        match socket(access.get(), &this)?.take_half(false) {
+        let wasi = access.get();
+        let sends = wasi.sends.clone();
+        match socket(wasi, &this)?.take_half(false) {
             Ok((stream, policed, hold)) => {
-                let (incoming, done) = Incoming::new(stream, policed, hold);
+                let (incoming, done) = Incoming::new(stream, policed, hold, sends);
                 Ok((
                     StreamReader::new(&mut access, incoming)?,
                     FutureReader::new(&mut access, done)?,

@@ -1,8 +1,9 @@
 //! The streams of WASI 0.3 sockets over the version-independent halves in
 //! crate::wasi::sockets: a listener's clients ([`Clients`], a
-//! `stream<tcp-socket>`), a connection's bytes in ([`Incoming`]) and out
-//! ([`Outgoing`]), each `stream<u8>` read from or written to the guest's
-//! memory directly. Each holds its socket's share of the tenant's limits
+//! `stream<tcp-socket>`), a connection's bytes in ([`Incoming`], read
+//! straight into the guest's buffer) and out ([`Outgoing`], taken into a
+//! bounded send buffer and sent with the instance's other replies at the
+//! end of the guest's turn). Each holds its socket's share of the tenant's limits
 //! (crate::wasi::sockets::tcp::Hold), as it may outlive the socket.
 
 use super::bindings::error_code;
@@ -10,7 +11,7 @@ use super::bindings::wasi::sockets::types::ErrorCode;
 use crate::limits::connection::Policed;
 use crate::wasi::seam::Tenancy;
 use crate::wasi::sockets::SocketError;
-use crate::wasi::sockets::stream::{Receiver, Sender, StreamFailure};
+use crate::wasi::sockets::stream::{Batched, Receiver, SendBatch, Sender, StreamFailure};
 use crate::wasi::sockets::tcp::{Acceptor, Hold};
 use crate::wasi::view::WasiHost;
 use std::pin::Pin;
@@ -173,12 +174,13 @@ impl Incoming {
         stream: Arc<TcpStream>,
         policed: Arc<Policed>,
         hold: Hold,
+        sends: SendBatch,
     ) -> (Self, oneshot::Receiver<Result<(), ErrorCode>>) {
         let (done, result) = Done::new();
         // Readiness as exact as POSIX `poll`: a read that empties the
         // socket waits for new data.
         let optimistic = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let receiver = Receiver::new(stream, policed, optimistic);
+        let receiver = Receiver::new(stream, policed, optimistic).sending_in(sends);
         (
             Incoming {
                 receiver,
@@ -228,28 +230,32 @@ impl Drop for Incoming {
     }
 }
 
-/// A connection's bytes out, sent straight from the guest's buffer: the
-/// guest's write completes with what the socket took, so no bytes wait in
-/// the host.
+/// A connection's bytes out: a write is taken into the connection's send
+/// buffer (at most [`crate::wasi::sockets::stream::MAX_IO`] bytes wait; the
+/// next write waits until they are sent) and sent with the instance's
+/// other replies at the end of the guest's turn ([`SendBatch`]).
 pub struct Outgoing {
-    sender: Sender,
+    sender: Arc<Batched>,
+    batch: SendBatch,
     done: Done,
     _hold: Hold,
 }
 
 impl Outgoing {
-    /// The write half of `stream` of `tenant`, policed by `policed`, and
-    /// the future that reports how it ended.
+    /// The write half of `stream` of `tenant`, policed by `policed`, sent
+    /// in `batch`, and the future that reports how it ended.
     pub fn new(
         stream: Arc<TcpStream>,
         policed: Arc<Policed>,
         tenant: Arc<dyn Tenancy>,
         hold: Hold,
+        batch: SendBatch,
     ) -> (Self, oneshot::Receiver<Result<(), ErrorCode>>) {
         let (done, result) = Done::new();
         (
             Outgoing {
-                sender: Sender::new(stream, policed, tenant),
+                sender: Batched::new(Sender::new(stream, policed, tenant)),
+                batch,
                 done,
                 _hold: hold,
             },
@@ -270,15 +276,18 @@ impl<D> StreamConsumer<D> for Outgoing {
     ) -> Poll<wasmtime::Result<StreamResult>> {
         let this = &mut *self;
         let mut src = src.as_direct(store);
+        let mut sender = this.sender.lock();
         if src.remaining().is_empty() {
-            return match this.sender.poll_ready(cx) {
+            return match sender.poll_ready(cx) {
                 Poll::Ready(()) => Poll::Ready(Ok(StreamResult::Completed)),
                 Poll::Pending => pending(finish),
             };
         }
-        match this.sender.poll_write(cx, src.remaining()) {
+        match sender.poll_take(cx, src.remaining()) {
             Poll::Ready(Ok(n)) => {
                 src.mark_read(n);
+                drop(sender);
+                this.batch.add(&this.sender);
                 Poll::Ready(Ok(StreamResult::Completed))
             }
             Poll::Ready(Err(failure)) => {
@@ -293,7 +302,13 @@ impl Drop for Outgoing {
     /// The guest closed its send stream: as `shutdown(SHUT_WR)`, the WIT
     /// says, so the peer sees the end of the stream while the socket and
     /// its receive stream live on (WASI 0.3 has no `shutdown` of its own).
+    /// Bytes still waiting are sent first, off the guest's thread, as a
+    /// WASI 0.2 stream's are (crate::wasi::sockets::stream::Sender::linger).
     fn drop(&mut self) {
-        self.sender.shutdown(std::net::Shutdown::Write);
+        let mut sender = self.sender.lock();
+        if sender.has_failed() {
+            self.done.finish(Err(ErrorCode::ConnectionBroken));
+        }
+        sender.linger_then(Some(std::net::Shutdown::Write));
     }
 }

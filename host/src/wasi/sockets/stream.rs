@@ -1,9 +1,10 @@
 //! A connection's two halves, independent of the WASI version: reading,
 //! policed (bytes, idle time) and with readiness as exact as POSIX `poll`;
-//! writing, policed too. WASI 0.2 writes are buffered for what the socket
-//! does not take at once, with the last bytes of a closed connection sent
-//! off the guest's thread; WASI 0.3 writes go straight from the guest's
-//! memory and complete with what the socket took. Each version's bindings
+//! writing, policed too, buffered for what the socket does not take at
+//! once, with the last bytes of a closed connection sent off the guest's
+//! thread. WASI 0.2 writes go to the socket at once; WASI 0.3 writes wait
+//! in the buffer for the end of the guest's turn ([`SendBatch`]), so one
+//! turn's replies leave together. Each version's bindings
 //! wrap these in its own stream types (crate::wasi::p2::streams,
 //! crate::wasi::p3::streams).
 
@@ -34,6 +35,9 @@ pub struct Receiver {
     stream: Arc<TcpStream>,
     eof: bool,
     policed: Arc<Policed>,
+    /// Replies taken but not yet sent (WASI 0.3), sent before the host
+    /// closes the connection at its inbound limit.
+    sends: Option<SendBatch>,
     /// The instance uses ready sets (see crate::wasi::poll::FastPoll).
     optimistic: Arc<AtomicBool>,
 }
@@ -46,8 +50,16 @@ impl Receiver {
             stream,
             eof: false,
             policed,
+            sends: None,
             optimistic,
         }
+    }
+
+    /// The same, whose connection's replies wait in `sends` (WASI 0.3):
+    /// they are sent before the host closes the connection at its limit.
+    pub fn sending_in(mut self, sends: SendBatch) -> Self {
+        self.sends = Some(sends);
+        self
     }
 
     /// Waits until a read returns data or the end.
@@ -131,9 +143,14 @@ impl Receiver {
             if self.eof {
                 return Poll::Ready(Err(StreamFailure::Closed));
             }
-            let allowed = self
-                .policed
-                .read_allowance(&self.stream, buf.len().min(MAX_IO));
+            let sends = &self.sends;
+            let allowed =
+                self.policed
+                    .read_allowance_then(&self.stream, buf.len().min(MAX_IO), || {
+                        if let Some(sends) = sends {
+                            sends.send_now();
+                        }
+                    });
             if allowed == 0 {
                 // At its inbound byte limit: closed by the host.
                 self.eof = true;
@@ -253,12 +270,6 @@ impl Sender {
 }
 
 impl Sender {
-    /// Shuts the connection down in `how` (WASI 0.3 does when a stream is
-    /// dropped); a peer already gone makes this fail, which changes nothing.
-    pub fn shutdown(&self, how: std::net::Shutdown) {
-        let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(how);
-    }
-
     /// Waits until the socket takes bytes (a zero-length WASI 0.3 write
     /// asks this).
     pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
@@ -268,15 +279,27 @@ impl Sender {
         self.stream.poll_write_ready(cx).map(|_| ())
     }
 
-    /// Sends from `data` (WASI 0.3: straight from the guest's memory, no
-    /// buffer of the host's): how many bytes the socket took, or a failure;
-    /// pending (with `cx` woken) while it takes none.
-    pub fn poll_write(
+    /// Takes bytes from `data` into the send buffer, sent at the end of
+    /// the guest's turn by [`SendBatch::flush`] (WASI 0.3): how many, or a
+    /// failure; pending (with `cx` woken) while the last bytes taken are
+    /// still unsent and the socket takes none, so at most [`MAX_IO`] bytes
+    /// wait per connection.
+    pub fn poll_take(
         &mut self,
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<Result<usize, StreamFailure>> {
         use std::task::Poll;
+        while !self.pending.is_empty() {
+            self.drain()?;
+            if self.pending.is_empty() {
+                break;
+            }
+            if let Err(e) = std::task::ready!(self.stream.poll_write_ready(cx)) {
+                self.failed = Some(e.kind());
+                return Poll::Ready(Err(failure(e.kind())));
+            }
+        }
         if let Some(kind) = self.failed {
             return Poll::Ready(Err(failure(kind)));
         }
@@ -286,23 +309,105 @@ impl Sender {
             self.failed = Some(std::io::ErrorKind::BrokenPipe);
             return Poll::Ready(Err(StreamFailure::Closed));
         }
+        self.pending.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    /// Whether bytes taken wait to be sent.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() && self.failed.is_none()
+    }
+
+    /// Whether sending failed (the peer is gone, or the byte limit).
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Sends what the socket takes of the buffer; if some is left, `cx` is
+    /// woken once the socket takes more. Returns whether some is left.
+    fn flush_into(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         loop {
-            if let Err(e) = std::task::ready!(self.stream.poll_write_ready(cx)) {
-                self.failed = Some(e.kind());
-                return Poll::Ready(Err(failure(e.kind())));
+            if self.drain().is_err() || self.pending.is_empty() {
+                return false;
             }
-            match self.stream.try_write(data) {
-                Ok(n) => {
-                    self.policed.sent(n);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
+            match self.stream.poll_write_ready(cx) {
+                std::task::Poll::Pending => return true,
+                std::task::Poll::Ready(Err(e)) => {
                     self.failed = Some(e.kind());
-                    return Poll::Ready(Err(failure(e.kind())));
+                    return false;
                 }
+                std::task::Poll::Ready(Ok(_)) => {}
             }
         }
+    }
+}
+
+/// A connection's write half shared between its WASI 0.3 send stream and
+/// the instance's [`SendBatch`].
+pub struct Batched {
+    /// The write half.
+    pub sender: std::sync::Mutex<Sender>,
+    /// In the batch now.
+    queued: AtomicBool,
+}
+
+impl Batched {
+    /// `sender`, not yet in a batch.
+    pub fn new(sender: Sender) -> Arc<Self> {
+        Arc::new(Batched {
+            sender: std::sync::Mutex::new(sender),
+            queued: AtomicBool::new(false),
+        })
+    }
+
+    /// The write half, locked (never poisoned: nothing panics under it).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Sender> {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The connections of one guest instance with bytes taken but not yet
+/// sent: sent together at the end of the guest's turn, so a reader on the
+/// other side is woken once for a batch of replies rather than once per
+/// reply (WASI 0.3; a WASI 0.2 guest's event loop writes a batch per turn
+/// itself).
+#[derive(Clone, Default)]
+pub struct SendBatch(Arc<std::sync::Mutex<Vec<Arc<Batched>>>>);
+
+impl SendBatch {
+    /// Puts `connection` in the batch, unless it is.
+    pub fn add(&self, connection: &Arc<Batched>) {
+        if !connection.queued.swap(true, Ordering::Relaxed) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(connection.clone());
+        }
+    }
+
+    /// Sends what the sockets take now of what waits, without waiting.
+    pub fn send_now(&self) {
+        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for connection in list.iter() {
+            let _ = connection.lock().drain();
+        }
+    }
+
+    /// Sends what each connection in the batch has waiting; a connection
+    /// the socket does not take all of stays, and `cx` is woken when it
+    /// takes more.
+    pub fn flush(&self, cx: &mut std::task::Context<'_>) {
+        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if list.is_empty() {
+            return;
+        }
+        list.retain(|connection| {
+            let left = connection.lock().flush_into(cx);
+            if !left {
+                connection.queued.store(false, Ordering::Relaxed);
+            }
+            left
+        });
     }
 }
 
@@ -381,11 +486,23 @@ impl Sender {
     /// The connection is being closed: what the guest wrote and the socket
     /// has not taken yet is sent off the guest's thread.
     pub fn linger(&mut self) {
+        self.linger_then(None);
+    }
+
+    /// [`Sender::linger`], then shuts the connection down in `how` once
+    /// the last bytes are sent (or given up on); at once if none wait.
+    pub fn linger_then(&mut self, how: Option<std::net::Shutdown>) {
+        let shutdown = move |stream: &TcpStream| {
+            if let Some(how) = how {
+                let _ = socket2::SockRef::from(stream).shutdown(how);
+            }
+        };
         // Bytes the guest wrote are sent before the connection goes, off
         // the guest's thread (a peer that does not read must not hold the
         // guest up), within LINGER and at most as many connections at once
         // as the tenant's cap; past that they are abandoned.
         if self.pending.is_empty() || self.failed.is_some() {
+            shutdown(&self.stream);
             return;
         }
         let account = self.policed.account().clone();
@@ -397,6 +514,7 @@ impl Sender {
             })
             .is_err()
         {
+            shutdown(&self.stream);
             return;
         }
         let mut rest = Sender {
@@ -409,6 +527,7 @@ impl Sender {
         };
         tokio::spawn(async move {
             let _ = tokio::time::timeout(LINGER, rest.ready()).await;
+            shutdown(&rest.stream);
             rest.policed
                 .account()
                 .counters
