@@ -25,8 +25,8 @@ thread_local! {
     #[cfg(not(feature = "p3"))]
     static STDERR: RefCell<Option<OutputStream>> = const { RefCell::new(None) };
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// The task that writes the gathered lines, waiting for the first line
-    /// of the next turn (WASI 0.3 form).
+    /// The task that writes the gathered lines, while it is parked waiting
+    /// for a first line (WASI 0.3 form).
     #[cfg(feature = "p3")]
     static FLUSHER: RefCell<Option<std::task::Waker>> = const { RefCell::new(None) };
 }
@@ -51,18 +51,37 @@ pub fn line(text: &str) {
     }
 }
 
-/// Writes the gathered lines once per turn, forever: woken by the first
-/// line of a turn, this task runs after the tasks that were ready with it,
-/// so their lines go out in one write (WASI 0.3 form, where no single loop
-/// knows when a turn ends).
+/// How long a line waits at most in the WASI 0.3 form before it is
+/// written with the others gathered meanwhile.
 #[cfg(feature = "p3")]
-pub async fn flush_after_each_turn() {
-    std::future::poll_fn(|cx| {
-        flush();
-        FLUSHER.with(|f| *f.borrow_mut() = Some(cx.waker().clone()));
-        std::task::Poll::<()>::Pending
-    })
-    .await
+const FLUSH_EVERY_NS: u64 = 5_000_000;
+
+/// Writes the gathered lines, forever (WASI 0.3 form, where no single loop
+/// knows when a turn ends): every [`FLUSH_EVERY_NS`] while lines keep
+/// coming; parked once a period passes without any, until the next line
+/// wakes it. A task woken on every line would cost the guest a trip
+/// through the runtime's event loop per line (wit-bindgen yields whenever
+/// a task was woken while it polled); measured in BENCHMARKS.md.
+#[cfg(feature = "p3")]
+pub async fn flush_periodically() {
+    use crate::bindings::wasi::clocks::monotonic_clock::wait_for;
+    loop {
+        std::future::poll_fn(|cx| {
+            if BUFFER.with(|b| !b.borrow().is_empty()) {
+                return std::task::Poll::Ready(());
+            }
+            FLUSHER.with(|f| *f.borrow_mut() = Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        })
+        .await;
+        loop {
+            wait_for(FLUSH_EVERY_NS).await;
+            if BUFFER.with(|b| b.borrow().is_empty()) {
+                break;
+            }
+            flush();
+        }
+    }
 }
 
 /// Writes the gathered lines to stderr. Errors are ignored: a guest must not

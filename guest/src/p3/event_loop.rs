@@ -40,8 +40,8 @@ pub async fn run<P: Protocol>(protocol: P) -> Result<Infallible, String> {
         log!("listening on {addr}");
         listeners.push((addr, listener));
     }
-    // Log lines gathered while tasks run go out in one write per turn.
-    wit_bindgen::spawn_local(crate::log::flush_after_each_turn());
+    // Log lines gathered while tasks run go out together, every few ms.
+    wit_bindgen::spawn_local(crate::log::flush_periodically());
     let Some(first) = listeners.pop() else {
         return Err("no address to listen on".into());
     };
