@@ -2,7 +2,8 @@
 //! its own log, tagged with the guest's name.
 //!
 //! Lines are gathered and written together, once per turn of the event loop
-//! (see [`flush`]), so a busy server makes one call to the host for many
+//! (see [`flush`]; in the WASI 0.3 form, every few milliseconds while lines
+//! keep coming), so a busy server makes one call to the host for many
 //! lines rather than one per line. A panic flushes them first.
 
 #[cfg(not(feature = "p3"))]
