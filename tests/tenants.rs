@@ -947,6 +947,30 @@ also_on_wasi_p3!(
     a_connect_the_guest_gives_up_on_leaves_no_descriptor_behind,
 );
 
+/// The host lets a WASI 0.3 guest's reads finish a few at a time, in the
+/// order their data arrived (crate::wasi::sockets::order); a guest that
+/// reads many connections and answers none until it has read them all is
+/// not stalled by that window.
+#[test]
+fn wasi_p3_a_guest_reading_many_connections_before_answering_any_is_not_stalled() {
+    on_wasi_p3(|| {
+        let t = Tenants::start(&with_neighbour(""), &["neighbour", "hostile"], &[]);
+        let neighbour = Neighbour::start(t.addr("neighbour"));
+        let addr = t.addr("hostile");
+        let mut control = connect(addr);
+        control.write_all(b"gather 40\n").unwrap();
+        let mut clients: Vec<TcpStream> = (0..40).map(|_| connect(addr)).collect();
+        for client in &mut clients {
+            client.write_all(b"hi\n").unwrap();
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(read_line(client), "gathered\n", "client {i}");
+        }
+        assert_eq!(read_line(&mut control), "ok gathered 40\n");
+        neighbour.assert_all_answered();
+    });
+}
+
 /// In WASI 0.3 a connection's streams outlive its socket: a guest that
 /// drops every socket and keeps the streams still holds the connections,
 /// and the cap still counts them.

@@ -69,6 +69,13 @@ impl Policed {
         self.read_allowance_then(stream, wanted, || ())
     }
 
+    /// Whether the client has sent all the guest may read: the next read
+    /// closes the connection.
+    pub fn at_inbound_limit(&self) -> bool {
+        self.max_in
+            .is_some_and(|max| self.bytes_in.load(Ordering::Relaxed) >= max)
+    }
+
     /// [`Policed::read_allowance`], calling `before_close` first if the
     /// limit is reached (to send what the guest already wrote).
     pub fn read_allowance_then(

@@ -420,13 +420,19 @@ impl Instantiated {
                 // Replies the guest wrote in a turn are sent together once
                 // the turn ends (crate::wasi::sockets::stream::SendBatch):
                 // after every poll of the guest's event loop.
+                // When the loop waits, the guest has heard of every read
+                // that finished (crate::wasi::sockets::order).
                 let sends = store.data_mut().wasi().sends.clone();
+                let reads = store.data_mut().wasi().reads.clone();
                 let mut run = std::pin::pin!(store.run_concurrent(async move |accessor| {
                     command.wasi_cli_run().call_run(accessor).await
                 }));
                 std::future::poll_fn(|cx| {
                     let outcome = run.as_mut().poll(cx);
                     sends.flush(cx);
+                    if outcome.is_pending() {
+                        reads.guest_waited();
+                    }
                     outcome
                 })
                 .await

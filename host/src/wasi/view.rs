@@ -39,6 +39,9 @@ pub struct GuestWasi {
     /// WASI 0.3 replies taken but not yet sent: sent at the end of each
     /// turn of the guest (crate::runtime::engine).
     pub sends: sockets::stream::SendBatch,
+    /// The order in which WASI 0.3 reads finish: oldest data first, not
+    /// the runtime's lowest handle first (crate::wasi::sockets::order).
+    pub reads: sockets::order::ReadOrder,
 }
 
 impl GuestWasi {
@@ -95,6 +98,7 @@ impl GuestWasi {
             fast: poll::FastPoll::default(),
             claims: sockets::tcp::Claims::default(),
             sends: sockets::stream::SendBatch::default(),
+            reads: sockets::order::ReadOrder::default(),
         }
     }
 

@@ -145,10 +145,10 @@ impl<T: WasiHost> HostTcpSocketWithStore<T> for HasSelf<GuestWasi> {
         this: Resource<TcpSocket>,
     ) -> wasmtime::Result<(StreamReader<u8>, FutureReader<Result<(), ErrorCode>>)> {
         let wasi = access.get();
-        let sends = wasi.sends.clone();
+        let (sends, reader) = (wasi.sends.clone(), wasi.reads.reader());
         match socket(wasi, &this)?.take_half(false) {
             Ok((stream, policed, hold)) => {
-                let (incoming, done) = Incoming::new(stream, policed, hold, sends);
+                let (incoming, done) = Incoming::new(stream, policed, hold, sends, reader);
                 Ok((
                     StreamReader::new(&mut access, incoming)?,
                     FutureReader::new(&mut access, done)?,

@@ -11,6 +11,7 @@ use super::bindings::wasi::sockets::types::ErrorCode;
 use crate::limits::connection::Policed;
 use crate::wasi::seam::Tenancy;
 use crate::wasi::sockets::SocketError;
+use crate::wasi::sockets::order::Reader;
 use crate::wasi::sockets::stream::{Batched, Receiver, SendBatch, Sender, StreamFailure};
 use crate::wasi::sockets::tcp::{Acceptor, Hold};
 use crate::wasi::view::WasiHost;
@@ -163,6 +164,8 @@ fn client_lost(wasi: &mut crate::wasi::view::GuestWasi, why: std::fmt::Arguments
 /// A connection's bytes in, read straight into the guest's buffer.
 pub struct Incoming {
     receiver: Receiver,
+    /// Its place in the instance's order of reads.
+    reader: Reader,
     done: Done,
     _hold: Hold,
 }
@@ -175,6 +178,7 @@ impl Incoming {
         policed: Arc<Policed>,
         hold: Hold,
         sends: SendBatch,
+        reader: Reader,
     ) -> (Self, oneshot::Receiver<Result<(), ErrorCode>>) {
         let (done, result) = Done::new();
         // Readiness as exact as POSIX `poll`: a read that empties the
@@ -184,6 +188,7 @@ impl Incoming {
         (
             Incoming {
                 receiver,
+                reader,
                 done,
                 _hold: hold,
             },
@@ -204,11 +209,21 @@ impl<D> StreamProducer<D> for Incoming {
         finish: bool,
     ) -> Poll<wasmtime::Result<StreamResult>> {
         let this = &mut *self;
+        // The guest is here for its next read: the last one is done with.
+        this.reader.came_back();
         if dst.remaining(&mut store) == Some(0) {
             return match this.receiver.poll_ready(cx) {
                 Poll::Ready(()) => Poll::Ready(Ok(StreamResult::Completed)),
                 Poll::Pending => pending(finish),
             };
+        }
+        if finish {
+            this.reader.cancelled();
+        }
+        // Data (or the end) waits: finish the read when its turn comes
+        // (crate::wasi::sockets::order).
+        if this.receiver.poll_ready(cx).is_pending() || !this.reader.may_finish(cx) {
+            return pending(finish);
         }
         let mut dst = dst.as_direct(store, HOST_BUFFER);
         match this.receiver.poll_read(cx, dst.remaining()) {
@@ -217,7 +232,10 @@ impl<D> StreamProducer<D> for Incoming {
                 Poll::Ready(Ok(StreamResult::Completed))
             }
             Poll::Ready(Err(failure)) => end(&mut this.done, failure, Ok(())),
-            Poll::Pending => pending(finish),
+            Poll::Pending => {
+                this.reader.not_finished();
+                pending(finish)
+            }
         }
     }
 }

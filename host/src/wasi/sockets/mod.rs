@@ -2,6 +2,7 @@
 //! and does ([`tcp`]), and the errors it reports ([`SocketError`]), which
 //! each version's bindings map to their own error codes.
 
+pub mod order;
 pub mod stream;
 pub mod tcp;
 

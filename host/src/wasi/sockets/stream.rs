@@ -124,7 +124,7 @@ impl Receiver {
     /// Waits until a read returns data or the end (a zero-length WASI 0.3
     /// read asks this).
     pub fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.eof {
+        if self.eof || self.policed.at_inbound_limit() {
             return std::task::Poll::Ready(());
         }
         self.stream.poll_read_ready(cx).map(|_| ())

@@ -5,8 +5,9 @@
 //! implicitly), `hoard-streams` (accept every client, drop its socket
 //! and keep its receive stream, which outlives the socket in 0.3) and
 //! `half-close` (answer, then drop the send stream and keep the socket and
-//! its receive stream: the client should see the end of the stream).
-//! Serves one client at a time.
+//! its receive stream: the client should see the end of the stream) and
+//! `gather N` (read a line from each of N more clients before answering
+//! any of them). Serves one client at a time.
 #![cfg_attr(target_family = "wasm", no_main)]
 
 #[cfg(target_family = "wasm")]
@@ -53,6 +54,13 @@ mod guest {
                     if line == "hoard" || line == "hoard-streams" {
                         let _ = output.write_all(b"ok hoarding\n".to_vec()).await;
                         hoard(&mut clients, line == "hoard-streams", client).await;
+                    }
+                    if let Some(count) = line.strip_prefix("gather ") {
+                        let count = gather(&mut clients, count.parse().unwrap_or(0)).await;
+                        let _ = output
+                            .write_all(format!("ok gathered {count}\n").into_bytes())
+                            .await;
+                        continue;
                     }
                     if line == "half-close" {
                         let _ = output.write_all(b"ok half-closing\n".to_vec()).await;
@@ -120,6 +128,29 @@ mod guest {
                 println!("hoarding {} connections", held.len());
             }
         }
+    }
+
+    /// Accepts `count` more clients and reads a line from each, keeping
+    /// them all without reading again, then answers each `gathered`: many
+    /// reads the guest does not come back from before it answers any.
+    async fn gather(clients: &mut StreamReader<TcpSocket>, count: usize) -> usize {
+        let mut gathered = Vec::new();
+        while gathered.len() < count {
+            let Some(client) = next(clients).await else {
+                break;
+            };
+            let (mut input, _) = client.receive();
+            if read_line(&mut input, &mut Vec::new()).await.is_none() {
+                continue;
+            }
+            let (output, to_send) = bindings::wit_stream::new::<u8>();
+            let sent = client.send(to_send);
+            gathered.push((client, input, output, sent));
+        }
+        for (_, _, output, _) in &mut gathered {
+            let _ = output.write_all(b"gathered\n".to_vec()).await;
+        }
+        gathered.len()
     }
 
     fn env(name: &str) -> Option<String> {
