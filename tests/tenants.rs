@@ -947,6 +947,65 @@ also_on_wasi_p3!(
     a_connect_the_guest_gives_up_on_leaves_no_descriptor_behind,
 );
 
+/// A guest may make a pair of connected sockets the way CPython's
+/// `socket.socketpair()` does on WASI (listen on 127.0.0.1:0, connect,
+/// accept): on a private loopback of its own instance. No kernel port is
+/// taken, nothing outside the instance reaches it, it is bounded per
+/// instance and counted, and its neighbours are unaffected.
+#[test]
+fn a_guest_makes_socketpairs_on_a_private_loopback_nothing_else_reaches() {
+    let manifest = format!(
+        "{}\n[[tenant]]\nname = \"other\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\n",
+        with_neighbour(""),
+        hostile_guest().display()
+    );
+    let t = Tenants::start(&manifest, &["neighbour", "hostile", "other"], &[]);
+    let admin = t.admin.unwrap();
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let mut hostile = connect(t.addr("hostile"));
+    let reply = order(&mut hostile, "socketpair");
+    let mut addrs = reply
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("{reply}"))
+        .split_whitespace()
+        .map(|a| a.parse::<SocketAddr>().expect(&reply));
+    let (listener, client) = (addrs.next().unwrap(), addrs.next().unwrap());
+    assert!(
+        listener.ip().is_loopback() && client.ip().is_loopback(),
+        "{reply}"
+    );
+    let open = "tcphost_private_connections_open{tenant=\"hostile\"}";
+    assert_eq!(metric(admin, open), 1.0);
+
+    // Not a port of the host's loopback: nothing on the machine reaches it.
+    assert!(TcpStream::connect_timeout(&listener, Duration::from_secs(2)).is_err());
+    // Another tenant's guest is refused, as for any address not granted.
+    let mut other = connect(t.addr("other"));
+    let refused = order(&mut other, &format!("connect {listener}"));
+    assert!(refused.starts_with("denied"), "{refused}");
+    // The same instance reaches it.
+    assert_eq!(
+        order(&mut hostile, &format!("connect {listener}")),
+        "ok connected\n"
+    );
+    assert_eq!(metric(admin, open), 2.0);
+
+    // Bounded per instance: 64 private ports, of which the listener, the
+    // client end and the connection above hold three; each further pair
+    // holds one (its listener is closed again).
+    let reply = order(&mut hostile, "socketpairs 100");
+    assert!(reply.starts_with("ok 61 pairs, then"), "{reply}");
+    assert_eq!(metric(admin, open), 63.0);
+    t.host.wait_for_log("private loopback ports, its limit");
+
+    // Ended with the instance.
+    drop(hostile);
+    fire(t.addr("hostile"), "panic");
+    wait_restarted(&t, 1);
+    wait_metric(admin, open, |v| v == 0.0);
+    neighbour.assert_all_answered();
+}
+
 /// The host lets a WASI 0.3 guest's reads finish a few at a time, in the
 /// order their data arrived (crate::wasi::sockets::order); a guest that
 /// reads many connections and answers none until it has read them all is

@@ -20,6 +20,18 @@ pub struct Grant {
     pub connect: Vec<SocketAddr>,
 }
 
+impl Grant {
+    /// Every port the grant names (listen and connect): never handed out
+    /// as a private loopback port, so a granted address keeps its meaning.
+    pub fn ports(&self) -> Vec<u16> {
+        self.listen
+            .iter()
+            .chain(&self.connect)
+            .map(SocketAddr::port)
+            .collect()
+    }
+}
+
 impl From<&TenantConfig> for Grant {
     fn from(config: &TenantConfig) -> Self {
         Grant {

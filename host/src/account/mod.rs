@@ -54,6 +54,9 @@ pub struct Counters {
     pub lingering: AtomicU64,
     /// Outbound connections being made or open now.
     pub outbound_open: AtomicU64,
+    /// Connections to the guest's own private loopback listeners open now
+    /// (crate::wasi::sockets::private).
+    pub private_open: AtomicU64,
     /// Outbound connections started, ever.
     pub outbound_started: AtomicU64,
     /// Client connections reset because the tenant was at its cap.
@@ -112,6 +115,7 @@ impl Counters {
             &self.connections_accepted,
             &self.lingering,
             &self.outbound_open,
+            &self.private_open,
             &self.outbound_started,
             &self.connections_refused,
             &self.restarts,

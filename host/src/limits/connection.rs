@@ -37,6 +37,8 @@ pub struct Policed {
     /// When a byte last moved, from [`now_ms`]; kept only with a timeout.
     last_active: AtomicU64,
     closed: AtomicBool,
+    /// Whether its bytes count as the tenant's traffic.
+    counted: bool,
 }
 
 impl Policed {
@@ -54,6 +56,25 @@ impl Policed {
             bytes_out: AtomicU64::new(0),
             last_active: AtomicU64::new(now_ms()),
             closed: AtomicBool::new(false),
+            counted: true,
+        })
+    }
+
+    /// The account of a connection that never leaves the guest's instance
+    /// (crate::wasi::sockets::private): no limit, no idle time, and its
+    /// bytes are not the tenant's traffic.
+    pub fn unpoliced(account: &Arc<Account>, peer: SocketAddr) -> Arc<Self> {
+        Arc::new(Policed {
+            account: account.clone(),
+            peer,
+            max_in: None,
+            max_out: None,
+            idle_timeout: None,
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            last_active: AtomicU64::new(now_ms()),
+            closed: AtomicBool::new(false),
+            counted: false,
         })
     }
 
@@ -113,10 +134,12 @@ impl Policed {
     pub fn received(&self, n: usize) {
         let n = n as u64;
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
-        self.account
-            .counters
-            .bytes_in
-            .fetch_add(n, Ordering::Relaxed);
+        if self.counted {
+            self.account
+                .counters
+                .bytes_in
+                .fetch_add(n, Ordering::Relaxed);
+        }
         self.touch();
     }
 
@@ -124,10 +147,12 @@ impl Policed {
     pub fn sent(&self, n: usize) {
         let n = n as u64;
         self.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.account
-            .counters
-            .bytes_out
-            .fetch_add(n, Ordering::Relaxed);
+        if self.counted {
+            self.account
+                .counters
+                .bytes_out
+                .fetch_add(n, Ordering::Relaxed);
+        }
         self.touch();
     }
 

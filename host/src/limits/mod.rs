@@ -11,6 +11,7 @@
 //! | `max_connections`, `max_connections_per_peer` | [`admission::Admission::admit`] (at accept), the cap reaper (while the guest does not accept) |
 //! | `max_outbound_connections`              | [`admission::Outbound::take`] |
 //! | one socket per granted address per instance | the socket's claim (crate::wasi::sockets::tcp) |
+//! | private loopback ports (64 per instance) | crate::wasi::sockets::private (`PrivateNet::bind`) |
 //! | file descriptors (accepts that fail)    | [`admission::AcceptBackoff`] |
 //! | `max_bytes_in`, `max_bytes_out`, `idle_timeout` | [`connection::Policed`] |
 //! | closing connections' last bytes (5 s, at most `max_connections`) | the write half (crate::wasi::sockets::stream) |

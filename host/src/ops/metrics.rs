@@ -162,7 +162,7 @@ const COUNTERS: [Field; 15] = [
 ];
 
 /// Per-tenant gauges, each also summed into a `host_` total.
-const GAUGES: [Field; 4] = [
+const GAUGES: [Field; 5] = [
     ("connections_open", "Client connections open now.", |c| {
         &c.connections_open
     }),
@@ -170,6 +170,11 @@ const GAUGES: [Field; 4] = [
         "outbound_connections_open",
         "Outbound connections being made or open now (capped by max_outbound_connections).",
         |c| &c.outbound_open,
+    ),
+    (
+        "private_connections_open",
+        "Connections between a guest's own sockets on its private loopback (a language runtime's self-pipe): reachable from nothing else.",
+        |c| &c.private_open,
     ),
     (
         "connections_lingering",

@@ -177,10 +177,10 @@ impl HostTcpSocket for GuestWasi {
         _network: Resource<wasmtime_wasi::p2::Network>,
         remote: IpSocketAddress,
     ) -> Answer<()> {
-        let grant = self.grant.clone();
+        let (grant, claims) = (self.grant.clone(), self.claims.clone());
         let cap = self.limits.max_outbound_connections;
         let socket = self.table().get_mut(&this)?;
-        answer(socket.start_connect(SocketAddr::from(remote), &grant, cap))
+        answer(socket.start_connect(SocketAddr::from(remote), &grant, cap, &claims))
     }
 
     fn finish_connect(

@@ -60,7 +60,9 @@ impl<T: WasiHost> HostTcpSocketWithStore<T> for HasSelf<GuestWasi> {
         let started = accessor.with(|mut access| {
             let wasi = access.get();
             let (grant, cap) = (wasi.grant.clone(), wasi.limits.max_outbound_connections);
-            let started = socket(wasi, &this)?.start_connect(SocketAddr::from(remote), &grant, cap);
+            let claims = wasi.claims.clone();
+            let started =
+                socket(wasi, &this)?.start_connect(SocketAddr::from(remote), &grant, cap, &claims);
             wasmtime::Result::<_>::Ok(started)
         })?;
         if let Err(e) = started {

@@ -3,6 +3,7 @@
 //! each version's bindings map to their own error codes.
 
 pub mod order;
+pub mod private;
 pub mod stream;
 pub mod tcp;
 

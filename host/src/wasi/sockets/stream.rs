@@ -242,7 +242,23 @@ impl Sender {
                     sent += n;
                     self.policed.sent(n);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // tokio learns that a socket registered since its
+                    // reactor last turned is writable only at the next
+                    // turn; the guest may meanwhile write and then wait
+                    // for something else (a fresh private pair, at once).
+                    // Ask the kernel directly; tokio's readiness is
+                    // already cleared, so waiting stays exact.
+                    match socket2::SockRef::from(self.stream.as_ref())
+                        .send_with_flags(&data[sent..], libc::MSG_NOSIGNAL)
+                    {
+                        Ok(n) if n > 0 => {
+                            sent += n;
+                            self.policed.sent(n);
+                        }
+                        _ => break,
+                    }
+                }
                 Err(e) => {
                     self.failed = Some(e.kind());
                     self.pending = BytesMut::new();

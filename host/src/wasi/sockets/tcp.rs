@@ -13,6 +13,7 @@
 //! decides), and every client and outbound connection is admitted and
 //! counted through the tenant's limits (crate::limits).
 
+use super::private::{self, Ends, PrivateConnection, PrivateNet, Queue};
 use super::{Family, SocketError};
 use crate::limits::admission::{GateWaiter, OpenConnection, Outbound, is_resource_error};
 use crate::limits::connection::Policed;
@@ -130,8 +131,9 @@ enum State {
     BindStarted(SocketAddr),
     /// Bound to a granted listen address (or the wildcard, for connecting).
     Bound(SocketAddr),
-    /// `start-listen` accepted on the host's listener for this address.
-    ListenStarted(SocketAddr, Arc<TcpListener>),
+    /// `start-listen` accepted on the host's listener for this address
+    /// (`None`: a private port, see super::private).
+    ListenStarted(SocketAddr, Option<Arc<TcpListener>>),
     /// Listening through the host's listener: a duplicate of its socket,
     /// registered for readiness on its own. Readiness never accepts: a
     /// client is taken from the queue only by the guest's `accept`, and only
@@ -143,6 +145,12 @@ enum State {
         /// Woken when the tenant's accept gate opens (crate::limits::admission).
         waiter: Arc<GateWaiter>,
     },
+    /// Listening on a private loopback port (super::private): its
+    /// connections come from this instance only.
+    PrivateListening { addr: SocketAddr, queue: Arc<Queue> },
+    /// A connect to a private listener, made at once; `finish-connect`
+    /// reports it.
+    PrivateConnectDone(PrivateConnection),
     /// An outbound connection in progress: the connect itself, not a task,
     /// so dropping the socket cancels it and closes its descriptor.
     Connecting(Connect),
@@ -156,6 +164,9 @@ enum State {
         /// Set for accepted clients: counts against the connection cap
         /// until the guest drops the socket and every [`Hold`] on it.
         open: Option<Arc<OpenConnection>>,
+        /// Set for a private connection (super::private): its addresses,
+        /// its port and its place in the tenant's gauge.
+        private: Option<Arc<Ends>>,
     },
     /// Failed for good.
     Closed,
@@ -174,13 +185,20 @@ struct Claim {
     addr: SocketAddr,
 }
 
-/// The granted addresses an instance's sockets have bound.
-pub type Claims = Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>;
+/// What an instance's sockets have bound: the granted addresses claimed,
+/// and the instance's private loopback ports.
+#[derive(Clone, Default)]
+pub struct Claims {
+    granted: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+    /// The instance's private loopback (super::private).
+    pub private: PrivateNet,
+}
 
 impl Claim {
     /// Claims `addr` in `claims`, unless one of the instance's sockets has.
     fn take(claims: &Claims, addr: SocketAddr) -> Option<Claim> {
         let fresh = claims
+            .granted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(addr);
@@ -194,6 +212,7 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         self.claims
+            .granted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.addr);
@@ -210,6 +229,8 @@ pub struct Hold {
     _claim: Option<Arc<Claim>>,
     _outbound: Option<Arc<Outbound>>,
     _open: Option<Arc<OpenConnection>>,
+    _private: Option<Arc<private::Port>>,
+    _ends: Option<Arc<Ends>>,
 }
 
 /// A connection as it is handed to the guest: the socket, the stream its
@@ -237,6 +258,8 @@ pub struct TcpSocket {
     /// Set from `start-connect` while the outbound connection is being
     /// made or is open: counts against the tenant's outbound cap.
     outbound: Option<Arc<Outbound>>,
+    /// The private loopback port this socket bound (super::private).
+    private: Option<Arc<private::Port>>,
     /// Which halves of a connection WASI 0.3 has handed out (`receive`,
     /// `send`): each once.
     taken: (bool, bool),
@@ -257,6 +280,7 @@ impl TcpSocket {
             tenant,
             claim: None,
             outbound: None,
+            private: None,
             taken: (false, false),
         }
     }
@@ -296,6 +320,9 @@ impl TcpSocket {
                 std::future::poll_fn(|cx| poll_accept(listener, tenant, generation, waiter, cx))
                     .await;
             }
+            State::PrivateListening { queue, .. } => {
+                std::future::poll_fn(|cx| queue.poll_ready(cx)).await;
+            }
             _ => {}
         }
     }
@@ -315,6 +342,15 @@ impl TcpSocket {
         }
         if Family::of(&addr) != self.family || is_ipv4_mapped(&addr) {
             return Err(SocketError::InvalidArgument);
+        }
+        if private::is_private_bind(&addr) {
+            let port = claims
+                .private
+                .bind(addr.ip(), &grant.ports())
+                .map_err(|full| self.refuse_private(full, "bind", addr))?;
+            self.state = State::BindStarted(port.addr);
+            self.private = Some(port);
+            return Ok(());
         }
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpBind) {
             log_refusal(self.tenant.account(), refusal, addr);
@@ -349,6 +385,7 @@ impl TcpSocket {
         addr: SocketAddr,
         grant: &Grant,
         cap: u32,
+        claims: &Claims,
     ) -> Result<(), SocketError> {
         match self.state {
             State::Fresh | State::Bound(_) => {}
@@ -365,6 +402,16 @@ impl TcpSocket {
             return Err(SocketError::InvalidArgument);
         }
         let account = self.tenant.account();
+        // One of this instance's private listeners (super::private).
+        if addr.ip().is_loopback()
+            && self.private.is_none()
+            && let Some(connected) = claims.private.connect(addr, &grant.ports(), account)
+        {
+            let connection =
+                connected.map_err(|full| self.refuse_private(full, "connect", addr))?;
+            self.state = State::PrivateConnectDone(connection);
+            return Ok(());
+        }
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpConnect) {
             log_refusal(account, refusal, addr);
             return Err(SocketError::AccessDenied);
@@ -389,6 +436,10 @@ impl TcpSocket {
     pub fn finish_connect(&mut self) -> Result<(Arc<TcpStream>, Arc<Policed>), SocketError> {
         let result = match std::mem::replace(&mut self.state, State::Closed) {
             State::ConnectDone(result) => result,
+            State::PrivateConnectDone(connection) => {
+                let (stream, policed) = self.connected_privately(connection);
+                return Ok((stream, policed));
+            }
             // Not waited on yet: one look, which cannot lose the outcome
             // (a connect still under way is put back as it was).
             State::Connecting(mut connect) => {
@@ -429,8 +480,41 @@ impl TcpSocket {
             stream: stream.clone(),
             policed: policed.clone(),
             open: None,
+            private: None,
         };
         Ok((stream, policed))
+    }
+
+    /// Connected by a private connection: unpoliced (it never leaves the
+    /// instance, and a runtime's self-pipe sits idle for hours).
+    fn connected_privately(
+        &mut self,
+        connection: PrivateConnection,
+    ) -> (Arc<TcpStream>, Arc<Policed>) {
+        let stream = Arc::new(connection.stream);
+        let policed = Policed::unpoliced(self.tenant.account(), connection.ends.remote);
+        self.state = State::Connected {
+            stream: stream.clone(),
+            policed: policed.clone(),
+            open: None,
+            private: Some(connection.ends),
+        };
+        (stream, policed)
+    }
+
+    /// Refuses a private port (`what` to `addr`) the instance has no room
+    /// for: counted and logged as the tenant's refusals are.
+    fn refuse_private(&self, _: private::Refused, what: &str, addr: SocketAddr) -> SocketError {
+        let account = self.tenant.account();
+        let name = account.name();
+        account.refuse(
+            crate::account::Capability::TcpBind,
+            format_args!(
+                "{what} {addr}: {name}'s instance holds {} private loopback ports, its limit",
+                private::MAX_PORTS
+            ),
+        );
+        SocketError::NewSocketLimit
     }
 
     /// The socket failed for good (its streams could not be handed out).
@@ -449,6 +533,10 @@ impl TcpSocket {
             // listening or connected already.
             _ => return Err(SocketError::InvalidState),
         };
+        if self.private.is_some() {
+            self.state = State::ListenStarted(addr, None);
+            return Ok(());
+        }
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpListen) {
             log_refusal(self.tenant.account(), refusal, addr);
             return Err(SocketError::AccessDenied);
@@ -456,7 +544,7 @@ impl TcpSocket {
         let Some(listener) = self.tenant.listener(addr) else {
             return Err(SocketError::AddressNotBindable);
         };
-        self.state = State::ListenStarted(addr, listener);
+        self.state = State::ListenStarted(addr, Some(listener));
         Ok(())
     }
 
@@ -464,7 +552,22 @@ impl TcpSocket {
     /// listens.
     pub fn finish_listen(&mut self) -> Result<(), SocketError> {
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::ListenStarted(addr, listener) => {
+            State::ListenStarted(addr, None) => {
+                let Some(port) = &self.private else {
+                    return Err(SocketError::InvalidState);
+                };
+                self.state = State::PrivateListening {
+                    addr,
+                    queue: port.listen(),
+                };
+                // Not the tenant's listening: nothing outside reaches it. A
+                // language runtime does this at start-up: a debug line,
+                // outside the log budget kept for refusals.
+                let name = self.tenant.account().name();
+                tracing::debug!(tenant = name, %addr, "{name}: listening on {addr}, a private loopback port of this instance");
+                Ok(())
+            }
+            State::ListenStarted(addr, Some(listener)) => {
                 // A duplicate (its own descriptor) so each version has its
                 // own readiness registration on the one listening socket;
                 // one per granted address per instance (see `Claim`).
@@ -513,8 +616,15 @@ impl TcpSocket {
         limits: &crate::config::manifest::Limits,
         open: &Arc<AtomicU64>,
     ) -> Result<Connection, SocketError> {
-        let State::Listening { listener, .. } = &self.state else {
-            return Err(SocketError::InvalidState);
+        let listener = match &self.state {
+            State::Listening { listener, .. } => listener,
+            State::PrivateListening { queue, .. } => {
+                return queue
+                    .pop()
+                    .map(|c| self.private_client(c))
+                    .ok_or(SocketError::WouldBlock);
+            }
+            _ => return Err(SocketError::InvalidState),
         };
         AcceptFrom {
             listener,
@@ -525,16 +635,37 @@ impl TcpSocket {
         .accept(limits, open)
     }
 
+    /// A private listener's connection as an accepted socket (with this
+    /// listener's options).
+    fn private_client(&self, connection: PrivateConnection) -> Connection {
+        let mut socket = TcpSocket::with_state(
+            self.family,
+            self.generation,
+            self.tenant.clone(),
+            State::Closed,
+        );
+        socket.options = self.options;
+        let (stream, policed) = socket.connected_privately(connection);
+        Connection {
+            socket,
+            stream,
+            policed,
+        }
+    }
+
     /// What keeps this socket's share of the tenant's limits taken, for a
     /// part of it that may outlive it (WASI 0.3 streams).
     pub fn hold(&self) -> Hold {
+        let (open, ends) = match &self.state {
+            State::Connected { open, private, .. } => (open.clone(), private.clone()),
+            _ => (None, None),
+        };
         Hold {
             _claim: self.claim.clone(),
             _outbound: self.outbound.clone(),
-            _open: match &self.state {
-                State::Connected { open, .. } => open.clone(),
-                _ => None,
-            },
+            _open: open,
+            _private: self.private.clone(),
+            _ends: ends,
         }
     }
 
@@ -544,6 +675,7 @@ impl TcpSocket {
         Some(Acceptor {
             readiness: self.accept_readiness()?,
             options: self.options,
+            family: self.family,
             _hold: self.hold(),
         })
     }
@@ -594,9 +726,14 @@ impl TcpSocket {
     /// `local-address`.
     pub fn local_address(&self) -> Result<SocketAddr, SocketError> {
         match &self.state {
-            State::Bound(addr) | State::ListenStarted(addr, _) | State::Listening { addr, .. } => {
-                Ok(*addr)
-            }
+            State::Bound(addr)
+            | State::ListenStarted(addr, _)
+            | State::Listening { addr, .. }
+            | State::PrivateListening { addr, .. } => Ok(*addr),
+            State::Connected {
+                private: Some(ends),
+                ..
+            } => Ok(ends.local),
             State::Connected { stream, .. } => {
                 stream.local_addr().map_err(|e| SocketError::from_io(&e))
             }
@@ -606,13 +743,23 @@ impl TcpSocket {
 
     /// `remote-address`.
     pub fn remote_address(&self) -> Result<SocketAddr, SocketError> {
+        if let State::Connected {
+            private: Some(ends),
+            ..
+        } = &self.state
+        {
+            return Ok(ends.remote);
+        }
         self.stream()
             .and_then(|s| s.peer_addr().map_err(|e| SocketError::from_io(&e)))
     }
 
     /// `is-listening`.
     pub fn is_listening(&self) -> bool {
-        matches!(self.state, State::Listening { .. })
+        matches!(
+            self.state,
+            State::Listening { .. } | State::PrivateListening { .. }
+        )
     }
 
     /// `set-listen-backlog-size`: the host's listener has its own backlog;
@@ -655,12 +802,17 @@ impl TcpSocket {
     /// listening socket's pollable (see crate::wasi::poll).
     pub fn accept_readiness(&self) -> Option<AcceptReadiness> {
         match &self.state {
-            State::Listening { listener, .. } => Some(AcceptReadiness {
+            State::Listening { listener, .. } => Some(AcceptReadiness(Readiness::Host {
                 listener: listener.clone(),
                 tenant: self.tenant.clone(),
                 generation: self.generation,
                 waiter: self.tenant.admission().gate.waiter(),
-            }),
+            })),
+            State::PrivateListening { queue, .. } => Some(AcceptReadiness(Readiness::Private {
+                queue: queue.clone(),
+                tenant: self.tenant.clone(),
+                generation: self.generation,
+            })),
             _ => None,
         }
     }
@@ -773,6 +925,7 @@ impl AcceptFrom<'_> {
                 stream: stream.clone(),
                 policed: policed.clone(),
                 open: Some(Arc::new(open)),
+                private: None,
             },
         );
         socket.options = self.options;
@@ -791,6 +944,8 @@ pub struct Acceptor {
     readiness: AcceptReadiness,
     /// The listener's options, which its clients inherit.
     options: Options,
+    /// The listener's address family.
+    family: Family,
     /// Keeps the listening socket's claim on its address.
     _hold: Hold,
 }
@@ -809,10 +964,32 @@ impl Acceptor {
         limits: &crate::config::manifest::Limits,
         open: &Arc<AtomicU64>,
     ) -> Poll<Result<Connection, SocketError>> {
+        let (listener, tenant, generation) = match &self.readiness.0 {
+            Readiness::Host {
+                listener,
+                tenant,
+                generation,
+                ..
+            } => (listener, tenant, *generation),
+            Readiness::Private {
+                queue,
+                tenant,
+                generation,
+            } => loop {
+                std::task::ready!(queue.poll_ready(cx));
+                if let Some(connection) = queue.pop() {
+                    let listener = TcpSocket {
+                        options: self.options,
+                        ..TcpSocket::new(self.family, *generation, tenant.clone())
+                    };
+                    return Poll::Ready(Ok(listener.private_client(connection)));
+                }
+            },
+        };
         let from = AcceptFrom {
-            listener: &self.readiness.listener,
-            tenant: &self.readiness.tenant,
-            generation: self.readiness.generation,
+            listener,
+            tenant,
+            generation,
             options: self.options,
         };
         loop {
@@ -831,28 +1008,44 @@ impl Acceptor {
 /// Whether a listening socket has a client its guest version may accept,
 /// checked directly: what a listener's pollable waits for.
 #[derive(Clone)]
-pub struct AcceptReadiness {
-    /// The listener (this version's duplicate of the host's socket).
-    listener: Arc<AsyncFd<TcpListener>>,
-    /// Whose listener.
-    tenant: Arc<dyn Tenancy>,
-    /// The guest version that subscribed.
-    generation: u64,
-    /// This pollable's place among the waiters for the tenant's accept
-    /// gate.
-    waiter: Arc<GateWaiter>,
+pub struct AcceptReadiness(Readiness);
+
+#[derive(Clone)]
+enum Readiness {
+    /// A host listener's.
+    Host {
+        /// The listener (this version's duplicate of the host's socket).
+        listener: Arc<AsyncFd<TcpListener>>,
+        /// Whose listener.
+        tenant: Arc<dyn Tenancy>,
+        /// The guest version that subscribed.
+        generation: u64,
+        /// This pollable's place among the waiters for the tenant's accept
+        /// gate.
+        waiter: Arc<GateWaiter>,
+    },
+    /// A private listener's (super::private): ready while a connection
+    /// waits in its queue.
+    Private {
+        queue: Arc<Queue>,
+        /// Whose instance, for the sockets it hands out.
+        tenant: Arc<dyn Tenancy>,
+        generation: u64,
+    },
 }
 
 impl AcceptReadiness {
     /// Ready now; if not, `cx` is woken when it may be (see `poll_accept`).
     pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        poll_accept(
-            &self.listener,
-            &*self.tenant,
-            self.generation,
-            &self.waiter,
-            cx,
-        )
+        match &self.0 {
+            Readiness::Host {
+                listener,
+                tenant,
+                generation,
+                waiter,
+            } => poll_accept(listener, &**tenant, *generation, waiter, cx),
+            Readiness::Private { queue, .. } => queue.poll_ready(cx),
+        }
     }
 }
 

@@ -13,7 +13,11 @@
 //! N connections to ADDR and hold them), `blast` (write to this client,
 //! which does not read, until the stream is full, then close it and say
 //! how long the close took), `hoard` (from then on accept every
-//! connection and never read or close it). Serves one client at a time.
+//! connection and never read or close it), `socketpair` (make a pair of
+//! connected sockets as CPython's `socket.socketpair()` does on WASI, and
+//! hold them and the listener: answers the listener's address and the
+//! client end's), `socketpairs N` (make N such pairs, closing each
+//! listener, holding the pairs). Serves one client at a time.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -80,6 +84,30 @@ fn hoard(listener: &TcpListener, first: TcpStream) -> ! {
             println!("hoarding {} connections", held.len());
         }
     }
+}
+
+/// What CPython's `socket.socketpair()` does where there is no AF_UNIX
+/// (WASI): listen on 127.0.0.1:0, connect to it, accept, check that each
+/// end's address is the other's peer, and pass a byte each way. The
+/// listener and the two ends.
+fn socketpair() -> std::io::Result<(TcpListener, (TcpStream, TcpStream))> {
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut client = TcpStream::connect(addr)?;
+    let (mut server, peer) = listener.accept()?;
+    if server.local_addr()? != client.peer_addr()?
+        || client.local_addr()? != server.peer_addr()?
+        || peer != client.local_addr()?
+    {
+        return Err(std::io::Error::other("the ends' addresses disagree"));
+    }
+    let mut byte = [0u8; 1];
+    client.write_all(b"x")?;
+    server.read_exact(&mut byte)?;
+    server.write_all(b"y")?;
+    client.read_exact(&mut byte)?;
+    Ok((listener, (client, server)))
 }
 
 /// Tries what `command` says and describes the outcome.
@@ -184,6 +212,38 @@ fn attempt(command: &str) -> String {
             let bytes =
                 guest::bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
             Ok(format!("{} random bytes", bytes.len()))
+        }
+        "socketpair" => socketpair().map(|(listener, pair)| {
+            let described = format!(
+                "{} {}",
+                listener
+                    .local_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string()),
+                pair.0
+                    .local_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string())
+            );
+            std::mem::forget((listener, pair));
+            described
+        }),
+        "socketpairs" => {
+            let (mut held, mut first) = (Vec::new(), None);
+            for _ in 0..arg.parse().unwrap_or(1) {
+                match socketpair() {
+                    // The listener closed, as CPython's fallback does.
+                    Ok((_, pair)) => held.push(pair),
+                    Err(e) => {
+                        first = Some(e);
+                        break;
+                    }
+                }
+            }
+            let made = held.len();
+            std::mem::forget(held);
+            let why = first
+                .map(|e| format!(", then {:?}: {e}", e.kind()))
+                .unwrap_or_default();
+            Ok(format!("{made} pairs{why}"))
         }
         "exit" => std::process::exit(arg.parse().unwrap_or(1)),
         _ => return format!("unknown command {verb:?}"),
