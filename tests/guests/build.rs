@@ -3,6 +3,7 @@
 
 #[path = "../../host/build_guests.rs"]
 mod build_guests;
+mod languages;
 
 fn main() {
     // The nested build of the guests themselves runs this script again, for
@@ -12,6 +13,11 @@ fn main() {
     }
     let dir = build_guests::build("test-guests", "tests/guests");
     println!("cargo:rustc-env=TEST_GUESTS_DIR={}", dir.display());
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = languages::python(&workspace, &out);
+    println!("cargo:rustc-env=PYTHON_EXAMPLE={}", python.display());
+    println!("cargo:rerun-if-changed=languages.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../../host/build_guests.rs");
 }

@@ -10,3 +10,13 @@ use std::path::PathBuf;
 pub fn path(name: &str) -> PathBuf {
     PathBuf::from(env!("TEST_GUESTS_DIR")).join(format!("{name}.wasm"))
 }
+
+/// The example server of `guest/examples/{language}/`, built with that
+/// language's toolchain by `build.rs` (`languages.rs`).
+#[cfg(not(target_family = "wasm"))]
+pub fn example(language: &str) -> PathBuf {
+    PathBuf::from(match language {
+        "python" => env!("PYTHON_EXAMPLE"),
+        other => panic!("no example in {other}"),
+    })
+}

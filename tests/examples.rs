@@ -1,0 +1,82 @@
+//! The example servers of `guest/examples/`, written as each language's
+//! authors write servers and built with that language's own toolchain,
+//! served by the host over real TCP like any guest: several clients at
+//! once, each answered in the seed's protocol with the language's name.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::TcpStream;
+
+/// A manifest running `example` as the tenant `name`, beside a seed
+/// neighbour, with the admin endpoint.
+fn manifest(name: &str, example: &std::path::Path) -> String {
+    format!(
+        r#"
+[host]
+admin = "127.0.0.1:0"
+
+[[tenant]]
+name = "neighbour"
+component = "builtin:seed"
+listen = ["127.0.0.1:0"]
+
+[[tenant]]
+name = "{name}"
+component = "{}"
+listen = ["127.0.0.1:0"]
+"#,
+        example.display()
+    )
+}
+
+/// Opens `clients` connections to `addr` at once and has each send
+/// `rounds` messages, interleaved across the clients: every message gets
+/// one `{language} socket server : N` reply, N in 0..100.
+fn serve_interleaved(addr: std::net::SocketAddr, language: &str, clients: usize, rounds: usize) {
+    let mut streams: Vec<TcpStream> = (0..clients).map(|_| connect(addr)).collect();
+    let prefix = format!("{language} socket server : ");
+    for round in 0..rounds {
+        for (i, stream) in streams.iter_mut().enumerate() {
+            stream
+                .write_all(format!("client {i} round {round}\n").as_bytes())
+                .unwrap();
+        }
+        for (i, stream) in streams.iter_mut().enumerate() {
+            let reply = read_line(stream);
+            let n: u32 = reply
+                .strip_prefix(&prefix)
+                .and_then(|n| n.trim_end().parse().ok())
+                .unwrap_or_else(|| panic!("client {i}: {reply:?} is not {prefix}N"));
+            assert!(n < 100, "{reply:?}");
+        }
+    }
+}
+
+/// A stock `asyncio.run()` server (asyncio streams, `start_server`,
+/// `serve_forever`), built with componentize-py: asyncio's self-pipe is
+/// made on the instance's private loopback, and the start-up request for
+/// preopened directories is counted apart, not as a refusal.
+#[test]
+fn a_python_asyncio_server_serves_several_clients_at_once() {
+    let python = test_guests::example("python");
+    let t = Tenants::start(&manifest("python", &python), &["neighbour", "python"], &[]);
+    let admin = t.admin.unwrap();
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    serve_interleaved(t.addr("python"), "python", 5, 3);
+    t.host.wait_for_log("client 4 round 2");
+    let series = |name: &str| format!("tcphost_{name}{{tenant=\"python\"}}");
+    // asyncio's self-pipe: one connection on its private loopback.
+    assert_eq!(metric(admin, &series("private_connections_open")), 1.0);
+    assert!(metric(admin, &series("guest_preopen_queries_total")) >= 1.0);
+    let refusals: f64 = metrics(admin)
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("tcphost_capability_refusals_total{") && k.contains("\"python\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(refusals, 0.0, "{}", t.host.log());
+    neighbour.assert_all_answered();
+}

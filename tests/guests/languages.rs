@@ -1,0 +1,81 @@
+//! Build-script helper: builds the example servers of `guest/examples/`
+//! written in other languages, each with its own language's toolchain, for
+//! the integration tests (`tests/examples.rs`).
+//!
+//! The toolchains are pinned and kept under the workspace's
+//! `target/lang-tools/`, installed there on first use as the host's build
+//! adds the `wasm32-wasip2` target: `cargo test` needs nothing else
+//! installed by hand (`.ci/run` installs them the same way first).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The componentize-py release the Python example is built with: it
+/// embeds CPython 3.14 and targets WASI 0.2.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// Runs `cmd`, failing the build with what it printed if it fails.
+fn run(cmd: &mut Command, what: &str) {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {:?}: {e}", cmd.get_program()));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The pinned componentize-py, installed into a virtual environment under
+/// `target/lang-tools/python` unless it is there already.
+fn componentize_py(workspace: &Path) -> PathBuf {
+    let venv = workspace.join("target/lang-tools/python");
+    let tool = venv.join("bin/componentize-py");
+    let installed = Command::new(&tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(COMPONENTIZE_PY));
+    if !installed {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "making a Python virtual environment for componentize-py (needs python3 with venv)",
+        );
+        run(
+            Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("componentize-py=={COMPONENTIZE_PY}"),
+            ]),
+            "installing componentize-py from PyPI",
+        );
+    }
+    tool
+}
+
+/// Builds `guest/examples/python/app.py` into `out/python-seed.wasm` for
+/// the standard-only world (`tcphost:server/tcp-server-portable`).
+pub fn python(workspace: &Path, out: &Path) -> PathBuf {
+    let app = workspace.join("guest/examples/python/app.py");
+    println!("cargo:rerun-if-changed={}", app.display());
+    let tool = componentize_py(workspace);
+    // Built from a copy: componentize-py leaves a __pycache__ beside the
+    // source it imports.
+    let source = out.join("python");
+    std::fs::create_dir_all(&source).expect("a scratch directory for the Python example");
+    std::fs::copy(&app, source.join("app.py")).expect("copying the Python example");
+    let wasm = out.join("python-seed.wasm");
+    run(
+        Command::new(tool)
+            .current_dir(&source)
+            .arg("-d")
+            .arg(workspace.join("wit"))
+            .args(["-w", "tcphost:server/tcp-server-portable"])
+            .args(["componentize", "app", "-o"])
+            .arg(&wasm),
+        "building the Python example with componentize-py",
+    );
+    wasm
+}
