@@ -466,6 +466,13 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("serve-native") => return serve_native(&args[2]),
         // `load ADDR BUSY IDLE`: one case against a server started by hand.
+        Some("python-start-up") => {
+            // Only the Python example's start-up and swaps, printed.
+            let mut report = String::new();
+            python_start_up(&mut report);
+            print!("{report}");
+            return;
+        }
         Some("load") => {
             let o = load(
                 args[2].parse().unwrap(),
@@ -636,26 +643,7 @@ fn main() {
 
     // Exec to accepting connections, one tenant from the command line.
     let cache = scratch("cache");
-    let start = || {
-        let addr = free_addr();
-        let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(["--listen", &addr.to_string(), "--cache-dir"])
-            .arg(&cache)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let took = wait_accepting(addr, started);
-        let _ = child.kill();
-        let log = BufReader::new(child.stderr.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-            .join("\n");
-        let _ = child.wait();
-        (took, log.contains("compiled component"))
-    };
+    let start = || start_up(None, &cache);
     let (cold, compiled) = start();
     assert!(compiled, "the first start compiles");
     eprint!("{report}");
@@ -670,7 +658,137 @@ fn main() {
         worst.as_secs_f64() * 1e3
     )
     .unwrap();
+    python_start_up(&mut report);
 
     print!("{report}");
     support::write_section("results", &report);
+}
+
+/// Exec to the first answer of `guest` (the built-in seed if `None`),
+/// one tenant from the command line, with the compile cache in `cache`;
+/// and whether the host compiled the guest.
+fn start_up(guest: Option<&Path>, cache: &Path) -> (Duration, bool) {
+    {
+        let addr = free_addr();
+        let started = Instant::now();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+        if let Some(guest) = guest {
+            command.arg(guest);
+        }
+        let mut child = command
+            .args(["--listen", &addr.to_string(), "--cache-dir"])
+            .arg(cache)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let took = wait_accepting(addr, started);
+        let _ = child.kill();
+        let log = BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let _ = child.wait();
+        (took, log.contains("compiled component"))
+    }
+}
+
+/// The Python example (guest/examples/python: CPython under
+/// componentize-py, an asyncio server, about 21 MB): exec to its first
+/// answer, cold and warm, and a live swap to it from the seed, cold and
+/// warm (request to the first answer from the new version).
+fn python_start_up(report: &mut String) {
+    let python = test_guests::example("python");
+    let size = std::fs::metadata(&python).unwrap().len();
+    let cache = scratch("python-cache");
+    let (cold, compiled) = start_up(Some(&python), &cache);
+    assert!(compiled, "the first start compiles");
+    let warm: Vec<Duration> = (0..5).map(|_| start_up(Some(&python), &cache).0).collect();
+
+    // Live swaps through the control endpoint (a Unix socket).
+    let dir = scratch("python-swap");
+    let (addr, control) = (free_addr(), dir.join("control.sock"));
+    std::fs::write(
+        dir.join("swap.toml"),
+        format!(
+            "[host]\ncache_dir = \"cache\"\ncontrol = \"unix:{}\"\ncomponent_dirs = [\"{}\"]\n\n[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\n",
+            control.display(),
+            python.parent().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_host"))
+        .arg("--config")
+        .arg(dir.join("swap.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_accepting(addr, Instant::now());
+    let swap = |to: &str, answer: &str| -> Duration {
+        let started = Instant::now();
+        let (control, to) = (control.clone(), to.to_owned());
+        let request = std::thread::spawn(move || post_unix(&control, "/tenants/t/swap", &to));
+        let took = first_answer_starting(addr, answer, started);
+        let status = request.join().unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        took
+    };
+    let python_path = python.display().to_string();
+    let swap_cold = swap(&python_path, "python");
+    swap("builtin:seed", "rust");
+    let swap_warm = swap(&python_path, "python");
+    let _ = host.kill();
+    let _ = host.wait();
+
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    writeln!(
+        report,
+        "Start-up of the Python example ({:.1} MB, CPython under componentize-py, an asyncio server), exec to its first answer: {:.0} ms cold (compiling it), {:.0} to {:.0} ms with a warm compile cache (5 starts). A live swap from the seed to it, request to the first answer from the new version: {:.0} ms cold, {:.0} ms warm.\n",
+        size as f64 / 1e6,
+        ms(&cold),
+        ms(warm.iter().min().unwrap()),
+        ms(warm.iter().max().unwrap()),
+        ms(&swap_cold),
+        ms(&swap_warm),
+    )
+    .unwrap();
+}
+
+/// `POST path` with `body` to the control endpoint at the Unix socket
+/// `socket`; the status line of the answer.
+fn post_unix(socket: &Path, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: tcphost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Connects to `addr` again and again until a reply starts with `prefix`
+/// (the new version answers); how long since `since`.
+fn first_answer_starting(addr: SocketAddr, prefix: &str, since: Instant) -> Duration {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "{addr} never answered {prefix}");
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reply = [0u8; 64];
+            if stream.write_all(b"ping\n").is_ok()
+                && let Ok(n) = stream.read(&mut reply)
+                && reply[..n].starts_with(prefix.as_bytes())
+            {
+                return since.elapsed();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
