@@ -80,3 +80,19 @@ fn a_python_asyncio_server_serves_several_clients_at_once() {
     assert_eq!(refusals, 0.0, "{}", t.host.log());
     neighbour.assert_all_answered();
 }
+
+/// A C server written the usual POSIX way (poll over the listener and the
+/// clients, a blocking accept when the listener is readable, recv and
+/// send), built with clang against the WASI 0.2 C library: the listener's
+/// readiness is exact, so its accept never blocks the other clients.
+#[test]
+fn a_c_poll_and_accept_server_serves_several_clients_at_once() {
+    let c = test_guests::example("c");
+    let t = Tenants::start(&manifest("c", &c), &["neighbour", "c"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    serve_interleaved(t.addr("c"), "c", 5, 3);
+    // Clients that come while others are connected are accepted too.
+    serve_interleaved(t.addr("c"), "c", 3, 2);
+    t.host.wait_for_log("client 4 round 2");
+    neighbour.assert_all_answered();
+}

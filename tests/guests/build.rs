@@ -17,6 +17,8 @@ fn main() {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = languages::python(&workspace, &out);
     println!("cargo:rustc-env=PYTHON_EXAMPLE={}", python.display());
+    let c = languages::c(&workspace, &out);
+    println!("cargo:rustc-env=C_EXAMPLE={}", c.display());
     println!("cargo:rerun-if-changed=languages.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../../host/build_guests.rs");

@@ -2,10 +2,11 @@
 //! written in other languages, each with its own language's toolchain, for
 //! the integration tests (`tests/examples.rs`).
 //!
-//! The toolchains are pinned and kept under the workspace's
+//! componentize-py is pinned and kept under the workspace's
 //! `target/lang-tools/`, installed there on first use as the host's build
-//! adds the `wasm32-wasip2` target: `cargo test` needs nothing else
-//! installed by hand (`.ci/run` installs them the same way first).
+//! adds the `wasm32-wasip2` target. The C example needs Debian's clang and
+//! lld, which a build cannot install: `.ci/run` does, and the build fails
+//! saying which packages are missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,6 +77,28 @@ pub fn python(workspace: &Path, out: &Path) -> PathBuf {
             .args(["componentize", "app", "-o"])
             .arg(&wasm),
         "building the Python example with componentize-py",
+    );
+    wasm
+}
+
+/// Builds `guest/examples/c/server.c` into `out/c-seed.wasm` with the
+/// example's own `build.sh` (the recipe the guide shows): clang and lld
+/// from Debian, the WASI 0.2 C library of the Rust toolchain's
+/// wasm32-wasip2 target.
+pub fn c(workspace: &Path, out: &Path) -> PathBuf {
+    let source = workspace.join("guest/examples/c");
+    for file in ["server.c", "build.sh"] {
+        println!("cargo:rerun-if-changed={}", source.join(file).display());
+    }
+    let wasm = out.join("c-seed.wasm");
+    run(
+        Command::new("sh")
+            .arg(source.join("build.sh"))
+            .arg(&wasm)
+            // Inside the workspace: rustc is the pinned toolchain.
+            .current_dir(&source),
+        "building the C example (needs clang-22, lld-22, libclang-rt-22-dev-wasm32 and wasi-libc: \
+         apt-get install clang-22 lld-22 libclang-rt-22-dev-wasm32 wasi-libc)",
     );
     wasm
 }

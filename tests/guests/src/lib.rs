@@ -17,6 +17,7 @@ pub fn path(name: &str) -> PathBuf {
 pub fn example(language: &str) -> PathBuf {
     PathBuf::from(match language {
         "python" => env!("PYTHON_EXAMPLE"),
+        "c" => env!("C_EXAMPLE"),
         other => panic!("no example in {other}"),
     })
 }
