@@ -107,3 +107,16 @@ fn a_c_poll_and_accept_server_serves_several_clients_at_once() {
     assert_eq!(refusals(admin, "c"), 0.0, "{}", t.host.log());
     neighbour.assert_all_answered();
 }
+
+/// A Rust server on the standard library (`std::net`, and `poll(2)` from
+/// the libc crate to wait on every socket from one thread).
+#[test]
+fn a_rust_std_server_serves_several_clients_at_once() {
+    let rust = test_guests::example("rust");
+    let t = Tenants::start(&manifest("rust", &rust), &["neighbour", "rust"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    serve_interleaved(t.addr("rust"), "rust", 5, 3);
+    t.host.wait_for_log("client 4 round 2");
+    assert_eq!(refusals(t.admin.unwrap(), "rust"), 0.0, "{}", t.host.log());
+    neighbour.assert_all_answered();
+}

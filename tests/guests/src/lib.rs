@@ -18,6 +18,7 @@ pub fn example(language: &str) -> PathBuf {
     PathBuf::from(match language {
         "python" => env!("PYTHON_EXAMPLE"),
         "c" => env!("C_EXAMPLE"),
+        "rust" => return path("rust-seed"),
         other => panic!("no example in {other}"),
     })
 }
