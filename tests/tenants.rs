@@ -954,6 +954,16 @@ also_on_wasi_p3!(
 /// instance and counted, and its neighbours are unaffected.
 #[test]
 fn a_guest_makes_socketpairs_on_a_private_loopback_nothing_else_reaches() {
+    socketpairs_on_a_private_loopback();
+}
+
+/// The same on WASI 0.3: one socket core serves both.
+#[test]
+fn wasi_p3_a_guest_makes_socketpairs_on_a_private_loopback_nothing_else_reaches() {
+    on_wasi_p3(socketpairs_on_a_private_loopback);
+}
+
+fn socketpairs_on_a_private_loopback() {
     let manifest = format!(
         "{}\n[[tenant]]\nname = \"other\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:0\"]\n",
         with_neighbour(""),

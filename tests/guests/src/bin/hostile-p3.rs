@@ -7,7 +7,8 @@
 //! `half-close` (answer, then drop the send stream and keep the socket and
 //! its receive stream: the client should see the end of the stream) and
 //! `gather N` (read a line from each of N more clients before answering
-//! any of them). Serves one client at a time.
+//! any of them), `socketpair` and `socketpairs N` (as the 0.2 guest's).
+//! Serves one client at a time.
 #![cfg_attr(target_family = "wasm", no_main)]
 
 #[cfg(target_family = "wasm")]
@@ -151,6 +152,77 @@ mod guest {
             let _ = output.write_all(b"gathered\n".to_vec()).await;
         }
         gathered.len()
+    }
+
+    /// A pair of connected sockets made as CPython's `socket.socketpair()`
+    /// makes one on WASI, and what keeps it open.
+    struct Pair {
+        listener_addr: SocketAddr,
+        client_addr: SocketAddr,
+        _listener: Option<(StreamReader<TcpSocket>, TcpSocket)>,
+        _ends: (TcpSocket, TcpSocket),
+        _streams: (StreamReader<u8>, StreamReader<u8>),
+        _writers: (wit_bindgen::StreamWriter<u8>, wit_bindgen::StreamWriter<u8>),
+    }
+
+    /// Listens on 127.0.0.1:0, connects to it, takes the client from the
+    /// listener, checks that each end's address is the other's peer and
+    /// passes a byte each way; with `keep_listener` false the listener is
+    /// closed again (as CPython does).
+    async fn socketpair(keep_listener: bool) -> Result<Pair, String> {
+        let fail = |e: bindings::wasi::sockets::types::ErrorCode| format!("{e:?}");
+        let listener = TcpSocket::create(IpAddressFamily::Ipv4).map_err(fail)?;
+        listener
+            .bind(to_wasi(([127, 0, 0, 1], 0).into()))
+            .map_err(fail)?;
+        let mut clients = listener.listen().map_err(fail)?;
+        let listener_addr = from_wasi(listener.get_local_address().map_err(fail)?);
+        let client = TcpSocket::create(IpAddressFamily::Ipv4).map_err(fail)?;
+        connect_within_2s(&client, listener_addr).await?;
+        let server = next(&mut clients)
+            .await
+            .ok_or("the listener's stream ended")?;
+        let client_addr = from_wasi(client.get_local_address().map_err(fail)?);
+        if from_wasi(server.get_local_address().map_err(fail)?)
+            != from_wasi(client.get_remote_address().map_err(fail)?)
+            || from_wasi(server.get_remote_address().map_err(fail)?) != client_addr
+        {
+            return Err("the ends' addresses disagree".into());
+        }
+        let (mut from_client, _) = server.receive();
+        let (mut from_server, _) = client.receive();
+        let (mut to_server, data) = bindings::wit_stream::new::<u8>();
+        let _ = client.send(data);
+        let (mut to_client, data) = bindings::wit_stream::new::<u8>();
+        let _ = server.send(data);
+        let _ = to_server.write_all(b"x".to_vec()).await;
+        let (_, got) = from_client.read(Vec::with_capacity(1)).await;
+        let _ = to_client.write_all(b"y".to_vec()).await;
+        let (_, back) = from_server.read(Vec::with_capacity(1)).await;
+        if got != b"x" || back != b"y" {
+            return Err(format!("passed {got:?} and {back:?}"));
+        }
+        Ok(Pair {
+            listener_addr,
+            client_addr,
+            _listener: keep_listener.then_some((clients, listener)),
+            _ends: (client, server),
+            _streams: (from_client, from_server),
+            _writers: (to_server, to_client),
+        })
+    }
+
+    fn from_wasi(addr: IpSocketAddress) -> SocketAddr {
+        match addr {
+            IpSocketAddress::Ipv4(a) => {
+                let (x, y, z, w) = a.address;
+                SocketAddr::from(([x, y, z, w], a.port))
+            }
+            IpSocketAddress::Ipv6(a) => {
+                let (p, q, r, s, t, u, v, w) = a.address;
+                SocketAddr::from(([p, q, r, s, t, u, v, w], a.port))
+            }
+        }
     }
 
     fn env(name: &str) -> Option<String> {
@@ -327,6 +399,27 @@ mod guest {
                 let bytes =
                     bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
                 Ok(format!("{} random bytes", bytes.len()))
+            }
+            "socketpair" => socketpair(true).await.map(|pair| {
+                let described = format!("{} {}", pair.listener_addr, pair.client_addr);
+                std::mem::forget(pair);
+                described
+            }),
+            "socketpairs" => {
+                let (mut held, mut first) = (Vec::new(), None);
+                for _ in 0..arg.parse().unwrap_or(1) {
+                    match socketpair(false).await {
+                        Ok(pair) => held.push(pair),
+                        Err(e) => {
+                            first = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let made = held.len();
+                std::mem::forget(held);
+                let why = first.map(|e| format!(", then {e}")).unwrap_or_default();
+                Ok(format!("{made} pairs{why}"))
             }
             "exit" => std::process::exit(arg.parse().unwrap_or(1)),
             _ => return format!("unknown command {verb:?}"),
