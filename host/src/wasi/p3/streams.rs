@@ -166,6 +166,9 @@ pub struct Incoming {
     receiver: Receiver,
     /// Its place in the instance's order of reads.
     reader: Reader,
+    /// A zero-length read reported data: the read that follows has its
+    /// turn already.
+    reserved: bool,
     done: Done,
     _hold: Hold,
 }
@@ -189,6 +192,7 @@ impl Incoming {
             Incoming {
                 receiver,
                 reader,
+                reserved: false,
                 done,
                 _hold: hold,
             },
@@ -209,21 +213,38 @@ impl<D> StreamProducer<D> for Incoming {
         finish: bool,
     ) -> Poll<wasmtime::Result<StreamResult>> {
         let this = &mut *self;
-        // The guest is here for its next read: the last one is done with.
-        this.reader.came_back();
-        if dst.remaining(&mut store) == Some(0) {
-            return match this.receiver.poll_ready(cx) {
-                Poll::Ready(()) => Poll::Ready(Ok(StreamResult::Completed)),
-                Poll::Pending => pending(finish),
-            };
+        let zero = dst.remaining(&mut store) == Some(0);
+        // The guest is here for its next read: the last one is done with,
+        // unless it was a zero-length read, whose turn is this read's.
+        let reserved = std::mem::take(&mut this.reserved);
+        if !reserved {
+            this.reader.came_back();
         }
         if finish {
             this.reader.cancelled();
         }
-        // Data (or the end) waits: finish the read when its turn comes
-        // (crate::wasi::sockets::order).
-        if this.receiver.poll_ready(cx).is_pending() || !this.reader.may_finish(cx) {
+        if this.receiver.poll_ready(cx).is_pending() {
+            if reserved {
+                this.reader.came_back();
+            }
             return pending(finish);
+        }
+        // Data (or the end) waits: finish the read when its turn comes
+        // (crate::wasi::sockets::order). A read being cancelled does not
+        // wait for its turn: nothing would poll it again.
+        let admitted = reserved
+            || if finish {
+                this.reader.may_finish_now()
+            } else {
+                this.reader.may_finish(cx)
+            };
+        if !admitted {
+            return pending(finish);
+        }
+        if zero {
+            // "Ready" holds for the read that follows: it keeps this turn.
+            this.reserved = true;
+            return Poll::Ready(Ok(StreamResult::Completed));
         }
         let mut dst = dst.as_direct(store, HOST_BUFFER);
         match this.receiver.poll_read(cx, dst.remaining()) {

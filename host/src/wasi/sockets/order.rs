@@ -88,6 +88,17 @@ impl ReadOrder {
 }
 
 impl Window {
+    /// Drops the readers that left from the front of the queue.
+    fn skip_left(&mut self) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|t| t.left.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            self.queue.pop_front();
+        }
+    }
+
     /// Wakes the oldest reader still waiting, if there is room for it.
     fn wake_front(&mut self) {
         while let Some(front) = self.queue.front() {
@@ -123,18 +134,27 @@ impl Reader {
     }
 
     /// Whether this connection, with data waiting, may finish its read
-    /// now; if not, `cx` is woken when it may. A `true` must be followed
-    /// by [`Reader::finished`] or [`Reader::not_finished`].
+    /// now, without waiting in the queue (the guest is cancelling its
+    /// read: nothing would poll it again). A `true` counts as a finished
+    /// read, as for [`Reader::may_finish`].
+    pub fn may_finish_now(&mut self) -> bool {
+        let mut window = self.order.lock();
+        window.skip_left();
+        if window.queue.is_empty() && window.in_flight < WINDOW {
+            window.in_flight += 1;
+            self.holds = Some(window.era);
+            return true;
+        }
+        false
+    }
+
+    /// Whether this connection, with data waiting, may finish its read
+    /// now; if not, it waits in the queue and `cx` is woken when it may.
+    /// A `true` counts as a finished read until [`Reader::came_back`] (or
+    /// [`Reader::not_finished`], if the read found nothing after all).
     pub fn may_finish(&mut self, cx: &mut Context<'_>) -> bool {
         let mut window = self.order.lock();
-        // Past readers that left.
-        while window
-            .queue
-            .front()
-            .is_some_and(|t| t.left.load(std::sync::atomic::Ordering::Relaxed))
-        {
-            window.queue.pop_front();
-        }
+        window.skip_left();
         let first = match (&self.waiting, window.queue.front()) {
             (_, None) => true,
             (Some(mine), Some(front)) => Arc::ptr_eq(mine, front),
@@ -296,5 +316,30 @@ mod tests {
                 .iter()
                 .all(|t| t.left.load(Ordering::Relaxed))
         );
+    }
+}
+
+#[cfg(test)]
+mod cancel_tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_read_never_waits_in_the_queue() {
+        let order = ReadOrder::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut full: Vec<Reader> = (0..WINDOW).map(|_| order.reader()).collect();
+        for reader in &mut full {
+            assert!(reader.may_finish(&mut cx));
+        }
+        let mut cancelling = order.reader();
+        assert!(!cancelling.may_finish_now());
+        assert!(order.lock().queue.is_empty(), "no ticket left behind");
+        // Room again: the next reader is not stuck behind a dead ticket.
+        full[0].came_back();
+        let mut next = order.reader();
+        assert!(next.may_finish(&mut cx));
+        // With room and nobody waiting, a cancelling read may finish.
+        full[1].came_back();
+        assert!(cancelling.may_finish_now());
     }
 }

@@ -15,8 +15,9 @@
 //! guest binds a loopback address with port 0, private ports are never
 //! ports the grant names, and a connect reaches a private listener only
 //! from the instance that opened it. Bounded per instance by
-//! [`MAX_PORTS`] (listeners and connections together), counted in the
-//! tenant's `private_connections` gauge.
+//! [`MAX_PORTS`] (listeners and connections together: a connection holds
+//! its port until both ends are gone, accepted or still queued), counted
+//! in the tenant's `private_connections_open` gauge.
 
 use crate::account::Account;
 use std::collections::{HashMap, VecDeque};
@@ -86,11 +87,13 @@ impl Drop for Port {
     }
 }
 
-/// Why a private port could not be had.
-#[derive(Debug, PartialEq, Eq)]
+/// Why a private port or connection could not be had.
+#[derive(Debug)]
 pub enum Refused {
     /// The instance holds [`MAX_PORTS`].
     Full,
+    /// The system would not make the socket pair (out of descriptors).
+    System(std::io::Error),
 }
 
 impl PrivateNet {
@@ -146,7 +149,7 @@ impl PrivateNet {
         };
         let (mine, theirs) = match pair() {
             Ok(pair) => pair,
-            Err(_) => return Some(Err(Refused::Full)),
+            Err(e) => return Some(Err(Refused::System(e))),
         };
         let open = Arc::new(Open::new(account));
         queue.push(PrivateConnection {
@@ -154,7 +157,7 @@ impl PrivateNet {
             ends: Arc::new(Ends {
                 local: to,
                 remote: port.addr,
-                _port: None,
+                _port: port.clone(),
                 _open: open.clone(),
             }),
         });
@@ -163,7 +166,7 @@ impl PrivateNet {
             ends: Arc::new(Ends {
                 local: port.addr,
                 remote: to,
-                _port: Some(port),
+                _port: port,
                 _open: open,
             }),
         }))
@@ -184,8 +187,10 @@ pub struct Ends {
     pub local: SocketAddr,
     /// The address the guest sees as the peer's.
     pub remote: SocketAddr,
-    /// The client end's port (the listener's end shares the listener's).
-    _port: Option<Arc<Port>>,
+    /// The client end's port, held by both ends: a pair counts against
+    /// [`MAX_PORTS`] until both are gone, waiting in a listener's queue
+    /// or not, so connections are bounded as ports are.
+    _port: Arc<Port>,
     /// Counts the connection in the tenant's gauge while either end lives.
     _open: Arc<Open>,
 }
@@ -302,7 +307,7 @@ mod tests {
         while held.len() < MAX_PORTS {
             held.push(net.bind(LOCALHOST, &[]).unwrap());
         }
-        assert_eq!(net.bind(LOCALHOST, &[]).err(), Some(Refused::Full));
+        assert!(matches!(net.bind(LOCALHOST, &[]), Err(Refused::Full)));
         held.pop();
         assert!(net.bind(LOCALHOST, &[]).is_ok());
     }
@@ -335,7 +340,11 @@ mod tests {
                 .connect(port.addr, &[], &account)
                 .is_none()
         );
-        drop((client, server));
+        // The port is held until both ends are gone.
+        drop(client);
+        assert!(net.lock().taken.len() == 2);
+        drop(server);
+        assert!(net.lock().taken.len() == 1);
         assert_eq!(account.counters.private_open.load(Ordering::Relaxed), 0);
         drop(queue);
         assert!(!net.is_listening(&port.addr));

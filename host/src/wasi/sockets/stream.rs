@@ -206,6 +206,9 @@ pub struct Sender {
     /// Whose connection: its cap bounds the closed connections whose last
     /// bytes are still being sent.
     tenant: Arc<dyn Tenancy>,
+    /// tokio has seen the socket writable (a write through it succeeded):
+    /// from then on its readiness is the whole truth.
+    seen_writable: bool,
 }
 
 /// Longest the host keeps sending what a guest wrote before it closed the
@@ -227,6 +230,7 @@ impl Sender {
             failed: None,
             policed,
             tenant,
+            seen_writable: false,
         }
     }
 
@@ -241,14 +245,16 @@ impl Sender {
                 Ok(n) => {
                     sent += n;
                     self.policed.sent(n);
+                    self.seen_writable = true;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !self.seen_writable => {
                     // tokio learns that a socket registered since its
                     // reactor last turned is writable only at the next
                     // turn; the guest may meanwhile write and then wait
                     // for something else (a fresh private pair, at once).
-                    // Ask the kernel directly; tokio's readiness is
-                    // already cleared, so waiting stays exact.
+                    // Ask the kernel directly until tokio has seen it
+                    // writable; its readiness stays exact (a real EAGAIN
+                    // arms it again).
                     match socket2::SockRef::from(self.stream.as_ref())
                         .send_with_flags(&data[sent..], libc::MSG_NOSIGNAL)
                     {
@@ -256,9 +262,15 @@ impl Sender {
                             sent += n;
                             self.policed.sent(n);
                         }
+                        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                            self.failed = Some(e.kind());
+                            self.pending = BytesMut::new();
+                            return Err(failure(e.kind()));
+                        }
                         _ => break,
                     }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     self.failed = Some(e.kind());
                     self.pending = BytesMut::new();

@@ -347,7 +347,7 @@ impl TcpSocket {
             let port = claims
                 .private
                 .bind(addr.ip(), &grant.ports())
-                .map_err(|full| self.refuse_private(full, "bind", addr))?;
+                .map_err(|why| self.refuse_private(why, "bind", addr))?;
             self.state = State::BindStarted(port.addr);
             self.private = Some(port);
             return Ok(());
@@ -401,14 +401,17 @@ impl TcpSocket {
         {
             return Err(SocketError::InvalidArgument);
         }
+        // A socket bound to a private port connects nowhere: its address
+        // exists only inside the instance.
+        if self.private.is_some() {
+            return Err(SocketError::InvalidState);
+        }
         let account = self.tenant.account();
         // One of this instance's private listeners (super::private).
         if addr.ip().is_loopback()
-            && self.private.is_none()
             && let Some(connected) = claims.private.connect(addr, &grant.ports(), account)
         {
-            let connection =
-                connected.map_err(|full| self.refuse_private(full, "connect", addr))?;
+            let connection = connected.map_err(|why| self.refuse_private(why, "connect", addr))?;
             self.state = State::PrivateConnectDone(connection);
             return Ok(());
         }
@@ -502,16 +505,25 @@ impl TcpSocket {
         (stream, policed)
     }
 
-    /// Refuses a private port (`what` to `addr`) the instance has no room
-    /// for: counted and logged as the tenant's refusals are.
-    fn refuse_private(&self, _: private::Refused, what: &str, addr: SocketAddr) -> SocketError {
+    /// Refuses a private port or connection (`what` to `addr`): past the
+    /// instance's bound, counted and logged as the tenant's refusals are;
+    /// a socket pair the system would not make is the error it gave.
+    fn refuse_private(&self, why: private::Refused, what: &str, addr: SocketAddr) -> SocketError {
+        let full = match why {
+            private::Refused::Full => private::MAX_PORTS,
+            private::Refused::System(e) => return accept_error(&e),
+        };
         let account = self.tenant.account();
         let name = account.name();
+        let kind = if what == "bind" {
+            crate::account::Capability::TcpBind
+        } else {
+            crate::account::Capability::TcpConnect
+        };
         account.refuse(
-            crate::account::Capability::TcpBind,
+            kind,
             format_args!(
-                "{what} {addr}: {name}'s instance holds {} private loopback ports, its limit",
-                private::MAX_PORTS
+                "{what} {addr}: {name}'s instance holds {full} private loopback ports, its limit"
             ),
         );
         SocketError::NewSocketLimit
