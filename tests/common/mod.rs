@@ -246,7 +246,12 @@ impl Host {
     /// Waits for a log line containing `needle` and returns it; panics with
     /// the whole log after [`TIMEOUT`].
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
+        self.wait_for_log_within(needle, TIMEOUT)
+    }
+
+    /// [`Host::wait_for_log`], waiting at most `within`.
+    pub fn wait_for_log_within(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         let mut lines = self.log.lines.lock().unwrap();
         loop {
             if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
@@ -255,7 +260,7 @@ impl Host {
             let now = Instant::now();
             assert!(
                 now < deadline,
-                "no log line with {needle:?} within {TIMEOUT:?}; log:\n{}",
+                "no log line with {needle:?} within {within:?}; log:\n{}",
                 lines.join("\n")
             );
             lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
@@ -469,6 +474,17 @@ impl Tenants {
     /// A manifest with an admin endpoint gets a control endpoint too (see
     /// [`with_control`]); [`Tenants::post`] reaches it.
     pub fn start(manifest: &str, names: &[&str], extra: &[&str]) -> Tenants {
+        Tenants::start_within(manifest, names, extra, TIMEOUT)
+    }
+
+    /// [`Tenants::start`], waiting at most `within` for each tenant and
+    /// endpoint (a large component compiles for seconds on a busy machine).
+    pub fn start_within(
+        manifest: &str,
+        names: &[&str],
+        extra: &[&str],
+        within: Duration,
+    ) -> Tenants {
         let dir = scratch_dir("tenants");
         let path = dir.join("tenants.toml");
         std::fs::write(dir.join("control-token"), format!("{CONTROL_TOKEN}\n")).unwrap();
@@ -480,19 +496,19 @@ impl Tenants {
         let mut addrs = std::collections::HashMap::new();
         for name in names {
             let marker = format!("{name}: listening on ");
-            let addr = addr_after(&host.wait_for_log(&marker), &marker);
+            let addr = addr_after(&host.wait_for_log_within(&marker, within), &marker);
             wait_until_accepting(addr);
             addrs.insert(name.to_string(), addr);
         }
         let admin = manifest.contains("admin =").then(|| {
             addr_after(
-                &host.wait_for_log("admin: listening on "),
+                &host.wait_for_log_within("admin: listening on ", within),
                 "admin: listening on ",
             )
         });
         let control = manifest.contains("control = \"127.0.0.1").then(|| {
             addr_after(
-                &host.wait_for_log("control: listening on "),
+                &host.wait_for_log_within("control: listening on ", within),
                 "control: listening on ",
             )
         });

@@ -19,6 +19,12 @@ fn main() {
     println!("cargo:rustc-env=PYTHON_EXAMPLE={}", python.display());
     let c = languages::c(&workspace, &out);
     println!("cargo:rustc-env=C_EXAMPLE={}", c.display());
+    let (js, js_componentize_js) = languages::js(&workspace, &out);
+    println!("cargo:rustc-env=JS_EXAMPLE={}", js.display());
+    println!(
+        "cargo:rustc-env=JS_COMPONENTIZE_JS_EXAMPLE={}",
+        js_componentize_js.display()
+    );
     println!("cargo:rerun-if-changed=languages.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../../host/build_guests.rs");

@@ -2,9 +2,10 @@
 //! written in other languages, each with its own language's toolchain, for
 //! the integration tests (`tests/examples.rs`).
 //!
-//! componentize-py is pinned and kept under the workspace's
-//! `target/lang-tools/`, installed there on first use as the host's build
-//! adds the `wasm32-wasip2` target. The C example needs Debian's clang and
+//! componentize-py (from PyPI), componentize-qjs and ComponentizeJS (from
+//! npm) are pinned and kept under the workspace's `target/lang-tools/`,
+//! installed there on first use as the host's build adds the
+//! `wasm32-wasip2` target. The C example needs Debian's clang and
 //! lld, which a build cannot install: `.ci/run` does, and the build fails
 //! saying which packages are missing.
 
@@ -101,4 +102,81 @@ pub fn c(workspace: &Path, out: &Path) -> PathBuf {
          apt-get install clang-22 lld-22 libclang-rt-22-dev-wasm32 wasi-libc)",
     );
     wasm
+}
+
+/// The componentize-qjs release the JavaScript example is built with
+/// (QuickJS, WASI 0.2).
+pub const COMPONENTIZE_QJS: &str = "0.4.5";
+
+/// The ComponentizeJS release whose known failure the tests keep in view
+/// (SpiderMonkey; its issue #221).
+pub const COMPONENTIZE_JS: &str = "0.23.0";
+
+/// The pinned JavaScript componentizers, installed with npm into
+/// `target/lang-tools/js` unless they are there already.
+fn js_tools(workspace: &Path) -> PathBuf {
+    let prefix = workspace.join("target/lang-tools/js");
+    let packages = [
+        ("componentize-qjs", COMPONENTIZE_QJS),
+        ("@bytecodealliance/componentize-js", COMPONENTIZE_JS),
+    ];
+    let installed = packages.iter().all(|(name, version)| {
+        std::fs::read_to_string(prefix.join("node_modules").join(name).join("package.json"))
+            .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
+    });
+    if !installed {
+        std::fs::create_dir_all(&prefix).expect("a directory for the JavaScript tools");
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .arg(&prefix)
+                .args(
+                    packages
+                        .iter()
+                        .map(|(name, version)| format!("{name}@{version}")),
+                ),
+            "installing componentize-qjs and ComponentizeJS from npm (needs node and npm)",
+        );
+    }
+    prefix.join("node_modules/.bin")
+}
+
+/// Builds `guest/examples/js/server.js` twice for the standard-only world:
+/// with componentize-qjs into `out/js-seed.wasm` (the example), and with
+/// ComponentizeJS into `out/js-seed-componentize-js.wasm` (its known
+/// failure). Returns both.
+pub fn js(workspace: &Path, out: &Path) -> (PathBuf, PathBuf) {
+    let server = workspace.join("guest/examples/js/server.js");
+    println!("cargo:rerun-if-changed={}", server.display());
+    let bin = js_tools(workspace);
+    let wit = workspace.join("wit");
+    let qjs = out.join("js-seed.wasm");
+    run(
+        Command::new(bin.join("componentize-qjs"))
+            .arg("--wit")
+            .arg(&wit)
+            .args(["--world", "tcp-server-portable", "--sync", "--js"])
+            .arg(&server)
+            .arg("-o")
+            .arg(&qjs),
+        "building the JavaScript example with componentize-qjs",
+    );
+    let spidermonkey = out.join("js-seed-componentize-js.wasm");
+    run(
+        Command::new(bin.join("componentize-js"))
+            .arg(&server)
+            .arg("-w")
+            .arg(&wit)
+            .args([
+                "-n",
+                "tcp-server-portable",
+                "-d",
+                "http",
+                "fetch-event",
+                "-o",
+            ])
+            .arg(&spidermonkey),
+        "building the JavaScript example with ComponentizeJS",
+    );
+    (qjs, spidermonkey)
 }

@@ -18,6 +18,10 @@ pub fn example(language: &str) -> PathBuf {
     PathBuf::from(match language {
         "python" => env!("PYTHON_EXAMPLE"),
         "c" => env!("C_EXAMPLE"),
+        "js" => env!("JS_EXAMPLE"),
+        // The same JavaScript file built with ComponentizeJS: its known
+        // failure (tests/examples.rs).
+        "js-componentize-js" => env!("JS_COMPONENTIZE_JS_EXAMPLE"),
         "rust" => return path("rust-seed"),
         other => panic!("no example in {other}"),
     })
