@@ -56,14 +56,60 @@ fn serve_interleaved(addr: std::net::SocketAddr, language: &str, clients: usize,
                 .unwrap();
         }
         for (i, stream) in streams.iter_mut().enumerate() {
-            let reply = read_line(stream);
-            let n: u32 = reply
-                .strip_prefix(&prefix)
-                .and_then(|n| n.trim_end().parse().ok())
-                .unwrap_or_else(|| panic!("client {i}: {reply:?} is not {prefix}N"));
-            assert!(n < 100, "{reply:?}");
+            assert_reply(&read_line(stream), &prefix, &format!("client {i}"));
         }
     }
+}
+
+/// Parses one reply line as `{prefix}N` with N in 0..100.
+fn assert_reply(reply: &str, prefix: &str, who: &str) {
+    let n: u32 = reply
+        .strip_prefix(prefix)
+        .and_then(|n| n.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("{who}: {reply:?} is not {prefix}N"));
+    assert!(n < 100, "{who}: {reply:?}");
+}
+
+/// What every example must do, in the seed's protocol: serve several
+/// clients at once (logging each connect, payload and disconnect), answer
+/// every read of up to 2048 bytes (so a longer message gets several
+/// replies), and take bytes that are not UTF-8 without failing.
+fn serves_the_seed_protocol(t: &Tenants, name: &str, language: &str) {
+    let addr = t.addr(name);
+    serve_interleaved(addr, language, 5, 3);
+    t.host.wait_for_log("client 4 round 2");
+    t.host.wait_for_log(": connected");
+    t.host.wait_for_log(": disconnected");
+
+    let prefix = format!("{language} socket server : ");
+    let mut client = connect(addr);
+    let mut long = vec![b'x'; 5000];
+    long.push(b'\n');
+    client.write_all(&long).unwrap();
+    // At least three reads of at most 2048 bytes: at least three replies.
+    // Read until the replies stop coming (2 s of quiet), within a bound.
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut replies = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut byte = [0u8; 1];
+    while std::time::Instant::now() < deadline {
+        match std::io::Read::read(&mut client, &mut byte) {
+            Ok(1) => replies.push(byte[0]),
+            _ => break,
+        }
+    }
+    let replies = String::from_utf8(replies).unwrap();
+    let lines: Vec<&str> = replies.split_inclusive('\n').collect();
+    assert!(lines.len() >= 3, "{name}: {replies:?} for 5001 bytes");
+    for line in &lines {
+        assert_reply(line, &prefix, name);
+    }
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Not UTF-8: answered, and the server goes on.
+    assert_reply(&round_trip(&mut client, b"\xff\xfe\xc0\n"), &prefix, name);
+    assert_reply(&round_trip(&mut client, b"still there?\n"), &prefix, name);
 }
 
 /// A stock `asyncio.run()` server (asyncio streams, `start_server`,
@@ -76,8 +122,7 @@ fn a_python_asyncio_server_serves_several_clients_at_once() {
     let t = start(&manifest("python", &python), &["neighbour", "python"], &[]);
     let admin = t.admin.unwrap();
     let neighbour = Neighbour::start(t.addr("neighbour"));
-    serve_interleaved(t.addr("python"), "python", 5, 3);
-    t.host.wait_for_log("client 4 round 2");
+    serves_the_seed_protocol(&t, "python", "python");
     let series = |name: &str| format!("tcphost_{name}{{tenant=\"python\"}}");
     // asyncio's self-pipe: one connection on its private loopback.
     assert_eq!(metric(admin, &series("private_connections_open")), 1.0);
@@ -107,10 +152,9 @@ fn a_c_poll_and_accept_server_serves_several_clients_at_once() {
     let c = test_guests::example("c");
     let t = start(&manifest("c", &c), &["neighbour", "c"], &[]);
     let neighbour = Neighbour::start(t.addr("neighbour"));
-    serve_interleaved(t.addr("c"), "c", 5, 3);
-    // Clients that come while others are connected are accepted too.
+    serves_the_seed_protocol(&t, "c", "c");
+    // Clients that come after others left are served too.
     serve_interleaved(t.addr("c"), "c", 3, 2);
-    t.host.wait_for_log("client 4 round 2");
     // wasi-libc asks for its preopened directories only when a path is
     // opened: this server asks the host for nothing it was not granted.
     let admin = t.admin.unwrap();
@@ -127,8 +171,7 @@ fn a_rust_std_server_serves_several_clients_at_once() {
     let rust = test_guests::example("rust");
     let t = start(&manifest("rust", &rust), &["neighbour", "rust"], &[]);
     let neighbour = Neighbour::start(t.addr("neighbour"));
-    serve_interleaved(t.addr("rust"), "rust", 5, 3);
-    t.host.wait_for_log("client 4 round 2");
+    serves_the_seed_protocol(&t, "rust", "rust");
     assert_eq!(refusals(t.admin.unwrap(), "rust"), 0.0, "{}", t.host.log());
     neighbour.assert_all_answered();
 }
@@ -141,8 +184,7 @@ fn a_javascript_server_built_with_componentize_qjs_serves_several_clients_at_onc
     let js = test_guests::example("js");
     let t = start(&manifest("js", &js), &["neighbour", "js"], &[]);
     let neighbour = Neighbour::start(t.addr("neighbour"));
-    serve_interleaved(t.addr("js"), "javascript", 5, 3);
-    t.host.wait_for_log("client 4 round 2");
+    serves_the_seed_protocol(&t, "js", "javascript");
     assert_eq!(refusals(t.admin.unwrap(), "js"), 0.0, "{}", t.host.log());
     neighbour.assert_all_answered();
 }

@@ -675,21 +675,22 @@ fn start_up(guest: Option<&Path>, cache: &Path) -> (Duration, bool) {
         if let Some(guest) = guest {
             command.arg(guest);
         }
-        let mut child = command
-            .args(["--listen", &addr.to_string(), "--cache-dir"])
-            .arg(cache)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Killed(
+            command
+                .args(["--listen", &addr.to_string(), "--cache-dir"])
+                .arg(cache)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let took = wait_accepting(addr, started);
-        let _ = child.kill();
-        let log = BufReader::new(child.stderr.take().unwrap())
+        let _ = child.0.kill();
+        let log = BufReader::new(child.0.stderr.take().unwrap())
             .lines()
             .map_while(Result::ok)
             .collect::<Vec<_>>()
             .join("\n");
-        let _ = child.wait();
         (took, log.contains("compiled component"))
     }
 }
@@ -718,13 +719,15 @@ fn python_start_up(report: &mut String) {
         ),
     )
     .unwrap();
-    let mut host = Command::new(env!("CARGO_BIN_EXE_host"))
-        .arg("--config")
-        .arg(dir.join("swap.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let host = Killed(
+        Command::new(env!("CARGO_BIN_EXE_host"))
+            .arg("--config")
+            .arg(dir.join("swap.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_accepting(addr, Instant::now());
     let swap = |to: &str, answer: &str| -> Duration {
         let started = Instant::now();
@@ -739,8 +742,7 @@ fn python_start_up(report: &mut String) {
     let swap_cold = swap(&python_path, "python");
     swap("builtin:seed", "rust");
     let swap_warm = swap(&python_path, "python");
-    let _ = host.kill();
-    let _ = host.wait();
+    drop(host);
 
     let ms = |d: &Duration| d.as_secs_f64() * 1e3;
     writeln!(
@@ -756,11 +758,25 @@ fn python_start_up(report: &mut String) {
     .unwrap();
 }
 
+/// A child process killed (and reaped) when dropped, also when a
+/// measurement panics.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `POST path` with `body` to the control endpoint at the Unix socket
-/// `socket`; the status line of the answer.
+/// `socket`; the answer (at most 120 s are waited for).
 fn post_unix(socket: &Path, path: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     write!(
         stream,
         "POST {path} HTTP/1.1\r\nHost: tcphost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -3,7 +3,7 @@
 //! the integration tests (`tests/examples.rs`).
 //!
 //! componentize-py (from PyPI), componentize-qjs and ComponentizeJS (from
-//! npm) are pinned and kept under the workspace's `target/lang-tools/`,
+//! npm) are pinned and kept in the target directory's `lang-tools/`,
 //! installed there on first use as the host's build adds the
 //! `wasm32-wasip2` target. The C example needs Debian's clang and lld:
 //! installed with apt-get when the build runs as root on Debian (as here
@@ -15,6 +15,16 @@ use std::process::Command;
 /// The componentize-py release the Python example is built with: it
 /// embeds CPython 3.14 and targets WASI 0.2.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// `lang-tools/` in the target directory this build writes to (which
+/// `CARGO_TARGET_DIR` may move): `out` is
+/// `TARGET/PROFILE/build/PACKAGE-HASH/out`.
+fn lang_tools(out: &Path) -> PathBuf {
+    out.ancestors()
+        .nth(4)
+        .expect("OUT_DIR is inside the target directory")
+        .join("lang-tools")
+}
 
 /// Runs `cmd`, failing the build with what it printed if it fails.
 fn run(cmd: &mut Command, what: &str) {
@@ -32,13 +42,16 @@ fn run(cmd: &mut Command, what: &str) {
 
 /// The pinned componentize-py, installed into a virtual environment under
 /// `target/lang-tools/python` unless it is there already.
-fn componentize_py(workspace: &Path) -> PathBuf {
-    let venv = workspace.join("target/lang-tools/python");
+fn componentize_py(tools: &Path) -> PathBuf {
+    let venv = tools.join("python");
     let tool = venv.join("bin/componentize-py");
     let installed = Command::new(&tool)
         .arg("--version")
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(COMPONENTIZE_PY));
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).trim()
+                == format!("componentize-py {COMPONENTIZE_PY}")
+        });
     if !installed {
         run(
             Command::new("python3").args(["-m", "venv"]).arg(&venv),
@@ -62,7 +75,7 @@ fn componentize_py(workspace: &Path) -> PathBuf {
 pub fn python(workspace: &Path, out: &Path) -> PathBuf {
     let app = workspace.join("guest/examples/python/app.py");
     println!("cargo:rerun-if-changed={}", app.display());
-    let tool = componentize_py(workspace);
+    let tool = componentize_py(&lang_tools(out));
     // Built from a copy: componentize-py leaves a __pycache__ beside the
     // source it imports.
     let source = out.join("python");
@@ -92,16 +105,7 @@ pub fn c(workspace: &Path, out: &Path) -> PathBuf {
         println!("cargo:rerun-if-changed={}", source.join(file).display());
     }
     let wasm = out.join("c-seed.wasm");
-    let build = || {
-        let mut cmd = Command::new("sh");
-        cmd.arg(source.join("build.sh"))
-            .arg(&wasm)
-            // Inside the workspace: rustc is the pinned toolchain.
-            .current_dir(&source);
-        cmd
-    };
-    let built = build().output().is_ok_and(|o| o.status.success());
-    if !built && may_install_debian_packages() {
+    if !c_packages_installed() && may_install_debian_packages() {
         // As `rustup target add` for the host's build: on a Debian machine
         // where the build may install, the tests need nothing by hand.
         println!("cargo:warning=installing {C_PACKAGES} for the C example");
@@ -116,13 +120,24 @@ pub fn c(workspace: &Path, out: &Path) -> PathBuf {
             "installing the C example's compiler from Debian",
         );
     }
-    if !built {
-        run(
-            &mut build(),
-            &format!("building the C example (needs the Debian packages {C_PACKAGES})"),
-        );
-    }
+    run(
+        Command::new("sh")
+            .arg(source.join("build.sh"))
+            .arg(&wasm)
+            // Inside the workspace: rustc is the pinned toolchain.
+            .current_dir(&source),
+        &format!("building the C example (with the Debian packages {C_PACKAGES})"),
+    );
     wasm
+}
+
+/// Whether every package of [`C_PACKAGES`] is installed (`dpkg -s`).
+fn c_packages_installed() -> bool {
+    Command::new("dpkg")
+        .arg("-s")
+        .args(C_PACKAGES.split(' '))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The Debian 12 packages the C example is built with.
@@ -147,8 +162,8 @@ pub const COMPONENTIZE_JS: &str = "0.23.0";
 
 /// The pinned JavaScript componentizers, installed with npm into
 /// `target/lang-tools/js` unless they are there already.
-fn js_tools(workspace: &Path) -> PathBuf {
-    let prefix = workspace.join("target/lang-tools/js");
+fn js_tools(tools: &Path) -> PathBuf {
+    let prefix = tools.join("js");
     let packages = [
         ("componentize-qjs", COMPONENTIZE_QJS),
         ("@bytecodealliance/componentize-js", COMPONENTIZE_JS),
@@ -161,7 +176,13 @@ fn js_tools(workspace: &Path) -> PathBuf {
         std::fs::create_dir_all(&prefix).expect("a directory for the JavaScript tools");
         run(
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
                 .arg(&prefix)
                 .args(
                     packages
@@ -181,7 +202,7 @@ fn js_tools(workspace: &Path) -> PathBuf {
 pub fn js(workspace: &Path, out: &Path) -> (PathBuf, PathBuf) {
     let server = workspace.join("guest/examples/js/server.js");
     println!("cargo:rerun-if-changed={}", server.display());
-    let bin = js_tools(workspace);
+    let bin = js_tools(&lang_tools(out));
     let wit = workspace.join("wit");
     let qjs = out.join("js-seed.wasm");
     run(

@@ -30,7 +30,6 @@
 int socket(int domain, int type, int protocol);
 int bind(int fd, const struct sockaddr *addr, socklen_t len);
 int listen(int fd, int backlog);
-int connect(int fd, const struct sockaddr *addr, socklen_t len);
 int getpeername(int fd, struct sockaddr *addr, socklen_t *len);
 
 #define MAX_CLIENTS 1000
@@ -53,7 +52,7 @@ static int parse_addr(const char *text, struct sockaddr_in *addr) {
 
 /* The peer of `fd` as "A.B.C.D:PORT", for the log. */
 static void describe_peer(int fd, char *out, size_t size) {
-    struct sockaddr_in peer;
+    struct sockaddr_in peer = {0};
     socklen_t len = sizeof peer;
     char ip[INET_ADDRSTRLEN] = "?";
     if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0) {
@@ -115,6 +114,10 @@ int main(void) {
             if (send(fd, reply, (size_t)len, 0) != len) {
                 printf("%s: the reply could not be sent\n", peer);
             }
+        }
+        if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            fprintf(stderr, "the listener failed\n");
+            return 1;
         }
         if (fds[0].revents & POLLIN) {
             /* Readable means a client waits: this accept does not block. */

@@ -31,18 +31,35 @@ function encode(text) {
   return new Uint8Array(bytes);
 }
 
+// Bytes a client sent, as text for the log: anything that is not UTF-8
+// becomes U+FFFD, never an error.
 function decode(bytes) {
   let text = '';
   for (let i = 0; i < bytes.length; ) {
     const x = bytes[i++];
-    let c;
-    if (x < 0x80) c = x;
-    else if (x < 0xe0) c = ((x & 31) << 6) | (bytes[i++] & 63);
-    else if (x < 0xf0) c = ((x & 15) << 12) | ((bytes[i++] & 63) << 6) | (bytes[i++] & 63);
-    else c = ((x & 7) << 18) | ((bytes[i++] & 63) << 12) | ((bytes[i++] & 63) << 6) | (bytes[i++] & 63);
-    text += String.fromCodePoint(c);
+    const extra = x < 0x80 ? 0 : x >= 0xc2 && x < 0xe0 ? 1 : x >= 0xe0 && x < 0xf0 ? 2 : x >= 0xf0 && x < 0xf5 ? 3 : -1;
+    let c = extra === 0 ? x : x & (0x3f >> extra);
+    let ok = extra >= 0;
+    for (let k = 0; ok && k < extra; k++) {
+      const y = bytes[i];
+      if (y === undefined || (y & 0xc0) !== 0x80) ok = false;
+      else {
+        c = (c << 6) | (y & 63);
+        i++;
+      }
+    }
+    const min = [0, 0x80, 0x800, 0x10000][extra];
+    text += ok && c >= min && c <= 0x10ffff && (c < 0xd800 || c > 0xdfff) ? String.fromCodePoint(c) : '\ufffd';
   }
   return text;
+}
+
+// A random number in 0..100, unbiased: bytes of 200 and up are drawn again.
+function random100() {
+  for (;;) {
+    const byte = random.getRandomBytes(1)[0];
+    if (byte < 200) return byte % 100;
+  }
 }
 
 // The error code a WASI call threw (bindings differ in how they wrap it).
@@ -120,9 +137,8 @@ export const run = {
         }
         if (bytes.length === 0) continue;
         log(`${client.peer}: ${decode(bytes).trimEnd()}`);
-        const n = random.getRandomBytes(1)[0] % 100;
         try {
-          client.output.blockingWriteAndFlush(encode(`javascript socket server : ${n}\n`));
+          client.output.blockingWriteAndFlush(encode(`javascript socket server : ${random100()}\n`));
         } catch (e) {
           close(client);
         }

@@ -6,7 +6,8 @@ read of up to 2048 bytes with `python socket server : N` (N random in
 0..100, one reply per line), serves many clients at once, and logs each
 connect, payload and disconnect.
 
-Build: see build.sh beside this file (componentize-py, WASI 0.2).
+Build: see the guide (README, "Guests in other languages"): componentize-py,
+WASI 0.2.
 """
 
 import asyncio

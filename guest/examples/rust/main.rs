@@ -58,6 +58,10 @@ fn main() {
                 }
             }
         }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            eprintln!("the listener failed");
+            std::process::exit(1);
+        }
         // A readable listener has a client waiting: accept does not block.
         if fds[0].revents != 0
             && let Ok((client, peer)) = listener.accept()
