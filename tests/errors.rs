@@ -162,6 +162,17 @@ fn an_invalid_listen_address_is_rejected() {
 }
 
 #[test]
+fn a_connection_cap_of_zero_is_rejected() {
+    let (status, log) = run_host(&["--max-connections", "0"]);
+    assert_eq!(status.code(), Some(2), "usage errors exit 2: {log}");
+    assert!(
+        log.contains("error: invalid value '0' for '--max-connections <N>'"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
 fn an_address_in_use_is_reported() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -216,3 +216,42 @@ fn without_a_usable_cache_directory_the_host_compiles_and_serves() {
     let addr = addr_after(&line, "seed: listening on ");
     assert_seed_reply(&round_trip(&mut connect(addr), b"hello\n"));
 }
+
+/// `--max-connections` sets the one tenant's connection cap, as a
+/// manifest's `max_connections` does: clients past it are reset before the
+/// guest sees them, and a place given back is taken again.
+#[test]
+fn the_one_tenant_connection_cap_is_set_from_the_command_line() {
+    let (_host, addr) = Host::serve_with(None, &["--max-connections", "2"]);
+    // A client answered, kept open (the start-up's probes may still hold
+    // places for a moment: tried again until one is free).
+    let answered = || {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut buf = [0u8; 64];
+        stream.write_all(b"hi\n").ok()?;
+        matches!(stream.read(&mut buf), Ok(n) if n > 0).then_some(stream)
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        wait_until("a place under the cap", || {
+            answered().map(|s| held.push(s)).is_some()
+        });
+    }
+    // Past the cap: reset without a reply (the reset may even beat the
+    // end of the connect).
+    if let Ok(mut extra) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = extra.write_all(b"hi\n");
+        let mut buf = [0u8; 16];
+        match extra.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("a client past the cap got {n} bytes"),
+        }
+    }
+    drop(held.pop());
+    wait_until("a place given back is taken again", || answered().is_some());
+}

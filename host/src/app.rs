@@ -392,6 +392,9 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
             connect: Vec::new(),
             limits: Limits {
                 restart: RestartPolicy::Never,
+                max_connections: cli
+                    .max_connections
+                    .unwrap_or(Limits::default().max_connections),
                 ..Limits::default()
             },
         }],

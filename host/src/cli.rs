@@ -37,6 +37,17 @@ pub struct Cli {
     #[arg(long, conflicts_with = "config")]
     pub name: Option<String>,
 
+    /// The most clients the guest may hold open at once; past it, new
+    /// clients are reset before the guest sees them [default: 1024, as
+    /// for a manifest's tenant].
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "config",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: Option<u32>,
+
     /// Run every tenant listed in this TOML manifest.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -224,7 +224,8 @@ impl Host {
         Host::serve_with(Some(guest), &["--name", name])
     }
 
-    fn serve_with(guest: Option<&Path>, extra: &[&str]) -> (Host, SocketAddr) {
+    /// [`Host::serve`] with `extra` arguments.
+    pub fn serve_with(guest: Option<&Path>, extra: &[&str]) -> (Host, SocketAddr) {
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         if let Some(guest) = guest {
             args.push(guest.into());
