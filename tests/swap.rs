@@ -469,7 +469,7 @@ fn a_reload_past_what_the_pooling_allocator_was_sized_for_changes_nothing() {
     assert_eq!(code, 422, "{body}");
     assert!(
         body.contains(
-            "the pooling allocator was sized at start for 1 tenants, and the manifest has 2"
+            "the pooling allocator was sized at start for 1 guest instances, and the manifest's tenants run 2"
         ),
         "{body}"
     );

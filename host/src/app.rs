@@ -169,6 +169,13 @@ fn cache_dir(cli: &Cli, manifest: &Manifest) -> Option<PathBuf> {
 /// running tenants.
 fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>> {
     let cache_dir = cache_dir(cli, manifest);
+    // Guest instances run on their own threads, by default one per core:
+    // see crate::runtime::workers.
+    let threads = manifest.guest_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    crate::runtime::workers::start(threads).context("cannot start the guest threads")?;
+    let instances = control::instances_of(&manifest.tenants);
     let pooling = manifest.pooling_allocator.then(|| {
         let max_memory = manifest
             .tenants
@@ -176,25 +183,17 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
             .map(|t| t.limits.max_memory)
             .max()
             .unwrap_or(0);
-        // Room for every tenant twice over: swaps and restarts overlap.
+        // Room for every instance twice over: swaps and restarts overlap.
         (
-            u32::try_from(manifest.tenants.len() * 2)
-                .unwrap_or(u32::MAX)
-                .max(2),
+            u32::try_from(instances * 2).unwrap_or(u32::MAX).max(2),
             max_memory,
         )
     });
-    // Guest instances run on their own threads, by default one per core:
-    // see crate::runtime::workers.
-    let threads = manifest.guest_threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    crate::runtime::workers::start(threads).context("cannot start the guest threads")?;
     let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
     if pooling.is_some() {
         crate::tenancy::supervisor::pooled();
     }
-    let pool = pooling.map(|(_, max_memory)| (manifest.tenants.len(), max_memory));
+    let pool = pooling.map(|(_, max_memory)| (instances, max_memory));
     let loader = Loader::new(engine, cache_dir)?;
     let control = Control::new(loader, cli.config.clone(), pool);
     control.set_host_settings(manifest);
@@ -395,6 +394,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
                 max_connections: cli
                     .max_connections
                     .unwrap_or(Limits::default().max_connections),
+                instances: cli.instances.unwrap_or(Limits::default().instances),
                 ..Limits::default()
             },
         }],

@@ -48,6 +48,14 @@ pub struct Cli {
     )]
     pub max_connections: Option<u32>,
 
+    /// How many instances of the guest serve its address at once, each in
+    /// a sandbox of its own: a count, or "auto" for one per guest thread
+    /// (one per core) [default: 1, as for a manifest's tenant: a guest
+    /// that keeps state in its memory would otherwise become several
+    /// stores].
+    #[arg(long, value_name = "N|auto", conflicts_with = "config")]
+    pub instances: Option<crate::config::manifest::Instances>,
+
     /// Run every tenant listed in this TOML manifest.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,

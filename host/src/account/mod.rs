@@ -138,6 +138,46 @@ impl Counters {
     }
 }
 
+/// One guest instance of a tenant: which it is, and what is counted per
+/// instance (a tenant runs `instances` of its component at once, each in
+/// its own store). Shared by the instance's sockets, its store and the
+/// supervisor; the tenant's own [`Counters`] count the same events for the
+/// tenant as a whole.
+#[derive(Debug, Default)]
+pub struct InstanceAccount {
+    /// The guest version it runs (all instances of a version share it;
+    /// only the tenant's current version accepts new clients).
+    pub generation: u64,
+    /// Its place among its version's instances, from 0.
+    pub index: u32,
+    /// Client connections it holds open now.
+    pub open: AtomicU64,
+    /// Client connections it accepted, ever.
+    pub accepted: AtomicU64,
+    /// Times it was interrupted (epoch tick) to let others run.
+    pub cpu_yields: AtomicU64,
+    /// Times it was started again after stopping.
+    pub restarts: AtomicU64,
+    /// Whether it listens now (on at least one granted address).
+    pub listening: std::sync::atomic::AtomicBool,
+}
+
+impl InstanceAccount {
+    /// Instance `index` of guest version `generation`, all counts zero.
+    pub fn new(generation: u64, index: u32) -> Self {
+        InstanceAccount {
+            generation,
+            index,
+            ..InstanceAccount::default()
+        }
+    }
+
+    /// Whether it listens now.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+}
+
 /// One tenant's name, counters and log budgets.
 #[derive(Debug)]
 pub struct Account {

@@ -87,6 +87,8 @@ struct RawLimits {
     #[serde(default, deserialize_with = "size")]
     max_bytes_out: Option<u64>,
     log_lines_per_sec: Option<u32>,
+    #[serde(default, deserialize_with = "instances")]
+    instances: Option<Instances>,
 }
 
 impl RawLimits {
@@ -129,6 +131,7 @@ impl RawLimits {
                 .log_lines_per_sec
                 .or(fallback.log_lines_per_sec)
                 .filter(|&n| n > 0),
+            instances: self.instances.unwrap_or(fallback.instances),
         }
     }
 }
@@ -176,6 +179,58 @@ pub struct Limits {
     /// Lines of the guest's output logged per second; the rest are counted
     /// and left out. `None`: unlimited.
     pub log_lines_per_sec: Option<u32>,
+    /// How many instances of the component serve the tenant's addresses
+    /// at once, each in its own store under these limits.
+    pub instances: Instances,
+}
+
+/// How many instances of a tenant's component run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instances {
+    /// This many (from 1 to [`MAX_INSTANCES`]).
+    Fixed(u32),
+    /// One per guest thread (`"auto"`).
+    Auto,
+}
+
+/// The most instances one tenant may run at once.
+pub const MAX_INSTANCES: u32 = 256;
+
+impl Instances {
+    /// How many, on a host with `guest_threads` guest threads.
+    pub fn resolve(self, guest_threads: usize) -> u32 {
+        match self {
+            Instances::Fixed(n) => n,
+            Instances::Auto => u32::try_from(guest_threads.max(1))
+                .unwrap_or(MAX_INSTANCES)
+                .min(MAX_INSTANCES),
+        }
+    }
+}
+
+impl std::fmt::Display for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Instances::Fixed(n) => write!(f, "{n}"),
+            Instances::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl std::str::FromStr for Instances {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Instances::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_INSTANCES).contains(&n) => Ok(Instances::Fixed(n)),
+            _ => Err(format!(
+                "{s:?} is neither \"auto\" nor a count from 1 to {MAX_INSTANCES}"
+            )),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -196,6 +251,9 @@ impl Default for Limits {
             max_bytes_in: None,
             max_bytes_out: None,
             log_lines_per_sec: None,
+            // One: a guest that keeps state in its memory (a key-value
+            // store, say) must not silently become several stores.
+            instances: Instances::Fixed(1),
         }
     }
 }
@@ -836,6 +894,26 @@ fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         ));
     }
     Ok(bytes)
+}
+
+/// Deserializes `instances`: a count from 1 to [`MAX_INSTANCES`], or
+/// `"auto"`.
+fn instances<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instances>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Count(i64),
+        Word(String),
+    }
+    let text = match Raw::deserialize(d).map_err(|_| {
+        de::Error::custom(format!(
+            "must be \"auto\" or a count from 1 to {MAX_INSTANCES}"
+        ))
+    })? {
+        Raw::Count(n) => n.to_string(),
+        Raw::Word(word) => word,
+    };
+    text.parse().map(Some).map_err(de::Error::custom)
 }
 
 /// Deserializes a count that must not be zero.

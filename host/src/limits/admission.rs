@@ -8,7 +8,7 @@
 //! connection it opens (crate::wasi::sockets).
 
 use super::{instant_at, now_ms};
-use crate::account::{Account, Counters};
+use crate::account::{Account, Counters, InstanceAccount};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,7 +87,7 @@ impl Admission {
 pub struct OpenConnection {
     account: Arc<Account>,
     admission: Arc<Admission>,
-    instance: Arc<AtomicU64>,
+    instance: Arc<InstanceAccount>,
     /// The client's address, counted in the tenant's per-peer counts.
     peer: IpAddr,
     /// The idle watchdog, if the tenant has an idle timeout.
@@ -102,7 +102,7 @@ impl OpenConnection {
     pub fn new(
         account: &Arc<Account>,
         admission: &Arc<Admission>,
-        instance: &Arc<AtomicU64>,
+        instance: &Arc<InstanceAccount>,
         peer: IpAddr,
         watchdog: Option<tokio::task::AbortHandle>,
         cap: u64,
@@ -118,7 +118,8 @@ impl OpenConnection {
             // At the cap: clients the guest does not take are reset anyway.
             CapReaper::start(admission, account, cap, listeners.clone());
         }
-        instance.fetch_add(1, Ordering::Relaxed);
+        instance.open.fetch_add(1, Ordering::Relaxed);
+        Counters::bump(&instance.accepted);
         Counters::bump(&account.counters.connections_accepted);
         OpenConnection {
             account: account.clone(),
@@ -139,7 +140,7 @@ impl Drop for OpenConnection {
             .counters
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
-        self.instance.fetch_sub(1, Ordering::Relaxed);
+        self.instance.open.fetch_sub(1, Ordering::Relaxed);
         self.admission.peers.closed(self.peer);
     }
 }

@@ -7,7 +7,7 @@
 //! manifest reload leaves its counts in them (crate::tenancy::control keeps
 //! them), so they never go down.
 
-use crate::account::{Capability, Counters};
+use crate::account::{Capability, Counters, InstanceAccount};
 use crate::tenancy::control::Control;
 use crate::tenancy::tenant::State;
 use prometheus_client::collector::Collector;
@@ -227,6 +227,7 @@ impl Collector for Tenants {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
+        encode_instances(&mut encoder, &tenants)?;
         let mut family = encoder.encode_descriptor(
             "tenant_state",
             "1 for the state each tenant is in, 0 for the others.",
@@ -320,6 +321,65 @@ impl Collector for Tenants {
         }
         Ok(())
     }
+}
+
+/// Per-instance counts of the instances of each tenant's accepting
+/// version: how evenly its clients are spread, and which instance restarts
+/// or is made to yield.
+fn encode_instances(
+    encoder: &mut DescriptorEncoder<'_>,
+    tenants: &[Arc<crate::tenancy::tenant::Tenant>],
+) -> Result<(), Error> {
+    type InstanceField = (
+        &'static str,
+        &'static str,
+        MetricType,
+        fn(&InstanceAccount) -> u64,
+    );
+    const FIELDS: [InstanceField; 4] = [
+        (
+            "instance_connections_open",
+            "Client connections an instance of the tenant's accepting version holds open.",
+            MetricType::Gauge,
+            |i| get(&i.open),
+        ),
+        (
+            "instance_connections_accepted",
+            "Client connections an instance of the tenant's accepting version accepted.",
+            MetricType::Counter,
+            |i| get(&i.accepted),
+        ),
+        (
+            "instance_restarts",
+            "Times an instance of the tenant's accepting version was started again.",
+            MetricType::Counter,
+            |i| get(&i.restarts),
+        ),
+        (
+            "instance_cpu_yields",
+            "Times an instance of the tenant's accepting version was interrupted to let others run.",
+            MetricType::Counter,
+            |i| get(&i.cpu_yields),
+        ),
+    ];
+    let all: Vec<_> = tenants.iter().map(|t| (t, t.instances())).collect();
+    for (name, help, kind, field) in FIELDS {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for (t, instances) in &all {
+            for i in instances {
+                let index = i.index.to_string();
+                let labels = [("tenant", t.name()), ("instance", index.as_str())];
+                let value = field(i);
+                match kind {
+                    MetricType::Counter => {
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                    _ => as_gauge(value).encode(family.encode_family(&labels)?)?,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The host process's resident memory in bytes and open file descriptors,

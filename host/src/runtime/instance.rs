@@ -4,14 +4,13 @@
 //! the embedder's side of the WASI seam: [`InstanceState`] implements
 //! [`WasiHost`], and nothing in crate::wasi names it.
 
-use crate::account::{Account, Counters};
+use crate::account::{Account, Counters, InstanceAccount};
 use crate::config::manifest::TenantConfig;
 use crate::limits::cpu::CpuClock;
 use crate::limits::memory::MemoryLimiter;
 use crate::wasi::seam::Tenancy;
 use crate::wasi::view::{GuestWasi, WasiHost};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use wasmtime::component::Linker;
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtxView, WasiView};
@@ -47,19 +46,17 @@ impl WasiHost for InstanceState {
     }
 }
 
-/// Builds the confined store for one instance (guest version `generation`)
-/// of `tenant`'s guest, configured by `config`; it counts its open client
-/// connections in `open`.
+/// Builds the confined store for `instance` of `tenant`'s guest,
+/// configured by `config`.
 pub fn store(
     engine: &Engine,
     tenant: Arc<dyn Tenancy>,
     config: &TenantConfig,
-    generation: u64,
-    open: Arc<AtomicU64>,
+    instance: Arc<InstanceAccount>,
 ) -> Store<InstanceState> {
     let account = tenant.account().clone();
     let state = InstanceState {
-        wasi: GuestWasi::new(tenant, config, generation, open),
+        wasi: GuestWasi::new(tenant, config, instance),
         limiter: MemoryLimiter::new(account.clone(), config.limits.max_memory),
         cpu: CpuClock::new(config.limits.cpu_limit),
         account,
@@ -95,6 +92,7 @@ pub fn store(
             return Ok(UpdateDeadline::Continue(1));
         }
         Counters::bump(&state.account.counters.cpu_yields);
+        Counters::bump(&state.wasi.instance.cpu_yields);
         // tokio's yield lets the guest thread poll for I/O before this
         // guest runs again, so tenants sharing the thread are served
         // between its slices (a plain re-wake would run it again at once).

@@ -47,6 +47,13 @@ pub fn start(threads: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How many guest threads there are (1 before [`start`], or without it:
+/// instances then run on the caller's runtime). A tenant's `instances =
+/// "auto"` is one per guest thread.
+pub fn threads() -> usize {
+    POOL.get().map_or(1, Vec::len)
+}
+
 /// Runs `future` (a guest instance) on the least loaded guest thread.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where

@@ -68,8 +68,9 @@ pub struct Control {
     ops: tokio::sync::Mutex<()>,
     /// Set once a graceful stop has begun.
     stopping: std::sync::atomic::AtomicBool,
-    /// With the pooling allocator: the tenants and the largest memory limit
-    /// its pool was sized for at start (it cannot grow).
+    /// With the pooling allocator: the instances (of all tenants) and the
+    /// largest memory limit its pool was sized for at start (it cannot
+    /// grow).
     pool: Option<(usize, u64)>,
     /// The counts of removed tenants, for the host-wide metrics.
     retired: crate::account::Counters,
@@ -80,8 +81,9 @@ pub struct Control {
 
 impl Control {
     /// A control with no tenants yet; `manifest` is where reloads read from;
-    /// `pool`, with the pooling allocator, is the number of tenants and the
-    /// largest memory limit its pool was sized for.
+    /// `pool`, with the pooling allocator, is the number of instances (see
+    /// [`instances_of`]) and the largest memory limit its pool was sized
+    /// for.
     pub fn new(loader: Loader, manifest: Option<PathBuf>, pool: Option<(usize, u64)>) -> Arc<Self> {
         Arc::new(Control {
             loader,
@@ -472,13 +474,13 @@ impl Control {
     /// Whether `manifest` fits the pooling allocator as it was sized at
     /// start (it cannot grow).
     fn fits_pool(&self, manifest: &manifest::Manifest) -> Result<(), String> {
-        let Some((tenants, max_memory)) = self.pool else {
+        let Some((instances, max_memory)) = self.pool else {
             return Ok(());
         };
-        if manifest.tenants.len() > tenants {
+        let wanted = instances_of(&manifest.tenants);
+        if wanted > instances {
             return Err(format!(
-                "the pooling allocator was sized at start for {tenants} tenants, and the manifest has {}: restart the host to grow it",
-                manifest.tenants.len()
+                "the pooling allocator was sized at start for {instances} guest instances, and the manifest's tenants run {wanted}: restart the host to grow it"
             ));
         }
         if let Some(t) = manifest
@@ -618,6 +620,16 @@ impl Control {
             }
         }
     }
+}
+
+/// How many guest instances `tenants` run at once (each tenant's
+/// `instances`, "auto" as one per guest thread), not counting swaps.
+pub fn instances_of(tenants: &[TenantConfig]) -> usize {
+    let threads = crate::runtime::workers::threads();
+    tenants
+        .iter()
+        .map(|t| t.limits.instances.resolve(threads) as usize)
+        .sum()
 }
 
 /// A tenant as a reload wants it: its configuration, the listeners the

@@ -6,15 +6,17 @@
 //! the operator can act on: a clean exit, an error status, a trap with its
 //! wasm backtrace, the CPU limit, the memory limit.
 
-use crate::account::Counters;
+use crate::account::{Counters, InstanceAccount};
 use crate::config::manifest::{RestartPolicy, TenantConfig};
 use crate::limits::cpu::CpuLimitExceeded;
 use crate::runtime::engine::Prepared;
 use crate::runtime::instance;
 use crate::tenancy::tenant::{State, Tenant};
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -81,19 +83,19 @@ pub enum GuestError {
     },
 }
 
-/// Instantiates the guest (version `generation`, configured by `config`) in
-/// a fresh sandbox and runs its `wasi:cli/run` to completion.
+/// Instantiates the guest (`instance`, configured by `config`) in a fresh
+/// sandbox and runs its `wasi:cli/run` to completion.
 async fn run_once(
     engine: Engine,
     pre: Arc<Prepared>,
     tenant: Arc<Tenant>,
     config: Arc<TenantConfig>,
-    generation: u64,
-    open: Arc<AtomicU64>,
+    instance: Arc<InstanceAccount>,
 ) -> Result<(), GuestError> {
     let tenant = &tenant;
     let name = tenant.name().to_owned();
-    let mut store = instance::store(&engine, tenant.clone(), &config, generation, open);
+    let index = instance.index;
+    let mut store = instance::store(&engine, tenant.clone(), &config, instance);
     let command = pre.instantiate(&mut store).await.map_err(|e| {
         // A trap in the component's start-up counts as one.
         if e.downcast_ref::<Trap>().is_some() {
@@ -105,19 +107,19 @@ async fn run_once(
         }
     })?;
     // Running once it listens (the Tenancy seam, crate::tenancy::tenant).
-    info!(tenant = name, "guest started");
+    info!(tenant = name, instance = index, "guest started");
     let outcome = command.run(&mut store).await;
     let out_of_memory = store.data().hit_memory_limit();
     let max_memory = config.limits.max_memory;
     match outcome {
         Ok(Ok(())) => {
-            info!(tenant = name, "guest finished");
+            info!(tenant = name, instance = index, "guest finished");
             Ok(())
         }
         Ok(Err(())) => Err(GuestError::RunFailed { tenant: name }),
         // `exit(0)` is a clean finish, reported through the error path.
         Err(e) if e.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) => {
-            info!(tenant = name, "guest finished");
+            info!(tenant = name, instance = index, "guest finished");
             Ok(())
         }
         Err(e) => Err(classify(
@@ -205,10 +207,8 @@ pub enum Command {
 /// A running guest instance; dropping it stops the guest.
 struct Instance {
     tenant: String,
-    generation: u64,
+    account: Arc<InstanceAccount>,
     task: JoinHandle<Result<(), GuestError>>,
-    /// Client connections it holds.
-    open: Arc<AtomicU64>,
 }
 
 impl Drop for Instance {
@@ -218,38 +218,191 @@ impl Drop for Instance {
 }
 
 impl Instance {
+    /// Starts `account`'s instance of `pre` on a guest thread.
     fn start(
         engine: &Engine,
         pre: &Arc<Prepared>,
         tenant: &Arc<Tenant>,
         config: Arc<TenantConfig>,
+        account: Arc<InstanceAccount>,
     ) -> Self {
-        let generation = tenant.next_generation();
-        let open = Arc::new(AtomicU64::new(0));
         let task = crate::runtime::workers::spawn(run_once(
             engine.clone(),
             pre.clone(),
             tenant.clone(),
             config,
-            generation,
-            open.clone(),
+            account.clone(),
         ));
         Instance {
             tenant: tenant.name().to_owned(),
-            generation,
+            account,
             task,
-            open,
         }
     }
 
-    /// Waits for the guest to end.
-    async fn finished(&mut self) -> Result<(), GuestError> {
-        match (&mut self.task).await {
-            Ok(outcome) => outcome,
-            Err(e) => Err(GuestError::Host {
+    /// The outcome of a finished task.
+    fn outcome(
+        &self,
+        joined: Result<Result<(), GuestError>, tokio::task::JoinError>,
+    ) -> Result<(), GuestError> {
+        joined.unwrap_or_else(|e| {
+            Err(GuestError::Host {
                 tenant: self.tenant.clone(),
                 reason: format!("the guest task ended abnormally: {e}"),
-            }),
+            })
+        })
+    }
+
+    /// Client connections it holds open.
+    fn open(&self) -> u64 {
+        self.account.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One place among a version's instances: the instance in it, if it runs,
+/// and where its restart policy stands. Each place restarts on its own, so
+/// one instance trapping does not take its siblings down.
+struct Slot {
+    account: Arc<InstanceAccount>,
+    running: Option<Instance>,
+    /// When it starts again, after its backoff.
+    restart_at: Option<tokio::time::Instant>,
+    /// The next backoff.
+    backoff: Duration,
+    /// Its restarts within the crash-loop window.
+    recent_restarts: VecDeque<Instant>,
+    /// When it last started.
+    started: Instant,
+    /// How its last run failed, once its policy leaves it stopped.
+    last_error: Option<GuestError>,
+}
+
+/// One guest version: a component and configuration, run as
+/// `config.limits.instances` instances behind the tenant's listeners.
+struct Version {
+    generation: u64,
+    pre: Arc<Prepared>,
+    config: Arc<TenantConfig>,
+    slots: Vec<Slot>,
+}
+
+impl Version {
+    /// Starts every instance of `pre` configured by `config` as a new
+    /// version of `tenant`. It takes over new connections once one of its
+    /// instances listens, or, for a `swap`, once all of them do (the old
+    /// version serves meanwhile).
+    fn start(
+        engine: &Engine,
+        tenant: &Arc<Tenant>,
+        pre: Arc<Prepared>,
+        config: Arc<TenantConfig>,
+        swap: bool,
+    ) -> Self {
+        let generation = tenant.next_generation();
+        let count = config
+            .limits
+            .instances
+            .resolve(crate::runtime::workers::threads());
+        let accounts: Vec<Arc<InstanceAccount>> = (0..count)
+            .map(|index| Arc::new(InstanceAccount::new(generation, index)))
+            .collect();
+        let needed = if swap { accounts.len() } else { 1 };
+        tenant.begin_version(generation, accounts.clone(), needed);
+        let slots = accounts
+            .into_iter()
+            .map(|account| Slot {
+                running: Some(Instance::start(
+                    engine,
+                    &pre,
+                    tenant,
+                    config.clone(),
+                    account.clone(),
+                )),
+                account,
+                restart_at: None,
+                backoff: config.limits.restart_backoff,
+                recent_restarts: VecDeque::new(),
+                started: Instant::now(),
+                last_error: None,
+            })
+            .collect();
+        Version {
+            generation,
+            pre,
+            config,
+            slots,
+        }
+    }
+
+    /// Its instances' accounts.
+    fn accounts(&self) -> Vec<Arc<InstanceAccount>> {
+        self.slots.iter().map(|s| s.account.clone()).collect()
+    }
+
+    /// Resolves when one of its running instances ends, with its place and
+    /// outcome (the place is then empty). Pending while none runs.
+    async fn next_ended(&mut self) -> (usize, Result<(), GuestError>) {
+        std::future::poll_fn(|cx| {
+            for (index, slot) in self.slots.iter_mut().enumerate() {
+                let Some(instance) = &mut slot.running else {
+                    continue;
+                };
+                if let Poll::Ready(joined) = Pin::new(&mut instance.task).poll(cx) {
+                    let outcome = instance.outcome(joined);
+                    slot.running = None;
+                    slot.account.listening.store(false, Ordering::Relaxed);
+                    return Poll::Ready((index, outcome));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether any of its instances listens now.
+    fn any_listening(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.running.is_some() && s.account.is_listening())
+    }
+
+    /// The earliest restart due, if any.
+    fn next_restart(&self) -> Option<tokio::time::Instant> {
+        self.slots.iter().filter_map(|s| s.restart_at).min()
+    }
+
+    /// Starts again the instances whose backoff is over.
+    fn restart_due(&mut self, engine: &Engine, tenant: &Arc<Tenant>) {
+        let now = tokio::time::Instant::now();
+        for slot in &mut self.slots {
+            if slot.restart_at.is_some_and(|at| at <= now) {
+                slot.restart_at = None;
+                slot.started = Instant::now();
+                Counters::bump(&tenant.counters().restarts);
+                Counters::bump(&slot.account.restarts);
+                slot.running = Some(Instance::start(
+                    engine,
+                    &self.pre,
+                    tenant,
+                    self.config.clone(),
+                    slot.account.clone(),
+                ));
+            }
+        }
+    }
+
+    /// Stops every instance and waits until they are gone.
+    async fn stop(&mut self) {
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+            if let Some(mut instance) = slot.running.take() {
+                // (A task already finished has given its outcome: awaiting
+                // it again would panic.)
+                if !instance.task.is_finished() {
+                    instance.task.abort();
+                    let _ = (&mut instance.task).await;
+                }
+            }
         }
     }
 }
@@ -261,8 +414,8 @@ impl Instance {
 pub const MAX_DRAINING: usize = 16;
 
 /// The same with the pooling allocator, whose slots are shared by every
-/// tenant: each tenant's share of the pool is two instances, the current
-/// version and one draining.
+/// tenant: each tenant's share of the pool is two versions' instances, the
+/// current version and one draining.
 pub const MAX_DRAINING_POOLED: usize = 1;
 
 /// The replaced versions a tenant may keep draining now: [`MAX_DRAINING`],
@@ -275,54 +428,61 @@ pub fn pooled() {
     DRAINING_LIMIT.store(MAX_DRAINING_POOLED, Ordering::Relaxed);
 }
 
-/// Starts `pre` beside `current` and, once it listens, makes it current; the
-/// old instance drains in the background (in `draining`). On failure
-/// `current` is untouched.
+/// Starts `pre` beside `current` and, once all its instances listen, makes
+/// it current; the old instances drain in the background (in `draining`).
+/// On failure `current` is untouched and keeps serving.
 async fn swap(
     engine: &Engine,
     tenant: &Arc<Tenant>,
-    current: &mut Instance,
+    current: &mut Version,
     config: Arc<TenantConfig>,
-    pre: &Arc<Prepared>,
+    pre: Arc<Prepared>,
     draining: &mut VecDeque<(u64, JoinHandle<()>)>,
 ) -> Result<Duration, String> {
     let started = Instant::now();
-    let mut next = Instance::start(engine, pre, tenant, config.clone());
-    let generation = next.generation;
-    let ended = |outcome: Result<(), GuestError>, when: &str| match outcome {
-        Ok(()) => format!("the new version exited {when}"),
-        Err(e) => format!("the new version failed {when}: {e}"),
+    let mut next = Version::start(engine, tenant, pre, config.clone(), true);
+    let (generation, count) = (next.generation, next.slots.len());
+    let ended = |(index, outcome): (usize, Result<(), GuestError>), when: &str| {
+        let which = if count > 1 {
+            format!("instance {index} of the new version")
+        } else {
+            "the new version".to_owned()
+        };
+        match outcome {
+            Ok(()) => format!("{which} exited {when}"),
+            Err(e) => format!("{which} failed {when}: {e}"),
+        }
     };
     let listened = tokio::select! {
         // Listening wins a tie: the failure is then caught while settling.
         biased;
         () = tenant.until_current(generation) => Ok(()),
-        outcome = next.finished() => Err(ended(outcome, "before it listened")),
-        () = tokio::time::sleep(SWAP_TIMEOUT) => {
-            Err(format!("the new version did not listen within {SWAP_TIMEOUT:?}"))
-        }
+        end = next.next_ended() => Err(ended(end, "before it listened")),
+        () = tokio::time::sleep(SWAP_TIMEOUT) => Err(if count > 1 {
+            let listening = next.slots.iter().filter(|s| s.account.is_listening()).count();
+            format!("{listening} of the new version's {count} instances listened within {SWAP_TIMEOUT:?}")
+        } else {
+            format!("the new version did not listen within {SWAP_TIMEOUT:?}")
+        }),
     };
     let took = started.elapsed();
     let settled = match listened {
         Ok(()) => tokio::select! {
-            outcome = next.finished() => Err(ended(outcome, "just after it listened")),
+            end = next.next_ended() => Err(ended(end, "just after it listened")),
             () = tokio::time::sleep(SWAP_SETTLE) => Ok(()),
         },
         Err(why) => Err(why),
     };
     if let Err(why) = settled {
-        // Gone for good before the old version takes over again, so it
-        // cannot listen (and take over) after that.
-        // (A task already finished has given its outcome: awaiting it
-        // again would panic.)
-        if !next.task.is_finished() {
-            next.task.abort();
-            let _ = (&mut next.task).await;
-        }
+        // Gone for good before the old version takes over again, so none
+        // of its instances can listen (and take over) after that.
+        next.stop().await;
         // The old version takes new connections again, whatever the new
-        // one did before it failed (it may have listened on some address);
-        // running if it still runs (the supervisor sees to it otherwise).
-        if tenant.restore_current(generation, current.generation) && !current.task.is_finished() {
+        // one did before it failed; running if any of its instances
+        // listens (the supervisor restarts the others).
+        if tenant.restore_current(generation, current.generation, current.accounts())
+            && current.any_listening()
+        {
             tenant.set_state(State::Running);
         }
         return Err(why);
@@ -334,6 +494,7 @@ async fn swap(
     info!(
         tenant = name,
         generation,
+        instances = count,
         ms = took.as_millis(),
         "swapped to a new version"
     );
@@ -354,125 +515,198 @@ async fn swap(
     Ok(took)
 }
 
-/// Lets a replaced instance finish its connections, up to `deadline`, then
-/// drops it (closing whatever is still open).
-async fn drain_then_drop(tenant: String, mut old: Instance, deadline: Duration) {
+/// Lets each instance of a replaced version finish its connections, up to
+/// `deadline`, then drops it (closing whatever is still open): each
+/// instance goes as soon as its own connections are done.
+async fn drain_then_drop(tenant: String, old: Version, deadline: Duration) {
     let until = Instant::now() + deadline;
+    let generation = old.generation;
+    let several = old.slots.len() > 1;
+    let mut instances: Vec<Instance> = old.slots.into_iter().filter_map(|s| s.running).collect();
     loop {
-        let open = old.open.load(Ordering::Relaxed);
-        if open == 0 {
-            info!(
-                tenant,
-                generation = old.generation,
-                "old version drained and dropped"
-            );
+        instances.retain(|instance| {
+            let done = instance.task.is_finished() || instance.open() == 0;
+            if done && several {
+                info!(
+                    tenant,
+                    generation,
+                    instance = instance.account.index,
+                    "instance of the old version drained and dropped"
+                );
+            }
+            !done
+        });
+        if instances.is_empty() {
+            info!(tenant, generation, "old version drained and dropped");
             return;
         }
         if Instant::now() >= until {
+            let open: u64 = instances.iter().map(Instance::open).sum();
             warn!(
                 tenant,
-                generation = old.generation,
+                generation,
                 open,
                 "drain deadline of {deadline:?} passed: closing {open} connections of the old version"
             );
             return;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a tenant's guest instances, restarting each as its policy says,
+/// and swapping them live on command, until the policy leaves every
+/// instance stopped, or one crash-loops (the tenant is then failed).
+/// Returns the outcome: the first instance's failure, if any.
+pub async fn supervise(
+    engine: Engine,
+    pre: Arc<Prepared>,
+    tenant: Arc<Tenant>,
+    mut commands: mpsc::Receiver<Command>,
+) -> Result<(), GuestError> {
+    let mut current = Version::start(&engine, &tenant, pre, tenant.config(), false);
+    let mut draining = VecDeque::new();
+    loop {
+        let restart_at = current.next_restart();
         tokio::select! {
-            _ = old.finished() => return,
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            (index, outcome) = current.next_ended() => {
+                if let Some(end) = instance_ended(&tenant, &mut current, index, outcome) {
+                    return end;
+                }
+            }
+            () = sleep_until(restart_at), if restart_at.is_some() => {
+                current.restart_due(&engine, &tenant);
+            }
+            Some(command) = commands.recv() => match command {
+                Command::Swap { config, pre, reply } => {
+                    let result =
+                        swap(&engine, &tenant, &mut current, config, pre, &mut draining).await;
+                    let _ = reply.send(result);
+                }
+            },
         }
     }
 }
 
-/// Runs a tenant's guest, restarting it as its policy says, and swapping it
-/// live on command, until the policy leaves it stopped or failed. Returns
-/// the last run's outcome.
-pub async fn supervise(
-    engine: Engine,
-    mut pre: Arc<Prepared>,
-    tenant: Arc<Tenant>,
-    mut commands: mpsc::Receiver<Command>,
-) -> Result<(), GuestError> {
+/// Sleeps until `at` (forever without one).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies the restart policy to instance `index` of `version`, which
+/// ended with `outcome`: a restart after its backoff, or left stopped; a
+/// crash loop gives the whole tenant up. Returns the supervisor's result
+/// once nothing of the tenant is left to run.
+fn instance_ended(
+    tenant: &Arc<Tenant>,
+    version: &mut Version,
+    index: usize,
+    outcome: Result<(), GuestError>,
+) -> Option<Result<(), GuestError>> {
     let name = tenant.name().to_owned();
-    let mut backoff = tenant.config().limits.restart_backoff;
-    let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
-    let mut draining = VecDeque::new();
-    loop {
-        let started = Instant::now();
-        let mut current = Instance::start(&engine, &pre, &tenant, tenant.config());
-        let outcome = loop {
-            tokio::select! {
-                outcome = current.finished() => break outcome,
-                Some(command) = commands.recv() => match command {
-                    Command::Swap { config, pre: next, reply } => {
-                        let result =
-                            swap(&engine, &tenant, &mut current, config, &next, &mut draining).await;
-                        if result.is_ok() {
-                            pre = next;
-                        }
-                        let _ = reply.send(result);
-                    }
-                },
+    let limits = version.config.limits.clone();
+    if let Err(e) = &outcome {
+        error!(tenant = name, instance = index, "{e}");
+        tenant.set_error(e.to_string());
+    }
+    let restart = match limits.restart {
+        RestartPolicy::Never => false,
+        RestartPolicy::OnFailure => outcome.is_err(),
+        RestartPolicy::Always => true,
+    };
+    let several = version.slots.len() > 1;
+    if !restart {
+        version.slots[index].last_error = outcome.err();
+        if version
+            .slots
+            .iter()
+            .any(|s| s.running.is_some() || s.restart_at.is_some())
+        {
+            // Its siblings serve on.
+            if several {
+                warn!(
+                    tenant = name,
+                    instance = index,
+                    "instance {index} of {name} stopped for good; the others serve on"
+                );
             }
-        };
-        let limits = tenant.config().limits.clone();
-        if let Err(e) = &outcome {
-            error!(tenant = name, "{e}");
-            tenant.set_error(e.to_string());
+            return None;
         }
-        let restart = match limits.restart {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => outcome.is_err(),
-            RestartPolicy::Always => true,
-        };
-        if !restart {
-            tenant.set_state(if outcome.is_err() {
-                State::Failed
-            } else {
-                State::Stopped
-            });
-            // Nobody will serve its addresses: refuse rather than queue.
-            tenant.close_listeners();
-            return outcome;
-        }
+        let failed = version.slots.iter_mut().find_map(|s| s.last_error.take());
+        tenant.set_state(if failed.is_some() {
+            State::Failed
+        } else {
+            State::Stopped
+        });
+        // Nobody will serve its addresses: refuse rather than queue.
+        tenant.close_listeners();
+        return Some(failed.map_or(Ok(()), Err));
+    }
 
-        let now = Instant::now();
-        recent_restarts.retain(|t| now.duration_since(*t) < limits.crash_loop_window);
-        if recent_restarts.len() >= limits.crash_loop_limit as usize {
-            error!(
-                tenant = name,
-                restarts = recent_restarts.len(),
-                "{name} restarted {} times within {:?}: marked failed, its addresses now refuse connections",
-                recent_restarts.len(),
-                limits.crash_loop_window
-            );
-            tenant.set_error(format!(
-                "crash loop: restarted {} times within {:?}; last: {}",
-                recent_restarts.len(),
-                limits.crash_loop_window,
-                outcome
-                    .as_ref()
-                    .err()
-                    .map_or("clean exit".to_owned(), ToString::to_string)
-            ));
-            tenant.set_state(State::Failed);
-            tenant.close_listeners();
-            return outcome;
+    let slot = &mut version.slots[index];
+    let now = Instant::now();
+    slot.recent_restarts
+        .retain(|t| now.duration_since(*t) < limits.crash_loop_window);
+    if slot.recent_restarts.len() >= limits.crash_loop_limit as usize {
+        let restarts = slot.recent_restarts.len();
+        let whose = if several {
+            format!("{name} (instance {index})")
+        } else {
+            name.clone()
+        };
+        error!(
+            tenant = name,
+            instance = index,
+            restarts,
+            "{whose} restarted {restarts} times within {:?}: marked failed, its addresses now refuse connections",
+            limits.crash_loop_window
+        );
+        tenant.set_error(format!(
+            "crash loop: restarted {restarts} times within {:?}; last: {}",
+            limits.crash_loop_window,
+            outcome
+                .as_ref()
+                .err()
+                .map_or("clean exit".to_owned(), ToString::to_string)
+        ));
+        tenant.set_state(State::Failed);
+        tenant.close_listeners();
+        // Its siblings run the same broken version: stopped with it
+        // (dropping an instance stops it).
+        for slot in &mut version.slots {
+            slot.running = None;
+            slot.restart_at = None;
         }
-        recent_restarts.push_back(now);
+        return Some(outcome);
+    }
+    slot.recent_restarts.push_back(now);
 
-        // A run that lasted a while was healthy: start backing off afresh.
-        if started.elapsed() >= limits.restart_backoff_max {
-            backoff = limits.restart_backoff;
-        }
+    // A run that lasted a while was healthy: start backing off afresh.
+    if slot.started.elapsed() >= limits.restart_backoff_max {
+        slot.backoff = limits.restart_backoff;
+    }
+    let backoff = slot.backoff;
+    slot.restart_at = Some(tokio::time::Instant::now() + backoff);
+    slot.backoff = (backoff * 2).min(limits.restart_backoff_max);
+    if !version.any_listening() {
         tenant.set_state(State::Restarting);
+    }
+    if several {
+        warn!(
+            tenant = name,
+            instance = index,
+            delay_ms = backoff.as_millis(),
+            "restarting {name} (instance {index}) in {backoff:?}"
+        );
+    } else {
         warn!(
             tenant = name,
             delay_ms = backoff.as_millis(),
             "restarting {name} in {backoff:?}"
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(limits.restart_backoff_max);
-        Counters::bump(&tenant.counters().restarts);
     }
+    None
 }

@@ -5,7 +5,7 @@
 //! only through the [`Tenancy`] seam (a version listens). The admin
 //! endpoint and the metrics read it.
 
-use crate::account::Account;
+use crate::account::{Account, InstanceAccount};
 use crate::config::manifest::TenantConfig;
 use crate::limits::admission::{Admission, HostListeners, OpenConnection};
 use crate::limits::connection::Policed;
@@ -73,6 +73,40 @@ pub struct Tenant {
     last_generation: AtomicU64,
     /// The guest version that accepts new connections.
     current_generation: tokio::sync::watch::Sender<u64>,
+    /// The version being started, and how many of its instances must
+    /// listen before it takes over.
+    starting: Mutex<Starting>,
+    /// The instances of the version that accepts (for status and metrics).
+    instances: Mutex<Vec<Arc<InstanceAccount>>>,
+}
+
+/// A guest version on its way to taking over new connections.
+#[derive(Debug, Default)]
+struct Starting {
+    generation: u64,
+    instances: Vec<Arc<InstanceAccount>>,
+    /// How many of `instances` must listen first: one when nothing serves
+    /// yet (serve as soon as possible), all of them for a live swap (the
+    /// old version serves meanwhile, and a version that cannot start whole
+    /// never gets a client).
+    needed: usize,
+}
+
+/// One instance of a tenant, as the admin endpoint reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceSnapshot {
+    /// Its place among its version's instances, from 0.
+    pub index: u32,
+    /// Whether it listens now.
+    pub listening: bool,
+    /// Client connections it holds open.
+    pub connections_open: u64,
+    /// Client connections it accepted, ever.
+    pub connections_accepted: u64,
+    /// Times it was started again after stopping.
+    pub restarts: u64,
+    /// Times it was interrupted to let others run.
+    pub cpu_yields: u64,
 }
 
 /// A point-in-time view of a tenant, as the admin endpoint reports it.
@@ -110,6 +144,8 @@ pub struct Snapshot {
     pub memory_refusals: u64,
     /// Refused capability attempts so far.
     pub capability_refusals: u64,
+    /// The instances of the version that accepts new connections.
+    pub instances: Vec<InstanceSnapshot>,
 }
 
 impl Tenant {
@@ -128,6 +164,8 @@ impl Tenant {
             listeners: Arc::new(ListenerSet::new(listeners)),
             last_generation: AtomicU64::new(0),
             current_generation: tokio::sync::watch::Sender::new(0),
+            starting: Mutex::default(),
+            instances: Mutex::default(),
         }
     }
 
@@ -200,11 +238,34 @@ impl Tenant {
         self.last_generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Starts guest version `generation`, of `instances`: it takes over new
+    /// connections once `needed` of them listen.
+    pub(in crate::tenancy) fn begin_version(
+        &self,
+        generation: u64,
+        instances: Vec<Arc<InstanceAccount>>,
+        needed: usize,
+    ) {
+        *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = Starting {
+            generation,
+            instances,
+            needed,
+        };
+    }
+
+    /// The instances of the version that accepts new connections.
+    pub fn instances(&self) -> Vec<Arc<InstanceAccount>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Makes `generation` the version that accepts new connections, if it
     /// is newer than the current one (an old version listening again, or
     /// any version once the host is stopping, does not take over). Returns
     /// whether it did.
-    pub(in crate::tenancy) fn make_current(&self, generation: u64) -> bool {
+    fn make_current(&self, generation: u64) -> bool {
         let newer = self.current_generation.send_if_modified(|current| {
             let newer = generation > *current;
             if newer {
@@ -218,10 +279,22 @@ impl Tenant {
         newer
     }
 
-    /// Hands new connections back to `previous` after `failed` (the version
-    /// that had taken over from it) ended, unless a later version or the
-    /// host's stop has taken over since. Returns whether it did.
-    pub(in crate::tenancy) fn restore_current(&self, failed: u64, previous: u64) -> bool {
+    /// Hands new connections back to `previous` (of `instances`) after
+    /// `failed` (the version that had taken over from it, or was about to)
+    /// ended, unless a later version or the host's stop has taken over
+    /// since. Returns whether it did.
+    pub(in crate::tenancy) fn restore_current(
+        &self,
+        failed: u64,
+        previous: u64,
+        instances: Vec<Arc<InstanceAccount>>,
+    ) -> bool {
+        {
+            let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            if starting.generation == failed {
+                *starting = Starting::default();
+            }
+        }
         let restored = self.current_generation.send_if_modified(|current| {
             let restore = *current == failed;
             if restore {
@@ -230,6 +303,7 @@ impl Tenant {
             restore
         });
         if restored {
+            *self.instances.lock().unwrap_or_else(|p| p.into_inner()) = instances;
             self.admission.gate.open();
         }
         restored
@@ -311,6 +385,18 @@ impl Tenant {
             cpu_limit_kills: get(&c.cpu_limit_kills),
             memory_refusals: get(&c.memory_refusals),
             capability_refusals: get(&c.capability_refusals),
+            instances: self
+                .instances()
+                .iter()
+                .map(|i| InstanceSnapshot {
+                    index: i.index,
+                    listening: i.is_listening(),
+                    connections_open: get(&i.open),
+                    connections_accepted: get(&i.accepted),
+                    restarts: get(&i.restarts),
+                    cpu_yields: get(&i.cpu_yields),
+                })
+                .collect(),
         }
     }
 }
@@ -332,10 +418,36 @@ impl Tenancy for Tenant {
         self.is_current(generation)
     }
 
-    fn listening(&self, generation: u64) {
-        // From now on new clients come to this version, unless it is an
-        // older one listening again or the host is stopping.
+    fn listening(&self, instance: &InstanceAccount) {
+        instance
+            .listening
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let generation = instance.generation;
+        let current = *self.current_generation.borrow();
+        if generation == current {
+            // An instance of the current version, restarted: the tenant
+            // runs again if it had none listening.
+            self.set_state(State::Running);
+            return;
+        }
+        let instances = {
+            let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            let listening = starting
+                .instances
+                .iter()
+                .filter(|i| i.is_listening())
+                .count();
+            // An older version listening again does not take over, nor one
+            // whose instances are not all listening yet.
+            if starting.generation != generation || listening < starting.needed {
+                return;
+            }
+            starting.instances.clone()
+        };
+        // From now on new clients come to this version, unless the host is
+        // stopping.
         if self.make_current(generation) {
+            *self.instances.lock().unwrap_or_else(|p| p.into_inner()) = instances;
             self.set_state(State::Running);
         }
     }
@@ -348,7 +460,7 @@ impl Tenancy for Tenant {
         &self,
         peer: IpAddr,
         cap: u64,
-        instance: &Arc<AtomicU64>,
+        instance: &Arc<InstanceAccount>,
         watchdog: Option<tokio::task::AbortHandle>,
     ) -> OpenConnection {
         let listeners: Arc<dyn HostListeners> = self.listeners.clone();

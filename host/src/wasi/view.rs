@@ -3,10 +3,10 @@
 
 use super::seam::Tenancy;
 use super::{poll, sockets, stdio};
+use crate::account::InstanceAccount;
 use crate::config::manifest::{Limits, TenantConfig};
 use crate::policy::Grant;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -23,15 +23,13 @@ pub struct GuestWasi {
     table: ResourceTable,
     /// The tenant, through the seam.
     pub tenant: Arc<dyn Tenancy>,
-    /// This instance's guest version: only the tenant's current version
-    /// accepts new connections.
-    pub generation: u64,
+    /// Which instance this is (its guest version: only the tenant's
+    /// current version accepts new connections), and its own counts.
+    pub instance: Arc<InstanceAccount>,
     /// What the guest may do on the network.
     pub grant: Arc<Grant>,
     /// The limits this instance was started with (its caps).
     pub limits: Limits,
-    /// Client connections this instance holds open.
-    pub open: Arc<AtomicU64>,
     /// Which pollables the fast path of `poll` can check directly.
     pub fast: poll::FastPoll,
     /// The granted addresses this instance's sockets have bound.
@@ -45,15 +43,13 @@ pub struct GuestWasi {
 }
 
 impl GuestWasi {
-    /// The WASI state of guest version `generation` of `tenant`, started
-    /// with `config`: its grant and nothing else (no preopened directory,
-    /// no inherited environment or arguments, stdin empty). It counts its
-    /// open client connections in `open`.
+    /// The WASI state of `instance` of `tenant`, started with `config`:
+    /// its grant and nothing else (no preopened directory, no inherited
+    /// environment or arguments, stdin empty).
     pub fn new(
         tenant: Arc<dyn Tenancy>,
         config: &TenantConfig,
-        generation: u64,
-        open: Arc<AtomicU64>,
+        instance: Arc<InstanceAccount>,
     ) -> Self {
         let account = tenant.account().clone();
         account
@@ -91,10 +87,9 @@ impl GuestWasi {
             ctx: builder.build(),
             table,
             tenant,
-            generation,
+            instance,
             grant: Arc::new(Grant::from(config)),
             limits: config.limits.clone(),
-            open,
             fast: poll::FastPoll::default(),
             claims: sockets::tcp::Claims::default(),
             sends: sockets::stream::SendBatch::default(),

@@ -148,7 +148,7 @@ impl GuestWasi {
 
 impl tcp_create_socket::Host for GuestWasi {
     fn create_tcp_socket(&mut self, af: IpAddressFamily) -> Answer<Resource<TcpSocket>> {
-        let socket = TcpSocket::new(family(af), self.generation, self.tenant.clone());
+        let socket = TcpSocket::new(family(af), self.instance.clone(), self.tenant.clone());
         Ok(Ok(self.table().push(socket)?))
     }
 }
@@ -211,8 +211,8 @@ impl HostTcpSocket for GuestWasi {
     }
 
     fn accept(&mut self, this: Resource<TcpSocket>) -> Answer<Accepted> {
-        let (limits, open) = (self.limits.clone(), self.open.clone());
-        match self.table().get(&this)?.accept(&limits, &open) {
+        let limits = self.limits.clone();
+        match self.table().get(&this)?.accept(&limits) {
             Ok(connection) => self.push_connection(connection),
             Err(e) => Ok(Err(e.into())),
         }

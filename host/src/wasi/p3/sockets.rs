@@ -197,7 +197,7 @@ impl types::Host for GuestWasi {}
 
 impl HostTcpSocket for GuestWasi {
     fn create(&mut self, af: IpAddressFamily) -> Answer<Resource<TcpSocket>> {
-        let socket = TcpSocket::new(family(af), self.generation, self.tenant.clone());
+        let socket = TcpSocket::new(family(af), self.instance.clone(), self.tenant.clone());
         Ok(Ok(self.table().push(socket)?))
     }
 

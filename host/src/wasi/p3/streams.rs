@@ -116,7 +116,7 @@ impl<D: WasiHost> StreamProducer<D> for Clients {
         // Clients the host could not take on, skipped in this call; past
         // this many, the guest's thread gets a turn before the next.
         for _ in 0..SKIPS_PER_CALL {
-            let connection = match self.acceptor.poll_accept(cx, &wasi.limits, &wasi.open) {
+            let connection = match self.acceptor.poll_accept(cx, &wasi.limits) {
                 Poll::Ready(Ok(connection)) => connection,
                 Poll::Ready(Err(e)) => {
                     // The stream stays open, as the WIT says: an error that

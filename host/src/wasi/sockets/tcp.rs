@@ -15,13 +15,13 @@
 
 use super::private::{self, Ends, PrivateConnection, PrivateNet, Queue};
 use super::{Family, SocketError};
+use crate::account::InstanceAccount;
 use crate::limits::admission::{GateWaiter, OpenConnection, Outbound, is_resource_error};
 use crate::limits::connection::Policed;
 use crate::policy::{Grant, log_refusal};
 use crate::wasi::seam::Tenancy;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, Waker};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -250,8 +250,8 @@ pub struct TcpSocket {
     state: State,
     /// The options the guest set.
     pub options: Options,
-    /// The guest version (instance) this socket belongs to.
-    generation: u64,
+    /// The guest instance this socket belongs to (and its version).
+    instance: Arc<InstanceAccount>,
     tenant: Arc<dyn Tenancy>,
     /// The granted address this socket has bound, if any.
     claim: Option<Arc<Claim>>,
@@ -266,17 +266,22 @@ pub struct TcpSocket {
 }
 
 impl TcpSocket {
-    /// A fresh socket of `family` for guest version `generation`.
-    pub fn new(family: Family, generation: u64, tenant: Arc<dyn Tenancy>) -> Self {
-        Self::with_state(family, generation, tenant, State::Fresh)
+    /// A fresh socket of `family` for guest `instance`.
+    pub fn new(family: Family, instance: Arc<InstanceAccount>, tenant: Arc<dyn Tenancy>) -> Self {
+        Self::with_state(family, instance, tenant, State::Fresh)
     }
 
-    fn with_state(family: Family, generation: u64, tenant: Arc<dyn Tenancy>, state: State) -> Self {
+    fn with_state(
+        family: Family,
+        instance: Arc<InstanceAccount>,
+        tenant: Arc<dyn Tenancy>,
+        state: State,
+    ) -> Self {
         TcpSocket {
             family,
             state,
             options: Options::default(),
-            generation,
+            instance,
             tenant,
             claim: None,
             outbound: None,
@@ -316,7 +321,7 @@ impl TcpSocket {
             State::Listening {
                 listener, waiter, ..
             } => {
-                let (tenant, generation) = (&*self.tenant, self.generation);
+                let (tenant, generation) = (&*self.tenant, self.instance.generation);
                 std::future::poll_fn(|cx| poll_accept(listener, tenant, generation, waiter, cx))
                     .await;
             }
@@ -601,10 +606,10 @@ impl TcpSocket {
                     listener: Arc::new(listener),
                     waiter: self.tenant.admission().gate.waiter(),
                 };
-                let generation = self.generation;
+                let generation = self.instance.generation;
                 // Whether new clients now come to this version is the
                 // tenant layer's to decide.
-                self.tenant.listening(generation);
+                self.tenant.listening(&self.instance);
                 // A guest can listen in a loop: within the log budget.
                 let account = self.tenant.account();
                 if let Some(note) = account.may_log() {
@@ -621,12 +626,11 @@ impl TcpSocket {
     }
 
     /// `accept`: the next client admitted under the instance's `limits`,
-    /// counted in `open` (the instance's open connections), as a connected
-    /// socket that inherits this one's options.
+    /// counted for the instance, as a connected socket that inherits this
+    /// one's options.
     pub fn accept(
         &self,
         limits: &crate::config::manifest::Limits,
-        open: &Arc<AtomicU64>,
     ) -> Result<Connection, SocketError> {
         let listener = match &self.state {
             State::Listening { listener, .. } => listener,
@@ -641,10 +645,10 @@ impl TcpSocket {
         AcceptFrom {
             listener,
             tenant: &self.tenant,
-            generation: self.generation,
+            instance: &self.instance,
             options: self.options,
         }
-        .accept(limits, open)
+        .accept(limits)
     }
 
     /// A private listener's connection as an accepted socket (with this
@@ -652,7 +656,7 @@ impl TcpSocket {
     fn private_client(&self, connection: PrivateConnection) -> Connection {
         let mut socket = TcpSocket::with_state(
             self.family,
-            self.generation,
+            self.instance.clone(),
             self.tenant.clone(),
             State::Closed,
         );
@@ -817,13 +821,13 @@ impl TcpSocket {
             State::Listening { listener, .. } => Some(AcceptReadiness(Readiness::Host {
                 listener: listener.clone(),
                 tenant: self.tenant.clone(),
-                generation: self.generation,
+                instance: self.instance.clone(),
                 waiter: self.tenant.admission().gate.waiter(),
             })),
             State::PrivateListening { queue, .. } => Some(AcceptReadiness(Readiness::Private {
                 queue: queue.clone(),
                 tenant: self.tenant.clone(),
-                generation: self.generation,
+                instance: self.instance.clone(),
             })),
             _ => None,
         }
@@ -845,7 +849,7 @@ impl TcpSocket {
 struct AcceptFrom<'a> {
     listener: &'a AsyncFd<TcpListener>,
     tenant: &'a Arc<dyn Tenancy>,
-    generation: u64,
+    instance: &'a Arc<InstanceAccount>,
     /// The listener's options, which its clients inherit.
     options: Options,
 }
@@ -861,7 +865,7 @@ impl AcceptFrom<'_> {
         let cap = u64::from(limits.max_connections);
         let per_peer = limits.max_connections_per_peer;
         let (account, admission) = (self.tenant.account(), self.tenant.admission());
-        let current = self.tenant.may_accept(self.generation);
+        let current = self.tenant.may_accept(self.instance.generation);
         // Paused after accepts failed for want of file descriptors: the
         // clients wait in the backlog until the pause ends.
         if !current || admission.backoff.paused().is_some() {
@@ -908,14 +912,10 @@ impl AcceptFrom<'_> {
         }
     }
 
-    /// The next client admitted under the instance's `limits`, counted in
-    /// `open` (the instance's open connections), as a connected socket
-    /// that inherits the listener's options.
-    fn accept(
-        &self,
-        limits: &crate::config::manifest::Limits,
-        open: &Arc<AtomicU64>,
-    ) -> Result<Connection, SocketError> {
+    /// The next client admitted under the instance's `limits`, counted for
+    /// the instance, as a connected socket that inherits the listener's
+    /// options.
+    fn accept(&self, limits: &crate::config::manifest::Limits) -> Result<Connection, SocketError> {
         let (stream, peer) = self.next_client(limits)?;
         let _ = stream.set_nodelay(true);
         // The client inherits the listener's options, as WASI says.
@@ -928,10 +928,12 @@ impl AcceptFrom<'_> {
             .watch_idle(Arc::downgrade(&stream))
             .map(|watch| tokio::spawn(watch).abort_handle());
         let cap = u64::from(limits.max_connections);
-        let open = self.tenant.open_connection(peer.ip(), cap, open, watchdog);
+        let open = self
+            .tenant
+            .open_connection(peer.ip(), cap, self.instance, watchdog);
         let mut socket = TcpSocket::with_state(
             family,
-            self.generation,
+            self.instance.clone(),
             self.tenant.clone(),
             State::Connected {
                 stream: stream.clone(),
@@ -968,31 +970,30 @@ impl Acceptor {
         self.readiness.poll(cx)
     }
 
-    /// The next client admitted under the instance's `limits`, counted in
-    /// `open`; pending (with `cx` woken) until there is one.
+    /// The next client admitted under the instance's `limits`, counted for
+    /// the instance; pending (with `cx` woken) until there is one.
     pub fn poll_accept(
         &self,
         cx: &mut Context<'_>,
         limits: &crate::config::manifest::Limits,
-        open: &Arc<AtomicU64>,
     ) -> Poll<Result<Connection, SocketError>> {
-        let (listener, tenant, generation) = match &self.readiness.0 {
+        let (listener, tenant, instance) = match &self.readiness.0 {
             Readiness::Host {
                 listener,
                 tenant,
-                generation,
+                instance,
                 ..
-            } => (listener, tenant, *generation),
+            } => (listener, tenant, instance),
             Readiness::Private {
                 queue,
                 tenant,
-                generation,
+                instance,
             } => loop {
                 std::task::ready!(queue.poll_ready(cx));
                 if let Some(connection) = queue.pop() {
                     let listener = TcpSocket {
                         options: self.options,
-                        ..TcpSocket::new(self.family, *generation, tenant.clone())
+                        ..TcpSocket::new(self.family, instance.clone(), tenant.clone())
                     };
                     return Poll::Ready(Ok(listener.private_client(connection)));
                 }
@@ -1001,7 +1002,7 @@ impl Acceptor {
         let from = AcceptFrom {
             listener,
             tenant,
-            generation,
+            instance,
             options: self.options,
         };
         loop {
@@ -1009,7 +1010,7 @@ impl Acceptor {
             // Ready means a client waits and this version may take it; one
             // that is gone (or refused at a cap) meanwhile sends us back to
             // waiting, which registers `cx` again.
-            match from.accept(limits, open) {
+            match from.accept(limits) {
                 Err(SocketError::WouldBlock) => continue,
                 other => return Poll::Ready(other),
             }
@@ -1030,8 +1031,8 @@ enum Readiness {
         listener: Arc<AsyncFd<TcpListener>>,
         /// Whose listener.
         tenant: Arc<dyn Tenancy>,
-        /// The guest version that subscribed.
-        generation: u64,
+        /// The guest instance that subscribed.
+        instance: Arc<InstanceAccount>,
         /// This pollable's place among the waiters for the tenant's accept
         /// gate.
         waiter: Arc<GateWaiter>,
@@ -1042,7 +1043,7 @@ enum Readiness {
         queue: Arc<Queue>,
         /// Whose instance, for the sockets it hands out.
         tenant: Arc<dyn Tenancy>,
-        generation: u64,
+        instance: Arc<InstanceAccount>,
     },
 }
 
@@ -1053,9 +1054,9 @@ impl AcceptReadiness {
             Readiness::Host {
                 listener,
                 tenant,
-                generation,
+                instance,
                 waiter,
-            } => poll_accept(listener, &**tenant, *generation, waiter, cx),
+            } => poll_accept(listener, &**tenant, instance.generation, waiter, cx),
             Readiness::Private { queue, .. } => queue.poll_ready(cx),
         }
     }
