@@ -490,3 +490,18 @@ also_on_wasi_p3!(
     a_storm_of_idle_clients_is_closed_and_logged_within_the_budget,
     after_a_pause_in_accepting_every_address_is_served_again,
 );
+
+also_with_two_instances!(
+    ten_thousand_idle_connections_leave_the_tenant_serving,
+    slowloris_writers_do_not_hold_up_other_clients,
+    one_client_address_cannot_take_all_of_a_tenants_connections,
+    clients_that_never_read_cannot_grow_the_host,
+    a_connect_and_reset_storm_leaves_nothing_behind,
+    out_of_file_descriptors_the_host_backs_off_and_recovers,
+    an_idle_connection_is_closed_after_the_idle_timeout,
+    a_client_past_its_inbound_byte_limit_is_disconnected,
+    a_guest_past_its_outbound_byte_limit_on_a_connection_is_cut_off,
+    closing_a_connection_whose_client_does_not_read_does_not_hold_the_guest_up,
+    a_storm_of_idle_clients_is_closed_and_logged_within_the_budget,
+    after_a_pause_in_accepting_every_address_is_served_again,
+);

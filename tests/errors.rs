@@ -173,6 +173,21 @@ fn a_connection_cap_of_zero_is_rejected() {
 }
 
 #[test]
+fn an_instance_count_that_is_neither_a_count_nor_auto_is_rejected() {
+    for bad in ["0", "lots", "257"] {
+        let (status, log) = run_host(&["--instances", bad]);
+        assert_eq!(status.code(), Some(2), "usage errors exit 2: {log}");
+        assert!(
+            log.contains(&format!(
+                "error: invalid value '{bad}' for '--instances <N|auto>'"
+            )) && log.contains("is neither \"auto\" nor a count from 1 to 256"),
+            "{log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+#[test]
 fn an_address_in_use_is_reported() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

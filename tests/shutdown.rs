@@ -133,3 +133,11 @@ also_on_wasi_p3!(
     while_draining_the_health_check_fails_and_nothing_new_starts,
     a_second_signal_stops_at_once,
 );
+
+also_with_two_instances!(
+    sigterm_with_no_clients_exits_zero,
+    sigint_lets_open_connections_finish_refuses_new_ones_then_exits_zero,
+    connections_that_outstay_the_drain_timeout_are_closed,
+    while_draining_the_health_check_fails_and_nothing_new_starts,
+    a_second_signal_stops_at_once,
+);

@@ -57,6 +57,54 @@ macro_rules! also_on_wasi_p3 {
     };
 }
 
+thread_local! {
+    /// Whether the test on this thread runs every tenant as two instances
+    /// (see [`with_two_instances`]).
+    static TWO_INSTANCES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `test` with every tenant of every host it starts running two
+/// instances of its component (`instances = 2` in the manifest's
+/// `[limits]`, or `--instances 2` for the one-tenant shorthand). The host
+/// is checked, when the test ends, to have started a second instance.
+pub fn with_two_instances(test: fn()) {
+    TWO_INSTANCES.with(|two| two.set(true));
+    test();
+}
+
+/// Whether this test runs every tenant as two instances.
+pub fn two_instances() -> bool {
+    TWO_INSTANCES.with(std::cell::Cell::get)
+}
+
+/// Runs the named tests of this file again, each with every tenant as two
+/// instances, as `two_instances::NAME`: the same guarantees, proven for a
+/// tenant spread over instances.
+#[macro_export]
+macro_rules! also_with_two_instances {
+    ($($test:ident),* $(,)?) => {
+        mod two_instances {
+            $(
+                #[test]
+                fn $test() {
+                    $crate::common::with_two_instances(super::$test);
+                }
+            )*
+        }
+    };
+}
+
+/// `manifest` with `instances = 2` as the default of every tenant.
+pub fn with_instances_two(manifest: &str) -> String {
+    match manifest.find("\n[limits]\n") {
+        Some(at) => {
+            let end = at + "\n[limits]\n".len();
+            format!("{}instances = 2\n{}", &manifest[..end], &manifest[end..])
+        }
+        None => format!("{manifest}\n[limits]\ninstances = 2\n"),
+    }
+}
+
 /// `builtin:NAME` in a manifest, in the form this test runs.
 pub fn builtin(name: &str) -> String {
     if wasi_p3() {
@@ -101,6 +149,8 @@ struct Log {
 pub struct Host {
     child: Child,
     log: Arc<Log>,
+    /// Started with two instances per tenant: checked when dropped.
+    two_instances: bool,
 }
 
 impl Host {
@@ -130,6 +180,19 @@ impl Host {
     }
 
     fn spawn(command: &mut Command) -> Host {
+        if two_instances() {
+            let args: Vec<std::ffi::OsString> = command.get_args().map(Into::into).collect();
+            match args.iter().position(|a| a == "--config") {
+                Some(at) => {
+                    let path = PathBuf::from(&args[at + 1]);
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    std::fs::write(&path, with_instances_two(&text)).unwrap();
+                }
+                None => {
+                    command.args(["--instances", "2"]);
+                }
+            }
+        }
         // The default compile cache of a test host lives under the build
         // directory, not in the user's home (unless a test says otherwise).
         let chosen = command
@@ -158,7 +221,11 @@ impl Host {
                 sink.grew.notify_all();
             }
         });
-        Host { child, log }
+        Host {
+            child,
+            log,
+            two_instances: two_instances(),
+        }
     }
 
     /// Starts the host with `args`, allowed at most `files` open file
@@ -305,6 +372,15 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A test meant to run on two instances really did.
+        if self.two_instances && !std::thread::panicking() {
+            let log = self.log();
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("guest started") && l.contains("instance=1")),
+                "the host never started a second instance:\n{log}"
+            );
+        }
     }
 }
 
@@ -530,7 +606,11 @@ impl Tenants {
 
     /// Rewrites the manifest as `manifest` (with the control endpoint kept).
     pub fn rewrite(&self, manifest: &str) {
-        std::fs::write(self.dir.join("tenants.toml"), with_control(manifest)).unwrap();
+        let mut manifest = with_control(manifest);
+        if two_instances() {
+            manifest = with_instances_two(&manifest);
+        }
+        std::fs::write(self.dir.join("tenants.toml"), manifest).unwrap();
     }
 
     /// A tenant's address.

@@ -998,6 +998,34 @@ mod tests {
     }
 
     #[test]
+    fn instances_default_to_one_and_take_a_count_or_auto() {
+        use super::{Instances, MAX_INSTANCES};
+        let instances = |text: &str| parse_str(text).unwrap().tenants[0].limits.instances;
+        assert_eq!(instances(ONE), Instances::Fixed(1));
+        assert_eq!(
+            instances(&format!("{ONE}limits = {{ instances = 4 }}\n")),
+            Instances::Fixed(4)
+        );
+        let auto = format!("[limits]\ninstances = \"auto\"\n{ONE}");
+        assert_eq!(instances(&auto), Instances::Auto);
+        assert_eq!(Instances::Auto.resolve(8), 8);
+        assert_eq!(Instances::Auto.resolve(0), 1);
+        assert_eq!(Instances::Auto.resolve(100_000), MAX_INSTANCES);
+        assert_eq!(Instances::Fixed(3).resolve(8), 3);
+        for bad in ["0", "257", "-1", "\"many\"", "1.5"] {
+            let message = error(&format!("{ONE}limits = {{ instances = {bad} }}\n"));
+            assert!(
+                message.starts_with("tenants.toml:5: tenant.instances: ")
+                    && (message.contains("\"auto\"")),
+                "{bad}: {message}"
+            );
+        }
+        assert_eq!("auto".parse(), Ok(Instances::Auto));
+        assert_eq!("2".parse(), Ok(Instances::Fixed(2)));
+        assert!("0".parse::<Instances>().is_err());
+    }
+
+    #[test]
     fn an_unknown_key_names_file_line_and_key() {
         let text = format!("{ONE}colour = \"blue\"\n");
         let e = error(&text);

@@ -457,7 +457,11 @@ async fn swap(
         // Listening wins a tie: the failure is then caught while settling.
         biased;
         () = tenant.until_current(generation) => Ok(()),
-        end = next.next_ended() => Err(ended(end, "before it listened")),
+        end = next.next_ended() => Err(ended(end, if count > 1 {
+            "before all its instances listened"
+        } else {
+            "before it listened"
+        })),
         () = tokio::time::sleep(SWAP_TIMEOUT) => Err(if count > 1 {
             let listening = next.slots.iter().filter(|s| s.account.is_listening()).count();
             format!("{listening} of the new version's {count} instances listened within {SWAP_TIMEOUT:?}")
