@@ -19,6 +19,7 @@
 //! host to the same run (e.g. the last commit's, to show a change costs
 //! nothing), as "host (baseline build)".
 
+mod instances;
 mod support;
 
 use std::fmt::Write as _;
@@ -370,6 +371,14 @@ impl Summary {
 /// `busy` clients doing round trips beside `idle` silent connections, to
 /// the server at `addr`, process `pid` (0: its CPU time is not read).
 fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
+    load_spread(&[addr], pid, busy, idle)
+}
+
+/// [`load`] with the clients spread over `addrs` in turn (client `i`
+/// connects to `addrs[i % len]`).
+fn load_spread(addrs: &[SocketAddr], pid: u32, busy: usize, idle: usize) -> Outcome {
+    let addr = addrs[0];
+    let addrs = addrs.to_vec();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -389,11 +398,11 @@ fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
         // Each client's latencies, kept where a client the server stopped
         // answering (starved) cannot take them with it.
         let mut measured = Vec::with_capacity(busy);
-        for _ in 0..busy {
+        for i in 0..busy {
             let (measuring, stop) = (measuring.clone(), stop.clone());
             let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
             measured.push(latencies.clone());
-            let mut stream = tokio::net::TcpStream::connect(addr)
+            let mut stream = tokio::net::TcpStream::connect(addrs[i % addrs.len()])
                 .await
                 .expect("a busy connection");
             stream.set_nodelay(true).unwrap();
@@ -473,6 +482,9 @@ fn main() {
             print!("{report}");
             return;
         }
+        // `instances`: how a tenant scales over its instances (BENCHMARKS.md,
+        // section "instances").
+        Some("instances") => return instances::run(),
         Some("load") => {
             let o = load(
                 args[2].parse().unwrap(),

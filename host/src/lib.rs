@@ -44,7 +44,8 @@
 //!   bytes and idle time in `limits::connection`, log lines in
 //!   `account::log_budget`.
 //! - **A tenant is started, restarted, swapped and stopped** by
-//!   `tenancy::supervisor` (one task per tenant), on the orders of
+//!   `tenancy::supervisor` (one task per tenant, running the tenant's
+//!   `instances` of its component, each restarted on its own), on the orders of
 //!   `tenancy::control` (add, swap, remove, reload, graceful stop). A
 //!   tenant's state is written only from within `tenancy` (its writers are
 //!   `pub(in crate::tenancy)`): by the supervisor as its guest runs, ends
@@ -54,7 +55,8 @@
 //!   a version listens.
 //! - **A connection is admitted** in `wasi::sockets::tcp` (`accept`), which
 //!   asks the tenant's admission unit (`limits::admission::Admission::admit`:
-//!   the caps, per client address too), then the tenant, through the seam,
+//!   the caps, per client address too, and which of the tenant's instances
+//!   takes it: `defer_to_sibling`), then the tenant, through the seam,
 //!   to count it open (`OpenConnection`) and to police it (`Policed`);
 //!   outbound connections are counted by `limits::admission::Outbound`.
 

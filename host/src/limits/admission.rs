@@ -82,6 +82,49 @@ impl Admission {
     }
 }
 
+/// The longest an instance leaves queued clients to a sibling before it
+/// takes one itself: a sibling that looked idle but does not accept (it
+/// waits for something else, or its thread is busy) delays a client by no
+/// more than this.
+pub const MAX_DEFER_MS: u64 = 2;
+
+/// Whether `me`, an instance of a tenant with a client queued, should leave
+/// that client to one of `siblings` (the instances of its version, `me`
+/// among them): one that waits for an event (idle) and holds fewer open
+/// connections (ties: the lower place first), for at most [`MAX_DEFER_MS`]
+/// in a row (then it takes clients until it took one: [`took_client`]).
+/// Every instance serves the tenant's listeners (one shared accept
+/// queue, served by whichever instance is ready); without this, an instance
+/// woken first by a burst of clients takes them all while its siblings are
+/// idle. The least loaded idle instance never defers, so a client is always
+/// someone's to take.
+pub fn defer_to_sibling(me: &InstanceAccount, siblings: &[Arc<InstanceAccount>]) -> bool {
+    let load = |i: &InstanceAccount| (i.open.load(Ordering::Relaxed), i.index);
+    let mine = load(me);
+    let lighter = siblings
+        .iter()
+        .any(|s| s.index != me.index && s.idle.load(Ordering::Relaxed) && load(s) < mine);
+    if !lighter {
+        me.deferring_since_ms.store(0, Ordering::Relaxed);
+        return false;
+    }
+    // 0 means "not deferring": counted from 1.
+    let now = super::now_ms() + 1;
+    match me.deferring_since_ms.load(Ordering::Relaxed) {
+        0 => {
+            me.deferring_since_ms.store(now, Ordering::Relaxed);
+            true
+        }
+        since => now - since < MAX_DEFER_MS,
+    }
+}
+
+/// `me` took a client: long enough deferring or not, the next client may
+/// be left to a sibling afresh ([`defer_to_sibling`]).
+pub fn took_client(me: &InstanceAccount) {
+    me.deferring_since_ms.store(0, Ordering::Relaxed);
+}
+
 /// One open client connection, counted for its tenant and for the guest
 /// instance that holds it, while it lives.
 pub struct OpenConnection {
@@ -472,5 +515,54 @@ impl PeerCounts {
                 map.remove(&ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InstanceAccount, MAX_DEFER_MS, defer_to_sibling, took_client};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    fn instance(index: u32, open: u64, idle: bool) -> Arc<InstanceAccount> {
+        let i = InstanceAccount::new(1, index);
+        i.open.store(open, Ordering::Relaxed);
+        i.idle.store(idle, Ordering::Relaxed);
+        Arc::new(i)
+    }
+
+    #[test]
+    fn an_instance_leaves_a_client_only_to_an_idle_sibling_holding_fewer() {
+        let (busy, idle_light) = (instance(0, 5, false), instance(1, 2, true));
+        let all = [busy.clone(), idle_light.clone()];
+        assert!(defer_to_sibling(&busy, &all));
+        // The lighter one never defers to the heavier one.
+        assert!(!defer_to_sibling(&idle_light, &all));
+        // A sibling that runs (computes) is not waited for.
+        idle_light.idle.store(false, Ordering::Relaxed);
+        assert!(!defer_to_sibling(&busy, &all));
+        // Equal loads: the lower place takes it, so exactly one of two
+        // idle instances defers.
+        let (a, b) = (instance(0, 3, true), instance(1, 3, true));
+        let pair = [a.clone(), b.clone()];
+        assert!(!defer_to_sibling(&a, &pair));
+        assert!(defer_to_sibling(&b, &pair));
+        // Alone, an instance never defers.
+        assert!(!defer_to_sibling(&a, std::slice::from_ref(&a)));
+    }
+
+    #[test]
+    fn deferring_is_bounded_in_time_until_a_client_is_taken() {
+        let (heavy, light) = (instance(0, 9, true), instance(1, 0, true));
+        let all = [heavy.clone(), light];
+        assert!(defer_to_sibling(&heavy, &all));
+        std::thread::sleep(std::time::Duration::from_millis(MAX_DEFER_MS + 5));
+        // Past the bound it takes the client itself, however often it
+        // looks (a poll, then the accept)...
+        assert!(!defer_to_sibling(&heavy, &all));
+        assert!(!defer_to_sibling(&heavy, &all));
+        // ...and once it took one, the next may be deferred again.
+        took_client(&heavy);
+        assert!(defer_to_sibling(&heavy, &all));
     }
 }

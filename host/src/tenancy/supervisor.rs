@@ -1,8 +1,9 @@
-//! Runs each tenant's guest and keeps it running according to its restart
-//! policy: exponential backoff between restarts, and a crash-loop limit past
-//! which the tenant is marked failed. Swaps a tenant's guest live: the new
-//! version starts beside the old, takes over new connections once it
-//! listens, and the old one drains. Turns how a guest ended into an outcome
+//! Runs each tenant's guest as `instances` instances behind its listeners
+//! and keeps each running according to the restart policy: exponential
+//! backoff between restarts, and a crash-loop limit past which the tenant
+//! is marked failed. Swaps a tenant's guest live: the new version's
+//! instances start beside the old ones, take over new connections once all
+//! of them listen, and the old ones drain, each on its own. Turns how a guest ended into an outcome
 //! the operator can act on: a clean exit, an error status, a trap with its
 //! wasm backtrace, the CPU limit, the memory limit.
 
@@ -351,6 +352,7 @@ impl Version {
                     let outcome = instance.outcome(joined);
                     slot.running = None;
                     slot.account.listening.store(false, Ordering::Relaxed);
+                    slot.account.idle.store(false, Ordering::Relaxed);
                     return Poll::Ready((index, outcome));
                 }
             }

@@ -418,6 +418,14 @@ impl Tenancy for Tenant {
         self.is_current(generation)
     }
 
+    fn defer_accept(&self, instance: &InstanceAccount) -> bool {
+        let siblings = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        if siblings.len() < 2 || !self.is_current(instance.generation) {
+            return false;
+        }
+        crate::limits::admission::defer_to_sibling(instance, &siblings)
+    }
+
     fn listening(&self, instance: &InstanceAccount) {
         instance
             .listening

@@ -21,6 +21,10 @@ pub trait Tenancy: Send + Sync {
     /// Whether guest version `generation` may accept new clients now
     /// (every instance of the current version may).
     fn may_accept(&self, generation: u64) -> bool;
+    /// Whether `instance`, with a client queued for it, should leave that
+    /// client to a sibling for now (the tenant's instances balance new
+    /// clients: crate::limits::admission::defer_to_sibling).
+    fn defer_accept(&self, instance: &InstanceAccount) -> bool;
     /// `instance` listens on one of its addresses; the tenant layer
     /// decides whether its version takes over new clients.
     fn listening(&self, instance: &InstanceAccount);

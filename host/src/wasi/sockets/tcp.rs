@@ -321,8 +321,8 @@ impl TcpSocket {
             State::Listening {
                 listener, waiter, ..
             } => {
-                let (tenant, generation) = (&*self.tenant, self.instance.generation);
-                std::future::poll_fn(|cx| poll_accept(listener, tenant, generation, waiter, cx))
+                let (tenant, instance) = (&*self.tenant, &*self.instance);
+                std::future::poll_fn(|cx| poll_accept(listener, tenant, instance, waiter, cx))
                     .await;
             }
             State::PrivateListening { queue, .. } => {
@@ -867,8 +867,12 @@ impl AcceptFrom<'_> {
         let (account, admission) = (self.tenant.account(), self.tenant.admission());
         let current = self.tenant.may_accept(self.instance.generation);
         // Paused after accepts failed for want of file descriptors: the
-        // clients wait in the backlog until the pause ends.
-        if !current || admission.backoff.paused().is_some() {
+        // clients wait in the backlog until the pause ends. A sibling less
+        // loaded and idle takes the next client, for a moment.
+        if !current
+            || admission.backoff.paused().is_some()
+            || self.tenant.defer_accept(self.instance)
+        {
             return Err(SocketError::WouldBlock);
         }
         admission.guest_accepting();
@@ -898,6 +902,7 @@ impl AcceptFrom<'_> {
                 Err(e) => return Err(SocketError::from_io(&e)),
             };
             admission.backoff.succeeded();
+            crate::limits::admission::took_client(self.instance);
             let Some(client) = admission.admit(account, client, peer, cap, per_peer) else {
                 continue;
             };
@@ -1056,7 +1061,7 @@ impl AcceptReadiness {
                 tenant,
                 instance,
                 waiter,
-            } => poll_accept(listener, &**tenant, instance.generation, waiter, cx),
+            } => poll_accept(listener, &**tenant, instance, waiter, cx),
             Readiness::Private { queue, .. } => queue.poll_ready(cx),
         }
     }
@@ -1071,11 +1076,12 @@ impl AcceptReadiness {
 fn poll_accept(
     listener: &AsyncFd<TcpListener>,
     tenant: &dyn Tenancy,
-    generation: u64,
+    instance: &InstanceAccount,
     waiter: &GateWaiter,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
     let admission = tenant.admission();
+    let generation = instance.generation;
     loop {
         if !tenant.may_accept(generation) {
             // Set before the second look, so an opening in between is not
@@ -1104,6 +1110,12 @@ fn poll_accept(
         // The readiness stays set after the last client was taken until an
         // accept finds the queue empty: ask the kernel, without accepting.
         if client_waiting(listener.get_ref()) {
+            if tenant.defer_accept(instance) {
+                // A sibling less loaded and idle takes it (it was woken
+                // too): look again on the next turn of this thread.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             return Poll::Ready(());
         }
         guard.clear_ready();
