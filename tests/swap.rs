@@ -489,6 +489,15 @@ fn a_reload_past_what_the_pooling_allocator_was_sized_for_changes_nothing() {
     let (code, body) = t.post("/reload", "");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("max_memory 1073741824 is above"), "{body}");
+    // More instances of the one tenant need more of the pool too.
+    let wider = manifest.replace("limits = {  }", "limits = { instances = 2 }");
+    t.rewrite(&wider);
+    let (code, body) = t.post("/reload", "");
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("sized at start for 1 guest instances, and the manifest's tenants run 2"),
+        "{body}"
+    );
     assert_eq!(fresh_reply(t.addr("live"), "still"), "still\n");
 }
 
