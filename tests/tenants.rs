@@ -932,6 +932,7 @@ also_on_wasi_p3!(
     a_guest_that_allocates_without_bound_is_stopped_and_restarted,
     a_guest_that_panics_on_a_request_is_restarted_and_counted,
     the_connection_cap_resets_clients_past_it_before_the_guest_sees_them,
+    clients_past_the_cap_are_reset_even_while_the_guest_is_not_accepting,
     a_chatty_guest_is_logged_within_its_limit_and_the_rest_is_counted,
     a_guest_cannot_bind_another_tenants_address,
     a_guest_connects_out_only_where_granted,
@@ -1170,9 +1171,8 @@ fn two_instances_serve_one_listener_each_taking_clients_of_its_own() {
     assert_eq!(count(&status, "connections_open"), 2, "{status}");
     let metrics = metrics(t.admin.unwrap());
     for instance in ["0", "1"] {
-        let series = format!(
-            "tcphost_instance_connections_open{{tenant=\"hostile\",instance=\"{instance}\"}}"
-        );
+        let series =
+            format!("tcphost_instance_connections_open{{tenant=\"hostile\",index=\"{instance}\"}}");
         assert_eq!(metrics.get(&series), Some(&1.0), "{series}");
     }
 }

@@ -301,6 +301,7 @@ impl Host {
         args.extend(extra.iter().map(Into::into));
         let host = Host::start(&args);
         let line = host.wait_for_log(": listening on ");
+        host.wait_for_second_instance(": listening on ");
         let addr = line
             .split(": listening on ")
             .nth(1)
@@ -309,6 +310,19 @@ impl Host {
             .unwrap_or_else(|| panic!("no address in {line:?}"));
         wait_until_accepting(addr);
         (host, addr)
+    }
+
+    /// With two instances per tenant ([`with_two_instances`]), waits until
+    /// the second one logged `marker` (it listens) too, so the test runs
+    /// with both serving.
+    pub fn wait_for_second_instance(&self, marker: &str) {
+        if self.two_instances {
+            wait_until("the second instance listens", || {
+                self.log()
+                    .lines()
+                    .any(|l| l.contains(marker) && l.contains("instance=1"))
+            });
+        }
     }
 
     /// Waits for a log line containing `needle` and returns it; panics with
@@ -575,6 +589,7 @@ impl Tenants {
             let marker = format!("{name}: listening on ");
             let addr = addr_after(&host.wait_for_log_within(&marker, within), &marker);
             wait_until_accepting(addr);
+            host.wait_for_second_instance(&marker);
             addrs.insert(name.to_string(), addr);
         }
         let admin = manifest.contains("admin =").then(|| {

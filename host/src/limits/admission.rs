@@ -36,9 +36,26 @@ pub struct Admission {
     pub peers: PeerCounts,
     /// Resets clients past the cap while the guest does not accept.
     reaper: CapReaper,
+    /// A wake-up of the gate's waiters is due at the end of a deferral
+    /// window ([`defer_to_sibling`]).
+    defer_wake_scheduled: Arc<AtomicBool>,
 }
 
 impl Admission {
+    /// Opens the gate once a deferral window has passed (one wake-up
+    /// scheduled at a time), so an instance that left a client to a
+    /// sibling looks again then, without spinning meanwhile.
+    pub fn wake_after_deferring(&self) {
+        if !self.defer_wake_scheduled.swap(true, Ordering::AcqRel) {
+            let (scheduled, gate) = (self.defer_wake_scheduled.clone(), self.gate.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(MAX_DEFER_MS + 1)).await;
+                scheduled.store(false, Ordering::Release);
+                gate.open();
+            });
+        }
+    }
+
     /// Records that the guest asked for a client.
     pub fn guest_accepting(&self) {
         self.reaper.guest_accepting();
@@ -92,7 +109,9 @@ pub const MAX_DEFER_MS: u64 = 2;
 /// that client to one of `siblings` (the instances of its version, `me`
 /// among them): one that waits for an event (idle) and holds fewer open
 /// connections (ties: the lower place first), for at most [`MAX_DEFER_MS`]
-/// in a row (then it takes clients until it took one: [`took_client`]).
+/// in a row (then it takes clients until it took one or found none:
+/// [`took_client`]; the caller wakes itself at the window's end:
+/// [`Admission::wake_after_deferring`]).
 /// Every instance serves the tenant's listeners (one shared accept
 /// queue, served by whichever instance is ready); without this, an instance
 /// woken first by a burst of clients takes them all while its siblings are
@@ -101,11 +120,14 @@ pub const MAX_DEFER_MS: u64 = 2;
 pub fn defer_to_sibling(me: &InstanceAccount, siblings: &[Arc<InstanceAccount>]) -> bool {
     let load = |i: &InstanceAccount| (i.open.load(Ordering::Relaxed), i.index);
     let mine = load(me);
-    let lighter = siblings
-        .iter()
-        .any(|s| s.index != me.index && s.idle.load(Ordering::Relaxed) && load(s) < mine);
+    let lighter = siblings.iter().any(|s| {
+        s.index != me.index
+            && s.generation == me.generation
+            && s.is_listening()
+            && s.idle.load(Ordering::Relaxed)
+            && load(s) < mine
+    });
     if !lighter {
-        me.deferring_since_ms.store(0, Ordering::Relaxed);
         return false;
     }
     // 0 means "not deferring": counted from 1.
@@ -119,8 +141,9 @@ pub fn defer_to_sibling(me: &InstanceAccount, siblings: &[Arc<InstanceAccount>])
     }
 }
 
-/// `me` took a client: long enough deferring or not, the next client may
-/// be left to a sibling afresh ([`defer_to_sibling`]).
+/// `me` took a client, or found none queued: long enough deferring or
+/// not, the next client may be left to a sibling afresh
+/// ([`defer_to_sibling`]).
 pub fn took_client(me: &InstanceAccount) {
     me.deferring_since_ms.store(0, Ordering::Relaxed);
 }
@@ -528,6 +551,7 @@ mod tests {
         let i = InstanceAccount::new(1, index);
         i.open.store(open, Ordering::Relaxed);
         i.idle.store(idle, Ordering::Relaxed);
+        i.listening.store(true, Ordering::Relaxed);
         Arc::new(i)
     }
 
@@ -538,8 +562,12 @@ mod tests {
         assert!(defer_to_sibling(&busy, &all));
         // The lighter one never defers to the heavier one.
         assert!(!defer_to_sibling(&idle_light, &all));
-        // A sibling that runs (computes) is not waited for.
+        // A sibling that runs (computes) is not waited for, nor one that
+        // does not listen (yet).
         idle_light.idle.store(false, Ordering::Relaxed);
+        assert!(!defer_to_sibling(&busy, &all));
+        idle_light.idle.store(true, Ordering::Relaxed);
+        idle_light.listening.store(false, Ordering::Relaxed);
         assert!(!defer_to_sibling(&busy, &all));
         // Equal loads: the lower place takes it, so exactly one of two
         // idle instances defers.

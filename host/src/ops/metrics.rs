@@ -324,8 +324,9 @@ impl Collector for Tenants {
 }
 
 /// Per-instance counts of the instances of each tenant's accepting
-/// version: how evenly its clients are spread, and which instance restarts
-/// or is made to yield.
+/// version, labelled with the instance's place (`index`): how evenly its
+/// clients are spread, and which instance restarts or is made to yield.
+/// A swap starts new instances, whose counters start from zero.
 fn encode_instances(
     encoder: &mut DescriptorEncoder<'_>,
     tenants: &[Arc<crate::tenancy::tenant::Tenant>],
@@ -368,7 +369,8 @@ fn encode_instances(
         for (t, instances) in &all {
             for i in instances {
                 let index = i.index.to_string();
-                let labels = [("tenant", t.name()), ("instance", index.as_str())];
+                // Not `instance`: Prometheus names each scrape target so.
+                let labels = [("tenant", t.name()), ("index", index.as_str())];
                 let value = field(i);
                 match kind {
                     MetricType::Counter => {

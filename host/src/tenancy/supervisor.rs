@@ -486,10 +486,12 @@ async fn swap(
         // The old version takes new connections again, whatever the new
         // one did before it failed; running if any of its instances
         // listens (the supervisor restarts the others).
-        if tenant.restore_current(generation, current.generation, current.accounts())
-            && current.any_listening()
-        {
-            tenant.set_state(State::Running);
+        if tenant.restore_current(generation, current.generation, current.accounts()) {
+            tenant.set_state(if current.any_listening() {
+                State::Running
+            } else {
+                State::Restarting
+            });
         }
         return Err(why);
     }
@@ -631,7 +633,10 @@ fn instance_ended(
             .iter()
             .any(|s| s.running.is_some() || s.restart_at.is_some())
         {
-            // Its siblings serve on.
+            // Its siblings serve on (once they listen).
+            if !version.any_listening() {
+                tenant.set_state(State::Restarting);
+            }
             if several {
                 warn!(
                     tenant = name,
@@ -642,13 +647,14 @@ fn instance_ended(
             return None;
         }
         let failed = version.slots.iter_mut().find_map(|s| s.last_error.take());
+        // Nobody will serve its addresses: refuse rather than queue (before
+        // the state says so).
+        tenant.close_listeners();
         tenant.set_state(if failed.is_some() {
             State::Failed
         } else {
             State::Stopped
         });
-        // Nobody will serve its addresses: refuse rather than queue.
-        tenant.close_listeners();
         return Some(failed.map_or(Ok(()), Err));
     }
 
@@ -678,8 +684,8 @@ fn instance_ended(
                 .err()
                 .map_or("clean exit".to_owned(), ToString::to_string)
         ));
-        tenant.set_state(State::Failed);
         tenant.close_listeners();
+        tenant.set_state(State::Failed);
         // Its siblings run the same broken version: stopped with it
         // (dropping an instance stops it).
         for slot in &mut version.slots {

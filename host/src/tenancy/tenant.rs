@@ -290,9 +290,16 @@ impl Tenant {
         instances: Vec<Arc<InstanceAccount>>,
     ) -> bool {
         {
+            // The previous version is the one to take over again: at its
+            // first instance listening, if it had not yet when the failed
+            // one started.
             let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
             if starting.generation == failed {
-                *starting = Starting::default();
+                *starting = Starting {
+                    generation: previous,
+                    instances: instances.clone(),
+                    needed: 1,
+                };
             }
         }
         let restored = self.current_generation.send_if_modified(|current| {
@@ -305,8 +312,16 @@ impl Tenant {
         if restored {
             *self.instances.lock().unwrap_or_else(|p| p.into_inner()) = instances;
             self.admission.gate.open();
+            return true;
         }
-        restored
+        // The failed version never took over, and the previous one had not
+        // either (it was still starting): it does now if one of its
+        // instances listened meanwhile.
+        if instances.iter().any(|i| i.is_listening()) && self.make_current(previous) {
+            *self.instances.lock().unwrap_or_else(|p| p.into_inner()) = instances;
+            return true;
+        }
+        false
     }
 
     /// Whether `generation` accepts new connections.

@@ -614,7 +614,8 @@ impl TcpSocket {
                 let account = self.tenant.account();
                 if let Some(note) = account.may_log() {
                     let name = account.name();
-                    tracing::info!(tenant = name, %addr, generation, "{name}: listening on {addr}{note}");
+                    let instance = self.instance.index;
+                    tracing::info!(tenant = name, %addr, generation, instance, "{name}: listening on {addr}{note}");
                 }
                 Ok(())
             }
@@ -889,6 +890,7 @@ impl AcceptFrom<'_> {
                 // next one (WASI leaves both to the host to absorb).
                 Err(e) if is_client_error(&e) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    crate::limits::admission::took_client(self.instance);
                     return Err(SocketError::WouldBlock);
                 }
                 Err(e) if is_resource_error(&e) => {
@@ -1112,12 +1114,14 @@ fn poll_accept(
         if client_waiting(listener.get_ref()) {
             if tenant.defer_accept(instance) {
                 // A sibling less loaded and idle takes it (it was woken
-                // too): look again on the next turn of this thread.
-                cx.waker().wake_by_ref();
+                // too): look again once the window has passed.
+                waiter.set(cx.waker());
+                admission.wake_after_deferring();
                 return Poll::Pending;
             }
             return Poll::Ready(());
         }
+        crate::limits::admission::took_client(instance);
         guard.clear_ready();
     }
 }
