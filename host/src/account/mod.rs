@@ -160,9 +160,6 @@ pub struct InstanceAccount {
     pub restarts: AtomicU64,
     /// Whether it listens now (on at least one granted address).
     pub listening: std::sync::atomic::AtomicBool,
-    /// Whether its guest waits for an event now (not running): a sibling
-    /// ahead of it leaves it the next client (crate::limits::admission).
-    pub idle: std::sync::atomic::AtomicBool,
     /// Since when (crate::limits' milliseconds, 0: not) it has been
     /// leaving queued clients to a sibling: bounded, see
     /// crate::limits::admission::MAX_DEFER_MS.

@@ -42,6 +42,15 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// An instance took a client: if another is leaving clients to a
+    /// sibling (a deferral window is open), it looks again now, as the
+    /// loads changed (it may be its turn).
+    pub fn took_client(&self) {
+        if self.defer_wake_scheduled.load(Ordering::Acquire) {
+            self.gate.open();
+        }
+    }
+
     /// Opens the gate once a deferral window has passed (one wake-up
     /// scheduled at a time), so an instance that left a client to a
     /// sibling looks again then, without spinning meanwhile.
@@ -107,25 +116,26 @@ pub const MAX_DEFER_MS: u64 = 2;
 
 /// Whether `me`, an instance of a tenant with a client queued, should leave
 /// that client to one of `siblings` (the instances of its version, `me`
-/// among them): one that waits for an event (idle) and holds fewer open
-/// connections (ties: the lower place first), for at most [`MAX_DEFER_MS`]
+/// among them): one that listens and holds less than half of `me`'s open
+/// connections (`me` holds at least twice its count plus one), for at
+/// most [`MAX_DEFER_MS`]
 /// in a row (then it takes clients until it took one or found none:
 /// [`took_client`]; the caller wakes itself at the window's end:
 /// [`Admission::wake_after_deferring`]).
 /// Every instance serves the tenant's listeners (one shared accept
 /// queue, served by whichever instance is ready); without this, an instance
 /// woken first by a burst of clients takes them all while its siblings are
-/// idle. The least loaded idle instance never defers, so a client is always
-/// someone's to take.
+/// busy with their first ones. Within twice a sibling's load the queue decides, so an instance
+/// that is slowed (its thread shared with a busy neighbour, say) may keep
+/// fewer clients; past it, no instance runs away with them. Two instances
+/// never defer to each other, so a client is always someone's to take.
 pub fn defer_to_sibling(me: &InstanceAccount, siblings: &[Arc<InstanceAccount>]) -> bool {
-    let load = |i: &InstanceAccount| (i.open.load(Ordering::Relaxed), i.index);
-    let mine = load(me);
+    let mine = me.open.load(Ordering::Relaxed);
     let lighter = siblings.iter().any(|s| {
         s.index != me.index
             && s.generation == me.generation
             && s.is_listening()
-            && s.idle.load(Ordering::Relaxed)
-            && load(s) < mine
+            && mine >= 2 * (s.open.load(Ordering::Relaxed) + 1)
     });
     if !lighter {
         return false;
@@ -547,34 +557,34 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
-    fn instance(index: u32, open: u64, idle: bool) -> Arc<InstanceAccount> {
+    fn instance(index: u32, open: u64, listening: bool) -> Arc<InstanceAccount> {
         let i = InstanceAccount::new(1, index);
         i.open.store(open, Ordering::Relaxed);
-        i.idle.store(idle, Ordering::Relaxed);
-        i.listening.store(true, Ordering::Relaxed);
+        i.listening.store(listening, Ordering::Relaxed);
         Arc::new(i)
     }
 
     #[test]
-    fn an_instance_leaves_a_client_only_to_an_idle_sibling_holding_fewer() {
-        let (busy, idle_light) = (instance(0, 5, false), instance(1, 2, true));
-        let all = [busy.clone(), idle_light.clone()];
-        assert!(defer_to_sibling(&busy, &all));
+    fn an_instance_leaves_a_client_only_to_an_idle_sibling_holding_under_half() {
+        let (heavy, light) = (instance(0, 6, true), instance(1, 2, true));
+        let all = [heavy.clone(), light.clone()];
+        assert!(defer_to_sibling(&heavy, &all));
         // The lighter one never defers to the heavier one.
-        assert!(!defer_to_sibling(&idle_light, &all));
-        // A sibling that runs (computes) is not waited for, nor one that
-        // does not listen (yet).
-        idle_light.idle.store(false, Ordering::Relaxed);
-        assert!(!defer_to_sibling(&busy, &all));
-        idle_light.idle.store(true, Ordering::Relaxed);
-        idle_light.listening.store(false, Ordering::Relaxed);
-        assert!(!defer_to_sibling(&busy, &all));
-        // Equal loads: the lower place takes it, so exactly one of two
-        // idle instances defers.
-        let (a, b) = (instance(0, 3, true), instance(1, 3, true));
+        assert!(!defer_to_sibling(&light, &all));
+        // A sibling that does not listen (yet) is not waited for.
+        light.listening.store(false, Ordering::Relaxed);
+        assert!(!defer_to_sibling(&heavy, &all));
+        // Within twice the load, the queue decides: neither defers.
+        let (a, b) = (instance(0, 5, true), instance(1, 2, true));
         let pair = [a.clone(), b.clone()];
         assert!(!defer_to_sibling(&a, &pair));
-        assert!(defer_to_sibling(&b, &pair));
+        assert!(!defer_to_sibling(&b, &pair));
+        // A burst while both are idle: the first to take two leaves the
+        // next to the other.
+        let (a, b) = (instance(0, 2, true), instance(1, 0, true));
+        let pair = [a.clone(), b.clone()];
+        assert!(defer_to_sibling(&a, &pair));
+        assert!(!defer_to_sibling(&b, &pair));
         // Alone, an instance never defers.
         assert!(!defer_to_sibling(&a, std::slice::from_ref(&a)));
     }

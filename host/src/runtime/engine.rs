@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -414,23 +413,10 @@ impl Instantiated {
     /// returned. A WASI 0.3 guest runs inside the store's concurrent event
     /// loop, which also drives its tasks and streams.
     pub async fn run(self, store: &mut Store<InstanceState>) -> wasmtime::Result<Result<(), ()>> {
-        use crate::wasi::view::WasiHost;
-        // Whether the guest waits for an event (its run is pending) or
-        // runs: siblings balance new clients by it (crate::limits::admission).
-        let instance = store.data_mut().wasi().instance.clone();
-        let idle = |pending: bool| instance.idle.store(pending, Ordering::Relaxed);
         match self {
-            Instantiated::P2(command) => {
-                let mut run = std::pin::pin!(command.wasi_cli_run().call_run(store));
-                std::future::poll_fn(|cx| {
-                    idle(false);
-                    let outcome = run.as_mut().poll(cx);
-                    idle(outcome.is_pending());
-                    outcome
-                })
-                .await
-            }
+            Instantiated::P2(command) => command.wasi_cli_run().call_run(store).await,
             Instantiated::P3(command) => {
+                use crate::wasi::view::WasiHost;
                 // Replies the guest wrote in a turn are sent together once
                 // the turn ends (crate::wasi::sockets::stream::SendBatch):
                 // after every poll of the guest's event loop.
@@ -442,13 +428,11 @@ impl Instantiated {
                     command.wasi_cli_run().call_run(accessor).await
                 }));
                 std::future::poll_fn(|cx| {
-                    idle(false);
                     let outcome = run.as_mut().poll(cx);
                     sends.flush(cx);
                     if outcome.is_pending() {
                         reads.guest_waited();
                     }
-                    idle(outcome.is_pending());
                     outcome
                 })
                 .await

@@ -352,7 +352,6 @@ impl Version {
                     let outcome = instance.outcome(joined);
                     slot.running = None;
                     slot.account.listening.store(false, Ordering::Relaxed);
-                    slot.account.idle.store(false, Ordering::Relaxed);
                     return Poll::Ready((index, outcome));
                 }
             }

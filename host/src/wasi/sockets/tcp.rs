@@ -905,6 +905,7 @@ impl AcceptFrom<'_> {
             };
             admission.backoff.succeeded();
             crate::limits::admission::took_client(self.instance);
+            admission.took_client();
             let Some(client) = admission.admit(account, client, peer, cap, per_peer) else {
                 continue;
             };
