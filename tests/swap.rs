@@ -219,6 +219,31 @@ fn a_new_version_that_fails_just_after_it_listens_leaves_the_old_one_accepting()
 }
 
 #[test]
+fn a_swap_that_fails_while_the_first_version_is_still_starting_leaves_that_version_to_serve() {
+    // The first version waits 5 s before it listens; meanwhile a swap to a
+    // component that traps at start fails. The first version then listens
+    // and takes the clients, as if the swap had never been asked for.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let manifest = format!(
+        "[host]\nadmin = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"live\"\ncomponent = \"{}\"\nlisten = [\"127.0.0.1:{port}\"]\nenv = {{ LISTEN_AFTER_MS = \"5000\" }}\n",
+        hostile_guest().display()
+    );
+    let t = Tenants::start(&manifest, &[], &[]);
+    assert_eq!(t.status("live")["state"], "starting");
+    let (code, body) = swap(&t, &test_guest("trap-at-start").display().to_string());
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("failed before"), "{body}");
+    t.wait_status("live", "running", |s| s["state"] == "running");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(round_trip(&mut connect(addr), b"env LISTEN_ADDR\n").starts_with("ok"));
+    assert_eq!(t.status("live")["generation"], 1);
+}
+
+#[test]
 fn the_drain_deadline_closes_connections_that_outstay_it() {
     let t = Tenants::start(
         &live(&builtin("echo"), "drain_timeout = \"500ms\""),

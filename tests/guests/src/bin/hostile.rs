@@ -17,7 +17,9 @@
 //! connected sockets as CPython's `socket.socketpair()` does on WASI, and
 //! hold them and the listener: answers the listener's address and the
 //! client end's), `socketpairs N` (make N such pairs, closing each
-//! listener, holding the pairs). Serves one client at a time.
+//! listener, holding the pairs). Serves one client at a time. With
+//! `LISTEN_AFTER_MS` in its environment it waits that long before it
+//! listens (a slow start).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -25,6 +27,12 @@ use std::time::Duration;
 
 fn main() {
     let addr = std::env::var("LISTEN_ADDR").expect("the host sets LISTEN_ADDR");
+    if let Some(ms) = std::env::var("LISTEN_AFTER_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let listener = TcpListener::bind(&addr).expect("binding the granted address");
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
