@@ -779,6 +779,8 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 pub struct Neighbour {
     stop: Arc<std::sync::atomic::AtomicBool>,
     answered: Arc<std::sync::atomic::AtomicU64>,
+    /// The slowest answered round trip, in microseconds.
+    slowest_us: Arc<std::sync::atomic::AtomicU64>,
     thread: std::thread::JoinHandle<Vec<String>>,
 }
 
@@ -788,7 +790,8 @@ impl Neighbour {
         use std::sync::atomic::Ordering::Relaxed;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (flag, count) = (stop.clone(), answered.clone());
+        let slowest_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count, slowest) = (stop.clone(), answered.clone(), slowest_us.clone());
         let thread = std::thread::spawn(move || {
             let mut failures = Vec::new();
             let mut stream = connect(addr);
@@ -796,12 +799,15 @@ impl Neighbour {
                 stream
                     .set_read_timeout(Some(Duration::from_secs(5)))
                     .unwrap();
+                let started = Instant::now();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     assert_seed_reply(&round_trip(&mut stream, b"are you there?\n"));
                 }));
                 match outcome {
                     Ok(()) => {
                         count.fetch_add(1, Relaxed);
+                        let took = u64::try_from(started.elapsed().as_micros()).unwrap();
+                        slowest.fetch_max(took, Relaxed);
                     }
                     Err(_) => {
                         failures.push(format!(
@@ -818,8 +824,24 @@ impl Neighbour {
         Neighbour {
             stop,
             answered,
+            slowest_us,
             thread,
         }
+    }
+
+    /// As [`Neighbour::assert_all_answered`], and asserts no round trip
+    /// took `longer` (a bound generous enough for a loaded 2-core machine
+    /// running the debug host, far below the stalls a hostile guest
+    /// caused).
+    pub fn assert_answered_within(self, longer: Duration) -> u64 {
+        let slowest = self.slowest_us.clone();
+        let answered = self.assert_all_answered();
+        let slowest = Duration::from_micros(slowest.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(
+            slowest <= longer,
+            "the neighbour's slowest round trip took {slowest:?} (of {answered})"
+        );
+        answered
     }
 
     /// Stops (after at least one answer) and asserts every request was

@@ -191,7 +191,8 @@ pub struct Account {
     /// Bounds how fast lines a guest or its clients can provoke at will
     /// (refusals, listens, connections closed by the host) fill the log.
     pub refusal_log: LogBudget,
-    /// Bounds how fast the guest's output fills the log (its limit).
+    /// Bounds how fast the guest's output fills the log (its limits, in
+    /// lines and bytes).
     pub output_log: LogBudget,
 }
 
@@ -202,7 +203,7 @@ impl Account {
             name: name.to_owned(),
             counters: Counters::default(),
             refusal_log: LogBudget::default(),
-            output_log: LogBudget::with_rate(0),
+            output_log: LogBudget::with_rates(0, 0),
         }
     }
 
@@ -215,7 +216,7 @@ impl Account {
     /// within the budget: `Some` with the note to end it with (how many
     /// were left out before it), `None` to leave it out.
     pub fn may_log(&self) -> Option<String> {
-        self.refusal_log.admit().map(left_out_note)
+        self.refusal_log.admit(0).map(left_out_note)
     }
 
     /// Logs (within the budget) and counts a refused attempt at `kind`.

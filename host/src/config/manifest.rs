@@ -87,6 +87,8 @@ struct RawLimits {
     #[serde(default, deserialize_with = "size")]
     max_bytes_out: Option<u64>,
     log_lines_per_sec: Option<u32>,
+    #[serde(default, deserialize_with = "size")]
+    log_bytes_per_sec: Option<u64>,
     #[serde(default, deserialize_with = "instances")]
     instances: Option<Instances>,
 }
@@ -127,9 +129,14 @@ impl RawLimits {
                 .max_bytes_out
                 .or(fallback.max_bytes_out)
                 .filter(|&n| n > 0),
+            // Zero switches a limit off for one tenant.
             log_lines_per_sec: self
                 .log_lines_per_sec
                 .or(fallback.log_lines_per_sec)
+                .filter(|&n| n > 0),
+            log_bytes_per_sec: self
+                .log_bytes_per_sec
+                .or(fallback.log_bytes_per_sec)
                 .filter(|&n| n > 0),
             instances: self.instances.unwrap_or(fallback.instances),
         }
@@ -179,10 +186,20 @@ pub struct Limits {
     /// Lines of the guest's output logged per second; the rest are counted
     /// and left out. `None`: unlimited.
     pub log_lines_per_sec: Option<u32>,
+    /// Bytes of the guest's output logged per second (as written to the
+    /// log, control characters escaped); lines past it are counted and
+    /// left out. `None`: unlimited.
+    pub log_bytes_per_sec: Option<u64>,
     /// How many instances of the component serve the tenant's addresses
     /// at once, each in its own store under these limits.
     pub instances: Instances,
 }
+
+/// Lines of guest output a tenant may log per second by default.
+pub const DEFAULT_LOG_LINES_PER_SEC: u32 = 100;
+
+/// Bytes of guest output a tenant may log per second by default.
+pub const DEFAULT_LOG_BYTES_PER_SEC: u64 = 32 * 1024;
 
 /// How many instances of a tenant's component run at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +267,10 @@ impl Default for Limits {
             idle_timeout: None,
             max_bytes_in: None,
             max_bytes_out: None,
-            log_lines_per_sec: None,
+            // Finite by default: whatever a guest prints, one tenant adds at
+            // most about 2.8 GB a day to the host's log.
+            log_lines_per_sec: Some(DEFAULT_LOG_LINES_PER_SEC),
+            log_bytes_per_sec: Some(DEFAULT_LOG_BYTES_PER_SEC),
             // One: a guest that keeps state in its memory (a key-value
             // store, say) must not silently become several stores.
             instances: Instances::Fixed(1),

@@ -1,8 +1,13 @@
 //! CPU time: how long a guest may compute without returning to the host
 //! (the tenant's `cpu_limit`), counted in epoch ticks. The runtime's epoch
 //! callback (crate::runtime::instance) asks a [`CpuClock`] at every tick.
+//!
+//! Work the host does for a guest inside a host call (filling random bytes,
+//! logging its output) is counted too, by [`HostWork`]: a host call ends
+//! the guest's own computing, but must not be a way to make the host
+//! compute for it without bound instead.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// How often running guests are made to yield to the rest of the host; the
@@ -65,9 +70,116 @@ impl CpuClock {
     }
 }
 
+/// The guest made the host work for it past its CPU limit.
+#[derive(Debug, Error)]
+#[error(
+    "made the host work for it {worked_ms} ms more than half the time, past its CPU limit of {limit_ms} ms"
+)]
+pub struct HostWorkExceeded {
+    /// The excess work, in ms.
+    pub worked_ms: u128,
+    /// The limit, in ms.
+    pub limit_ms: u128,
+}
+
+/// Host work done for one instance, as a leaky bucket: each charge adds
+/// the time the host worked, and the bucket drains at half the wall time
+/// passed, so a guest may keep the host busy for it up to half the time
+/// for ever, and in a burst for up to its CPU limit more; past that it is
+/// cut off. A server that asks for a few random bytes or logs a line per
+/// request stays near empty; a loop of such calls fills it in about twice
+/// its CPU limit.
+#[derive(Debug)]
+pub struct HostWork {
+    /// Excess work held now.
+    level: Duration,
+    /// When the last charge ended.
+    last: Option<Instant>,
+    /// What `level` may reach: the instance's CPU limit.
+    limit: Duration,
+}
+
+impl HostWork {
+    /// An empty bucket for a guest with `cpu_limit`.
+    pub fn new(cpu_limit: Duration) -> Self {
+        HostWork {
+            level: Duration::ZERO,
+            last: None,
+            limit: cpu_limit,
+        }
+    }
+
+    /// Charges the work done since `started`, which ends now.
+    pub fn charge(&mut self, started: Instant) -> Result<(), HostWorkExceeded> {
+        self.charge_at(started, Instant::now())
+    }
+
+    fn charge_at(&mut self, started: Instant, now: Instant) -> Result<(), HostWorkExceeded> {
+        if let Some(last) = self.last {
+            self.level = self.level.saturating_sub(now.duration_since(last) / 2);
+        }
+        self.level += now.duration_since(started);
+        self.last = Some(now);
+        if self.level > self.limit {
+            return Err(HostWorkExceeded {
+                worked_ms: self.level.as_millis(),
+                limit_ms: self.limit.as_millis(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Charges work the host did for an instance since `started` to its
+/// `host_work`; past its CPU limit, counted in `account` as a CPU limit
+/// kill, and the error to trap with.
+pub fn charge(
+    host_work: &std::sync::Mutex<HostWork>,
+    account: &crate::account::Account,
+    started: Instant,
+) -> Result<(), HostWorkExceeded> {
+    let charged = host_work
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .charge(started);
+    if charged.is_err() {
+        crate::account::Counters::bump(&account.counters.cpu_limit_kills);
+    }
+    charged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_work_more_than_half_the_time_is_cut_off_at_the_limit_and_less_never() {
+        let ms = Duration::from_millis;
+        // Working 1 ms of every 2, for ever: never.
+        let (mut work, mut now) = (HostWork::new(ms(10)), Instant::now());
+        for _ in 0..10_000 {
+            now += ms(1);
+            work.charge_at(now, now + ms(1)).unwrap();
+            now += ms(1);
+        }
+        // Working all the time: half of it accumulates, and 10 ms of
+        // excess is reached after about 20 ms.
+        let (mut work, mut now) = (HostWork::new(ms(10)), Instant::now());
+        let mut calls = 0;
+        let err = loop {
+            calls += 1;
+            match work.charge_at(now, now + ms(1)) {
+                Ok(()) => now += ms(1),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!((calls, err.limit_ms), (20, 10));
+        // A pause empties the bucket.
+        let mut work = HostWork::new(ms(10));
+        let now = Instant::now();
+        work.charge_at(now, now + ms(8)).unwrap();
+        work.charge_at(now + ms(30), now + ms(38)).unwrap();
+    }
 
     #[test]
     fn a_guest_is_cut_off_only_after_its_limit_without_a_host_call() {

@@ -156,7 +156,7 @@ const COUNTERS: [Field; 15] = [
     ),
     (
         "guest_log_lines_dropped",
-        "Lines of guest output left out of the log at the tenant's log_lines_per_sec.",
+        "Lines of guest output left out of the log at the tenant's log_lines_per_sec or log_bytes_per_sec.",
         |c| &c.log_lines_dropped,
     ),
 ];

@@ -23,6 +23,7 @@
 //! - [`deny`]: what is never granted, counted and logged alike for both
 //!   versions.
 //! - [`stdio`]: the guest's stdout and stderr, into the host's log.
+//! - [`random`]: random bytes, bounded per call and charged to the guest.
 //!
 //! Within the layer, dependencies point one way too: `p2` and `p3` use the
 //! rest (never each other); `view` uses `poll`, `sockets`, `stdio` and
@@ -32,6 +33,7 @@ pub mod deny;
 pub mod p2;
 pub mod p3;
 pub mod poll;
+pub mod random;
 pub mod seam;
 pub mod sockets;
 pub mod stdio;

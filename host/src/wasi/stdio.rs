@@ -6,23 +6,38 @@
 //! stream does), and the lines of one write reach standard error in one
 //! write(2): a guest that logs every request, as the seed does, costs the
 //! host one write per turn of its event loop, not one per line.
+//!
+//! What a guest can make the host spend here is bounded: one write takes
+//! at most [`PERMIT`] bytes (past `check-write`'s permit it traps, as WASI
+//! 0.2 says; a 0.3 stream is taken [`PERMIT`] bytes at a time); a line is
+//! at most [`MAX_LINE`] bytes; the tenant's log budget (lines and bytes per
+//! second) is applied before a line is formatted; the log held back during
+//! one write is written out every [`MAX_HELD`] bytes; and the time spent is
+//! counted against the guest's CPU limit.
 
 use crate::account::{Account, Counters};
+use crate::limits::cpu::{HostWork, HostWorkExceeded};
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// A line longer than this is logged in pieces, so a guest that never writes
 /// a newline cannot make the host buffer without bound.
 const MAX_LINE: usize = 8 * 1024;
 
-/// What `check-write` permits per write: any amount is logged at once.
-const PERMIT: usize = 64 * 1024;
+/// What `check-write` permits per write (each write is logged at once, so
+/// the permit is whole again after every write).
+pub const PERMIT: usize = 64 * 1024;
+
+/// Log output held back during one guest write (see `batched`) is written
+/// out once it reaches this size.
+const MAX_HELD: usize = 64 * 1024;
 
 /// Which of the guest's output streams.
 #[derive(Debug, Clone, Copy)]
@@ -43,17 +58,24 @@ impl Stream {
 }
 
 /// A guest output stream that writes into the host's log, within the
-/// tenant's `log_lines_per_sec`.
+/// tenant's `log_lines_per_sec` and `log_bytes_per_sec`.
 #[derive(Debug, Clone)]
 pub struct GuestOutput {
     account: Arc<Account>,
+    /// The writing instance's host work, charged for the logging.
+    host_work: Arc<Mutex<HostWork>>,
     stream: Stream,
 }
 
 impl GuestOutput {
-    /// Output of `stream` of the tenant of `account`.
-    pub fn new(account: Arc<Account>, stream: Stream) -> Self {
-        Self { account, stream }
+    /// Output of `stream` of the instance with `host_work` of the tenant
+    /// of `account`.
+    pub fn new(account: Arc<Account>, host_work: Arc<Mutex<HostWork>>, stream: Stream) -> Self {
+        Self {
+            account,
+            host_work,
+            stream,
+        }
     }
 }
 
@@ -100,9 +122,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 impl io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let held = HELD.with_borrow_mut(|held| {
-            held.as_mut()
-                .map(|held| held.extend_from_slice(buf))
-                .is_some()
+            let Some(held) = held.as_mut() else {
+                return false;
+            };
+            held.extend_from_slice(buf);
+            if held.len() >= MAX_HELD {
+                // Nowhere to report a failed log write.
+                let _ = io::stderr().write_all(held);
+                held.clear();
+            }
+            true
         });
         if held {
             return Ok(buf.len());
@@ -142,8 +171,12 @@ struct LineLogger {
 impl LineLogger {
     fn emit(&mut self) {
         let tenant = &self.output.account;
-        if let Some(left_out) = tenant.output_log.admit() {
-            let text = escape_controls(&String::from_utf8_lossy(&self.line));
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        let mut size = Measure(0);
+        escape(line, &mut size);
+        if let Some(left_out) = tenant.output_log.admit(size.0) {
+            let mut text = String::with_capacity(size.0);
+            escape(line, &mut text);
             let note = crate::account::log_budget::left_out_note(left_out);
             tracing::info!(
                 target: "guest",
@@ -169,24 +202,46 @@ impl LineLogger {
             }
         }
     }
+
+    /// Logs `bytes` (at most [`PERMIT`] of them), charging the time to the
+    /// instance's CPU limit.
+    fn log(&mut self, bytes: &[u8]) -> Result<(), HostWorkExceeded> {
+        let started = std::time::Instant::now();
+        batched(|| self.push(bytes));
+        let output = &self.output;
+        crate::limits::cpu::charge(&output.host_work, &output.account, started)
+    }
 }
 
-/// Escapes control characters, so a guest cannot forge or garble the host's
-/// log lines (carriage returns, terminal escapes).
-fn escape_controls(text: &str) -> String {
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    if !text.chars().any(char::is_control) {
-        return text.to_owned();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
+/// Writes `line` as text into `out`, control characters escaped, so a
+/// guest cannot forge or garble the host's log lines (carriage returns,
+/// terminal escapes), and each invalid UTF-8 sequence as U+FFFD. One walk
+/// for both measuring (the budget is decided on the size before anything
+/// is formatted) and formatting.
+fn escape(line: &[u8], out: &mut impl std::fmt::Write) {
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            // Writing to a String or a Measure cannot fail.
+            let _ = if c.is_control() {
+                write!(out, "{}", c.escape_default())
             } else {
-                c.to_string()
-            }
-        })
-        .collect()
+                out.write_char(c)
+            };
+        }
+        if !chunk.invalid().is_empty() {
+            let _ = out.write_char(char::REPLACEMENT_CHARACTER);
+        }
+    }
+}
+
+/// Counts what [`escape`] would write.
+struct Measure(usize);
+
+impl std::fmt::Write for Measure {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
 }
 
 #[wasmtime_wasi::async_trait]
@@ -198,8 +253,15 @@ impl Pollable for LineLogger {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for LineLogger {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        batched(|| self.push(&bytes));
-        Ok(())
+        if bytes.len() > PERMIT {
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "wrote {} bytes to {}, past the {PERMIT} bytes check-write permits",
+                bytes.len(),
+                self.output.stream.name()
+            )));
+        }
+        self.log(&bytes)
+            .map_err(|e| StreamError::Trap(wasmtime::Error::from(e)))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -217,8 +279,14 @@ impl AsyncWrite for LineLogger {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().push(buf);
-        Poll::Ready(Ok(buf.len()))
+        // A WASI 0.3 stream: taken a permit at a time, like a 0.2 write.
+        let taken = buf.len().min(PERMIT);
+        Poll::Ready(
+            self.get_mut()
+                .log(&buf[..taken])
+                .map(|()| taken)
+                .map_err(io::Error::other),
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -245,7 +313,7 @@ impl Drop for LineLogger {
 
 #[cfg(test)]
 mod tests {
-    use super::{HELD, LogWriter, batched, escape_controls};
+    use super::{HELD, LogWriter, MAX_HELD, Measure, batched, escape};
     use std::io::Write;
 
     #[test]
@@ -261,9 +329,27 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("plain text"), "plain text");
-        assert_eq!(escape_controls("line\r"), "line");
-        assert_eq!(escape_controls("a\x1b[31mred"), "a\\u{1b}[31mred");
+    fn held_log_output_is_written_out_at_its_bound() {
+        batched(|| {
+            for _ in 0..MAX_HELD {
+                LogWriter.write_all(b"x\n").unwrap();
+            }
+            let held = HELD.with_borrow(|held| held.as_ref().map(Vec::len));
+            assert!(held.is_some_and(|n| n < MAX_HELD), "{held:?}");
+        });
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_measured_before_formatting() {
+        let escaped = |line: &[u8]| {
+            let (mut text, mut size) = (String::new(), Measure(0));
+            escape(line, &mut text);
+            escape(line, &mut size);
+            assert_eq!(size.0, text.len());
+            text
+        };
+        assert_eq!(escaped(b"plain text"), "plain text");
+        assert_eq!(escaped(b"a\x1b[31mred\t"), "a\\u{1b}[31mred\\t");
+        assert_eq!(escaped(b"bad \xff\xfe utf-8"), "bad \u{fffd}\u{fffd} utf-8");
     }
 }

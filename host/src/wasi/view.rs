@@ -5,8 +5,9 @@ use super::seam::Tenancy;
 use super::{poll, sockets, stdio};
 use crate::account::InstanceAccount;
 use crate::config::manifest::{Limits, TenantConfig};
+use crate::limits::cpu::HostWork;
 use crate::policy::Grant;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -30,6 +31,9 @@ pub struct GuestWasi {
     pub grant: Arc<Grant>,
     /// The limits this instance was started with (its caps).
     pub limits: Limits,
+    /// Work the host does for the instance (random bytes, its output),
+    /// against its CPU limit; shared with its stdout and stderr.
+    pub host_work: Arc<Mutex<HostWork>>,
     /// Which pollables the fast path of `poll` can check directly.
     pub fast: poll::FastPoll,
     /// The granted addresses this instance's sockets have bound.
@@ -52,26 +56,33 @@ impl GuestWasi {
         instance: Arc<InstanceAccount>,
     ) -> Self {
         let account = tenant.account().clone();
-        account
-            .output_log
-            .set_rate(config.limits.log_lines_per_sec.unwrap_or(0));
+        let host_work = Arc::new(Mutex::new(HostWork::new(config.limits.cpu_limit)));
+        account.output_log.set_rates(
+            config.limits.log_lines_per_sec.unwrap_or(0),
+            config.limits.log_bytes_per_sec.unwrap_or(0),
+        );
         let mut builder = WasiCtx::builder();
         builder
             .arg(&config.name)
             .stdout(stdio::GuestOutput::new(
                 account.clone(),
+                host_work.clone(),
                 stdio::Stream::Stdout,
             ))
-            .stderr(stdio::GuestOutput::new(account, stdio::Stream::Stderr))
+            .stderr(stdio::GuestOutput::new(
+                account,
+                host_work.clone(),
+                stdio::Stream::Stderr,
+            ))
             // TCP is the host's own implementation (sockets, p2::tcp), UDP
             // and name lookups are refused at their entry points
             // (p2::refuse).
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            // Random bytes are allocated by the host before the guest gets
-            // them: no more at once than the guest could hold.
-            .max_random_size(config.limits.max_memory);
+            // Random bytes are crate::wasi::random's; should any call
+            // still reach wasmtime-wasi's, it has the same bound.
+            .max_random_size(crate::wasi::random::MAX_PER_CALL);
         for (key, value) in &config.env {
             builder.env(key, value);
         }
@@ -90,6 +101,7 @@ impl GuestWasi {
             instance,
             grant: Arc::new(Grant::from(config)),
             limits: config.limits.clone(),
+            host_work,
             fast: poll::FastPoll::default(),
             claims: sockets::tcp::Claims::default(),
             sends: sockets::stream::SendBatch::default(),

@@ -1,11 +1,13 @@
 //! The WASI 0.2 bindings over the host's version-independent WASI layer:
 //! wasmtime-wasi's implementation, with the host's own TCP ([`tcp`],
-//! [`streams`]), `poll` fast path ([`poll`]), ready sets ([`readiness`])
-//! and refusals ([`refuse`]) shadowing its entry points. The version the
+//! [`streams`]), `poll` fast path ([`poll`]), ready sets ([`readiness`]),
+//! random bytes ([`random`]) and refusals ([`refuse`]) shadowing its entry
+//! points. The version the
 //! host links is written once, in [`version`].
 
 pub mod others;
 pub mod poll;
+pub mod random;
 pub mod readiness;
 pub mod refuse;
 pub mod streams;
@@ -23,6 +25,7 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
     tcp::add_to_linker(linker)?;
     poll::add_to_linker(linker)?;
     readiness::add_to_linker(linker)?;
+    random::add_to_linker(linker)?;
     refuse::add_to_linker(linker)?;
     linker.allow_shadowing(false);
     Ok(())

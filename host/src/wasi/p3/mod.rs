@@ -1,6 +1,6 @@
 //! The WASI 0.3 bindings over the host's version-independent WASI layer:
-//! wasmtime-wasi's cli, clocks, filesystem and random, with the host's
-//! own `wasi:sockets` ([`sockets`], [`streams`]) over the same socket core
+//! wasmtime-wasi's cli, clocks, filesystem and random (its byte calls
+//! replaced by crate::wasi::random's), with the host's own `wasi:sockets` ([`sockets`], [`streams`]) over the same socket core
 //! as WASI 0.2 (crate::wasi::sockets), and the filesystem's preopens
 //! counted as in 0.2. The version the host links is written once, in
 //! [`version`].
@@ -30,6 +30,24 @@ pub fn add_to_linker<T: WasiHost>(linker: &mut Linker<T>) -> wasmtime::Result<()
             results[0] = Val::List(Vec::new());
             Ok(())
         })?;
+    // Random bytes bounded and charged (crate::wasi::random), in place of
+    // wasmtime-wasi's byte-at-a-time fill.
+    for (interface, function) in [
+        ("random", "get-random-bytes"),
+        ("insecure", "get-insecure-random-bytes"),
+    ] {
+        linker
+            .instance(&format!("wasi:random/{interface}@{VERSION}"))?
+            .func_wrap(function, |mut store, (max_len,): (u64,)| {
+                let wasi = store.data_mut().wasi();
+                let account = wasi.tenant.account();
+                Ok((crate::wasi::random::up_to(
+                    &wasi.host_work,
+                    account,
+                    max_len,
+                )?,))
+            })?;
+    }
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! `half-close` (answer, then drop the send stream and keep the socket and
 //! its receive stream: the client should see the end of the stream) and
 //! `gather N` (read a line from each of N more clients before answering
-//! any of them), `socketpair` and `socketpairs N` (as the 0.2 guest's).
+//! any of them), `socketpair`, `socketpairs N` and `random-loop N` (as the
+//! 0.2 guest's).
 //! Serves one client at a time.
 #![cfg_attr(target_family = "wasm", no_main)]
 
@@ -400,6 +401,11 @@ mod guest {
                     bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
                 Ok(format!("{} random bytes", bytes.len()))
             }
+            "random-loop" => loop {
+                let bytes =
+                    bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
+                std::hint::black_box(bytes);
+            },
             "socketpair" => socketpair(true).await.map(|pair| {
                 let described = format!("{} {}", pair.listener_addr, pair.client_addr);
                 std::mem::forget(pair);

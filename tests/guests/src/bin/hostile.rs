@@ -9,7 +9,11 @@
 //! `alloc` (allocate without bound), `listen N` (bind and listen on the
 //! granted address N more times, holding every socket), `poll-flood N`
 //! (one `poll` over a list repeating one pollable N times), `random N`
-//! (ask the host for N random bytes at once), `connect-hold N ADDR` (open
+//! (ask the host for N random bytes at once), `random-loop N` (ask for N
+//! random bytes at once, again and again, forever), `shout N` (write N
+//! control characters to stdout in one `write`, past any permit),
+//! `shout-loop N` (write control characters to stdout forever, N bytes
+//! at a time within each permit), `connect-hold N ADDR` (open
 //! N connections to ADDR and hold them), `blast` (write to this client,
 //! which does not read, until the stream is full, then close it and say
 //! how long the close took), `hoard` (from then on accept every
@@ -220,6 +224,27 @@ fn attempt(command: &str) -> String {
             let bytes =
                 guest::bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
             Ok(format!("{} random bytes", bytes.len()))
+        }
+        "random-loop" => loop {
+            let bytes =
+                guest::bindings::wasi::random::random::get_random_bytes(arg.parse().unwrap_or(1));
+            std::hint::black_box(bytes);
+        },
+        "shout" => {
+            let stdout = guest::bindings::wasi::cli::stdout::get_stdout();
+            let noise = vec![0x1b; arg.parse().unwrap_or(1)];
+            stdout
+                .write(&noise)
+                .map(|()| format!("wrote {}", noise.len()))
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))
+        }
+        "shout-loop" => {
+            let stdout = guest::bindings::wasi::cli::stdout::get_stdout();
+            let noise = vec![0x1b; arg.parse().unwrap_or(1)];
+            loop {
+                let permit = stdout.check_write().unwrap_or(0) as usize;
+                let _ = stdout.write(&noise[..noise.len().min(permit)]);
+            }
         }
         "socketpair" => socketpair().map(|(listener, pair)| {
             let described = format!(
