@@ -218,26 +218,99 @@ fn malformed_oversized_slow_and_flooding_requests_are_bounded() {
             );
         }
     }
-    // A flood of clients that never finish their headers: at most 64 are
-    // kept, each for at most the header timeout; the tenants serve on.
-    let flood: Vec<std::net::TcpStream> = (0..80)
+    assert_eq!(generation(&t), before, "nothing changed");
+}
+
+/// A TCP connection to `addr` from the loopback address `127.0.0.N`: a
+/// client of its own, as the endpoints count clients.
+fn connect_from(n: u8, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from = std::net::SocketAddr::from(([127, 0, 0, n], 0));
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// The status code of the answer to `request`, sent on `stream`.
+fn answer(mut stream: std::net::TcpStream, request: &[u8]) -> Option<u16> {
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+}
+
+#[test]
+fn clients_holding_the_admin_slots_cannot_keep_the_readiness_probe_out() {
+    let t = Tenants::start(ONE, &["t"], &[]);
+    let admin = t.admin.unwrap();
+    let unfinished = |from: u8| {
+        let mut stream = connect_from(from, admin);
+        let _ = stream.write_all(b"GET /status HTTP/1.1\r\n");
+        stream
+    };
+    // One client gets 8 connections and no more, told so at once.
+    let mut flood: Vec<std::net::TcpStream> = (0..8).map(|_| unfinished(2)).collect();
+    assert_eq!(
+        answer(connect_from(2, admin), b"GET /healthz HTTP/1.0\r\n\r\n"),
+        Some(503),
+        "a ninth connection from one client is refused"
+    );
+    // 100 clients from 13 addresses hold every slot with unfinished
+    // headers, and keep coming back: each probe is still answered, on a
+    // slot an idle connection gave up.
+    for round in 0..5 {
+        flood.extend((0..100).map(|i| unfinished(3 + i % 13)));
+        let code = answer(connect_from(1, admin), b"GET /healthz HTTP/1.0\r\n\r\n");
+        assert_eq!(code, Some(200), "probe {round} beside 100 held connections");
+    }
+    assert_seed_reply(&round_trip(&mut connect(t.addr("t")), b"served\n"));
+    drop(flood);
+}
+
+#[test]
+fn refused_control_requests_are_counted_all_and_logged_within_a_budget() {
+    let t = Tenants::start(ONE, &["t"], &[]);
+    let (admin, control) = (t.admin.unwrap(), t.control.unwrap());
+    let long = format!("/tenants/{}/swap", "x".repeat(4000));
+    let request = format!("POST {long} HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    let started = std::time::Instant::now();
+    // 8 clients pipelining 250 unauthenticated requests each.
+    let senders: Vec<_> = (0..8)
         .map(|_| {
-            let mut stream = connect(admin);
-            let _ = stream.write_all(b"GET /status HTTP/1.1\r\n");
-            stream
+            let burst = request.repeat(250);
+            std::thread::spawn(move || {
+                let mut stream = connect(control);
+                let _ = stream.write_all(burst.as_bytes());
+                let mut sink = Vec::new();
+                let _ = stream.read_to_end(&mut sink);
+            })
         })
         .collect();
-    assert_eq!(
-        raw(admin, b"GET /healthz HTTP/1.0\r\n\r\n"),
-        Some(503),
-        "past 64 connections, a new one is told so at once"
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let series = "tcphost_control_requests_total{action=\"swap\",outcome=\"unauthorized\"}";
+    let counted = wait_metric(admin, series, |n| n >= 2000.0);
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = t.host.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(": refused, ")).collect();
+    assert!(
+        lines.len() as u64 <= 10 * seconds,
+        "{} refusal lines in {seconds} s",
+        lines.len()
     );
-    assert_seed_reply(&round_trip(&mut connect(t.addr("t")), b"served\n"));
-    wait_until("the admin endpoint answering again", || {
-        raw(admin, b"GET /healthz HTTP/1.0\r\n\r\n") == Some(200)
-    });
-    drop(flood);
-    assert_eq!(generation(&t), before, "nothing changed");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.len() < 1000 && l.contains("... (4014 bytes)")),
+        "{lines:?}"
+    );
+    assert_eq!(counted, 2000.0);
 }
 
 #[test]

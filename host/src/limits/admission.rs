@@ -518,9 +518,25 @@ pub fn is_resource_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// Open client connections per client IP address, for
-/// `max_connections_per_peer`. Addresses with none open are forgotten, so
-/// the map holds at most one entry per open connection.
+/// The client a connection from `ip` is counted against, for per-client
+/// caps: an IPv4 address (an IPv4-mapped IPv6 address is its IPv4
+/// address), or an IPv6 address's /64 network. One IPv6 host commonly
+/// holds a whole /64 and can send from any address in it, so counting
+/// per /128 would cap nothing (rate limiters count per /64 for the same
+/// reason).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// Open client connections per client ([`client_key`]: an IPv4 address or
+/// an IPv6 /64), for `max_connections_per_peer`. Clients with none open
+/// are forgotten, so the map holds at most one entry per open connection.
 #[derive(Debug, Default)]
 pub struct PeerCounts(Mutex<HashMap<IpAddr, u32>>);
 
@@ -529,20 +545,20 @@ impl PeerCounts {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Connections open from `ip` now.
+    /// Connections open from `ip`'s client now.
     pub fn open(&self, ip: IpAddr) -> u32 {
-        self.map().get(&ip).copied().unwrap_or(0)
+        self.map().get(&client_key(ip)).copied().unwrap_or(0)
     }
 
     /// Counts a connection from `ip` opening.
     pub fn opened(&self, ip: IpAddr) {
-        *self.map().entry(ip).or_insert(0) += 1;
+        *self.map().entry(client_key(ip)).or_insert(0) += 1;
     }
 
     /// Counts a connection from `ip` closing.
     pub fn closed(&self, ip: IpAddr) {
         let mut map = self.map();
-        if let Some(n) = map.get_mut(&ip) {
+        if let Some(n) = map.get_mut(&client_key(ip)) {
             *n -= 1;
             if *n == 0 {
                 map.remove(&ip);
@@ -553,7 +569,22 @@ impl PeerCounts {
 
 #[cfg(test)]
 mod tests {
-    use super::{InstanceAccount, MAX_DEFER_MS, defer_to_sibling, took_client};
+    use super::{InstanceAccount, MAX_DEFER_MS, PeerCounts, defer_to_sibling, took_client};
+
+    #[test]
+    fn an_ipv6_client_is_counted_per_64_and_a_mapped_ipv4_as_its_ipv4() {
+        let peers = PeerCounts::default();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        peers.opened(ip("2001:db8:1:2::1"));
+        peers.opened(ip("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(peers.open(ip("2001:db8:1:2::99")), 2);
+        assert_eq!(peers.open(ip("2001:db8:1:3::1")), 0);
+        peers.opened(ip("::ffff:192.0.2.7"));
+        assert_eq!(peers.open(ip("192.0.2.7")), 1);
+        peers.closed(ip("2001:db8:1:2::1"));
+        peers.closed(ip("2001:db8:1:2::2"));
+        assert_eq!(peers.open(ip("2001:db8:1:2::1")), 0);
+    }
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 

@@ -20,8 +20,9 @@
 //!   endpoint.
 //!
 //! Control (every request needs `Authorization: Bearer TOKEN`, the token
-//! file's content, when a token file is set; each request is logged as an
-//! audit line and counted):
+//! file's content, when a token file is set; each request is counted and
+//! logged as an audit line, its path cut past 200 bytes; refused ones at
+//! most 10 a second, the next line saying how many were left out):
 //! - `POST /tenants/{name}/swap` with a component (a path on the host, or
 //!   `builtin:NAME`) as the body: swaps that tenant's guest live; 200 with
 //!   the time the new version took to listen, or 422 with why not (the old
@@ -31,6 +32,8 @@
 //! - `GET /status`, as on the admin endpoint.
 
 use super::metrics::{self, Audited};
+use super::slots::{NoSlot, Slots};
+use crate::account::log_budget::{LogBudget, left_out_note};
 use crate::config::manifest::{BUILTIN_PREFIX, ComponentSource};
 use crate::tenancy::control::Control;
 use crate::tenancy::tenant::{Snapshot, State as TenantState};
@@ -69,13 +72,9 @@ pub async fn serve(
         .layer(axum::Extension(audited))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
-    serve_bounded(listener, app, |_| None).await
+    serve_bounded(listener, app, |addr| Some(*addr)).await
 }
 
-/// Most connections either endpoint serves at once: past it a new one is
-/// closed at once, so a flood costs the host a bounded number of tasks and
-/// descriptors (and no tenant anything).
-const MAX_CONNECTIONS: usize = 64;
 /// Longest a client may take to send a request's headers (also the
 /// longest an idle kept-alive connection stays open).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,9 +82,12 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// timeout and 1 s settle.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves `app` on `listener`, within [`MAX_CONNECTIONS`],
-/// [`HEADER_TIMEOUT`] and [`CONNECTION_TIMEOUT`]; `peer` gives a TCP
-/// client's address for the audit lines.
+/// Serves `app` on `listener`, within its slots (crate::ops::slots: a
+/// bounded number, a share per client, idle ones shed first, so a flood
+/// costs the host a bounded number of tasks and descriptors, no tenant
+/// anything, and cannot keep a readiness probe out), [`HEADER_TIMEOUT`]
+/// and [`CONNECTION_TIMEOUT`]; `peer` gives a TCP client's address for the
+/// audit lines and the per-client share.
 async fn serve_bounded<L>(
     mut listener: L,
     app: axum::Router,
@@ -95,37 +97,60 @@ where
     L: axum::serve::Listener,
 {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    use std::sync::atomic::Ordering;
+    use tower::ServiceExt as _;
+    let slots = Arc::new(Slots::default());
     loop {
         let (io, addr) = listener.accept().await;
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Told, not left guessing (briefly: a client that does not
-            // read cannot hold this up).
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut io = io;
-                const BODY: &str = "busy: too many connections at once\n";
-                let busy = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-                    BODY.len()
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(busy.as_bytes()))
-                    .await;
-            });
-            continue;
+        let peer = peer(&addr);
+        let slot = match slots.take(peer.map(|p| p.ip())) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Told, not left guessing (briefly: a client that does not
+                // read cannot hold this up).
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut io = io;
+                    let body = match why {
+                        NoSlot::ClientFull => "busy: too many connections from this client\n",
+                        NoSlot::AllBusy => "busy: too many connections at once\n",
+                    };
+                    let busy = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), io.write_all(busy.as_bytes()))
+                            .await;
+                });
+                continue;
+            }
         };
-        let app = match peer(&addr) {
+        let app = match peer {
             Some(peer) => app.clone().layer(axum::Extension(ConnectInfo(peer))),
             None => app.clone(),
         };
         tokio::spawn(async move {
-            let _slot = slot;
+            // Inside a request, the connection keeps its slot; between
+            // requests (or before its first) it may be shed for a newer one.
+            let busy = slot.busy.clone();
+            let service = hyper::service::service_fn(move |request| {
+                busy.store(true, Ordering::Relaxed);
+                let (busy, response) = (busy.clone(), app.clone().oneshot(request));
+                async move {
+                    let response = response.await;
+                    busy.store(false, Ordering::Relaxed);
+                    response
+                }
+            });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                .serve_connection(TokioIo::new(io), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+                () = slot.close.notified() => {}
+            }
         });
     }
 }
@@ -161,6 +186,7 @@ pub async fn serve_control(
     let guard = Arc::new(Guard {
         token_file,
         audited,
+        refusals_log: LogBudget::default(),
     });
     let app = axum::Router::new()
         .route("/status", get(status))
@@ -180,6 +206,25 @@ struct Guard {
     token_file: Option<PathBuf>,
     /// Where the requests are counted.
     audited: Arc<Audited>,
+    /// Bounds how fast refused requests, which anyone who reaches the
+    /// endpoint can send, fill the log (all are counted).
+    refusals_log: LogBudget,
+}
+
+/// The longest request path an audit line shows; a longer one is cut.
+const SHOWN_PATH: usize = 200;
+
+/// `path` as an audit line shows it: cut past [`SHOWN_PATH`] bytes, with
+/// its full length said.
+fn shown(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= SHOWN_PATH {
+        return path.into();
+    }
+    let mut end = SHOWN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &path[..end], path.len()).into()
 }
 
 /// Checks the credential, runs the request, and logs and counts it: one
@@ -190,13 +235,10 @@ async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map_or_else(|| "the unix socket".to_owned(), |c| c.0.to_string());
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let action = match path.as_str() {
-        "/reload" => 1,
-        "/status" => 2,
-        p if p.starts_with("/tenants/") && p.ends_with("/swap") => 0,
-        _ => 3,
-    };
+    let method = request.method().clone();
+    let full_path = request.uri().path();
+    let action = action_of(full_path);
+    let path = shown(full_path).into_owned();
     if let Some(file) = &guard.token_file {
         let presented = request
             .headers()
@@ -205,7 +247,10 @@ async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
             .and_then(|v| v.strip_prefix("Bearer "));
         if let Err(why) = check_token(file, presented) {
             guard.audited.count(action, 2);
-            warn!(target: "audit", %peer, %method, path, "audit: {peer}: {method} {path}: refused, {why}");
+            if let Some(left_out) = guard.refusals_log.admit(0) {
+                let note = left_out_note(left_out);
+                warn!(target: "audit", %peer, %method, path, "audit: {peer}: {method} {path}: refused, {why}{note}");
+            }
             return (
                 StatusCode::UNAUTHORIZED,
                 [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
@@ -222,6 +267,16 @@ async fn audit(State(guard): State<Arc<Guard>>, request: Request, next: Next) ->
     guard.audited.count(action, outcome);
     info!(target: "audit", %peer, %method, path, status = status.as_u16(), "audit: {peer}: {method} {path}: {status}");
     response
+}
+
+/// The action a request path names, as the audit counter indexes it.
+fn action_of(path: &str) -> usize {
+    match path {
+        "/reload" => 1,
+        "/status" => 2,
+        p if p.starts_with("/tenants/") && p.ends_with("/swap") => 0,
+        _ => 3,
+    }
 }
 
 /// Whether `presented` is the token in `file`, compared in constant time.
