@@ -172,8 +172,12 @@ fn broken_components_are_refused_and_the_old_version_keeps_serving() {
             "failed before",
         ),
         (
+            dir.join("missing.wasm").display().to_string(),
+            "missing.wasm: No such file or directory",
+        ),
+        (
             "/no/such/guest.wasm".to_owned(),
-            "cannot read /no/such/guest.wasm",
+            "/no/such/guest.wasm is outside the directories a swap may load from",
         ),
         (
             "builtin:nonesuch".to_owned(),
@@ -419,6 +423,96 @@ fn a_changed_component_file_is_swapped_in() {
     t.host
         .wait_for_log("component file changed but cannot be used");
     assert_eq!(fresh_reply(addr, "hi"), "HI\n");
+}
+
+/// `component` with a custom section carrying `n` appended: the same
+/// guest, distinct bytes (each compiled anew).
+fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    let payload = n.to_le_bytes();
+    let name = b"variant";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut bytes = component.to_vec();
+    bytes.push(0); // a custom section
+    bytes.push(section.len() as u8);
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+/// Writes `bytes` to `file` the safe way: beside it, then renamed over.
+fn replace(file: &std::path::Path, bytes: &[u8]) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+#[test]
+fn a_tenant_rewriting_its_watched_file_is_compiled_at_most_once_per_interval() {
+    let dir = scratch_dir("watched-bounded");
+    let file = dir.join("live.wasm");
+    std::fs::copy(repo_guest("upper"), &file).unwrap();
+    let t = Tenants::start(&live(&file.display().to_string(), ""), &["live"], &[]);
+    t.host.wait_for_log("watching for component changes");
+    let compiled = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("compiled component") && l.contains("live.wasm"))
+            .count()
+    };
+    let before = compiled(&t.host.log());
+    // A new content every 100 ms for 4 s: each an empty component (quick
+    // to compile, then refused: it runs nothing), distinct bytes each time.
+    let empty = wat::parse_str("(component)").unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        replace(&file, &variant(&empty, n));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The last content, a guest again, is still swapped in (a change is
+    // delayed, not lost).
+    let echo = std::fs::read(repo_guest("echo")).unwrap();
+    replace(&file, &variant(&echo, n));
+    wait_until("the last content swapped in", || {
+        fresh_reply(t.addr("live"), "hi") == "hi\n"
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let compiles = compiled(&t.host.log()) - before;
+    let allowed = (seconds / 2.0).ceil() as usize + 1;
+    assert!(
+        compiles <= allowed,
+        "{compiles} compiles for {n} writes in {seconds:.1} s (at most {allowed})"
+    );
+}
+
+#[test]
+fn a_reload_is_not_undone_by_the_file_watcher_acting_on_an_earlier_write() {
+    let dir = scratch_dir("watched-reload");
+    let file = dir.join("live.wasm");
+    let upper = std::fs::read(repo_guest("upper")).unwrap();
+    std::fs::copy(repo_guest("echo"), &file).unwrap();
+    let manifest = live(&file.display().to_string(), "");
+    let t = Tenants::start(&manifest, &["live"], &[]);
+    t.host.wait_for_log("watching for component changes");
+    // The tenant's file changes, and while the watcher is still taking
+    // that in, the operator reloads the tenant onto a built-in guest.
+    replace(&file, &variant(&upper, 1));
+    std::thread::sleep(Duration::from_millis(300));
+    t.rewrite(&manifest.replace(&file.display().to_string(), "builtin:seed"));
+    let (code, body) = t.post("/reload", "");
+    assert_eq!(code, 200, "{body}");
+    // Whatever the watcher does with the write, the operator's reload
+    // stands: it decides against what runs, under the same lock.
+    std::thread::sleep(control_interval());
+    assert_eq!(t.status("live")["component"], "builtin:seed");
+    assert_seed_reply(&fresh_reply(t.addr("live"), "hi"));
+}
+
+/// Longer than the watcher's settle time and interval between two
+/// compiles of one file: after it, a change seen has been acted on.
+fn control_interval() -> Duration {
+    Duration::from_millis(3500)
 }
 
 #[test]

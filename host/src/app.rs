@@ -194,7 +194,7 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
         crate::tenancy::supervisor::pooled();
     }
     let pool = pooling.map(|(_, max_memory)| (instances, max_memory));
-    let loader = Loader::new(engine, cache_dir)?;
+    let loader = Loader::new(engine, cache_dir.map(|dir| (dir, manifest.cache_max_size)))?;
     let control = Control::new(loader, cli.config.clone(), pool);
     control.set_host_settings(manifest);
     Ok(control)
@@ -379,6 +379,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         control: None,
         component_dirs,
         cache_dir: None,
+        cache_max_size: manifest::DEFAULT_CACHE_MAX_SIZE,
         pooling_allocator: false,
         guest_threads: None,
         tenants: vec![TenantConfig {

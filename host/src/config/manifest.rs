@@ -286,10 +286,15 @@ struct RawHost {
     control_token_file: Option<Spanned<String>>,
     component_dirs: Option<Vec<String>>,
     cache_dir: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "size")]
+    cache_max_size: Option<u64>,
     #[serde(default)]
     pooling_allocator: bool,
     guest_threads: Option<Spanned<usize>>,
 }
+
+/// The compile cache's default bound on disk (`[host] cache_max_size`).
+pub const DEFAULT_CACHE_MAX_SIZE: u64 = 1 << 30;
 
 /// The most guest threads a manifest may ask for.
 pub const MAX_GUEST_THREADS: usize = 1024;
@@ -416,6 +421,9 @@ pub struct Manifest {
     pub component_dirs: Vec<PathBuf>,
     /// Where compiled components are cached, if set.
     pub cache_dir: Option<PathBuf>,
+    /// The most the compile cache may hold on disk, in bytes; the entries
+    /// used longest ago are removed past it.
+    pub cache_max_size: u64,
     /// Whether instances come from wasmtime's pooling allocator.
     pub pooling_allocator: bool,
     /// Threads guest instances run on (see crate::runtime::workers); `None`: one
@@ -441,6 +449,9 @@ impl Manifest {
         }
         if self.cache_dir != other.cache_dir {
             changed.push("host.cache_dir");
+        }
+        if self.cache_max_size != other.cache_max_size {
+            changed.push("host.cache_max_size");
         }
         if self.pooling_allocator != other.pooling_allocator {
             changed.push("host.pooling_allocator");
@@ -513,6 +524,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         control,
         component_dirs,
         cache_dir: raw.host.cache_dir.map(|dir| base.join(dir.into_inner())),
+        cache_max_size: raw.host.cache_max_size.unwrap_or(DEFAULT_CACHE_MAX_SIZE),
         pooling_allocator: raw.host.pooling_allocator,
         guest_threads: raw.host.guest_threads.map(Spanned::into_inner),
         tenants,

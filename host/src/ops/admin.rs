@@ -397,11 +397,11 @@ async fn swap(
             std::path::absolute(component).unwrap_or_else(|_| component.into()),
         ),
     };
-    // The resolved path is the one loaded: a link changed after the check
-    // changes nothing.
-    let source = match source {
-        ComponentSource::File(path) => match control.may_load(&path) {
-            Ok(real) => ComponentSource::File(real),
+    // Read once, beneath an allowed directory: the bytes are what is
+    // loaded, whatever is done to the path after.
+    let bytes = match &source {
+        ComponentSource::File(path) => match control.read_swappable(path) {
+            Ok(bytes) => Some(bytes),
             Err(why) => {
                 return (
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -410,13 +410,13 @@ async fn swap(
                     .into_response();
             }
         },
-        builtin => builtin,
+        ComponentSource::Builtin(_) => None,
     };
     // In a task of its own: a client that goes away, or the connection's
     // deadline, cannot stop a swap halfway.
     let outcome = {
         let (control, name) = (control.clone(), name.clone());
-        tokio::spawn(async move { control.swap(&name, source).await }).await
+        tokio::spawn(async move { control.swap(&name, source, bytes).await }).await
     };
     match outcome.unwrap_or_else(|e| Err(format!("the swap task failed: {e}"))) {
         Ok(took) => (

@@ -148,14 +148,77 @@ pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Reads a guest component from `path`: a regular file (not a directory,
 /// a FIFO that could block the reader, or a device such as /dev/zero) of at
-/// most [`MAX_COMPONENT_BYTES`].
+/// most [`MAX_COMPONENT_BYTES`]. Opened without blocking and checked once
+/// open, so a file replaced between a check and the open changes nothing.
 pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    read_open(path, file)
+}
+
+/// Reads the component at `relative` beneath the directory `dir`, as
+/// [`read`] does, resolving the path inside `dir` only: a `..`, an
+/// absolute symlink or any link leading out of `dir` is refused, however
+/// the directories on the way change meanwhile (Linux `openat2` with
+/// `RESOLVE_BENEATH`, 5.6 and later).
+pub fn read_beneath(dir: &Path, relative: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let shown = dir.join(relative);
+    let open = || -> std::io::Result<std::fs::File> {
+        let dir = std::fs::File::open(dir)?;
+        let relative = CString::new(relative.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: open_how is plain data; all-zero is its documented
+        // "nothing asked" value, and every field is then set.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: the pointers are to live values of the sizes given.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                relative.as_ptr(),
+                &raw const how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            let error = std::io::Error::last_os_error();
+            return Err(match error.raw_os_error() {
+                Some(libc::EXDEV) => std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the path leads out of the directory",
+                ),
+                Some(libc::ENOSYS) => std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "this kernel has no openat2 (Linux 5.6 and later), needed to open a file safely beneath a directory",
+                ),
+                _ => error,
+            });
+        }
+        // SAFETY: a descriptor just opened, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(std::fs::File::from(fd))
+    };
+    read_open(&shown, open())
+}
+
+/// The rest of [`read`] once `file` (opened from `path`) is open: checked
+/// through the descriptor, read within the bound.
+fn read_open(path: &Path, file: std::io::Result<std::fs::File>) -> Result<Vec<u8>, LoadError> {
     use std::io::{Error, ErrorKind, Read};
     let failed = |error| LoadError::Read {
         path: path.display().to_string(),
         error,
     };
-    let metadata = std::fs::metadata(path).map_err(failed)?;
+    let file = file.map_err(failed)?;
+    let metadata = file.metadata().map_err(failed)?;
     if !metadata.is_file() {
         let what = if metadata.is_dir() {
             "a directory"
@@ -178,8 +241,8 @@ pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     }
     let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
     // Bounded again while reading: the file may grow meanwhile.
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes))
+    file.take(MAX_COMPONENT_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(failed)?;
     if bytes.len() as u64 > MAX_COMPONENT_BYTES {
         return Err(too_big());
@@ -192,7 +255,8 @@ pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 pub struct Loader {
     engine: Engine,
     linker: Linker<InstanceState>,
-    cache_dir: Option<PathBuf>,
+    /// Where compiled code is cached, and the most it may hold there.
+    cache_dir: Option<(PathBuf, u64)>,
     /// Components in use, by content hash. Weak: a component no tenant runs
     /// any more is freed, so swapping through many versions does not keep
     /// every one in memory (the disk cache still has their compiled code).
@@ -200,10 +264,11 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader for `engine`, caching compiled code in `cache_dir` if given.
-    pub fn new(engine: Engine, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    /// A loader for `engine`, caching compiled code in `cache_dir` if
+    /// given, up to the size given with it.
+    pub fn new(engine: Engine, cache_dir: Option<(PathBuf, u64)>) -> anyhow::Result<Self> {
         let linker = crate::runtime::instance::linker(&engine)?;
-        if let Some(dir) = &cache_dir {
+        if let Some((dir, _)) = &cache_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!("cannot create the cache directory {}: {e}", dir.display())
             })?;
@@ -266,8 +331,13 @@ impl Loader {
         let cached = self
             .cache_dir
             .as_ref()
-            .map(|dir| dir.join(self.cache_file_name(digest)));
+            .map(|(dir, _)| dir.join(self.cache_file_name(digest)));
         if let Some(file) = cached.as_ref().filter(|f| f.is_file()) {
+            // Used now: the last to be pruned (nothing to do if it fails).
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(file)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             // SAFETY: the file was written by `Engine::precompile_component`
             // of an engine with the same settings (both are in its name),
             // into the host's own cache directory, which operators must keep
@@ -293,6 +363,9 @@ impl Loader {
                 if let Err(e) = write_atomically(file, &compiled) {
                     warn!(cache = %file.display(), "cannot write the compile cache: {e}");
                 }
+                if let Some((dir, max)) = &self.cache_dir {
+                    prune_cache(dir, *max, file);
+                }
                 // SAFETY: produced just now by this engine.
                 unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(invalid)?
             }
@@ -314,6 +387,41 @@ impl Loader {
             .hash(&mut hasher);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{hex}-{:016x}.cwasm", hasher.finish())
+    }
+}
+
+/// Removes the cache entries of `dir` used longest ago until they hold at
+/// most `max` bytes, keeping `newest` (just written) whatever its size.
+/// Removing an entry a running component was loaded from is safe: its
+/// mapping keeps the data until it is dropped.
+fn prune_cache(dir: &Path, max: u64, newest: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= max {
+            break;
+        }
+        if path == newest {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                total -= len;
+                info!(cache = %path.display(), "removed from the compile cache, past its size limit");
+            }
+            Err(e) => warn!(cache = %path.display(), "cannot prune the compile cache: {e}"),
+        }
     }
 }
 
@@ -535,5 +643,33 @@ mod tests {
         assert_eq!(loader.components_in_use(), 1);
         drop((first, again));
         assert_eq!(loader.components_in_use(), 0);
+    }
+
+    #[test]
+    fn the_compile_cache_drops_the_entries_used_longest_ago_past_its_size() {
+        let dir = std::env::temp_dir().join(format!("tcphost-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = std::time::SystemTime::now();
+        for (i, name) in ["old", "middle", "recent", "newest"].iter().enumerate() {
+            let file = dir.join(format!("{name}.cwasm"));
+            std::fs::write(&file, [0u8; 100]).unwrap();
+            let at = now - std::time::Duration::from_secs(100 - i as u64 * 10);
+            std::fs::File::options()
+                .append(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        }
+        std::fs::write(dir.join("other.txt"), [0u8; 1000]).unwrap();
+        // The newest is kept whatever its age, and only .cwasm files count.
+        prune_cache(&dir, 250, &dir.join("old.cwasm"));
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["newest.cwasm", "old.cwasm", "other.txt"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -105,40 +105,67 @@ impl Control {
         });
     }
 
-    /// Whether a swap asked for over the control endpoint may load `path`:
-    /// a file under one of the `[host] component_dirs`, with every symlink
-    /// resolved (a link out of them is refused too). Built-in guests need
-    /// no check; files a manifest names are the operator's own. Returns
-    /// the resolved path, the one to load (a link changed after the check
-    /// changes nothing).
-    pub fn may_load(&self, path: &std::path::Path) -> Result<PathBuf, String> {
-        let dirs = self
-            .started_with
+    /// Reads the component file `path` for a swap asked for over the
+    /// control endpoint: only a file beneath one of the `[host]
+    /// component_dirs`, opened once, beneath that directory, without
+    /// following any link out of it (crate::runtime::engine::read_beneath),
+    /// so nothing done to the path after this call changes what is loaded:
+    /// the swap loads these bytes. Built-in guests need no check; files a
+    /// manifest names are the operator's own.
+    pub fn read_swappable(&self, path: &std::path::Path) -> Result<Vec<u8>, String> {
+        match self.read_beneath_allowed(path) {
+            Some(read) => read.map_err(|e| e.to_string()),
+            None => {
+                let listed: Vec<String> = self
+                    .component_dirs()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                Err(format!(
+                    "{} is outside the directories a swap may load from ({}): [host] component_dirs lists them",
+                    path.display(),
+                    listed.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// The `[host] component_dirs` the host started with.
+    fn component_dirs(&self) -> Vec<PathBuf> {
+        self.started_with
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|m| m.component_dirs.clone())
-            .unwrap_or_default();
-        let real = std::fs::canonicalize(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if dirs
-            .iter()
-            .filter_map(|dir| std::fs::canonicalize(dir).ok())
-            .any(|dir| real.starts_with(dir))
-        {
-            return Ok(real);
+            .unwrap_or_default()
+    }
+
+    /// Reads `path` beneath the `[host] component_dirs` directory it names,
+    /// or `None` if it names none of them.
+    fn read_beneath_allowed(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<Result<Vec<u8>, engine::LoadError>> {
+        for dir in &self.component_dirs() {
+            // The directory as written, or as it resolves (the path asked
+            // for may name either).
+            let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            for dir in [dir, &real] {
+                if let Ok(relative) = path.strip_prefix(dir) {
+                    return Some(engine::read_beneath(dir, relative));
+                }
+            }
         }
-        let leads = if real == path {
-            String::new()
-        } else {
-            format!(" (it leads to {})", real.display())
-        };
-        let listed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        Err(format!(
-            "{}{leads} is outside the directories a swap may load from ({}): [host] component_dirs lists them",
-            path.display(),
-            listed.join(", ")
-        ))
+        None
+    }
+
+    /// Reads a component file a tenant runs, again (the file watcher):
+    /// beneath the `[host] component_dirs` when it is under one (where a
+    /// swap over the control endpoint may have put it), else by its path
+    /// (a file the manifest names, the operator's own).
+    fn reread(&self, path: &std::path::Path) -> Result<Vec<u8>, engine::LoadError> {
+        self.read_beneath_allowed(path)
+            .unwrap_or_else(|| engine::read(path))
     }
 
     /// The counts of tenants removed so far.
@@ -251,20 +278,38 @@ impl Control {
     /// On the host's async threads, it lets the runtime move their other
     /// tasks elsewhere while it compiles (seconds, for a cold component).
     pub fn load(&self, source: &ComponentSource, at: &str) -> anyhow::Result<Pre> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let load = || load_component(&self.loader, source, at);
-        match Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(load)
-            }
-            _ => load(),
-        }
+        off_the_async_threads(|| load_component(&self.loader, source, at))
     }
 
+    /// Compiles (or finds) the component `bytes`, read already, named
+    /// `label` in errors, as [`Control::load`] does.
+    pub fn compile(&self, label: &str, bytes: &[u8]) -> anyhow::Result<Pre> {
+        off_the_async_threads(|| Ok(self.loader.load(label, bytes)?))
+    }
+}
+
+/// Runs `load` (compiling, seconds for a cold component) letting the
+/// runtime move the other tasks of this async thread elsewhere meanwhile.
+fn off_the_async_threads(load: impl FnOnce() -> anyhow::Result<Pre>) -> anyhow::Result<Pre> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(load)
+        }
+        _ => load(),
+    }
+}
+
+impl Control {
     /// Swaps tenant `name` to the component `source`, live. Fails, leaving
     /// the running version serving, if the component cannot be read,
     /// compiled, linked, or its guest does not start listening.
-    pub async fn swap(&self, name: &str, source: ComponentSource) -> Result<Duration, String> {
+    pub async fn swap(
+        &self,
+        name: &str,
+        source: ComponentSource,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<Duration, String> {
         let _one_at_a_time = self.ops.lock().await;
         self.refuse_if_stopping()?;
         let tenant = self
@@ -272,7 +317,13 @@ impl Control {
             .get(name)
             .map(|r| r.tenant.clone())
             .ok_or_else(|| format!("no tenant named {name:?}"))?;
-        let pre = self.load(&source, "").map_err(|e| format!("{e:#}"))?;
+        let pre = match (&source, bytes) {
+            (ComponentSource::File(path), Some(bytes)) => {
+                self.compile(&path.display().to_string(), &bytes)
+            }
+            _ => self.load(&source, ""),
+        }
+        .map_err(|e| format!("{e:#}"))?;
         let config = TenantConfig {
             component: source,
             ..(*tenant.config()).clone()
@@ -390,28 +441,54 @@ impl Control {
     }
 
     /// Swaps every tenant running the component file `path` whose content
-    /// changed (the file watcher's trigger).
+    /// changed (the file watcher's trigger). Decided under the operations
+    /// lock, against what each tenant runs then: a swap or reload that
+    /// came first is not undone.
     pub async fn component_file_changed(&self, path: &Path) {
-        let names: Vec<(String, Pre)> = self
+        let _one_at_a_time = self.ops.lock().await;
+        if self.is_stopping() {
+            return;
+        }
+        let source = ComponentSource::File(path.to_owned());
+        let tenants: Vec<(String, Pre)> = self
             .running()
             .iter()
-            .filter(|(_, r)| r.tenant.config().component == ComponentSource::File(path.to_owned()))
+            .filter(|(_, r)| r.tenant.config().component == source)
             .map(|(name, r)| (name.clone(), r.pre.clone()))
             .collect();
-        for (name, running_pre) in names {
-            let source = ComponentSource::File(path.to_owned());
-            match self.load(&source, "") {
-                // The same bytes (e.g. touched, or written back): nothing to do.
-                Ok(pre) if Arc::ptr_eq(&pre, &running_pre) => {}
-                Ok(_) => {
-                    info!(tenant = name, file = %path.display(), "component file changed: swapping");
-                    let _ = self.swap(&name, source).await;
+        if tenants.is_empty() {
+            return;
+        }
+        let pre = match self
+            .reread(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| self.compile(&path.display().to_string(), &bytes))
+        {
+            Ok(pre) => pre,
+            Err(e) => {
+                for (name, _) in &tenants {
+                    warn!(
+                        tenant = name,
+                        "component file changed but cannot be used, keeping the running version: {e:#}"
+                    );
                 }
-                Err(e) => warn!(
-                    tenant = name,
-                    "component file changed but cannot be used, keeping the running version: {e:#}"
-                ),
+                return;
             }
+        };
+        for (name, running_pre) in tenants {
+            // The same bytes (e.g. touched, or written back): nothing to do.
+            if Arc::ptr_eq(&pre, &running_pre) {
+                continue;
+            }
+            info!(tenant = name, file = %path.display(), "component file changed: swapping");
+            let Some(tenant) = self.running().get(&name).map(|r| r.tenant.clone()) else {
+                continue;
+            };
+            let config = TenantConfig {
+                component: source.clone(),
+                ..(*tenant.config()).clone()
+            };
+            let _ = self.swap_to(&name, Arc::new(config), pre.clone()).await;
         }
     }
 
@@ -694,7 +771,17 @@ pub struct ComponentWatcher {
     watcher: notify::RecommendedWatcher,
     events: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     watched: Vec<PathBuf>,
+    /// Changed files not acted on yet, and when each file was last acted
+    /// on: one is compiled at most once per [`WATCH_INTERVAL`], so a
+    /// tenant that can rewrite its file costs the host a bounded amount of
+    /// compiling (a change within the interval waits for its end, and is
+    /// not lost).
+    pending: std::collections::BTreeSet<PathBuf>,
+    acted: HashMap<PathBuf, std::time::Instant>,
 }
+
+/// The least time between two compiles of one watched file.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 impl ComponentWatcher {
     /// Starts watching the tenants' component files now (so no change after
@@ -711,6 +798,8 @@ impl ComponentWatcher {
             watcher,
             events,
             watched: Vec::new(),
+            pending: std::collections::BTreeSet::new(),
+            acted: HashMap::new(),
         };
         this.follow_tenants();
         Ok(this)
@@ -753,14 +842,24 @@ impl ComponentWatcher {
                     while let Ok(more) = self.events.try_recv() {
                         changed.extend(more);
                     }
-                    changed.sort();
-                    changed.dedup();
                     let files = self.control.component_files();
-                    for path in changed.iter().filter(|p| files.contains(p)) {
-                        self.control.component_file_changed(path).await;
-                    }
+                    self.pending.extend(changed.into_iter().filter(|p| files.contains(p)));
                 }
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let now = std::time::Instant::now();
+            self.acted
+                .retain(|_, at| now.duration_since(*at) < WATCH_INTERVAL);
+            let due: Vec<PathBuf> = self
+                .pending
+                .iter()
+                .filter(|p| !self.acted.contains_key(*p))
+                .cloned()
+                .collect();
+            for path in due {
+                self.pending.remove(&path);
+                self.acted.insert(path.clone(), std::time::Instant::now());
+                self.control.component_file_changed(&path).await;
             }
             self.follow_tenants();
         }
