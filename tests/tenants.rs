@@ -219,6 +219,47 @@ fn a_guest_that_panics_on_a_request_is_restarted_and_counted() {
 }
 
 #[test]
+fn a_guest_trapping_while_its_swap_is_under_way_is_restarted_and_reported_at_once() {
+    let manifest = with_neighbour("limits = { restart_backoff = \"50ms\" }");
+    let t = Tenants::start(&manifest, &["neighbour", "hostile"], &[]);
+    let neighbour = Neighbour::start(t.addr("neighbour"));
+    let started = |log: &str| log.matches("guest started tenant=\"hostile\"").count();
+    let before = started(&t.host.log());
+    // A reload swaps the tenant to a version that takes 4 s to listen.
+    t.rewrite(&manifest.replace(
+        "limits = {",
+        "env = { LISTEN_AFTER_MS = \"4000\" }\nlimits = {",
+    ));
+    let reload = {
+        let control = t.control.unwrap();
+        std::thread::spawn(move || http_post_as(control, "/reload", "", Some(CONTROL_TOKEN)))
+    };
+    wait_until("the new version started", || {
+        started(&t.host.log()) > before
+    });
+    // Meanwhile the running version traps: it is restarted after its
+    // backoff and its error is reported then, not once the swap is over.
+    let trapped = Instant::now();
+    fire(t.addr("hostile"), "panic");
+    t.wait_status("hostile", "restarted", |s| {
+        count(s, "restarts") >= 1
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("trapped"))
+    });
+    let took = trapped.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "restarted {took:?} after the trap, with the swap still under way"
+    );
+    assert!(t.host.log().contains("guest 'hostile' trapped"));
+    let (code, body) = reload.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(order(&mut connect(t.addr("hostile")), "env LISTEN_AFTER_MS").starts_with("ok 4000"));
+    neighbour.assert_all_answered();
+}
+
+#[test]
 fn the_connection_cap_resets_clients_past_it_before_the_guest_sees_them() {
     let t = Tenants::start(
         &with_neighbour("limits = { max_connections = 5 }"),

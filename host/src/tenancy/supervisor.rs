@@ -429,97 +429,134 @@ pub fn pooled() {
     DRAINING_LIMIT.store(MAX_DRAINING_POOLED, Ordering::Relaxed);
 }
 
-/// Starts `pre` beside `current` and, once all its instances listen, makes
-/// it current; the old instances drain in the background (in `draining`).
-/// On failure `current` is untouched and keeps serving.
-async fn swap(
-    engine: &Engine,
-    tenant: &Arc<Tenant>,
-    current: &mut Version,
-    config: Arc<TenantConfig>,
-    pre: Arc<Prepared>,
-    draining: &mut VecDeque<(u64, JoinHandle<()>)>,
-) -> Result<Duration, String> {
-    let started = Instant::now();
-    let mut next = Version::start(engine, tenant, pre, config.clone(), true);
-    let (generation, count) = (next.generation, next.slots.len());
-    let ended = |(index, outcome): (usize, Result<(), GuestError>), when: &str| {
+/// A swap under way: the new version's instances starting beside the
+/// current ones. The supervisor drives it beside its supervision of the
+/// current version (whose instances may end, and be restarted, meanwhile).
+struct PendingSwap {
+    next: Version,
+    started: Instant,
+    /// How long the new version took to listen, once it has: it must then
+    /// stay up for [`SWAP_SETTLE`].
+    listened: Option<Duration>,
+    /// When it fails for not listening ([`SWAP_TIMEOUT`]), or, once it
+    /// listened, when it has settled.
+    deadline: tokio::time::Instant,
+    reply: oneshot::Sender<Result<Duration, String>>,
+}
+
+impl PendingSwap {
+    /// Starts `pre` beside the current version; it takes over new
+    /// connections once all its instances listen.
+    fn start(
+        engine: &Engine,
+        tenant: &Arc<Tenant>,
+        config: Arc<TenantConfig>,
+        pre: Arc<Prepared>,
+        reply: oneshot::Sender<Result<Duration, String>>,
+    ) -> Self {
+        PendingSwap {
+            next: Version::start(engine, tenant, pre, config, true),
+            started: Instant::now(),
+            listened: None,
+            deadline: tokio::time::Instant::now() + SWAP_TIMEOUT,
+            reply,
+        }
+    }
+
+    /// Why the swap fails: instance `index` of the new version ended with
+    /// `outcome`.
+    fn ended(&self, (index, outcome): (usize, Result<(), GuestError>)) -> String {
+        let count = self.next.slots.len();
         let which = if count > 1 {
             format!("instance {index} of the new version")
         } else {
             "the new version".to_owned()
         };
+        let when = match (self.listened, count > 1) {
+            (Some(_), _) => "just after it listened",
+            (None, true) => "before all its instances listened",
+            (None, false) => "before it listened",
+        };
         match outcome {
             Ok(()) => format!("{which} exited {when}"),
             Err(e) => format!("{which} failed {when}: {e}"),
         }
-    };
-    let listened = tokio::select! {
-        // Listening wins a tie: the failure is then caught while settling.
-        biased;
-        () = tenant.until_current(generation) => Ok(()),
-        end = next.next_ended() => Err(ended(end, if count > 1 {
-            "before all its instances listened"
-        } else {
-            "before it listened"
-        })),
-        () = tokio::time::sleep(SWAP_TIMEOUT) => Err(if count > 1 {
-            let listening = next.slots.iter().filter(|s| s.account.is_listening()).count();
-            format!("{listening} of the new version's {count} instances listened within {SWAP_TIMEOUT:?}")
+    }
+
+    /// Why the swap fails: its deadline passed before it listened.
+    fn timed_out(&self) -> String {
+        let count = self.next.slots.len();
+        if count > 1 {
+            let listening = self
+                .next
+                .slots
+                .iter()
+                .filter(|s| s.account.is_listening())
+                .count();
+            format!(
+                "{listening} of the new version's {count} instances listened within {SWAP_TIMEOUT:?}"
+            )
         } else {
             format!("the new version did not listen within {SWAP_TIMEOUT:?}")
-        }),
-    };
-    let took = started.elapsed();
-    let settled = match listened {
-        Ok(()) => tokio::select! {
-            end = next.next_ended() => Err(ended(end, "just after it listened")),
-            () = tokio::time::sleep(SWAP_SETTLE) => Ok(()),
-        },
-        Err(why) => Err(why),
-    };
-    if let Err(why) = settled {
+        }
+    }
+
+    /// Gives the swap up: the new version is stopped and `current` takes
+    /// new connections again, whatever the new one did before it failed.
+    async fn fail(mut self, tenant: &Arc<Tenant>, current: &Version, why: String) {
         // Gone for good before the old version takes over again, so none
         // of its instances can listen (and take over) after that.
-        next.stop().await;
-        // The old version takes new connections again, whatever the new
-        // one did before it failed; running if any of its instances
-        // listens (the supervisor restarts the others).
-        if tenant.restore_current(generation, current.generation, current.accounts()) {
+        self.next.stop().await;
+        // Running if any of the old version's instances listens (the
+        // supervisor restarts the others).
+        if tenant.restore_current(self.next.generation, current.generation, current.accounts()) {
             tenant.set_state(if current.any_listening() {
                 State::Running
             } else {
                 State::Restarting
             });
         }
-        return Err(why);
+        let _ = self.reply.send(Err(why));
     }
-    let drain = config.limits.drain_timeout;
-    tenant.set_config(config);
-    let old = std::mem::replace(current, next);
-    let name = tenant.name().to_owned();
-    info!(
-        tenant = name,
-        generation,
-        instances = count,
-        ms = took.as_millis(),
-        "swapped to a new version"
-    );
-    draining.retain(|(_, task)| !task.is_finished());
-    let limit = DRAINING_LIMIT.load(Ordering::Relaxed);
-    if draining.len() >= limit
-        && let Some((generation, oldest)) = draining.pop_front()
-    {
-        oldest.abort();
-        warn!(
+
+    /// Completes the swap: the new version is current, and the old one
+    /// drains in the background (in `draining`).
+    fn complete(
+        self,
+        tenant: &Arc<Tenant>,
+        current: &mut Version,
+        draining: &mut VecDeque<(u64, JoinHandle<()>)>,
+    ) {
+        let took = self.listened.unwrap_or_default();
+        let (generation, count) = (self.next.generation, self.next.slots.len());
+        let config = self.next.config.clone();
+        let drain = config.limits.drain_timeout;
+        tenant.set_config(config);
+        let old = std::mem::replace(current, self.next);
+        let name = tenant.name().to_owned();
+        info!(
             tenant = name,
             generation,
-            "{limit} replaced versions were draining: dropped the oldest, closing its connections"
+            instances = count,
+            ms = took.as_millis(),
+            "swapped to a new version"
         );
+        draining.retain(|(_, task)| !task.is_finished());
+        let limit = DRAINING_LIMIT.load(Ordering::Relaxed);
+        if draining.len() >= limit
+            && let Some((generation, oldest)) = draining.pop_front()
+        {
+            oldest.abort();
+            warn!(
+                tenant = name,
+                generation,
+                "{limit} replaced versions were draining: dropped the oldest, closing its connections"
+            );
+        }
+        let replaced = old.generation;
+        draining.push_back((replaced, tokio::spawn(drain_then_drop(name, old, drain))));
+        let _ = self.reply.send(Ok(took));
     }
-    let replaced = old.generation;
-    draining.push_back((replaced, tokio::spawn(drain_then_drop(name, old, drain))));
-    Ok(took)
 }
 
 /// Lets each instance of a replaced version finish its connections, up to
@@ -573,26 +610,100 @@ pub async fn supervise(
 ) -> Result<(), GuestError> {
     let mut current = Version::start(&engine, &tenant, pre, tenant.config(), false);
     let mut draining = VecDeque::new();
+    let mut swapping: Option<PendingSwap> = None;
+    // The current version stopped for good while a swap was under way:
+    // the tenant ends so unless the swap succeeds.
+    let mut ended: Option<(Result<(), GuestError>, State)> = None;
     loop {
         let restart_at = current.next_restart();
+        let (awaited, deadline) = match &swapping {
+            Some(p) => (
+                p.listened.is_none().then_some(p.next.generation),
+                Some(p.deadline),
+            ),
+            None => (None, None),
+        };
         tokio::select! {
+            // Listening wins a tie with the new version's failure: the
+            // failure is then caught while it settles.
+            biased;
+            () = until_current(&tenant, awaited), if awaited.is_some() => {
+                if let Some(p) = &mut swapping {
+                    p.listened = Some(p.started.elapsed());
+                    p.deadline = tokio::time::Instant::now() + SWAP_SETTLE;
+                }
+            }
+            end = next_of(&mut swapping), if swapping.is_some() => {
+                if let Some(p) = swapping.take() {
+                    let why = p.ended(end);
+                    p.fail(&tenant, &current, why).await;
+                }
+            }
+            () = sleep_until(deadline), if deadline.is_some() => {
+                if let Some(p) = swapping.take() {
+                    if p.listened.is_some() {
+                        p.complete(&tenant, &mut current, &mut draining);
+                        // The new version serves: the old one's end is
+                        // history.
+                        ended = None;
+                    } else {
+                        let why = p.timed_out();
+                        p.fail(&tenant, &current, why).await;
+                    }
+                }
+            }
             (index, outcome) = current.next_ended() => {
                 if let Some(end) = instance_ended(&tenant, &mut current, index, outcome) {
-                    return end;
+                    if swapping.is_none() {
+                        return give_up(&tenant, end);
+                    }
+                    ended = Some(end);
                 }
             }
             () = sleep_until(restart_at), if restart_at.is_some() => {
                 current.restart_due(&engine, &tenant);
             }
-            Some(command) = commands.recv() => match command {
+            Some(command) = commands.recv(), if swapping.is_none() => match command {
                 Command::Swap { config, pre, reply } => {
-                    let result =
-                        swap(&engine, &tenant, &mut current, config, pre, &mut draining).await;
-                    let _ = reply.send(result);
+                    swapping = Some(PendingSwap::start(&engine, &tenant, config, pre, reply));
                 }
             },
         }
+        if swapping.is_none()
+            && let Some(end) = ended.take()
+        {
+            return give_up(&tenant, end);
+        }
     }
+}
+
+/// Resolves once `generation` takes over (never without one).
+async fn until_current(tenant: &Tenant, generation: Option<u64>) {
+    match generation {
+        Some(generation) => tenant.until_current(generation).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when an instance of the swap's new version ends (never
+/// without a swap).
+async fn next_of(swapping: &mut Option<PendingSwap>) -> (usize, Result<(), GuestError>) {
+    match swapping {
+        Some(p) => p.next.next_ended().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Nobody will serve the tenant's addresses: they refuse rather than
+/// queue (before the state says so), and the tenant is left `state`.
+/// Returns the supervisor's result.
+fn give_up(
+    tenant: &Tenant,
+    (outcome, state): (Result<(), GuestError>, State),
+) -> Result<(), GuestError> {
+    tenant.close_listeners();
+    tenant.set_state(state);
+    outcome
 }
 
 /// Sleeps until `at` (forever without one).
@@ -605,14 +716,15 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// Applies the restart policy to instance `index` of `version`, which
 /// ended with `outcome`: a restart after its backoff, or left stopped; a
-/// crash loop gives the whole tenant up. Returns the supervisor's result
-/// once nothing of the tenant is left to run.
+/// crash loop gives the whole tenant up. Returns the supervisor's result,
+/// and the state to leave the tenant in, once nothing of the version is
+/// left to run (see [`give_up`]).
 fn instance_ended(
     tenant: &Arc<Tenant>,
     version: &mut Version,
     index: usize,
     outcome: Result<(), GuestError>,
-) -> Option<Result<(), GuestError>> {
+) -> Option<(Result<(), GuestError>, State)> {
     let name = tenant.name().to_owned();
     let limits = version.config.limits.clone();
     if let Err(e) = &outcome {
@@ -646,15 +758,12 @@ fn instance_ended(
             return None;
         }
         let failed = version.slots.iter_mut().find_map(|s| s.last_error.take());
-        // Nobody will serve its addresses: refuse rather than queue (before
-        // the state says so).
-        tenant.close_listeners();
-        tenant.set_state(if failed.is_some() {
+        let state = if failed.is_some() {
             State::Failed
         } else {
             State::Stopped
-        });
-        return Some(failed.map_or(Ok(()), Err));
+        };
+        return Some((failed.map_or(Ok(()), Err), state));
     }
 
     let slot = &mut version.slots[index];
@@ -683,15 +792,13 @@ fn instance_ended(
                 .err()
                 .map_or("clean exit".to_owned(), ToString::to_string)
         ));
-        tenant.close_listeners();
-        tenant.set_state(State::Failed);
         // Its siblings run the same broken version: stopped with it
         // (dropping an instance stops it).
         for slot in &mut version.slots {
             slot.running = None;
             slot.restart_at = None;
         }
-        return Some(outcome);
+        return Some((outcome, State::Failed));
     }
     slot.recent_restarts.push_back(now);
 
