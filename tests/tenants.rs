@@ -260,6 +260,37 @@ fn a_guest_trapping_while_its_swap_is_under_way_is_restarted_and_reported_at_onc
 }
 
 #[test]
+fn a_failed_reload_of_a_failed_tenant_leaves_it_exactly_as_it_was() {
+    let manifest = with_neighbour("limits = { restart = \"never\" }");
+    let t = Tenants::start(&manifest, &["neighbour", "hostile"], &[]);
+    let addr = t.addr("hostile");
+    fire(addr, "panic");
+    let before = t.wait_status("hostile", "failed", |s| s["state"] == "failed");
+    // The reload changes its component (to one that traps at start), its
+    // limits and its addresses: it fails, and none of it is applied.
+    let trap = test_guest("trap-at-start").display().to_string();
+    t.rewrite(
+        &manifest
+            .replace(&hostile_guest().display().to_string(), &trap)
+            .replace(
+                "listen = [\"127.0.0.1:0\"]\nlimits = { restart",
+                "listen = [\"127.0.0.1:0\", \"127.0.0.3:0\"]\nlimits = { max_connections = 7, restart",
+            ),
+    );
+    let (code, body) = t.post("/reload", "");
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(report["failed"]["hostile"].is_string(), "{report}");
+    let after = t.status("hostile");
+    for key in ["component", "listen", "state", "generation"] {
+        assert_eq!(after[key], before[key], "{key}: {after}");
+    }
+    // Its address refuses connections, as it did before the reload.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+    assert_seed_reply(&round_trip(&mut connect(t.addr("neighbour")), b"fine\n"));
+}
+
+#[test]
 fn the_connection_cap_resets_clients_past_it_before_the_guest_sees_them() {
     let t = Tenants::start(
         &with_neighbour("limits = { max_connections = 5 }"),

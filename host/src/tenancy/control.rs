@@ -385,6 +385,7 @@ impl Control {
         pre: Pre,
     ) -> Result<Duration, String> {
         let started = std::time::Instant::now();
+        let (old_config, old_state) = (tenant.config(), tenant.state());
         let mut opened = Vec::new();
         for addr in &config.listen {
             if tenant.listener(*addr).is_none() {
@@ -403,17 +404,47 @@ impl Control {
             tenant.clone(),
             inbox,
         ));
-        if let Some(r) = self.running().get_mut(name) {
-            r.commands = commands;
-            r.pre = pre;
-            // Replacing the handle of the supervisor that ended.
-            r.task = Some(task);
+        let previous = self.running().get_mut(name).map(|r| {
+            (
+                std::mem::replace(&mut r.commands, commands),
+                std::mem::replace(&mut r.pre, pre),
+                // Replacing the handle of the supervisor that ended.
+                r.task.replace(task),
+            )
+        });
+        info!(tenant = name, "restarting a {old_state} tenant on request");
+        let outcome = self.until_started(tenant, started).await;
+        if outcome.is_err() {
+            // All or nothing, as a failed swap of a running tenant: the
+            // attempt is stopped, and the tenant is left as it was: its
+            // configuration, its state, its addresses closed.
+            let attempt = previous.and_then(|(commands, pre, task)| {
+                let mut running = self.running();
+                let r = running.get_mut(name)?;
+                r.commands = commands;
+                r.pre = pre;
+                std::mem::replace(&mut r.task, task)
+            });
+            if let Some(attempt) = attempt {
+                // Gone before the state is restored, so it cannot write it.
+                attempt.abort();
+                let _ = attempt.await;
+            }
+            tenant.close_listeners();
+            tenant.set_config(old_config);
+            tenant.set_state(old_state);
         }
-        info!(
-            tenant = name,
-            "restarting a {} tenant on request",
-            tenant.state()
-        );
+        outcome
+    }
+
+    /// Waits until `tenant`, started again at `started`, runs: how long it
+    /// took, or why it does not.
+    async fn until_started(
+        &self,
+        tenant: &Tenant,
+        started: std::time::Instant,
+    ) -> Result<Duration, String> {
+        let name = tenant.name();
         loop {
             match tenant.state() {
                 State::Running => {
