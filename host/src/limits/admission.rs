@@ -440,6 +440,9 @@ const REAP_AFTER: Duration = Duration::from_millis(100);
 /// connection cap and its guest is not accepting (a guest that accepts has
 /// them reset as it asks: see [`Admission::admit`]), so they learn at once rather
 /// than wait in the listen queue.
+/// Clients the reaper resets per listener per tick, at most.
+const MAX_REAPED_PER_TICK: usize = 256;
+
 #[derive(Debug, Default)]
 struct CapReaper {
     running: AtomicBool,
@@ -478,8 +481,13 @@ impl CapReaper {
                         continue;
                     }
                     for listener in listeners.listeners() {
-                        // Non-blocking: the listener is shared with the guest.
-                        while open() >= cap {
+                        // Non-blocking: the listener is shared with the
+                        // guest. At most so many per tick: a flood cannot
+                        // hold this thread.
+                        for _ in 0..MAX_REAPED_PER_TICK {
+                            if open() < cap {
+                                break;
+                            }
                             let Ok((client, peer)) = listener.accept() else {
                                 break;
                             };

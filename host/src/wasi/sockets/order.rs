@@ -39,6 +39,11 @@ struct Window {
     era: u64,
     /// Readers with data that wait for room, oldest first.
     queue: VecDeque<Arc<Ticket>>,
+    /// Tickets in `queue` whose readers cancelled: dropped from the front
+    /// as they reach it, and all at once when they are half the queue, so
+    /// a guest starting and cancelling reads over and over behind a reader
+    /// that waits cannot grow the queue without bound.
+    cancelled: usize,
 }
 
 /// A reader's place in the queue.
@@ -96,6 +101,17 @@ impl Window {
             .is_some_and(|t| t.left.load(std::sync::atomic::Ordering::Relaxed))
         {
             self.queue.pop_front();
+            self.cancelled = self.cancelled.saturating_sub(1);
+        }
+    }
+
+    /// A reader waiting in the queue cancelled.
+    fn cancelled_one(&mut self) {
+        self.cancelled += 1;
+        if self.cancelled * 2 > self.queue.len() {
+            self.queue
+                .retain(|t| !t.left.load(std::sync::atomic::Ordering::Relaxed));
+            self.cancelled = 0;
         }
     }
 
@@ -104,6 +120,7 @@ impl Window {
         while let Some(front) = self.queue.front() {
             if front.left.load(std::sync::atomic::Ordering::Relaxed) {
                 self.queue.pop_front();
+                self.cancelled = self.cancelled.saturating_sub(1);
                 continue;
             }
             if self.in_flight < WINDOW
@@ -201,7 +218,9 @@ impl Reader {
     pub fn cancelled(&mut self) {
         if let Some(mine) = self.waiting.take() {
             mine.left.store(true, std::sync::atomic::Ordering::Relaxed);
-            self.order.lock().wake_front();
+            let mut window = self.order.lock();
+            window.cancelled_one();
+            window.wake_front();
         }
     }
 }
@@ -232,6 +251,29 @@ mod tests {
     fn waker() -> (Arc<Count>, Waker) {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         (count.clone(), Waker::from(count))
+    }
+
+    #[test]
+    fn reads_started_and_cancelled_over_and_over_behind_a_waiting_one_keep_the_queue_small() {
+        let order = ReadOrder::default();
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let mut full: Vec<Reader> = (0..WINDOW).map(|_| order.reader()).collect();
+        for reader in &mut full {
+            assert!(reader.may_finish(&mut cx));
+        }
+        let mut front = order.reader();
+        assert!(!front.may_finish(&mut cx));
+        let mut churn = order.reader();
+        for _ in 0..10_000 {
+            assert!(!churn.may_finish(&mut cx));
+            churn.cancelled();
+        }
+        let queued = order.lock().queue.len();
+        assert!(queued <= 3, "{queued} tickets queued");
+        // The one waiting is still first in line.
+        full[0].came_back();
+        assert!(front.may_finish(&mut cx));
     }
 
     #[test]

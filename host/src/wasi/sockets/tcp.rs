@@ -28,6 +28,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
+/// Queued clients one accept call may refuse (at a cap) or find gone
+/// before it returns `would-block` for now.
+const MAX_PASSED_OVER: u32 = 64;
+
 /// Socket options a guest may set; applied to connected sockets. Durations
 /// in nanoseconds, as WASI gives them.
 #[derive(Debug, Clone, Copy)]
@@ -877,7 +881,15 @@ impl AcceptFrom<'_> {
             return Err(SocketError::WouldBlock);
         }
         admission.guest_accepting();
+        // Clients refused or gone, past which this call gives its thread
+        // back (the listener stays ready, so the guest's next accept goes
+        // on): a flood of clients at the cap cannot hold the guest thread,
+        // and the tenants sharing it, in one call.
+        let mut passed_over = 0;
         loop {
+            if passed_over >= MAX_PASSED_OVER {
+                return Err(SocketError::WouldBlock);
+            }
             // Through the readiness: an accept that finds the queue empty
             // clears it only if nothing arrived meanwhile, so no wakeup is
             // lost between an empty queue and the next wait. No waker is
@@ -888,7 +900,10 @@ impl AcceptFrom<'_> {
                 // The client gave up while queued, or Linux reported a
                 // network error of that client's on the listener: take the
                 // next one (WASI leaves both to the host to absorb).
-                Err(e) if is_client_error(&e) => continue,
+                Err(e) if is_client_error(&e) => {
+                    passed_over += 1;
+                    continue;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     crate::limits::admission::took_client(self.instance);
                     return Err(SocketError::WouldBlock);
@@ -907,6 +922,7 @@ impl AcceptFrom<'_> {
             crate::limits::admission::took_client(self.instance);
             admission.took_client();
             let Some(client) = admission.admit(account, client, peer, cap, per_peer) else {
+                passed_over += 1;
                 continue;
             };
             // Registering with the event loop can fail (out of memory,
