@@ -2,8 +2,8 @@
 //! halves in crate::wasi::sockets::stream.
 
 use crate::limits::connection::Policed;
-use crate::wasi::sockets::stream::{Receiver, Sender, StreamFailure};
-use crate::wasi::sockets::tcp::TcpSocket;
+use crate::wasi::sockets::stream::{Batched, Receiver, Sender, StreamFailure};
+use crate::wasi::sockets::tcp::{Halves, TcpSocket};
 use crate::wasi::view::GuestWasi;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -14,24 +14,34 @@ use wasmtime_wasi::p2::{
 };
 
 /// Pushes the input and output streams of `stream` as children of `socket`,
-/// the input one known to the fast poll.
+/// the input one known to the fast poll, and tells the socket of them (its
+/// `shutdown` closes them).
 pub fn push_streams(
     state: &mut GuestWasi,
     socket: &Resource<TcpSocket>,
     stream: &Arc<TcpStream>,
     policed: Arc<Policed>,
 ) -> wasmtime::Result<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
-    let input: DynInputStream = Box::new(Reader(Receiver::new(
-        stream.clone(),
-        policed.clone(),
-        state.fast.optimistic.clone(),
-    )));
-    let output: DynOutputStream = Box::new(Writer(Sender::new(
-        stream.clone(),
-        policed,
-        state.tenant.clone(),
-    )));
+    let read_shut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let input: DynInputStream = Box::new(Reader(
+        Receiver::new(
+            stream.clone(),
+            policed.clone(),
+            state.fast.optimistic.clone(),
+        )
+        .closed_by(read_shut.clone()),
+    ));
+    let sender = Batched::new(Sender::new(stream.clone(), policed, state.tenant.clone()));
+    let halves = Halves {
+        read_shut,
+        writer: Arc::downgrade(&sender),
+    };
+    let output: DynOutputStream = Box::new(Writer {
+        sender,
+        stream: stream.clone(),
+    });
     let table = state.table();
+    table.get_mut(socket)?.attach(halves);
     let input = table.push_child(input, socket)?;
     // Both or neither: a stream left behind would keep the connection
     // open and make the socket's drop fail.
@@ -49,8 +59,13 @@ pub fn push_streams(
 /// The read half of a connection, as a `wasi:io` input stream.
 struct Reader(Receiver);
 
-/// The write half of a connection, as a `wasi:io` output stream.
-struct Writer(Sender);
+/// The write half of a connection, as a `wasi:io` output stream: shared
+/// with its socket, whose `shutdown(send)` sends what it holds.
+struct Writer {
+    sender: Arc<Batched>,
+    /// The connection, to wait on without holding the write half.
+    stream: Arc<TcpStream>,
+}
 
 /// The `wasi:io` error for a stream failure.
 fn stream_error(failure: StreamFailure) -> StreamError {
@@ -76,26 +91,31 @@ impl InputStream for Reader {
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for Writer {
+    /// Ready once what was written is sent (or sending failed).
     async fn ready(&mut self) {
-        self.0.ready().await;
+        while self.sender.lock().send_waiting() {
+            if self.stream.writable().await.is_err() {
+                return;
+            }
+        }
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl OutputStream for Writer {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.0.write(bytes).map_err(stream_error)
+        self.sender.lock().write(bytes).map_err(stream_error)
     }
 
     fn flush(&mut self) -> StreamResult<()> {
-        self.0.flush().map_err(stream_error)
+        self.sender.lock().flush().map_err(stream_error)
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        self.0.check_write().map_err(stream_error)
+        self.sender.lock().check_write().map_err(stream_error)
     }
 
     async fn cancel(&mut self) {
-        self.0.linger();
+        self.sender.lock().linger();
     }
 }

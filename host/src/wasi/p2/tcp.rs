@@ -5,7 +5,7 @@
 
 use super::streams::push_streams;
 use crate::wasi::poll::Fast;
-use crate::wasi::sockets::tcp::{Connection, Options, TcpSocket};
+use crate::wasi::sockets::tcp::{Buffer, Connection, Options, TcpSocket, buffer_request};
 use crate::wasi::sockets::{Family, SocketError};
 use crate::wasi::view::{GuestWasi, WasiHost};
 use std::net::SocketAddr;
@@ -163,8 +163,9 @@ impl HostTcpSocket for GuestWasi {
         local: IpSocketAddress,
     ) -> Answer<()> {
         let (grant, claims) = (self.grant.clone(), self.claims.clone());
+        let cap = self.limits.max_outbound_connections;
         let socket = self.table().get_mut(&this)?;
-        answer(socket.start_bind(SocketAddr::from(local), &grant, &claims))
+        answer(socket.start_bind(SocketAddr::from(local), &grant, &claims, cap))
     }
 
     fn finish_bind(&mut self, this: Resource<TcpSocket>) -> Answer<()> {
@@ -313,14 +314,11 @@ impl HostTcpSocket for GuestWasi {
     }
 
     fn receive_buffer_size(&mut self, this: Resource<TcpSocket>) -> Answer<u64> {
-        Ok(Ok(self.table().get(&this)?.buffer_size(
-            |o| o.receive_buffer,
-            socket2::Socket::recv_buffer_size,
-        )))
+        Ok(Ok(self.table().get(&this)?.buffer_size(Buffer::Receive)))
     }
 
     fn set_receive_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> Answer<()> {
-        let size = usize::try_from(value).unwrap_or(usize::MAX);
+        let size = buffer_request(value);
         self.set_nonzero(
             &this,
             size,
@@ -330,14 +328,11 @@ impl HostTcpSocket for GuestWasi {
     }
 
     fn send_buffer_size(&mut self, this: Resource<TcpSocket>) -> Answer<u64> {
-        Ok(Ok(self.table().get(&this)?.buffer_size(
-            |o| o.send_buffer,
-            socket2::Socket::send_buffer_size,
-        )))
+        Ok(Ok(self.table().get(&this)?.buffer_size(Buffer::Send)))
     }
 
     fn set_send_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> Answer<()> {
-        let size = usize::try_from(value).unwrap_or(usize::MAX);
+        let size = buffer_request(value);
         self.set_nonzero(
             &this,
             size,

@@ -7,7 +7,7 @@
 
 use super::bindings::{NoUdpSocket, error_code};
 use super::streams::{Clients, Incoming, Outgoing};
-use crate::wasi::sockets::tcp::{Options, TcpSocket};
+use crate::wasi::sockets::tcp::{Buffer, Options, TcpSocket, buffer_request};
 use crate::wasi::sockets::{Family, SocketError};
 use crate::wasi::view::{GuestWasi, WasiHost};
 use std::net::SocketAddr;
@@ -89,22 +89,13 @@ impl<T: WasiHost> HostTcpSocketWithStore<T> for HasSelf<GuestWasi> {
         this: Resource<TcpSocket>,
     ) -> Answer<StreamReader<Resource<TcpSocket>>> {
         let wasi = access.get();
-        let (grant, claims) = (wasi.grant.clone(), wasi.claims.clone());
+        let grant = wasi.grant.clone();
         let socket = socket(wasi, &this)?;
         // WASI 0.3 binds an unbound socket implicitly, to an ephemeral
         // port of the wildcard address: never a granted listen address,
-        // so the listen that follows is refused (and logged) by the grant.
+        // so the listen is refused (and logged) as the grant's.
         if socket.is_fresh() {
-            let any = match socket.family() {
-                Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], 0)),
-                Family::Ipv6 => SocketAddr::from(([0u16; 8], 0)),
-            };
-            if let Err(e) = socket
-                .start_bind(any, &grant, &claims)
-                .and_then(|()| socket.finish_bind())
-            {
-                return Ok(Err(error_code(e)));
-            }
+            return Ok(Err(error_code(socket.refuse_unbound_listen())));
         }
         let listening = socket
             .start_listen(&grant)
@@ -203,10 +194,11 @@ impl HostTcpSocket for GuestWasi {
 
     fn bind(&mut self, this: Resource<TcpSocket>, local: IpSocketAddress) -> Answer<()> {
         let (grant, claims) = (self.grant.clone(), self.claims.clone());
+        let cap = self.limits.max_outbound_connections;
         let socket = socket(self, &this)?;
         answer(
             socket
-                .start_bind(SocketAddr::from(local), &grant, &claims)
+                .start_bind(SocketAddr::from(local), &grant, &claims, cap)
                 .and_then(|()| socket.finish_bind()),
         )
     }
@@ -307,14 +299,11 @@ impl HostTcpSocket for GuestWasi {
     }
 
     fn get_receive_buffer_size(&mut self, this: Resource<TcpSocket>) -> Answer<u64> {
-        Ok(Ok(socket(self, &this)?.buffer_size(
-            |o| o.receive_buffer,
-            socket2::Socket::recv_buffer_size,
-        )))
+        Ok(Ok(socket(self, &this)?.buffer_size(Buffer::Receive)))
     }
 
     fn set_receive_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> Answer<()> {
-        let size = usize::try_from(value).unwrap_or(usize::MAX);
+        let size = buffer_request(value);
         self.set_nonzero_p3(
             &this,
             size,
@@ -324,14 +313,11 @@ impl HostTcpSocket for GuestWasi {
     }
 
     fn get_send_buffer_size(&mut self, this: Resource<TcpSocket>) -> Answer<u64> {
-        Ok(Ok(socket(self, &this)?.buffer_size(
-            |o| o.send_buffer,
-            socket2::Socket::send_buffer_size,
-        )))
+        Ok(Ok(socket(self, &this)?.buffer_size(Buffer::Send)))
     }
 
     fn set_send_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> Answer<()> {
-        let size = usize::try_from(value).unwrap_or(usize::MAX);
+        let size = buffer_request(value);
         self.set_nonzero_p3(
             &this,
             size,

@@ -316,23 +316,29 @@ impl<D> StreamConsumer<D> for Outgoing {
         let this = &mut *self;
         let mut src = src.as_direct(store);
         let mut sender = this.sender.lock();
-        if src.remaining().is_empty() {
-            return match sender.poll_ready(cx) {
-                Poll::Ready(()) => Poll::Ready(Ok(StreamResult::Completed)),
-                Poll::Pending => pending(finish),
-            };
-        }
-        match sender.poll_take(cx, src.remaining()) {
+        let taken = if src.remaining().is_empty() {
+            sender.poll_ready(cx).map(|()| Ok(0))
+        } else {
+            sender.poll_take(cx, src.remaining())
+        };
+        drop(sender);
+        match taken {
             Poll::Ready(Ok(n)) => {
                 src.mark_read(n);
-                drop(sender);
-                this.batch.add(&this.sender);
+                if n > 0 {
+                    this.batch.add(&this.sender);
+                }
                 Poll::Ready(Ok(StreamResult::Completed))
             }
             Poll::Ready(Err(failure)) => {
                 end(&mut this.done, failure, Err(ErrorCode::ConnectionBroken))
             }
-            Poll::Pending => pending(finish),
+            Poll::Pending => {
+                // Bytes wait: the batch's flush sends them and wakes this
+                // write (crate::wasi::sockets::stream::Sender::poll_take).
+                this.batch.add(&this.sender);
+                pending(finish)
+            }
         }
     }
 }

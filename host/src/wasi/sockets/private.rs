@@ -125,6 +125,19 @@ impl PrivateNet {
         Err(Refused::Full)
     }
 
+    /// The private port `addr` itself, if the instance has not taken it
+    /// and holds fewer than [`MAX_PORTS`].
+    pub fn take(&self, addr: SocketAddr) -> Option<Arc<Port>> {
+        let mut net = self.lock();
+        if net.taken.len() >= MAX_PORTS || !net.taken.insert(addr.port()) {
+            return None;
+        }
+        Some(Arc::new(Port {
+            net: self.clone(),
+            addr,
+        }))
+    }
+
     /// Whether `addr` is one of this instance's private listeners.
     pub fn is_listening(&self, addr: &SocketAddr) -> bool {
         self.lock()
@@ -133,17 +146,19 @@ impl PrivateNet {
             .is_some_and(|q| q.strong_count() > 0)
     }
 
-    /// Connects to the private listener at `to` from a new private port:
-    /// the client's end of the pair and its port, the other end queued
-    /// for the listener's `accept`. `None` if no listener is there.
+    /// Connects to the private listener at `to` from port `from` (one the
+    /// client socket bound) or a new private port: the client's end of
+    /// the pair and its port, the other end queued for the listener's
+    /// `accept`. `None` if no listener is there.
     pub fn connect(
         &self,
         to: SocketAddr,
         reserved: &[u16],
         account: &Arc<Account>,
+        from: Option<Arc<Port>>,
     ) -> Option<Result<PrivateConnection, Refused>> {
         let queue = self.lock().listeners.get(&to).and_then(Weak::upgrade)?;
-        let port = match self.bind(to.ip(), reserved) {
+        let port = match from.map_or_else(|| self.bind(to.ip(), reserved), Ok) {
             Ok(port) => port,
             Err(refused) => return Some(Err(refused)),
         };
@@ -318,11 +333,14 @@ mod tests {
         let net = PrivateNet::default();
         let port = net.bind(LOCALHOST, &[]).unwrap();
         assert!(
-            net.connect(port.addr, &[], &account).is_none(),
+            net.connect(port.addr, &[], &account, None).is_none(),
             "not listening yet"
         );
         let queue = port.listen();
-        let client = net.connect(port.addr, &[], &account).unwrap().unwrap();
+        let client = net
+            .connect(port.addr, &[], &account, None)
+            .unwrap()
+            .unwrap();
         let server = queue.pop().unwrap();
         assert_eq!(
             (server.ends.local, server.ends.remote),
@@ -337,7 +355,7 @@ mod tests {
         // Another instance's loopback has no such listener.
         assert!(
             PrivateNet::default()
-                .connect(port.addr, &[], &account)
+                .connect(port.addr, &[], &account, None)
                 .is_none()
         );
         // The port is held until both ends are gone.

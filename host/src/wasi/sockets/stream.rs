@@ -40,6 +40,10 @@ pub struct Receiver {
     sends: Option<SendBatch>,
     /// The instance uses ready sets (see crate::wasi::poll::FastPoll).
     optimistic: Arc<AtomicBool>,
+    /// Set by the socket's `shutdown(receive)` (WASI 0.2): the stream is
+    /// closed from then on, and what the kernel still holds is discarded
+    /// (Linux would go on handing it out).
+    shut: Option<Arc<AtomicBool>>,
 }
 
 impl Receiver {
@@ -52,7 +56,21 @@ impl Receiver {
             policed,
             sends: None,
             optimistic,
+            shut: None,
         }
+    }
+
+    /// The same, closed once `shut` is set (by `shutdown(receive)`).
+    pub fn closed_by(mut self, shut: Arc<AtomicBool>) -> Self {
+        self.shut = Some(shut);
+        self
+    }
+
+    /// Whether the socket was shut down for receiving.
+    fn is_shut(&self) -> bool {
+        self.shut
+            .as_ref()
+            .is_some_and(|shut| shut.load(Ordering::Relaxed))
     }
 
     /// The same, whose connection's replies wait in `sends` (WASI 0.3):
@@ -64,7 +82,7 @@ impl Receiver {
 
     /// Waits until a read returns data or the end.
     pub async fn ready(&mut self) {
-        if !self.eof {
+        if !self.eof && !self.is_shut() {
             let _ = self.stream.readable().await;
         }
     }
@@ -72,7 +90,8 @@ impl Receiver {
     /// Up to `size` bytes received (none if none are waiting), the end of
     /// the stream, or a failure.
     pub fn read(&mut self, size: usize) -> Result<Bytes, StreamFailure> {
-        if self.eof {
+        if self.eof || self.is_shut() {
+            self.eof = true;
             return Err(StreamFailure::Closed);
         }
         if size == 0 {
@@ -209,6 +228,15 @@ pub struct Sender {
     /// tokio has seen the socket writable (a write through it succeeded):
     /// from then on its readiness is the whole truth.
     seen_writable: bool,
+    /// A WASI 0.3 write waiting for the bytes before it to be sent: woken
+    /// by the end-of-turn flush ([`SendBatch::flush`]) once they are. Only
+    /// the flush watches the socket's write readiness while bytes wait:
+    /// tokio keeps one waker per direction, and a second watcher would
+    /// take it from the first (the write would then wait forever).
+    waiting: Option<std::task::Waker>,
+    /// `shutdown(send)` was called (WASI 0.2): the stream is closed, and
+    /// what it still held is sent before the end of the stream.
+    shut: bool,
 }
 
 /// Longest the host keeps sending what a guest wrote before it closed the
@@ -231,6 +259,8 @@ impl Sender {
             policed,
             tenant,
             seen_writable: false,
+            waiting: None,
+            shut: false,
         }
     }
 
@@ -304,28 +334,44 @@ impl Sender {
         if self.failed.is_some() {
             return std::task::Poll::Ready(());
         }
+        if !self.pending.is_empty() {
+            // The flush watches the socket while bytes wait (`waiting`).
+            let _ = self.drain();
+            if !self.pending.is_empty() && self.failed.is_none() {
+                self.wait_for_flush(cx);
+                return std::task::Poll::Pending;
+            }
+            return std::task::Poll::Ready(());
+        }
         self.stream.poll_write_ready(cx).map(|_| ())
+    }
+
+    /// Leaves `cx` to be woken by the end-of-turn flush once the bytes
+    /// waiting are sent (see `waiting`).
+    fn wait_for_flush(&mut self, cx: &std::task::Context<'_>) {
+        match &mut self.waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
     }
 
     /// Takes bytes from `data` into the send buffer, sent at the end of
     /// the guest's turn by [`SendBatch::flush`] (WASI 0.3): how many, or a
     /// failure; pending (with `cx` woken) while the last bytes taken are
     /// still unsent and the socket takes none, so at most [`MAX_IO`] bytes
-    /// wait per connection.
+    /// wait per connection. The connection must be in the instance's
+    /// batch, whose flush wakes `cx` once they are sent.
     pub fn poll_take(
         &mut self,
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<Result<usize, StreamFailure>> {
         use std::task::Poll;
-        while !self.pending.is_empty() {
+        if !self.pending.is_empty() {
             self.drain()?;
-            if self.pending.is_empty() {
-                break;
-            }
-            if let Err(e) = std::task::ready!(self.stream.poll_write_ready(cx)) {
-                self.failed = Some(e.kind());
-                return Poll::Ready(Err(failure(e.kind())));
+            if !self.pending.is_empty() {
+                self.wait_for_flush(cx);
+                return Poll::Pending;
             }
         }
         if let Some(kind) = self.failed {
@@ -341,6 +387,13 @@ impl Sender {
         Poll::Ready(Ok(data.len()))
     }
 
+    /// Sends what the socket takes now of what waits: whether some still
+    /// waits (and can be sent).
+    pub fn send_waiting(&mut self) -> bool {
+        let _ = self.drain();
+        self.has_pending()
+    }
+
     /// Whether bytes taken wait to be sent.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty() && self.failed.is_none()
@@ -352,16 +405,23 @@ impl Sender {
     }
 
     /// Sends what the socket takes of the buffer; if some is left, `cx` is
-    /// woken once the socket takes more. Returns whether some is left.
+    /// woken once the socket takes more. Returns whether some is left;
+    /// when none is, the write waiting for it (`waiting`) is woken.
     fn flush_into(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         loop {
             if self.drain().is_err() || self.pending.is_empty() {
+                if let Some(waker) = self.waiting.take() {
+                    waker.wake();
+                }
                 return false;
             }
             match self.stream.poll_write_ready(cx) {
                 std::task::Poll::Pending => return true,
                 std::task::Poll::Ready(Err(e)) => {
                     self.failed = Some(e.kind());
+                    if let Some(waker) = self.waiting.take() {
+                        waker.wake();
+                    }
                     return false;
                 }
                 std::task::Poll::Ready(Ok(_)) => {}
@@ -370,8 +430,9 @@ impl Sender {
     }
 }
 
-/// A connection's write half shared between its WASI 0.3 send stream and
-/// the instance's [`SendBatch`].
+/// A connection's write half, shared: between a WASI 0.3 send stream and
+/// the instance's [`SendBatch`], or between a WASI 0.2 output stream and
+/// its socket, whose `shutdown(send)` sends what waits before the end.
 pub struct Batched {
     /// The write half.
     pub sender: std::sync::Mutex<Sender>,
@@ -462,6 +523,9 @@ impl Sender {
 
     /// Writes `bytes`, within the permit of the last `check_write`.
     pub fn write(&mut self, bytes: Bytes) -> Result<(), StreamFailure> {
+        if self.shut {
+            return Err(StreamFailure::Closed);
+        }
         if bytes.len() > self.permit {
             return Err(StreamFailure::Trap(format!(
                 "write of {} bytes past the {} that check-write permitted",
@@ -492,6 +556,9 @@ impl Sender {
     /// Starts sending everything written so far: `check_write` permits
     /// nothing until it is sent.
     pub fn flush(&mut self) -> Result<(), StreamFailure> {
+        if self.shut {
+            return Err(StreamFailure::Closed);
+        }
         self.drain()?;
         self.flushing = !self.pending.is_empty();
         Ok(())
@@ -499,6 +566,9 @@ impl Sender {
 
     /// How many bytes may be written now.
     pub fn check_write(&mut self) -> Result<usize, StreamFailure> {
+        if self.shut {
+            return Err(StreamFailure::Closed);
+        }
         self.drain()?;
         if self.pending.is_empty() {
             self.flushing = false;
@@ -509,6 +579,14 @@ impl Sender {
             MAX_IO - self.pending.len()
         };
         Ok(self.permit)
+    }
+
+    /// `shutdown(send)` (WASI 0.2): the stream is closed for the guest;
+    /// what it holds is sent, off the guest's thread, before the end of
+    /// the stream, as when a WASI 0.3 send stream is dropped.
+    pub fn shut_down(&mut self) {
+        self.shut = true;
+        self.linger_then(Some(std::net::Shutdown::Write));
     }
 
     /// The connection is being closed: what the guest wrote and the socket

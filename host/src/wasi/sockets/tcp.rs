@@ -18,7 +18,7 @@ use super::{Family, SocketError};
 use crate::account::InstanceAccount;
 use crate::limits::admission::{GateWaiter, OpenConnection, Outbound, is_resource_error};
 use crate::limits::connection::Policed;
-use crate::policy::{Grant, log_refusal};
+use crate::policy::{Grant, Refusal, log_refusal};
 use crate::wasi::seam::Tenancy;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -237,6 +237,25 @@ pub struct Hold {
     _ends: Option<Arc<Ends>>,
 }
 
+/// What a WASI 0.2 connected socket knows of its streams, which are
+/// resources of their own: `shutdown` closes them.
+pub struct Halves {
+    /// Set by `shutdown(receive)`: the input stream reads as closed.
+    pub read_shut: Arc<std::sync::atomic::AtomicBool>,
+    /// The output stream's write half: `shutdown(send)` sends what it
+    /// holds before the end of the stream.
+    pub writer: std::sync::Weak<super::stream::Batched>,
+}
+
+/// Which kernel buffer of a socket.
+#[derive(Debug, Clone, Copy)]
+pub enum Buffer {
+    /// `SO_RCVBUF`.
+    Receive,
+    /// `SO_SNDBUF`.
+    Send,
+}
+
 /// A connection as it is handed to the guest: the socket, the stream its
 /// input and output streams read and write, and its policing.
 pub struct Connection {
@@ -267,6 +286,18 @@ pub struct TcpSocket {
     /// Which halves of a connection WASI 0.3 has handed out (`receive`,
     /// `send`): each once.
     taken: (bool, bool),
+    /// The streams of a WASI 0.2 connection, for `shutdown`.
+    halves: Option<Halves>,
+    /// The options of a WASI 0.3 listener, shared with its stream of
+    /// clients, which may outlive it: a client accepted takes the options
+    /// the listener has then (as the kernel's listening socket passes its
+    /// own on), not those it had at `listen`.
+    listen_options: Option<Arc<std::sync::Mutex<Options>>>,
+    /// A real socket bound to the wildcard address (a client's explicit
+    /// bind before it connects, as `0.0.0.0:0`): its port is the one the
+    /// guest is told, and the connect goes out from it. Counted against
+    /// the outbound cap from the bind (`outbound`).
+    wildcard: Option<tokio::net::TcpSocket>,
 }
 
 impl TcpSocket {
@@ -291,6 +322,9 @@ impl TcpSocket {
             outbound: None,
             private: None,
             taken: (false, false),
+            halves: None,
+            listen_options: None,
+            wildcard: None,
         }
     }
 
@@ -337,19 +371,22 @@ impl TcpSocket {
     }
 
     /// `start-bind`: to a granted address only, one socket per address per
-    /// instance.
+    /// instance; or to the wildcard address, port 0, for a connect to go
+    /// out from (a real bind, counted against the outbound cap of `cap`).
     pub fn start_bind(
         &mut self,
         addr: SocketAddr,
         grant: &Grant,
         claims: &Claims,
+        cap: u32,
     ) -> Result<(), SocketError> {
         match self.state {
             State::Fresh => {}
             State::BindStarted(_) => return Err(SocketError::ConcurrencyConflict),
             _ => return Err(SocketError::InvalidState),
         }
-        if Family::of(&addr) != self.family || is_ipv4_mapped(&addr) {
+        // Checked before any permission, as WASI orders its errors.
+        if !is_valid_address(&addr, self.family) {
             return Err(SocketError::InvalidArgument);
         }
         if private::is_private_bind(&addr) {
@@ -365,15 +402,52 @@ impl TcpSocket {
             log_refusal(self.tenant.account(), refusal, addr);
             return Err(SocketError::AccessDenied);
         }
-        // The implicit bind of a connect (wildcard, port 0) claims nothing.
-        if !addr.ip().is_unspecified() || addr.port() != 0 {
-            let Some(claim) = Claim::take(claims, addr) else {
-                return Err(SocketError::AddressInUse);
-            };
-            self.claim = Some(Arc::new(claim));
+        if addr.ip().is_unspecified() && addr.port() == 0 {
+            let bound = self.bind_wildcard(addr, cap)?;
+            self.state = State::BindStarted(bound);
+            return Ok(());
         }
+        let Some(claim) = Claim::take(claims, addr) else {
+            return Err(SocketError::AddressInUse);
+        };
+        self.claim = Some(Arc::new(claim));
         self.state = State::BindStarted(addr);
         Ok(())
+    }
+
+    /// Binds a real socket to the wildcard address `addr` (port 0): the
+    /// kernel picks the port, which the guest is told at once and its
+    /// connect goes out from. Nothing can listen on it (no grant names a
+    /// wildcard), and it takes an outbound slot of the tenant's `cap`.
+    fn bind_wildcard(&mut self, addr: SocketAddr, cap: u32) -> Result<SocketAddr, SocketError> {
+        let account = self.tenant.account();
+        let Some(slot) = Outbound::take(account, cap) else {
+            let name = account.name();
+            account.refuse(
+                crate::account::Capability::TcpBind,
+                format_args!(
+                    "bind {addr} to connect from: {name} has {cap} outbound connections open, its cap"
+                ),
+            );
+            return Err(SocketError::NewSocketLimit);
+        };
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6().and_then(|socket| {
+                socket2::SockRef::from(&socket).set_only_v6(true)?;
+                Ok(socket)
+            }),
+        };
+        let bound = socket.and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            let local = socket.local_addr()?;
+            Ok((socket, local))
+        });
+        let (socket, local) = bound.map_err(|e| accept_error(&e))?;
+        self.wildcard = Some(socket);
+        self.outbound = Some(Arc::new(slot));
+        Ok(local)
     }
 
     /// `finish-bind`.
@@ -403,44 +477,70 @@ impl TcpSocket {
             }
             _ => return Err(SocketError::InvalidState),
         }
-        if Family::of(&addr) != self.family
-            || addr.port() == 0
-            || addr.ip().is_unspecified()
-            || is_ipv4_mapped(&addr)
-        {
+        if !is_valid_address(&addr, self.family) || addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(SocketError::InvalidArgument);
         }
-        // A socket bound to a private port connects nowhere: its address
-        // exists only inside the instance.
-        if self.private.is_some() {
-            return Err(SocketError::InvalidState);
-        }
         let account = self.tenant.account();
-        // One of this instance's private listeners (super::private).
-        if addr.ip().is_loopback()
-            && let Some(connected) = claims.private.connect(addr, &grant.ports(), account)
-        {
-            let connection = connected.map_err(|why| self.refuse_private(why, "connect", addr))?;
-            self.state = State::PrivateConnectDone(connection);
-            return Ok(());
+        // One of this instance's private listeners (super::private), from
+        // the port this socket bound, if it bound one.
+        if addr.ip().is_loopback() {
+            let from = self.private_source(addr, claims);
+            if let Some(connected) = claims.private.connect(addr, &grant.ports(), account, from) {
+                let connection =
+                    connected.map_err(|why| self.refuse_private(why, "connect", addr))?;
+                self.wildcard = None;
+                self.outbound = None;
+                self.state = State::PrivateConnectDone(connection);
+                return Ok(());
+            }
+        }
+        // A private port exists only inside the instance: no connection
+        // to the world can go out from it.
+        if let Some(port) = &self.private {
+            let from = port.addr;
+            account.refuse(
+                crate::account::Capability::TcpConnect,
+                format_args!(
+                    "connect to {addr} from {from}: a private loopback port reaches only its instance's listeners"
+                ),
+            );
+            return Err(SocketError::AccessDenied);
         }
         if let Some(refusal) = grant.decide(addr, SocketAddrUse::TcpConnect) {
             log_refusal(account, refusal, addr);
             return Err(SocketError::AccessDenied);
         }
-        let Some(slot) = Outbound::take(account, cap) else {
-            let name = account.name();
-            account.refuse(
-                crate::account::Capability::TcpConnect,
-                format_args!(
-                    "connect to {addr}: {name} has {cap} outbound connections open, its cap"
-                ),
-            );
-            return Err(SocketError::NewSocketLimit);
-        };
-        self.outbound = Some(Arc::new(slot));
-        self.state = State::Connecting(Box::pin(connect(addr, self.options, self.family)));
+        // A socket bound to the wildcard took its slot when it bound.
+        if self.outbound.is_none() {
+            let Some(slot) = Outbound::take(account, cap) else {
+                let name = account.name();
+                account.refuse(
+                    crate::account::Capability::TcpConnect,
+                    format_args!(
+                        "connect to {addr}: {name} has {cap} outbound connections open, its cap"
+                    ),
+                );
+                return Err(SocketError::NewSocketLimit);
+            };
+            self.outbound = Some(Arc::new(slot));
+        }
+        let bound = self.wildcard.take();
+        self.state = State::Connecting(Box::pin(connect(addr, self.options, self.family, bound)));
         Ok(())
+    }
+
+    /// The private port a connect to `to` goes out from: the one this
+    /// socket bound, or, for a socket bound to the wildcard, that port on
+    /// `to`'s address if the instance has not taken it (else a new one).
+    fn private_source(&self, to: SocketAddr, claims: &Claims) -> Option<Arc<private::Port>> {
+        if let Some(port) = &self.private {
+            return Some(port.clone());
+        }
+        let State::Bound(bound) = self.state else {
+            return None;
+        };
+        self.wildcard.as_ref()?;
+        claims.private.take(SocketAddr::new(to.ip(), bound.port()))
     }
 
     /// `finish-connect`: the connection, policed as the tenant's clients
@@ -503,6 +603,10 @@ impl TcpSocket {
         &mut self,
         connection: PrivateConnection,
     ) -> (Arc<TcpStream>, Arc<Policed>) {
+        // The options set (on a listener, for its clients) apply as on a
+        // real connection; those a socket pair has not (TCP's) are ignored.
+        self.options
+            .apply(&socket2::SockRef::from(&connection.stream), self.family);
         let stream = Arc::new(connection.stream);
         let policed = Policed::unpoliced(self.tenant.account(), connection.ends.remote);
         self.state = State::Connected {
@@ -692,10 +796,15 @@ impl TcpSocket {
 
     /// A listening socket's clients, for a stream of them that may outlive
     /// the socket (WASI 0.3 `listen`); `None` unless listening.
-    pub fn acceptor(&self) -> Option<Acceptor> {
+    pub fn acceptor(&mut self) -> Option<Acceptor> {
+        let readiness = self.accept_readiness()?;
+        let options = self
+            .listen_options
+            .get_or_insert_with(|| Arc::new(std::sync::Mutex::new(self.options)))
+            .clone();
         Some(Acceptor {
-            readiness: self.accept_readiness()?,
-            options: self.options,
+            readiness,
+            options,
             family: self.family,
             _hold: self.hold(),
         })
@@ -732,6 +841,18 @@ impl TcpSocket {
     /// such a socket implicitly, to an ephemeral port.
     pub fn is_fresh(&self) -> bool {
         matches!(self.state, State::Fresh)
+    }
+
+    /// Refuses (and logs) a WASI 0.3 `listen` on a fresh socket: the
+    /// implicit bind is to an ephemeral port of the wildcard address,
+    /// which no grant names.
+    pub fn refuse_unbound_listen(&self) -> SocketError {
+        let any = match self.family {
+            Family::Ipv4 => SocketAddr::from(([0, 0, 0, 0], 0)),
+            Family::Ipv6 => SocketAddr::from(([0u16; 8], 0)),
+        };
+        log_refusal(self.tenant.account(), Refusal::Bind, any);
+        SocketError::AccessDenied
     }
 
     /// Ready once an outbound connect has finished (at once for a socket
@@ -801,22 +922,32 @@ impl TcpSocket {
         apply: fn(&Options, &socket2::SockRef<'_>, Family),
     ) {
         store(&mut self.options);
+        if let Some(shared) = &self.listen_options {
+            *shared.lock().unwrap_or_else(|p| p.into_inner()) = self.options;
+        }
         if let Some(sock) = self.sock_ref() {
             apply(&self.options, &sock, self.family);
         }
     }
 
-    /// A kernel buffer size of a connected socket (what was asked for, or
-    /// a typical default, before it connects).
-    pub fn buffer_size(
-        &self,
-        asked: fn(&Options) -> Option<usize>,
-        get: fn(&socket2::Socket) -> std::io::Result<usize>,
-    ) -> u64 {
-        self.sock_ref()
-            .and_then(|s| get(&s).ok())
-            .or(asked(&self.options))
-            .unwrap_or(131_072) as u64
+    /// A kernel buffer size, as a size set reads back: the connected
+    /// socket's, halved (Linux doubles what it is asked for, for its own
+    /// bookkeeping, and reports that; wasmtime halves it too); before the
+    /// socket connects, what was asked for, or a fresh socket's default.
+    pub fn buffer_size(&self, which: Buffer) -> u64 {
+        let asked = match which {
+            Buffer::Receive => self.options.receive_buffer,
+            Buffer::Send => self.options.send_buffer,
+        };
+        let kernel = self.sock_ref().and_then(|sock| match which {
+            Buffer::Receive => sock.recv_buffer_size().ok(),
+            Buffer::Send => sock.send_buffer_size().ok(),
+        });
+        let size = match kernel {
+            Some(doubled) => doubled / 2,
+            None => asked.unwrap_or_else(|| default_buffer(which)),
+        };
+        size as u64
     }
 
     /// A direct check of whether a client may be accepted, for a
@@ -838,14 +969,38 @@ impl TcpSocket {
         }
     }
 
-    /// `shutdown`.
+    /// The streams of this (WASI 0.2) connection, which `shutdown` closes.
+    pub fn attach(&mut self, halves: Halves) {
+        self.halves = Some(halves);
+    }
+
+    /// `shutdown`: receiving closes the input stream (what the kernel still
+    /// holds is discarded), sending closes the output stream after the
+    /// bytes it holds are sent (off the guest's thread, as when a stream is
+    /// dropped), then the end of the stream.
     pub fn shutdown(&self, how: std::net::Shutdown) -> Result<(), SocketError> {
+        use std::net::Shutdown;
         let Some(sock) = self.sock_ref() else {
             return Err(SocketError::InvalidState);
         };
-        // A peer that is already gone makes this fail; the socket is done
-        // either way.
-        let _ = sock.shutdown(how);
+        // A peer that is already gone makes a shutdown fail; the socket is
+        // done either way.
+        if matches!(how, Shutdown::Read | Shutdown::Both) {
+            if let Some(halves) = &self.halves {
+                halves
+                    .read_shut
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = sock.shutdown(Shutdown::Read);
+        }
+        if matches!(how, Shutdown::Write | Shutdown::Both) {
+            match self.halves.as_ref().and_then(|h| h.writer.upgrade()) {
+                Some(writer) => writer.lock().shut_down(),
+                None => {
+                    let _ = sock.shutdown(Shutdown::Write);
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -980,8 +1135,8 @@ impl AcceptFrom<'_> {
 /// address while it lives.
 pub struct Acceptor {
     readiness: AcceptReadiness,
-    /// The listener's options, which its clients inherit.
-    options: Options,
+    /// The listener's options as they are now, which its clients inherit.
+    options: Arc<std::sync::Mutex<Options>>,
     /// The listener's address family.
     family: Family,
     /// Keeps the listening socket's claim on its address.
@@ -989,6 +1144,11 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    /// The listener's options now.
+    fn options(&self) -> Options {
+        *self.options.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Ready when a client may be accepted (see [`AcceptReadiness`]).
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.readiness.poll(cx)
@@ -1016,7 +1176,7 @@ impl Acceptor {
                 std::task::ready!(queue.poll_ready(cx));
                 if let Some(connection) = queue.pop() {
                     let listener = TcpSocket {
-                        options: self.options,
+                        options: self.options(),
                         ..TcpSocket::new(self.family, instance.clone(), tenant.clone())
                     };
                     return Poll::Ready(Ok(listener.private_client(connection)));
@@ -1027,7 +1187,7 @@ impl Acceptor {
             listener,
             tenant,
             instance,
-            options: self.options,
+            options: self.options(),
         };
         loop {
             std::task::ready!(self.readiness.poll(cx));
@@ -1157,17 +1317,70 @@ fn client_waiting(listener: &TcpListener) -> bool {
     n != 0
 }
 
-/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`): WASI sockets are
-/// IPv6-only, and refuse these with `invalid-argument`.
-fn is_ipv4_mapped(addr: &SocketAddr) -> bool {
-    matches!(addr, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some())
+/// Whether a socket of `family` may bind or connect to `addr` at all
+/// (else `invalid-argument`, before any permission is looked at, as WASI
+/// says): the socket's family; for IPv6 neither an IPv4 address written
+/// as IPv6 (`::ffff:a.b.c.d`: WASI sockets are IPv6-only) nor the
+/// deprecated IPv4-compatible form (`::a.b.c.d`); and a unicast address
+/// (not multicast, not the IPv4 broadcast).
+fn is_valid_address(addr: &SocketAddr, family: Family) -> bool {
+    if Family::of(addr) != family {
+        return false;
+    }
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => !ip.is_multicast() && !ip.is_broadcast(),
+        std::net::IpAddr::V6(ip) => {
+            let compatible = matches!(ip.segments(), [0, 0, 0, 0, 0, 0, _, _])
+                && !ip.is_unspecified()
+                && !ip.is_loopback();
+            ip.to_ipv4_mapped().is_none() && !compatible && !ip.is_multicast()
+        }
+    }
 }
 
-/// Connects to `addr` with the socket options the guest set before.
-async fn connect(addr: SocketAddr, options: Options, family: Family) -> std::io::Result<TcpStream> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => {
+/// The buffer size a guest's `set-*-buffer-size(value)` asks of the
+/// kernel: capped where the kernel's argument ends (a hint, as WASI says;
+/// zero is refused before this).
+pub fn buffer_request(value: u64) -> usize {
+    usize::try_from(value.min(i32::MAX as u64)).unwrap_or(usize::MAX)
+}
+
+/// A fresh TCP socket's kernel buffer size, halved as
+/// [`TcpSocket::buffer_size`] reports sizes (asked once per process).
+fn default_buffer(which: Buffer) -> usize {
+    static SIZES: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let (receive, send) = *SIZES.get_or_init(|| {
+        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        let size = |get: fn(&socket2::Socket) -> std::io::Result<usize>| {
+            probe
+                .as_ref()
+                .ok()
+                .and_then(|s| get(s).ok())
+                .map_or(65_536, |doubled| doubled / 2)
+        };
+        (
+            size(socket2::Socket::recv_buffer_size),
+            size(socket2::Socket::send_buffer_size),
+        )
+    });
+    match which {
+        Buffer::Receive => receive,
+        Buffer::Send => send,
+    }
+}
+
+/// Connects to `addr` with the socket options the guest set before, from
+/// the socket it bound, if it bound one.
+async fn connect(
+    addr: SocketAddr,
+    options: Options,
+    family: Family,
+    bound: Option<tokio::net::TcpSocket>,
+) -> std::io::Result<TcpStream> {
+    let socket = match (bound, addr) {
+        (Some(socket), _) => socket,
+        (None, SocketAddr::V4(_)) => tokio::net::TcpSocket::new_v4()?,
+        (None, SocketAddr::V6(_)) => {
             let socket = tokio::net::TcpSocket::new_v6()?;
             socket2::SockRef::from(&socket).set_only_v6(true)?;
             socket

@@ -8,13 +8,18 @@
 //! its receive stream: the client should see the end of the stream) and
 //! `gather N` (read a line from each of N more clients before answering
 //! any of them), `socketpair`, `socketpairs N` and `random-loop N` (as the
-//! 0.2 guest's).
+//! 0.2 guest's). And what wasmtime's own socket test programs check, over
+//! the instance's private loopback (as the 0.2 `socket-spec` guest's
+//! `check NAME`): `transfer N` (N bytes through a pair whose sender has
+//! a 1024-byte send buffer, in 256-byte writes, read as they come: all
+//! arrive, in order), `non-unicast`, `wildcard-bind`, `wildcard-connect
+//! ADDR`, `private-bind-connect`, `buffer-sizes`, `inherit-after-listen`.
 //! Serves one client at a time.
 #![cfg_attr(target_family = "wasm", no_main)]
 
 #[cfg(target_family = "wasm")]
 mod guest {
-    mod bindings {
+    pub mod bindings {
         wit_bindgen::generate!({
             path: "../../wit/p3",
             world: "tcphost:server/tcp-server-p3",
@@ -428,12 +433,339 @@ mod guest {
                 Ok(format!("{made} pairs{why}"))
             }
             "exit" => std::process::exit(arg.parse().unwrap_or(1)),
+            "transfer" => {
+                crate::reference::both(arg.parse().unwrap_or(0), crate::reference::transfer).await
+            }
+            "non-unicast" => crate::reference::non_unicast().await,
+            "wildcard-bind" => crate::reference::both(0, crate::reference::wildcard_bind).await,
+            "wildcard-connect" => match arg.parse::<SocketAddr>() {
+                Ok(addr) => crate::reference::wildcard_connect(addr).await,
+                Err(e) => return format!("bad address: {e}"),
+            },
+            "private-bind-connect" => {
+                crate::reference::both(0, crate::reference::private_bind_connect).await
+            }
+            "buffer-sizes" => crate::reference::both(0, crate::reference::buffer_sizes).await,
+            "inherit-after-listen" => {
+                crate::reference::both(0, crate::reference::inherit_after_listen).await
+            }
             _ => return format!("unknown command {verb:?}"),
         };
         match outcome {
             Ok(what) => format!("ok {what}"),
             Err(e) => format!("denied {e}"),
         }
+    }
+}
+
+/// The behaviours of wasmtime's socket test programs, checked here.
+#[cfg(target_family = "wasm")]
+mod reference {
+    use super::guest::bindings;
+    use bindings::wasi::sockets::types::{
+        ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
+        TcpSocket,
+    };
+    use std::net::SocketAddr;
+    use wit_bindgen::{StreamReader, StreamResult};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    type Checked = Result<String, String>;
+
+    /// `check` for IPv4, then IPv6.
+    pub async fn both<F: Future<Output = Checked>>(
+        arg: usize,
+        check: fn(IpAddressFamily, usize) -> F,
+    ) -> Checked {
+        let v4 = check(IpAddressFamily::Ipv4, arg)
+            .await
+            .map_err(|e| format!("IPv4: {e}"))?;
+        let v6 = check(IpAddressFamily::Ipv6, arg)
+            .await
+            .map_err(|e| format!("IPv6: {e}"))?;
+        Ok(format!("{v4}; {v6}"))
+    }
+
+    fn fail(what: &str) -> impl Fn(ErrorCode) -> String + '_ {
+        move |e| format!("{what}: {e:?}")
+    }
+
+    fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
+        match addr {
+            SocketAddr::V4(a) => {
+                let o = a.ip().octets();
+                IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    address: (o[0], o[1], o[2], o[3]),
+                    port: a.port(),
+                })
+            }
+            SocketAddr::V6(a) => {
+                let s = a.ip().segments();
+                IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                    address: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+                    port: a.port(),
+                    flow_info: 0,
+                    scope_id: 0,
+                })
+            }
+        }
+    }
+
+    fn from_wasi(addr: IpSocketAddress) -> SocketAddr {
+        match addr {
+            IpSocketAddress::Ipv4(a) => {
+                let (x0, x1, x2, x3) = a.address;
+                SocketAddr::from(([x0, x1, x2, x3], a.port))
+            }
+            IpSocketAddress::Ipv6(a) => {
+                let (x0, x1, x2, x3, x4, x5, x6, x7) = a.address;
+                SocketAddr::from(([x0, x1, x2, x3, x4, x5, x6, x7], a.port))
+            }
+        }
+    }
+
+    fn loopback(family: IpAddressFamily) -> SocketAddr {
+        match family {
+            IpAddressFamily::Ipv4 => ([127, 0, 0, 1], 0).into(),
+            IpAddressFamily::Ipv6 => ([0, 0, 0, 0, 0, 0, 0, 1], 0).into(),
+        }
+    }
+
+    fn wildcard(family: IpAddressFamily) -> SocketAddr {
+        match family {
+            IpAddressFamily::Ipv4 => ([0, 0, 0, 0], 0).into(),
+            IpAddressFamily::Ipv6 => ([0u16; 8], 0).into(),
+        }
+    }
+
+    /// A listener on the instance's private loopback and its clients.
+    fn listener(
+        family: IpAddressFamily,
+    ) -> Result<(TcpSocket, StreamReader<TcpSocket>, SocketAddr), String> {
+        let listener = TcpSocket::create(family).map_err(fail("create"))?;
+        listener
+            .bind(to_wasi(loopback(family)))
+            .map_err(fail("bind the listener"))?;
+        let clients = listener.listen().map_err(fail("listen"))?;
+        let addr = from_wasi(listener.get_local_address().map_err(fail("address"))?);
+        Ok((listener, clients, addr))
+    }
+
+    async fn next(clients: &mut StreamReader<TcpSocket>) -> Result<TcpSocket, String> {
+        loop {
+            let (result, mut got) = clients.read(Vec::with_capacity(1)).await;
+            if let Some(client) = got.pop() {
+                return Ok(client);
+            }
+            if let StreamResult::Dropped = result {
+                return Err("the listener's stream ended".into());
+            }
+        }
+    }
+
+    /// Connects `client` to `addr` and accepts it: the accepted socket.
+    async fn connect_and_accept(
+        client: &TcpSocket,
+        clients: &mut StreamReader<TcpSocket>,
+        addr: SocketAddr,
+    ) -> Result<TcpSocket, String> {
+        client
+            .connect(to_wasi(addr))
+            .await
+            .map_err(fail("connect"))?;
+        next(clients).await
+    }
+
+    pub async fn transfer(family: IpAddressFamily, size: usize) -> Checked {
+        let (_listener, mut clients, addr) = listener(family)?;
+        let client = TcpSocket::create(family).map_err(fail("create"))?;
+        let server = connect_and_accept(&client, &mut clients, addr).await?;
+        client
+            .set_send_buffer_size(1024)
+            .map_err(fail("send buffer"))?;
+        let (mut writer, data) = bindings::wit_stream::new::<u8>();
+        let sent = client.send(data);
+        let sending = wit_bindgen::spawn_local(async move {
+            let mut at = 0;
+            while at < size {
+                let chunk: Vec<u8> = (at..(at + 256).min(size))
+                    .map(|i| (i % 251) as u8)
+                    .collect();
+                at += chunk.len();
+                if !writer.write_all(chunk).await.is_empty() {
+                    return Err(format!("the send stream closed after {at} bytes"));
+                }
+            }
+            drop(writer);
+            sent.await.map_err(|e| format!("send: {e:?}"))
+        });
+        let (mut input, _) = server.receive();
+        let mut got = 0usize;
+        loop {
+            let (result, chunk) = input.read(Vec::with_capacity(4096)).await;
+            for byte in &chunk {
+                if *byte != (got % 251) as u8 {
+                    return Err(format!("byte {got} is {byte}"));
+                }
+                got += 1;
+            }
+            if let StreamResult::Dropped = result {
+                break;
+            }
+        }
+        sending.await.ok_or("the sending task ended")??;
+        if got != size {
+            return Err(format!("got {got} of {size} bytes"));
+        }
+        Ok(format!("{got} bytes"))
+    }
+
+    pub async fn non_unicast() -> Checked {
+        let addrs: [SocketAddr; 4] = [
+            ([255, 255, 255, 255], 47).into(),
+            ([224, 254, 0, 0], 47).into(),
+            ([0xff00, 0, 0, 0, 0, 0, 0, 0], 47).into(),
+            ([0, 0, 0, 0, 0, 0, 0x0102, 0x0304], 47).into(),
+        ];
+        for addr in addrs {
+            let family = match addr {
+                SocketAddr::V4(_) => IpAddressFamily::Ipv4,
+                SocketAddr::V6(_) => IpAddressFamily::Ipv6,
+            };
+            let socket = TcpSocket::create(family).map_err(fail("create"))?;
+            let got = socket.bind(to_wasi(addr));
+            if !matches!(got, Err(ErrorCode::InvalidArgument)) {
+                return Err(format!("bind {addr}: {got:?}"));
+            }
+            let socket = TcpSocket::create(family).map_err(fail("create"))?;
+            let got = socket.connect(to_wasi(addr)).await;
+            if !matches!(got, Err(ErrorCode::InvalidArgument)) {
+                return Err(format!("connect {addr}: {got:?}"));
+            }
+        }
+        Ok("invalid-argument".into())
+    }
+
+    pub async fn wildcard_bind(family: IpAddressFamily, _: usize) -> Checked {
+        let (_listener, mut clients, addr) = listener(family)?;
+        let client = TcpSocket::create(family).map_err(fail("create"))?;
+        client
+            .bind(to_wasi(wildcard(family)))
+            .map_err(fail("bind the wildcard"))?;
+        let bound = from_wasi(client.get_local_address().map_err(fail("bound address"))?);
+        if bound.port() == 0 || !bound.ip().is_unspecified() {
+            return Err(format!("bound to {bound}"));
+        }
+        let server = connect_and_accept(&client, &mut clients, addr).await?;
+        let local = from_wasi(client.get_local_address().map_err(fail("local"))?);
+        let peer = from_wasi(server.get_remote_address().map_err(fail("peer"))?);
+        if local.port() != bound.port() || peer != local {
+            return Err(format!(
+                "bound {bound}, connected from {local}, seen from {peer}"
+            ));
+        }
+        Ok(format!("port {} kept", bound.port()))
+    }
+
+    pub async fn wildcard_connect(to: SocketAddr) -> Checked {
+        let family = match to {
+            SocketAddr::V4(_) => IpAddressFamily::Ipv4,
+            SocketAddr::V6(_) => IpAddressFamily::Ipv6,
+        };
+        let client = TcpSocket::create(family).map_err(fail("create"))?;
+        client
+            .bind(to_wasi(wildcard(family)))
+            .map_err(fail("bind the wildcard"))?;
+        let bound = from_wasi(client.get_local_address().map_err(fail("bound address"))?);
+        client.connect(to_wasi(to)).await.map_err(fail("connect"))?;
+        let local = from_wasi(client.get_local_address().map_err(fail("local"))?);
+        if bound.port() == 0 || local.port() != bound.port() {
+            return Err(format!("bound {bound}, connected from {local}"));
+        }
+        Ok(format!("{}", local.port()))
+    }
+
+    pub async fn private_bind_connect(family: IpAddressFamily, _: usize) -> Checked {
+        let (_listener, mut clients, addr) = listener(family)?;
+        let client = TcpSocket::create(family).map_err(fail("create"))?;
+        client
+            .bind(to_wasi(loopback(family)))
+            .map_err(fail("bind the client"))?;
+        let bound = from_wasi(client.get_local_address().map_err(fail("bound address"))?);
+        let server = connect_and_accept(&client, &mut clients, addr).await?;
+        let local = from_wasi(client.get_local_address().map_err(fail("local"))?);
+        let peer = from_wasi(server.get_remote_address().map_err(fail("peer"))?);
+        if local != bound || peer != bound {
+            return Err(format!(
+                "bound {bound}, connected from {local}, seen from {peer}"
+            ));
+        }
+        Ok(format!("from {bound}"))
+    }
+
+    pub async fn buffer_sizes(family: IpAddressFamily, _: usize) -> Checked {
+        // Not 128 KiB: a private pair's own buffers read back as that.
+        const SIZE: u64 = 0x18000;
+        let sizes = |socket: &TcpSocket| -> Result<(u64, u64), String> {
+            Ok((
+                socket
+                    .get_receive_buffer_size()
+                    .map_err(fail("receive buffer"))?,
+                socket.get_send_buffer_size().map_err(fail("send buffer"))?,
+            ))
+        };
+        let (listener, mut clients, addr) = listener(family)?;
+        listener
+            .set_receive_buffer_size(SIZE)
+            .map_err(fail("set receive buffer"))?;
+        listener
+            .set_send_buffer_size(SIZE)
+            .map_err(fail("set send buffer"))?;
+        let client = TcpSocket::create(family).map_err(fail("create"))?;
+        client
+            .set_receive_buffer_size(SIZE)
+            .map_err(fail("set receive buffer"))?;
+        client
+            .set_send_buffer_size(SIZE)
+            .map_err(fail("set send buffer"))?;
+        let before = sizes(&client)?;
+        let server = connect_and_accept(&client, &mut clients, addr).await?;
+        let after = sizes(&client)?;
+        let accepted = sizes(&server)?;
+        let want = (SIZE, SIZE);
+        if before != want || after != want || accepted != want {
+            return Err(format!(
+                "set {SIZE}: read {before:?} before connecting, {after:?} after, {accepted:?} accepted"
+            ));
+        }
+        Ok(format!("{SIZE} throughout"))
+    }
+
+    pub async fn inherit_after_listen(family: IpAddressFamily, _: usize) -> Checked {
+        let (listener, mut clients, addr) = listener(family)?;
+        listener
+            .set_keep_alive_enabled(true)
+            .map_err(fail("keep-alive"))?;
+        listener
+            .set_keep_alive_idle_time(43 * SECOND)
+            .map_err(fail("idle time"))?;
+        listener.set_hop_limit(43).map_err(fail("hop limit"))?;
+        let client = TcpSocket::create(family).map_err(fail("create"))?;
+        let server = connect_and_accept(&client, &mut clients, addr).await?;
+        let got = (
+            server
+                .get_keep_alive_enabled()
+                .map_err(fail("keep-alive"))?,
+            server
+                .get_keep_alive_idle_time()
+                .map_err(fail("idle time"))?,
+            server.get_hop_limit().map_err(fail("hop limit"))?,
+        );
+        if got != (true, 43 * SECOND, 43) {
+            return Err(format!("the accepted socket has {got:?}"));
+        }
+        Ok("inherited".into())
     }
 }
 
