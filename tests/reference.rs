@@ -25,8 +25,9 @@ const NEIGHBOUR_LATENCY: Duration = Duration::from_secs(1);
 const STALL: Duration = Duration::from_secs(5);
 
 /// A host running the reference guest of this test's WASI version beside
-/// the seed guest, on one guest thread, with `extra` in the guest's tenant.
-fn beside_a_neighbour(extra: &str) -> Tenants {
+/// the seed guest, on one guest thread, with `limits` added to the guest's
+/// limits and `extra` to its tenant.
+fn beside_a_neighbour(limits: &str, extra: &str) -> Tenants {
     let guest = test_guest(if wasi_p3() {
         "hostile-p3"
     } else {
@@ -46,7 +47,7 @@ listen = ["127.0.0.1:0"]
 name = "reference"
 component = "{}"
 listen = ["127.0.0.1:0"]
-limits = {{ restart = "never" }}
+limits = {{ restart = "never"{limits} }}
 {extra}
 "#,
         guest.display()
@@ -74,7 +75,7 @@ fn check(t: &Tenants, name: &str) -> String {
 
 /// Asserts the guest's check `name` passed.
 fn passes(name: &str) {
-    let t = beside_a_neighbour("");
+    let t = beside_a_neighbour("", "");
     let answer = check(&t, name);
     assert!(answer.starts_with("ok "), "{name}: {answer}");
 }
@@ -112,7 +113,7 @@ fn a_bind_to_the_wildcard_is_a_real_one_whose_port_a_connect_keeps() {
     // listener sees comes from the port the guest was told at its bind.
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
     let to = outside.local_addr().unwrap();
-    let t = beside_a_neighbour(&format!("connect = [\"{to}\"]"));
+    let t = beside_a_neighbour("", &format!("connect = [\"{to}\"]"));
     let answer = check(&t, &format!("wildcard-connect {to}"));
     let port: u16 = answer
         .strip_prefix("ok ")
@@ -120,6 +121,24 @@ fn a_bind_to_the_wildcard_is_a_real_one_whose_port_a_connect_keeps() {
         .unwrap_or_else(|| panic!("{answer}"));
     let (_client, peer) = outside.accept().unwrap();
     assert_eq!(peer.port(), port, "the guest was told {port}");
+}
+
+#[test]
+fn wildcard_binds_count_against_the_outbound_cap_from_the_bind() {
+    // Each holds a real socket: a guest binding without end is held to
+    // its outbound cap (and told `new-socket-limit`), not the host's
+    // descriptors.
+    let t = beside_a_neighbour(", max_outbound_connections = 3", "");
+    let answer = check(&t, "wildcard-hoard 50");
+    // WASI 0.3 has no `new-socket-limit`: `other("new-socket-limit")`.
+    assert!(
+        answer.starts_with("ok 3 bound, then Some(")
+            && (answer.contains("NewSocketLimit") || answer.contains("new-socket-limit")),
+        "{answer}"
+    );
+    t.host.wait_for_log(
+        "bind 0.0.0.0:0 to connect from: reference has 3 outbound connections open, its cap",
+    );
 }
 
 #[test]
@@ -139,6 +158,7 @@ fn accepted_sockets_take_the_options_the_listener_has_when_they_are_accepted() {
 
 also_on_wasi_p3!(
     broadcast_and_multicast_addresses_are_invalid_arguments_before_any_grant,
+    wildcard_binds_count_against_the_outbound_cap_from_the_bind,
     a_bind_to_the_wildcard_is_a_real_one_whose_port_a_connect_keeps,
     a_client_bound_to_a_private_loopback_port_connects_from_it,
     buffer_sizes_read_back_as_set_before_and_after_connecting,

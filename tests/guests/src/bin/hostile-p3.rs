@@ -13,7 +13,8 @@
 //! `check NAME`): `transfer N` (N bytes through a pair whose sender has
 //! a 1024-byte send buffer, in 256-byte writes, read as they come: all
 //! arrive, in order), `non-unicast`, `wildcard-bind`, `wildcard-connect
-//! ADDR`, `private-bind-connect`, `buffer-sizes`, `inherit-after-listen`.
+//! ADDR`, `private-bind-connect`, `buffer-sizes`, `inherit-after-listen`,
+//! `wildcard-hoard N`.
 //! Serves one client at a time.
 #![cfg_attr(target_family = "wasm", no_main)]
 
@@ -449,6 +450,7 @@ mod guest {
             "inherit-after-listen" => {
                 crate::reference::both(0, crate::reference::inherit_after_listen).await
             }
+            "wildcard-hoard" => crate::reference::wildcard_hoard(arg.parse().unwrap_or(1)),
             _ => return format!("unknown command {verb:?}"),
         };
         match outcome {
@@ -684,6 +686,26 @@ mod reference {
             return Err(format!("bound {bound}, connected from {local}"));
         }
         Ok(format!("{}", local.port()))
+    }
+
+    /// Binds up to `n` sockets to `0.0.0.0:0` and holds them: how many
+    /// were bound, and the error that stopped the rest.
+    pub fn wildcard_hoard(n: usize) -> Checked {
+        let mut held = Vec::new();
+        let mut stopped = None;
+        for _ in 0..n {
+            let socket = TcpSocket::create(IpAddressFamily::Ipv4).map_err(fail("create"))?;
+            match socket.bind(to_wasi(wildcard(IpAddressFamily::Ipv4))) {
+                Ok(()) => held.push(socket),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        let bound = held.len();
+        std::mem::forget(held);
+        Ok(format!("{bound} bound, then {stopped:?}"))
     }
 
     pub async fn private_bind_connect(family: IpAddressFamily, _: usize) -> Checked {

@@ -16,7 +16,9 @@
 //! port), `private-bind-connect` (a client bound to a loopback port 0
 //! connects from it), `buffer-sizes` (a size set reads back as set,
 //! before and after connecting), `inherit-after-listen` (an accepted
-//! socket takes the listener's options as they are when it is accepted).
+//! socket takes the listener's options as they are when it is accepted),
+//! `wildcard-hoard N` (bind N sockets to `0.0.0.0:0` and hold them:
+//! answers how many were bound and what stopped the rest).
 #![cfg_attr(target_family = "wasm", no_main)]
 
 use std::net::SocketAddr;
@@ -223,6 +225,7 @@ mod reference {
             "private-bind-connect" => both(private_bind_connect),
             "buffer-sizes" => both(buffer_sizes),
             "inherit-after-listen" => both(inherit_after_listen),
+            "wildcard-hoard" => wildcard_hoard(arg.parse().map_err(|e| format!("{e}"))?),
             _ => Err(format!("unknown check {name:?}")),
         }
     }
@@ -488,6 +491,26 @@ mod reference {
             return Err(format!("bound {bound}, connected from {local}"));
         }
         Ok(format!("{}", local.port()))
+    }
+
+    /// Binds up to `n` sockets to `0.0.0.0:0` and holds them: how many
+    /// were bound, and the error that stopped the rest.
+    fn wildcard_hoard(n: usize) -> Checked {
+        let mut held = Vec::new();
+        let mut stopped = None;
+        for _ in 0..n {
+            let socket = create_tcp_socket(IpAddressFamily::Ipv4).map_err(fail("create"))?;
+            match bind(&socket, wildcard(IpAddressFamily::Ipv4)) {
+                Ok(()) => held.push(socket),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        let bound = held.len();
+        std::mem::forget(held);
+        Ok(format!("{bound} bound, then {stopped:?}"))
     }
 
     fn private_bind_connect(family: IpAddressFamily) -> Checked {
