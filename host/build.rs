@@ -33,7 +33,18 @@ const FORMS: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
+/// The environment variable that asks for the examples in other languages
+/// to be built and tested (tests/guests/build.rs builds them).
+const EXAMPLES: &str = "TCPHOST_EXAMPLES";
+
 fn main() {
+    // `cfg(tcphost_examples)`: the tests of the examples in other
+    // languages are compiled in (tests/examples.rs).
+    println!("cargo::rustc-check-cfg=cfg(tcphost_examples)");
+    println!("cargo:rerun-if-env-changed={EXAMPLES}");
+    if std::env::var(EXAMPLES).is_ok_and(|v| v == "1") {
+        println!("cargo:rustc-cfg=tcphost_examples");
+    }
     let dirs: Vec<PathBuf> = FORMS
         .iter()
         .map(|(_, args, target)| build_guests::build_with("guest", "guest", args, target))

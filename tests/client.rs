@@ -52,10 +52,12 @@ fn client_sends_each_stdin_line() {
 
 #[test]
 fn client_reports_a_refused_connection_in_one_line() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
+    // A port bound and not listening, held for the whole test: nothing
+    // can take it meanwhile, and a connect to it is refused.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
+    let free = held.local_addr().unwrap().as_socket().unwrap();
     let output = Command::new(client_bin())
         .args([&free.to_string(), "-m", "x"])
         .output()

@@ -2,6 +2,12 @@
 //! authors write servers and built with that language's own toolchain,
 //! served by the host over real TCP like any guest: several clients at
 //! once, each answered in the seed's protocol with the language's name.
+//!
+//! The Rust one always; the Python, C and JavaScript ones only when the
+//! build is asked for them with `TCPHOST_EXAMPLES=1` (their toolchains
+//! are pip, Debian's clang and npm, which a contributor may not have;
+//! CI sets it, and a missing tool fails the build there). Without it, one
+//! ignored test says so.
 
 mod common;
 
@@ -46,6 +52,7 @@ listen = ["127.0.0.1:0"]
 /// Opens `clients` connections to `addr` at once and has each send
 /// `rounds` messages, interleaved across the clients: every message gets
 /// one `{language} socket server : N` reply, N in 0..100.
+#[cfg_attr(not(tcphost_examples), allow(dead_code))]
 fn serve_interleaved(addr: std::net::SocketAddr, language: &str, clients: usize, rounds: usize) {
     let mut streams: Vec<TcpStream> = (0..clients).map(|_| connect(addr)).collect();
     let prefix = format!("{language} socket server : ");
@@ -117,6 +124,12 @@ fn serves_the_seed_protocol(t: &Tenants, name: &str, language: &str) {
 /// made on the instance's private loopback, and the start-up request for
 /// preopened directories is counted apart, not as a refusal.
 #[test]
+#[cfg(not(tcphost_examples))]
+#[ignore = "the Python, C and JavaScript examples were not built: run with TCPHOST_EXAMPLES=1 to build and test them"]
+fn the_python_c_and_javascript_examples() {}
+
+#[test]
+#[cfg(tcphost_examples)]
 fn a_python_asyncio_server_serves_several_clients_at_once() {
     let python = test_guests::example("python");
     let t = start(&manifest("python", &python), &["neighbour", "python"], &[]);
@@ -148,6 +161,7 @@ fn refusals(admin: std::net::SocketAddr, tenant: &str) -> f64 {
 /// send), built with clang against the WASI 0.2 C library: the listener's
 /// readiness is exact, so its accept never blocks the other clients.
 #[test]
+#[cfg(tcphost_examples)]
 fn a_c_poll_and_accept_server_serves_several_clients_at_once() {
     let c = test_guests::example("c");
     let t = start(&manifest("c", &c), &["neighbour", "c"], &[]);
@@ -180,6 +194,7 @@ fn a_rust_std_server_serves_several_clients_at_once() {
 /// listener and every connection), built with componentize-qjs
 /// (QuickJS): the supported path for JavaScript today.
 #[test]
+#[cfg(tcphost_examples)]
 fn a_javascript_server_built_with_componentize_qjs_serves_several_clients_at_once() {
     let js = test_guests::example("js");
     let t = start(&manifest("js", &js), &["neighbour", "js"], &[]);
@@ -201,6 +216,7 @@ fn a_javascript_server_built_with_componentize_qjs_serves_several_clients_at_onc
 /// class. ComponentizeJS issue #221. This test asserts today's state: when
 /// it fails, ComponentizeJS works, and the guide should say so.
 #[test]
+#[cfg(tcphost_examples)]
 fn known_failure_componentize_js_0_23_traps_at_its_first_sockets_call() {
     let js = test_guests::example("js-componentize-js");
     let t = start(

@@ -143,6 +143,8 @@ pub fn hostile_guest() -> PathBuf {
 struct Log {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// The process closed its stderr (it exited): no line will follow.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 /// A running host process, killed when dropped.
@@ -180,6 +182,7 @@ impl Host {
     }
 
     fn spawn(command: &mut Command) -> Host {
+        raise_open_file_limit();
         if two_instances() {
             let args: Vec<std::ffi::OsString> = command.get_args().map(Into::into).collect();
             match args.iter().position(|a| a == "--config") {
@@ -220,6 +223,9 @@ impl Host {
                 sink.lines.lock().unwrap().push(line);
                 sink.grew.notify_all();
             }
+            let _held = sink.lines.lock().unwrap();
+            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.grew.notify_all();
         });
         Host {
             child,
@@ -349,6 +355,17 @@ impl Host {
         }
     }
 
+    /// Waits (until `deadline`) for the log reader to reach the end of an
+    /// exited host's stderr, so every line it wrote is in the log.
+    fn wait_for_end_of_log(&self, deadline: Instant) {
+        let mut lines = self.log.lines.lock().unwrap();
+        while !self.log.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            let now = Instant::now();
+            assert!(now < deadline, "the host's stderr never closed");
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
     /// Everything logged so far.
     pub fn log(&self) -> String {
         self.log.lines.lock().unwrap().join("\n")
@@ -368,8 +385,7 @@ impl Host {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for the host") {
-                // Let the log reader drain the last lines.
-                std::thread::sleep(Duration::from_millis(100));
+                self.wait_for_end_of_log(deadline);
                 return status;
             }
             assert!(
@@ -398,6 +414,33 @@ impl Drop for Host {
     }
 }
 
+/// Raises this test process's soft limit on open files to its hard limit,
+/// once, as the host raises its own: tests holding thousands of
+/// connections would otherwise fail under the 1024 most desktops set.
+fn raise_open_file_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write one rlimit.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                    eprintln!(
+                        "cannot raise the open-file limit to {}: tests holding thousands of connections may fail",
+                        limit.rlim_max
+                    );
+                }
+            }
+        }
+    });
+}
+
 /// Retries connecting until the guest accepts (it may log before it listens).
 pub fn wait_until_accepting(addr: SocketAddr) {
     let deadline = Instant::now() + TIMEOUT;
@@ -412,6 +455,7 @@ pub fn wait_until_accepting(addr: SocketAddr) {
 
 /// Connects with the test timeouts set.
 pub fn connect(addr: SocketAddr) -> TcpStream {
+    raise_open_file_limit();
     let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting to the guest");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(TIMEOUT)).unwrap();

@@ -2,12 +2,12 @@
 //! written in other languages, each with its own language's toolchain, for
 //! the integration tests (`tests/examples.rs`).
 //!
-//! componentize-py (from PyPI), componentize-qjs and ComponentizeJS (from
-//! npm) are pinned and kept in the target directory's `lang-tools/`,
-//! installed there on first use as the host's build adds the
-//! `wasm32-wasip2` target. The C example needs Debian's clang and lld:
-//! installed with apt-get when the build runs as root on Debian (as here
-//! and in CI), otherwise the build fails naming the packages.
+//! componentize-py (from PyPI) is pinned, and componentize-qjs and
+//! ComponentizeJS (from npm) are installed from the example's committed
+//! lockfile (`npm ci`), both kept in the target directory's `lang-tools/`
+//! and installed there on first use. The C example needs Debian's clang
+//! and lld (`.ci/run` installs them): without them the build fails naming
+//! the packages.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,21 +105,10 @@ pub fn c(workspace: &Path, out: &Path) -> PathBuf {
         println!("cargo:rerun-if-changed={}", source.join(file).display());
     }
     let wasm = out.join("c-seed.wasm");
-    if !c_packages_installed() && may_install_debian_packages() {
-        // As `rustup target add` for the host's build: on a Debian machine
-        // where the build may install, the tests need nothing by hand.
-        println!("cargo:warning=installing {C_PACKAGES} for the C example");
-        run(
-            Command::new("sh").args([
-                "-c",
-                &format!(
-                    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-                     apt-get install -y -qq {C_PACKAGES}"
-                ),
-            ]),
-            "installing the C example's compiler from Debian",
-        );
-    }
+    assert!(
+        c_packages_installed(),
+        "the C example needs the Debian packages {C_PACKAGES} (apt-get install {C_PACKAGES})"
+    );
     run(
         Command::new("sh")
             .arg(source.join("build.sh"))
@@ -143,53 +132,27 @@ fn c_packages_installed() -> bool {
 /// The Debian 12 packages the C example is built with.
 const C_PACKAGES: &str = "clang-22 lld-22 libclang-rt-22-dev-wasm32 wasi-libc";
 
-/// Whether this build runs as root on a machine with apt-get (Debian).
-fn may_install_debian_packages() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    root && Path::new("/usr/bin/apt-get").exists()
-}
-
-/// The componentize-qjs release the JavaScript example is built with
-/// (QuickJS, WASI 0.2).
-pub const COMPONENTIZE_QJS: &str = "0.4.5";
-
-/// The ComponentizeJS release whose known failure the tests keep in view
-/// (SpiderMonkey; its issue #221).
-pub const COMPONENTIZE_JS: &str = "0.23.0";
-
-/// The pinned JavaScript componentizers, installed with npm into
-/// `target/lang-tools/js` unless they are there already.
-fn js_tools(tools: &Path) -> PathBuf {
+/// The JavaScript componentizers (componentize-qjs, the example's, and
+/// ComponentizeJS, whose known failure the tests keep in view), installed
+/// into `target/lang-tools/js` with `npm ci` from the lockfile committed
+/// beside the example, unless that lockfile is installed there already.
+fn js_tools(tools: &Path, example: &Path) -> PathBuf {
     let prefix = tools.join("js");
-    let packages = [
-        ("componentize-qjs", COMPONENTIZE_QJS),
-        ("@bytecodealliance/componentize-js", COMPONENTIZE_JS),
-    ];
-    let installed = packages.iter().all(|(name, version)| {
-        std::fs::read_to_string(prefix.join("node_modules").join(name).join("package.json"))
-            .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
-    });
+    let lock = std::fs::read(example.join("package-lock.json"))
+        .expect("guest/examples/js/package-lock.json");
+    let installed = std::fs::read(prefix.join("package-lock.json")).is_ok_and(|l| l == lock)
+        && prefix.join("node_modules/.bin/componentize-qjs").exists();
     if !installed {
         std::fs::create_dir_all(&prefix).expect("a directory for the JavaScript tools");
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(example.join(file), prefix.join(file))
+                .unwrap_or_else(|e| panic!("copying guest/examples/js/{file}: {e}"));
+        }
         run(
             Command::new("npm")
-                .args([
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--loglevel=error",
-                    "--prefix",
-                ])
-                .arg(&prefix)
-                .args(
-                    packages
-                        .iter()
-                        .map(|(name, version)| format!("{name}@{version}")),
-                ),
-            "installing componentize-qjs and ComponentizeJS from npm (needs node and npm)",
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&prefix),
+            "installing componentize-qjs and ComponentizeJS with npm ci (needs node and npm)",
         );
     }
     prefix.join("node_modules/.bin")
@@ -200,9 +163,12 @@ fn js_tools(tools: &Path) -> PathBuf {
 /// ComponentizeJS into `out/js-seed-componentize-js.wasm` (its known
 /// failure). Returns both.
 pub fn js(workspace: &Path, out: &Path) -> (PathBuf, PathBuf) {
-    let server = workspace.join("guest/examples/js/server.js");
-    println!("cargo:rerun-if-changed={}", server.display());
-    let bin = js_tools(&lang_tools(out));
+    let example = workspace.join("guest/examples/js");
+    let server = example.join("server.js");
+    for file in ["server.js", "package-lock.json"] {
+        println!("cargo:rerun-if-changed={}", example.join(file).display());
+    }
+    let bin = js_tools(&lang_tools(out), &example);
     let wit = workspace.join("wit");
     let qjs = out.join("js-seed.wasm");
     run(

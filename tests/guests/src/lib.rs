@@ -12,10 +12,11 @@ pub fn path(name: &str) -> PathBuf {
 }
 
 /// The example server of `guest/examples/{language}/`, built with that
-/// language's toolchain by `build.rs` (`languages.rs`).
+/// language's toolchain by `build.rs` (`languages.rs`) when the build was
+/// asked for them (`TCPHOST_EXAMPLES=1`).
 #[cfg(not(target_family = "wasm"))]
 pub fn example(language: &str) -> PathBuf {
-    PathBuf::from(match language {
+    let path = PathBuf::from(match language {
         "python" => env!("PYTHON_EXAMPLE"),
         "c" => env!("C_EXAMPLE"),
         "js" => env!("JS_EXAMPLE"),
@@ -24,5 +25,10 @@ pub fn example(language: &str) -> PathBuf {
         "js-componentize-js" => env!("JS_COMPONENTIZE_JS_EXAMPLE"),
         "rust" => return path("rust-seed"),
         other => panic!("no example in {other}"),
-    })
+    });
+    assert!(
+        !path.as_os_str().is_empty(),
+        "the {language} example is built only with TCPHOST_EXAMPLES=1"
+    );
+    path
 }
