@@ -117,6 +117,94 @@ fn a_unix_control_socket_is_owner_only_and_its_permissions_are_the_gate() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
     host.wait_for_log("audit: the unix socket: POST /reload: 200 OK");
+    // SAFETY: geteuid only reads this process's effective user id.
+    if unsafe { libc::geteuid() } == 0 {
+        // Another user is refused by the file's mode alone...
+        match reload_as_nobody(&socket) {
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}"),
+            Ok(ok) => panic!("user nobody connected (and was answered 200 OK: {ok})"),
+        }
+        // ...and let in once the mode does (no token is asked for).
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            reload_as_nobody(&socket).unwrap(),
+            "nobody was not answered 200 OK"
+        );
+    } else {
+        // No other user to be (that takes root): the owner, refused once
+        // the mode does not let it in, shows the mode is the gate.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let e = std::os::unix::net::UnixStream::connect(&socket).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    }
+}
+
+/// Whether user `nobody` (uid and gid 65534, no groups) is answered 200 OK
+/// to `POST /reload` on the Unix socket `path`, or the error connecting:
+/// tried in a child process that changes user first (only root may).
+fn reload_as_nobody(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    // Everything the child needs is made before the fork: a child of a
+    // threaded process may only make system calls.
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < address.sun_path.len(), "{}", path.display());
+    for (to, from) in address.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    let request = b"POST /reload HTTP/1.0\r\nContent-Length: 0\r\n\r\n";
+    // The child's exit code: 0 for 200 OK, 1 for another answer, 100 +
+    // errno of a failed connect, 99 for anything else.
+    // SAFETY: the child makes only system calls on memory made before the
+    // fork, then exits without running any of the parent's code.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: as above: raw system calls only, then _exit.
+        unsafe {
+            let nobody: libc::c_long = 65534;
+            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setgid, nobody) != 0
+                || libc::syscall(libc::SYS_setuid, nobody) != 0
+            {
+                libc::_exit(99);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                libc::_exit(99);
+            }
+            let size = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&raw const address).cast(), size) != 0 {
+                libc::_exit(100 + *libc::__errno_location());
+            }
+            if libc::write(fd, request.as_ptr().cast(), request.len()) != request.len() as isize {
+                libc::_exit(99);
+            }
+            let expected = b"HTTP/1.0 200";
+            let mut answer = [0u8; 12];
+            let mut got = 0;
+            while got < answer.len() {
+                let n = libc::read(fd, answer[got..].as_mut_ptr().cast(), answer.len() - got);
+                if n <= 0 {
+                    libc::_exit(99);
+                }
+                got += n as usize;
+            }
+            libc::_exit(i32::from(answer != *expected));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    let waited = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    assert_eq!(waited, pid, "{}", std::io::Error::last_os_error());
+    assert!(libc::WIFEXITED(status), "the child ended with {status}");
+    match libc::WEXITSTATUS(status) {
+        code @ 0..=1 => Ok(code == 0),
+        code @ 100.. => Err(std::io::Error::from_raw_os_error(code - 100)),
+        code => panic!("the child, as nobody, failed before an answer ({code})"),
+    }
 }
 
 #[test]

@@ -208,29 +208,62 @@ fn an_address_of_another_machine_is_reported() {
 
 #[test]
 fn help_explains_every_option() {
+    use clap::CommandFactory;
     let output = std::process::Command::new(host_bin())
         .arg("--help")
         .output()
         .unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for option in [
-        "GUEST.wasm",
-        "--listen",
-        "--name",
-        "--help",
-        "--version",
-        "--config",
-        "--admin",
-        "--control",
-        "--control-token-file",
-        "--cache-dir",
-        "--no-cache",
-        "LISTEN_ADDR",
-    ] {
+    // Every argument of the host's own definition (clap's --help and
+    // --version included once built), as `--help` names it: a long option
+    // or a positional's value name.
+    let mut cli = host::cli::Cli::command();
+    cli.build();
+    let arguments: Vec<String> = cli
+        .get_arguments()
+        .map(|arg| match arg.get_long() {
+            Some(long) => format!("--{long}"),
+            None => arg
+                .get_value_names()
+                .and_then(|names| names.first())
+                .map_or_else(|| arg.get_id().to_string(), ToString::to_string),
+        })
+        .collect();
+    // In the long help an argument's line is indented less than the
+    // description that must follow it.
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let lines: Vec<&str> = help.lines().collect();
+    let headings: Vec<usize> = (0..lines.len())
+        .filter(|&i| {
+            let line = lines[i];
+            (1..10).contains(&indent(line)) && line.trim_start().starts_with(['-', '[', '<'])
+        })
+        .collect();
+    assert_eq!(
+        headings.len(),
+        arguments.len(),
+        "--help lists other arguments than {arguments:?}:\n{help}"
+    );
+    for name in &arguments {
+        let at = headings
+            .iter()
+            .find(|&&i| {
+                lines[i]
+                    .split_whitespace()
+                    .map(|word| {
+                        word.trim_end_matches(',')
+                            .trim_matches(['[', ']', '<', '>'])
+                    })
+                    .any(|word| word == name)
+            })
+            .unwrap_or_else(|| panic!("--help does not list {name}:\n{help}"));
+        let description = lines.get(at + 1).copied().unwrap_or_default();
         assert!(
-            help.contains(option),
-            "--help does not mention {option}:\n{help}"
+            indent(description) >= 10 && !description.trim().is_empty(),
+            "--help does not explain {name}:\n{help}"
         );
     }
+    // The guest learns its address from the environment: help names it.
+    assert!(help.contains("LISTEN_ADDR"), "{help}");
 }

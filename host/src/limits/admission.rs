@@ -604,7 +604,8 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_leaves_a_client_only_to_an_idle_sibling_holding_under_half() {
+    fn an_instance_holding_at_least_twice_a_listening_siblings_connections_plus_one_leaves_it_the_client()
+     {
         let (heavy, light) = (instance(0, 6, true), instance(1, 2, true));
         let all = [heavy.clone(), light.clone()];
         assert!(defer_to_sibling(&heavy, &all));
