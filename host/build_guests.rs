@@ -15,12 +15,16 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 /// the directory holding the `.wasm` files.
 #[allow(dead_code)] // Used by the tests' build script, not the host's.
 pub fn build(package: &str, package_dir: &str) -> PathBuf {
-    build_with(package, package_dir, &[], "wasm-target")
+    build_with(package, package_dir, &[], &format!("wasm-{package}"))
 }
 
 /// [`build`], with `cargo_args` added to the nested cargo's (features) and
-/// its own target directory `target_name` under `OUT_DIR`, so builds of one
-/// package with different features do not overwrite each other.
+/// its own target directory `target_name` under the outer target
+/// directory's `guests/`, so builds of one package with different
+/// features do not overwrite each other. Not under `OUT_DIR`: that differs
+/// between `cargo clippy`, `cargo build` and `cargo test` of the same
+/// package, and each would build every guest again (the guest profile
+/// does not depend on the outer one).
 pub fn build_with(
     package: &str,
     package_dir: &str,
@@ -34,7 +38,13 @@ pub fn build_with(
     let workspace = workspace_root(&manifest_dir);
     // The nested cargo needs its own target directory: the outer cargo holds
     // the lock on the workspace's one for as long as this script runs.
-    let target_dir = out_dir.join(target_name);
+    // `OUT_DIR` is `TARGET/[TRIPLE/]PROFILE/build/PACKAGE-HASH/out`.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("OUT_DIR is inside the target directory")
+        .join("guests")
+        .join(target_name);
     // Normally the guests are built by the toolchain building the host. A
     // host built by another one (the fuzz targets need nightly, whose
     // wasm32-wasip2 standard library may not exist) names the toolchain
