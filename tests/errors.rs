@@ -9,9 +9,7 @@ use std::path::PathBuf;
 
 /// Writes `bytes` to a fresh file named `name` and returns its path.
 fn fixture(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("host-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+    let path = scratch_dir("fixture").join(name);
     std::fs::write(&path, bytes).unwrap();
     path
 }

@@ -558,7 +558,29 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("host-test-{}-{tag}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    remove_at_exit(&dir);
     dir
+}
+
+/// The scratch directories this test process made, removed when it exits
+/// (in the system's temporary directory, where a control socket's path
+/// stays short, they would otherwise pile up run after run).
+static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn remove_at_exit(dir: &Path) {
+    extern "C" fn remove_all() {
+        if let Ok(dirs) = SCRATCH.lock() {
+            for dir in dirs.iter() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: registers a plain function to run at exit.
+        unsafe { libc::atexit(remove_all) };
+    });
+    SCRATCH.lock().unwrap().push(dir.to_owned());
 }
 
 /// The first address in a "NAME: listening on ADDR" (or similar) line.
