@@ -12,7 +12,8 @@ use syn::visit::Visit;
 
 /// The layers, from the top down: each may use only those after it.
 const LAYERS: &[&str] = &[
-    "app", "cli", "ops", "tenancy", "runtime", "wasi", "limits", "policy", "config", "account",
+    "app", "cli", "ops", "tenancy", "registry", "runtime", "wasi", "limits", "policy", "config",
+    "account",
 ];
 
 type Module = Vec<String>;

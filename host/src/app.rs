@@ -12,6 +12,7 @@ use crate::runtime::engine::{self, Loader};
 use crate::tenancy::control::{self, Control};
 use crate::tenancy::listeners;
 use crate::tenancy::supervisor::GuestError;
+use crate::tenancy::watch;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => one_tenant(&cli)?,
     };
     raise_open_file_limit(&manifest);
+    let watch_manifest = cli.watch || manifest.watch;
     let listeners = open_listeners(&mut manifest, single)?;
     let admin_addr = cli.admin.or(manifest.admin);
     let control_at = control_endpoint(&cli, &manifest)?;
@@ -78,14 +80,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
     serve_endpoints(&control, admin_addr, control_at).await?;
     for (config, listeners, pre) in prepared {
-        control.start(config, listeners, pre);
+        match pre {
+            Ok(pre) => control.start(config, listeners, pre),
+            Err((why, retry)) => control.start_unfetched(config, listeners, why, retry),
+        }
     }
     info!(tenants = names.len(), "host running");
-    match control::ComponentWatcher::new(control.clone()) {
+    match watch::ComponentWatcher::new(control.clone()) {
         Ok(watcher) => {
             tokio::spawn(watcher.run());
         }
         Err(e) => warn!("cannot watch component files, so changing one swaps nothing: {e}"),
+    }
+    if let Some(path) = cli.config.as_ref().filter(|_| watch_manifest) {
+        // Asked for: a manifest that cannot be watched is an error.
+        let watcher = watch::ManifestWatcher::new(control.clone(), path)
+            .with_context(|| format!("cannot watch the manifest {}", path.display()))?;
+        tokio::spawn(watcher.run());
     }
 
     // The one-tenant shorthand ends with its guest; a manifest host runs
@@ -194,19 +205,28 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
         crate::tenancy::supervisor::pooled();
     }
     let pool = pooling.map(|(_, max_memory)| (instances, max_memory));
+    // Pulled components are kept beside the compiled ones.
+    let store = cache_dir.as_ref().map(|dir| dir.join("oci"));
+    let puller = crate::registry::Puller::new(manifest.registry.clone(), store.as_deref())?;
     let loader = Loader::new(engine, cache_dir.map(|dir| (dir, manifest.cache_max_size)))?;
-    let control = Control::new(loader, cli.config.clone(), pool);
+    let control = Control::new(loader, puller, cli.config.clone(), pool);
     control.set_host_settings(manifest);
     Ok(control)
 }
 
 /// Every tenant, ready to start: its configuration, listeners and
-/// compiled component.
-type Prepared = Vec<(TenantConfig, Vec<Arc<std::net::TcpListener>>, control::Pre)>;
+/// compiled component, or why its component could not be fetched from its
+/// registry and whether that is worth retrying.
+type Prepared = Vec<(
+    TenantConfig,
+    Vec<Arc<std::net::TcpListener>>,
+    Result<control::Pre, (String, bool)>,
+)>;
 
 /// Compiles every tenant's component (cold, seconds per component) off the
 /// async threads; `None` if a signal stopped the host meanwhile (nothing
-/// serves yet, so it stops at once).
+/// serves yet, so it stops at once). A component a registry cannot give
+/// does not stop a host of many tenants: that tenant starts failed.
 async fn compile(
     control: &Arc<Control>,
     manifest: Manifest,
@@ -216,17 +236,42 @@ async fn compile(
 ) -> anyhow::Result<Option<Prepared>> {
     let compile = {
         let control = control.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let mut prepared = Vec::with_capacity(manifest.tenants.len());
-            for (config, listeners) in manifest.tenants.into_iter().zip(listeners) {
-                // The shorthand names its guest by file, not by manifest line.
-                let at = if single {
-                    ""
-                } else {
-                    config.component_at.as_str()
-                };
-                let pre = control.load(&config.component, at)?;
-                prepared.push((config, listeners, pre));
+        tokio::spawn(async move {
+            // Each tenant's component is fetched and compiled in a task of
+            // its own: a slow registry delays only its tenants' components.
+            let loads: Vec<_> = manifest
+                .tenants
+                .into_iter()
+                .map(|config| {
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        // The shorthand names its guest by file, not by
+                        // manifest line.
+                        let at = if single {
+                            ""
+                        } else {
+                            config.component_at.as_str()
+                        };
+                        let loaded = control.load(&config.component, at, true).await;
+                        (config, loaded)
+                    })
+                })
+                .collect();
+            let mut prepared = Vec::with_capacity(loads.len());
+            for (load, listeners) in loads.into_iter().zip(listeners) {
+                let (mut config, loaded) = load.await?;
+                let pulled = matches!(config.component, ComponentSource::Oci(_));
+                match loaded {
+                    Ok((component, pre)) => {
+                        config.component = component;
+                        prepared.push((config, listeners, Ok(pre)));
+                    }
+                    Err(e) if pulled && !single => {
+                        let retry = control::is_unavailable(&e);
+                        prepared.push((config, listeners, Err((format!("{e:#}"), retry))));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok(prepared)
         })
@@ -352,16 +397,27 @@ async fn stop(control: &Control, signals: &mut Signals, name: &str) {
 /// The manifest equivalent of `host [GUEST.wasm] --listen ADDR`: one tenant,
 /// default limits, never restarted (the host ends with its guest).
 fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
-    let (component, default_name) = match &cli.guest {
-        Some(path) => (
-            // Absolute, so the file watcher knows its directory.
-            ComponentSource::File(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()),
-        ),
-        None => (
-            ComponentSource::Builtin("seed".into()),
-            Some("seed".to_owned()),
-        ),
+    let component = match &cli.guest {
+        Some(spec) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let source = ComponentSource::parse(spec, &cwd)
+                .map_err(|why| anyhow::anyhow!("GUEST {spec:?}: {why}"))?;
+            if let ComponentSource::File(path) = &source
+                && !path.is_file()
+            {
+                anyhow::bail!("GUEST: {} does not exist or is not a file", path.display());
+            }
+            source
+        }
+        None => ComponentSource::Builtin("seed".into()),
+    };
+    // Named after the file, the built-in or the repository by default.
+    let default_name = match &component {
+        ComponentSource::File(path) => path.file_stem().map(|s| s.to_string_lossy().into_owned()),
+        ComponentSource::Builtin(name) => Some(name.clone()),
+        ComponentSource::Oci(reference) => {
+            reference.repository.rsplit('/').next().map(str::to_owned)
+        }
     };
     let name = cli
         .name
@@ -372,7 +428,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
     // A swap may load files beside the guest file (none for the built-in).
     let component_dirs = match &component {
         ComponentSource::File(path) => path.parent().map(PathBuf::from).into_iter().collect(),
-        ComponentSource::Builtin(_) => Vec::new(),
+        ComponentSource::Builtin(_) | ComponentSource::Oci(_) => Vec::new(),
     };
     Ok(Manifest {
         admin: None,
@@ -382,6 +438,8 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         cache_max_size: manifest::DEFAULT_CACHE_MAX_SIZE,
         pooling_allocator: false,
         guest_threads: None,
+        registry: manifest::RegistrySettings::default(),
+        watch: false,
         tenants: vec![TenantConfig {
             name,
             component,

@@ -16,11 +16,12 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about, long_about)]
 pub struct Cli {
-    /// The guest component (.wasm) to run as the one tenant. Without it (and
-    /// without --config) the host runs its built-in default guest, the seed
-    /// server.
-    #[arg(value_name = "GUEST.wasm", conflicts_with = "config")]
-    pub guest: Option<PathBuf>,
+    /// The guest component to run as the one tenant: a .wasm file,
+    /// builtin:NAME, or oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST).
+    /// Without it (and without --config) the host runs its built-in
+    /// default guest, the seed server.
+    #[arg(value_name = "GUEST", conflicts_with = "config")]
+    pub guest: Option<String>,
 
     /// The address the guest is granted to listen on, passed to it in
     /// LISTEN_ADDR. Port 0 picks a free port (logged at start-up).
@@ -86,4 +87,10 @@ pub struct Cli {
     /// Compile every component afresh; read and write no cache.
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
+
+    /// Apply every change to the manifest file as a reload does (as the
+    /// manifest's [host] watch = true): edits, files renamed into place,
+    /// and a Kubernetes ConfigMap's atomic update.
+    #[arg(long, requires = "config")]
+    pub watch: bool,
 }

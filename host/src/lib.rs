@@ -15,6 +15,9 @@
 //!   host's listeners for their addresses (`tenancy::listeners`), the
 //!   supervisor that runs a tenant's guest (`tenancy::supervisor`), the
 //!   running set and its operations (`tenancy::control`).
+//! - [`registry`]: components from OCI registries: pulled with the
+//!   ecosystem's client, checked against their digests and bounds, kept in
+//!   a content-addressed store.
 //! - [`runtime`]: running guests: the engine and component cache, the
 //!   built-in guests, one instance's store with its limits wired in, the
 //!   guest threads.
@@ -67,6 +70,7 @@ pub mod config;
 pub mod limits;
 pub mod ops;
 pub mod policy;
+pub mod registry;
 pub mod runtime;
 pub mod tenancy;
 pub mod wasi;

@@ -16,8 +16,7 @@ use std::time::Duration;
 use thiserror::Error;
 use toml::Spanned;
 
-/// The prefix that names a component built into the host instead of a file.
-pub const BUILTIN_PREFIX: &str = "builtin:";
+pub use super::source::{BUILTIN_PREFIX, ComponentSource, OCI_PREFIX, OciRef};
 
 /// A manifest that cannot be used.
 #[derive(Debug, Error)]
@@ -291,6 +290,82 @@ struct RawHost {
     #[serde(default)]
     pooling_allocator: bool,
     guest_threads: Option<Spanned<usize>>,
+    registries: Option<Vec<Spanned<String>>>,
+    insecure_registries: Option<Vec<Spanned<String>>>,
+    registry_ca_file: Option<String>,
+    registry_credentials: Option<String>,
+    #[serde(default, deserialize_with = "size")]
+    max_component_size: Option<u64>,
+    #[serde(default, deserialize_with = "at_least_a_millisecond")]
+    registry_timeout: Option<Duration>,
+    #[serde(default)]
+    watch: bool,
+}
+
+/// How components are pulled from OCI registries (the `[host]` keys
+/// `registries`, `insecure_registries`, `registry_ca_file`,
+/// `registry_credentials`, `max_component_size`, `registry_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Where a swap request may pull from: `REGISTRY` (any repository) or
+    /// `REGISTRY/REPOSITORY` (that repository and those beneath it). The
+    /// manifest's own references are the operator's and always allowed.
+    pub allowed: Vec<String>,
+    /// Registries reached over plain HTTP besides loopback ones (TLS is
+    /// the default everywhere else).
+    pub insecure: Vec<String>,
+    /// PEM certificates trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A Docker `config.json` with credentials (on Kubernetes, a mounted
+    /// `kubernetes.io/dockerconfigjson` Secret's `.dockerconfigjson`);
+    /// `None`: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if
+    /// there is one, else anonymous.
+    pub credentials: Option<PathBuf>,
+    /// The largest component a pull accepts, checked while it streams.
+    pub max_component_size: u64,
+    /// Each registry request's deadline (a stalled registry is given up on
+    /// after it, and the request retried).
+    pub timeout: Duration,
+}
+
+/// The largest component pulled by default: room for the Python example
+/// (21 MB) three times over.
+pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
+
+/// A registry request's default deadline.
+pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            allowed: Vec::new(),
+            insecure: Vec::new(),
+            ca_file: None,
+            credentials: None,
+            max_component_size: DEFAULT_MAX_COMPONENT_SIZE,
+            timeout: DEFAULT_REGISTRY_TIMEOUT,
+        }
+    }
+}
+
+impl RegistrySettings {
+    /// Whether a swap request may pull `reference` (see
+    /// [`RegistrySettings::allowed`]).
+    pub fn allows(&self, reference: &OciRef) -> bool {
+        self.allowed
+            .iter()
+            .any(|entry| match entry.split_once('/') {
+                None => *entry == reference.registry,
+                Some((registry, repository)) => {
+                    registry == reference.registry
+                        && (reference.repository == repository
+                            || reference
+                                .repository
+                                .strip_prefix(repository)
+                                .is_some_and(|rest| rest.starts_with('/')))
+                }
+            })
+    }
 }
 
 /// The compile cache's default bound on disk (`[host] cache_max_size`).
@@ -318,15 +393,6 @@ struct RawManifest {
     limits: Option<Spanned<RawLimits>>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
-}
-
-/// Where a tenant's component comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ComponentSource {
-    /// A guest compiled into the host (`builtin:seed`).
-    Builtin(String),
-    /// A file (relative paths are resolved against the manifest's directory).
-    File(PathBuf),
 }
 
 /// One tenant, validated.
@@ -429,6 +495,10 @@ pub struct Manifest {
     /// Threads guest instances run on (see crate::runtime::workers); `None`: one
     /// per core.
     pub guest_threads: Option<usize>,
+    /// How components are pulled from OCI registries.
+    pub registry: RegistrySettings,
+    /// Whether a change to the manifest file is applied as a reload.
+    pub watch: bool,
     /// Every tenant, in file order.
     pub tenants: Vec<TenantConfig>,
 }
@@ -458,6 +528,12 @@ impl Manifest {
         }
         if self.guest_threads != other.guest_threads {
             changed.push("host.guest_threads");
+        }
+        if self.registry != other.registry {
+            changed.push("host.registries");
+        }
+        if self.watch != other.watch {
+            changed.push("host.watch");
         }
         changed
     }
@@ -513,6 +589,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
     for tenant in raw.tenants {
         tenants.push(doc.tenant(tenant, &defaults, admin, &mut taken)?);
     }
+    let registry = doc.registry_settings(&raw.host)?;
     let control = doc.control(raw.host.control, raw.host.control_token_file, &taken)?;
     let base = doc.base;
     let component_dirs = match raw.host.component_dirs {
@@ -527,6 +604,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         cache_max_size: raw.host.cache_max_size.unwrap_or(DEFAULT_CACHE_MAX_SIZE),
         pooling_allocator: raw.host.pooling_allocator,
         guest_threads: raw.host.guest_threads.map(Spanned::into_inner),
+        registry,
+        watch: raw.host.watch,
         tenants,
     })
 }
@@ -707,25 +786,73 @@ impl Doc<'_> {
         Ok(env)
     }
 
-    /// A tenant's component: a built-in, or a file that exists.
+    /// A tenant's component: a built-in, a file that exists, or a
+    /// well-formed OCI reference.
     fn component(&self, spec: Spanned<String>) -> Result<ComponentSource, ManifestError> {
         let span = spec.span();
-        let spec = spec.into_inner();
-        Ok(match spec.strip_prefix(BUILTIN_PREFIX) {
-            Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
-            None => {
-                let path = self.base.join(&spec);
-                // Absolute, so the file watcher knows its directory.
-                let path = std::path::absolute(&path).unwrap_or(path);
-                if !path.is_file() {
-                    return Err(self.at(
-                        span,
-                        "tenant.component",
-                        format!("{} does not exist or is not a file", path.display()),
-                    ));
-                }
-                ComponentSource::File(path)
+        let source = ComponentSource::parse(spec.get_ref(), self.base)
+            .map_err(|why| self.at(span.clone(), "tenant.component", why))?;
+        if let ComponentSource::File(path) = &source
+            && !path.is_file()
+        {
+            return Err(self.at(
+                span,
+                "tenant.component",
+                format!("{} does not exist or is not a file", path.display()),
+            ));
+        }
+        Ok(source)
+    }
+
+    /// The `[host]` registry keys.
+    fn registry_settings(&self, host: &RawHost) -> Result<RegistrySettings, ManifestError> {
+        let defaults = RegistrySettings::default();
+        let mut allowed = Vec::new();
+        for entry in host.registries.iter().flatten() {
+            let text = entry.get_ref().trim_end_matches('/');
+            // An entry is a reference without tag: check it as one.
+            let (registry, repository) = text.split_once('/').unwrap_or((text, "x"));
+            if format!("{OCI_PREFIX}{registry}/{repository}:t")
+                .parse::<OciRef>()
+                .is_err()
+            {
+                return Err(self.at(
+                    entry.span(),
+                    "host.registries",
+                    format!(
+                        "{text:?} is not REGISTRY or REGISTRY/REPOSITORY (no oci://, tag or digest)"
+                    ),
+                ));
             }
+            allowed.push(text.to_owned());
+        }
+        let mut insecure = Vec::new();
+        for entry in host.insecure_registries.iter().flatten() {
+            let text = entry.get_ref();
+            if format!("{OCI_PREFIX}{text}/x:t").parse::<OciRef>().is_err() {
+                return Err(self.at(
+                    entry.span(),
+                    "host.insecure_registries",
+                    format!("{text:?} is not a registry host[:port]"),
+                ));
+            }
+            insecure.push(text.clone());
+        }
+        Ok(RegistrySettings {
+            allowed,
+            insecure,
+            ca_file: host
+                .registry_ca_file
+                .as_ref()
+                .map(|f| absolute(&self.base.join(f))),
+            credentials: host
+                .registry_credentials
+                .as_ref()
+                .map(|f| absolute(&self.base.join(f))),
+            max_component_size: host
+                .max_component_size
+                .unwrap_or(defaults.max_component_size),
+            timeout: host.registry_timeout.unwrap_or(defaults.timeout),
         })
     }
 

@@ -34,7 +34,7 @@
 use super::metrics::{self, Audited};
 use super::slots::{NoSlot, Slots};
 use crate::account::log_budget::{LogBudget, left_out_note};
-use crate::config::manifest::{BUILTIN_PREFIX, ComponentSource};
+use crate::config::manifest::ComponentSource;
 use crate::tenancy::control::Control;
 use crate::tenancy::tenant::{Snapshot, State as TenantState};
 use axum::Json;
@@ -387,21 +387,36 @@ async fn swap(
     if component.is_empty() {
         return (
             StatusCode::BAD_REQUEST,
-            "the body must name a component: a path, or builtin:NAME\n",
+            "the body must name a component: a path, builtin:NAME or oci://REGISTRY/REPOSITORY:TAG\n",
         )
             .into_response();
     }
-    let source = match component.strip_prefix(BUILTIN_PREFIX) {
-        Some(builtin) => ComponentSource::Builtin(builtin.to_owned()),
-        None => ComponentSource::File(
-            std::path::absolute(component).unwrap_or_else(|_| component.into()),
-        ),
+    let source = match ComponentSource::parse(component, std::path::Path::new("")) {
+        Ok(source) => source,
+        Err(why) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not swapped: {component:?} {why}\n"),
+            )
+                .into_response();
+        }
     };
     // Read once, beneath an allowed directory: the bytes are what is
-    // loaded, whatever is done to the path after.
+    // loaded, whatever is done to the path after. A registry must be one
+    // swaps may pull from.
     let bytes = match &source {
         ComponentSource::File(path) => match control.read_swappable(path) {
             Ok(bytes) => Some(bytes),
+            Err(why) => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("not swapped: {why}\n"),
+                )
+                    .into_response();
+            }
+        },
+        ComponentSource::Oci(reference) => match control.may_pull(reference) {
+            Ok(()) => None,
             Err(why) => {
                 return (
                     StatusCode::UNPROCESSABLE_ENTITY,

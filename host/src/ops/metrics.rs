@@ -303,6 +303,16 @@ impl Collector for Tenants {
             let count = tenants.iter().filter(|t| t.state() == state).count();
             as_gauge(count as u64).encode(family.encode_family(&[("state", label)])?)?;
         }
+        encode_components(&mut encoder, &tenants, self.0.pull_stats())?;
+        let mut family = encoder.encode_descriptor(
+            "manifest_reloads",
+            "Manifest reloads (SIGHUP, the control endpoint, the manifest watcher) by outcome: applied, partial (some tenants' changes failed), refused (nothing changed).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, count) in self.0.reload_counts() {
+            ConstCounter::new(count).encode(family.encode_family(&[("outcome", outcome)])?)?;
+        }
         if let Some((rss, fds)) = process_usage() {
             let family = encoder.encode_descriptor(
                 "process_resident_memory_bytes",
@@ -321,6 +331,54 @@ impl Collector for Tenants {
         }
         Ok(())
     }
+}
+
+/// What each tenant runs (its component, a pulled one named by digest),
+/// and the pulls from OCI registries by outcome, bytes and time.
+fn encode_components(
+    encoder: &mut DescriptorEncoder<'_>,
+    tenants: &[Arc<crate::tenancy::tenant::Tenant>],
+    pulls: &crate::registry::PullStats,
+) -> Result<(), Error> {
+    let mut family = encoder.encode_descriptor(
+        "tenant_component",
+        "1, labelled with the component the tenant runs (an OCI one by digest).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in tenants {
+        let component = t.config().component.to_string();
+        let labels = [("tenant", t.name()), ("component", component.as_str())];
+        as_gauge(1).encode(family.encode_family(&labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "registry_pulls",
+        "Components fetched from OCI registries, by outcome: pulled, stored (found in the local store, nothing pulled), failed (after retries).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (outcome, count) in [
+        ("pulled", &pulls.pulled),
+        ("stored", &pulls.stored),
+        ("failed", &pulls.failed),
+    ] {
+        ConstCounter::new(get(count)).encode(family.encode_family(&[("outcome", outcome)])?)?;
+    }
+    let family = encoder.encode_descriptor(
+        "registry_pull_bytes",
+        "Bytes of components pulled from OCI registries.",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(get(&pulls.bytes)).encode(family)?;
+    let family = encoder.encode_descriptor(
+        "registry_pull_seconds",
+        "Time spent pulling components from OCI registries (divide by registry_pulls{outcome=\"pulled\"} for the mean).",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(get(&pulls.micros) as f64 / 1e6).encode(family)?;
+    Ok(())
 }
 
 /// Per-instance counts of the instances of each tenant's accepting

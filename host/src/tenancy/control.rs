@@ -1,11 +1,12 @@
 //! The running set of tenants and what an operator can do to it while the
 //! host runs: swap a tenant's component live, reload the manifest (adding,
 //! removing and changing tenants without touching the others). Shared by
-//! SIGHUP, the component file watcher and the control endpoint; operations
-//! run one at a time.
+//! SIGHUP, the file watchers (`tenancy::watch`) and the control endpoint;
+//! operations run one at a time.
 
 use crate::config::manifest::{self, ComponentSource, TenantConfig};
 use crate::config::reload::{Current, ReloadPlan, plan_reload};
+use crate::registry::{PullError, Puller};
 use crate::runtime::builtins;
 use crate::runtime::engine::Prepared;
 use crate::runtime::engine::{self, Loader};
@@ -27,15 +28,22 @@ pub type Pre = Arc<Prepared>;
 /// One running tenant.
 struct Running {
     tenant: Arc<Tenant>,
-    pre: Pre,
+    /// Its compiled component; `None` while its component cannot be
+    /// fetched (it is failed, and retried if the registry was unavailable).
+    pre: Option<Pre>,
     commands: mpsc::Sender<Command>,
     task: Option<JoinHandle<Result<(), GuestError>>>,
+    /// Retries fetching the component of a tenant that could not start.
+    retry: Option<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+        if let Some(retry) = &self.retry {
+            retry.abort();
         }
     }
 }
@@ -62,6 +70,8 @@ pub struct ReloadReport {
 /// The tenants and the means to change them.
 pub struct Control {
     loader: Loader,
+    /// Pulls components named `oci://`.
+    puller: Puller,
     manifest: Option<PathBuf>,
     running: Mutex<BTreeMap<String, Running>>,
     /// Serialises swaps and reloads.
@@ -77,6 +87,8 @@ pub struct Control {
     /// The manifest's `[host]` settings as they were at start (tenants
     /// left out), to tell a reload which of them it cannot apply.
     started_with: Mutex<Option<manifest::Manifest>>,
+    /// Reloads by outcome (see [`Control::reload_counts`]).
+    reloads: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl Control {
@@ -84,9 +96,15 @@ impl Control {
     /// `pool`, with the pooling allocator, is the number of instances (see
     /// [`instances_of`]) and the largest memory limit its pool was sized
     /// for.
-    pub fn new(loader: Loader, manifest: Option<PathBuf>, pool: Option<(usize, u64)>) -> Arc<Self> {
+    pub fn new(
+        loader: Loader,
+        puller: Puller,
+        manifest: Option<PathBuf>,
+        pool: Option<(usize, u64)>,
+    ) -> Arc<Self> {
         Arc::new(Control {
             loader,
+            puller,
             manifest,
             running: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
@@ -94,6 +112,30 @@ impl Control {
             pool,
             retired: crate::account::Counters::default(),
             started_with: Mutex::new(None),
+            reloads: Default::default(),
+        })
+    }
+
+    /// The counts of components pulled from registries.
+    pub fn pull_stats(&self) -> &crate::registry::PullStats {
+        self.puller.stats()
+    }
+
+    /// Whether a swap request may pull `reference` (`[host] registries`).
+    pub fn may_pull(&self, reference: &crate::config::source::OciRef) -> Result<(), String> {
+        let settings = self.puller.settings();
+        if settings.allows(reference) {
+            return Ok(());
+        }
+        Err(if settings.allowed.is_empty() {
+            format!(
+                "{reference} is not in a registry swaps may pull from: [host] registries lists none"
+            )
+        } else {
+            format!(
+                "{reference} is not in a registry swaps may pull from ([host] registries: {})",
+                settings.allowed.join(", ")
+            )
         })
     }
 
@@ -230,7 +272,7 @@ impl Control {
             .values()
             .filter_map(|r| match &r.tenant.config().component {
                 ComponentSource::File(path) => Some(path.clone()),
-                ComponentSource::Builtin(_) => None,
+                ComponentSource::Builtin(_) | ComponentSource::Oci(_) => None,
             })
             .collect()
     }
@@ -254,11 +296,87 @@ impl Control {
             name,
             Running {
                 tenant,
-                pre,
+                pre: Some(pre),
                 commands,
                 task: Some(task),
+                retry: None,
             },
         );
+    }
+
+    /// Registers a tenant whose component could not be fetched at start
+    /// (`why`): failed, its addresses refusing clients, its neighbours
+    /// unaffected. While the registry was only unavailable (`retry`), the
+    /// fetch is tried again with backoff until it starts, or a reload or
+    /// swap starts it first.
+    pub fn start_unfetched(
+        self: &Arc<Self>,
+        config: TenantConfig,
+        listeners: Vec<Arc<TcpListener>>,
+        why: String,
+        retry: bool,
+    ) {
+        let name = config.name.clone();
+        let tenant = Arc::new(Tenant::new(config, listeners));
+        tenant.close_listeners();
+        tenant.set_error(why.clone());
+        tenant.set_state(State::Failed);
+        warn!(
+            tenant = name,
+            "tenant not started: its component cannot be fetched{}: {why}",
+            if retry { " (retrying)" } else { "" }
+        );
+        let retry = retry.then(|| tokio::spawn(retry_fetch(Arc::downgrade(self), name.clone())));
+        // No supervisor: a swap or reload finds it failed and starts it.
+        let (commands, _) = mpsc::channel(1);
+        self.running().insert(
+            name,
+            Running {
+                tenant,
+                pre: None,
+                commands,
+                task: None,
+                retry,
+            },
+        );
+    }
+
+    /// One retry of [`Control::start_unfetched`]'s fetch for tenant
+    /// `name`: whether to stop retrying (it started, a reload or swap
+    /// started or removed it, or the failure is not transient).
+    async fn retry_unfetched(&self, name: &str) -> bool {
+        let _one_at_a_time = self.ops.lock().await;
+        if self.is_stopping() {
+            return true;
+        }
+        let Some(tenant) = self
+            .running()
+            .get(name)
+            .filter(|r| r.pre.is_none())
+            .map(|r| r.tenant.clone())
+        else {
+            return true;
+        };
+        let config = tenant.config();
+        match self
+            .load(&config.component, &config.component_at, true)
+            .await
+        {
+            Ok((component, pre)) => {
+                let config = Arc::new(TenantConfig {
+                    component,
+                    ..(*config).clone()
+                });
+                if let Err(e) = self.restart(name, &tenant, config, pre).await {
+                    tenant.set_error(e);
+                }
+                true
+            }
+            Err(e) => {
+                tenant.set_error(format!("{e:#}"));
+                !is_unavailable(&e)
+            }
+        }
     }
 
     /// Whether tenant `name` was left stopped or failed by its policy.
@@ -274,11 +392,38 @@ impl Control {
         self.running().get_mut(name).and_then(|r| r.task.take())
     }
 
-    /// Compiles (or finds) the component `source`, named in errors by `at`.
-    /// On the host's async threads, it lets the runtime move their other
-    /// tasks elsewhere while it compiles (seconds, for a cold component).
-    pub fn load(&self, source: &ComponentSource, at: &str) -> anyhow::Result<Pre> {
-        off_the_async_threads(|| load_component(&self.loader, source, at))
+    /// Reads or pulls, checks and compiles (or finds compiled) the
+    /// component `source`, named in errors by `at`: the source as it runs
+    /// (a tag pinned to the digest it resolved to) and the component. A
+    /// tag the registry cannot resolve now falls back, with `stale_ok`, to
+    /// the digest it last had. On the host's async threads, it lets the
+    /// runtime move their other tasks elsewhere while it compiles
+    /// (seconds, for a cold component).
+    pub async fn load(
+        &self,
+        source: &ComponentSource,
+        at: &str,
+        stale_ok: bool,
+    ) -> anyhow::Result<(ComponentSource, Pre)> {
+        let ComponentSource::Oci(reference) = source else {
+            let pre = off_the_async_threads(|| load_component(&self.loader, source, at))?;
+            return Ok((source.clone(), pre));
+        };
+        let located = |e: anyhow::Error| {
+            if at.is_empty() {
+                e
+            } else {
+                e.context(format!("{at}: tenant.component"))
+            }
+        };
+        let fetched = self
+            .puller
+            .fetch(&reference.unresolved(), stale_ok)
+            .await
+            .map_err(|e| located(e.into()))?;
+        let label = fetched.reference.to_string();
+        let pre = self.compile(&label, &fetched.bytes).map_err(located)?;
+        Ok((ComponentSource::Oci(fetched.reference), pre))
     }
 
     /// Compiles (or finds) the component `bytes`, read already, named
@@ -317,11 +462,11 @@ impl Control {
             .get(name)
             .map(|r| r.tenant.clone())
             .ok_or_else(|| format!("no tenant named {name:?}"))?;
-        let pre = match (&source, bytes) {
-            (ComponentSource::File(path), Some(bytes)) => {
-                self.compile(&path.display().to_string(), &bytes)
-            }
-            _ => self.load(&source, ""),
+        let (source, pre) = match (&source, bytes) {
+            (ComponentSource::File(path), Some(bytes)) => self
+                .compile(&path.display().to_string(), &bytes)
+                .map(|pre| (source.clone(), pre)),
+            _ => self.load(&source, "", false).await,
         }
         .map_err(|e| format!("{e:#}"))?;
         let config = TenantConfig {
@@ -362,7 +507,7 @@ impl Control {
         match &result {
             Ok(took) => {
                 if let Some(r) = self.running().get_mut(name) {
-                    r.pre = pre;
+                    r.pre = Some(pre);
                 }
                 info!(tenant = name, ms = took.as_millis(), "live swap done");
             }
@@ -407,7 +552,7 @@ impl Control {
         let previous = self.running().get_mut(name).map(|r| {
             (
                 std::mem::replace(&mut r.commands, commands),
-                std::mem::replace(&mut r.pre, pre),
+                r.pre.replace(pre),
                 // Replacing the handle of the supervisor that ended.
                 r.task.replace(task),
             )
@@ -481,7 +626,7 @@ impl Control {
             return;
         }
         let source = ComponentSource::File(path.to_owned());
-        let tenants: Vec<(String, Pre)> = self
+        let tenants: Vec<(String, Option<Pre>)> = self
             .running()
             .iter()
             .filter(|(_, r)| r.tenant.config().component == source)
@@ -508,7 +653,7 @@ impl Control {
         };
         for (name, running_pre) in tenants {
             // The same bytes (e.g. touched, or written back): nothing to do.
-            if Arc::ptr_eq(&pre, &running_pre) {
+            if running_pre.is_some_and(|running| Arc::ptr_eq(&pre, &running)) {
                 continue;
             }
             info!(tenant = name, file = %path.display(), "component file changed: swapping");
@@ -525,8 +670,31 @@ impl Control {
 
     /// Re-reads the manifest and applies the difference. Nothing changes if
     /// the manifest is invalid, a new component does not load, or a new
-    /// address cannot be listened on.
+    /// address cannot be listened on. Counted by outcome (see
+    /// [`Control::reload_counts`]).
     pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let result = self.reload_uncounted().await;
+        let outcome = match &result {
+            Ok(report) if report.failed.is_empty() => 0,
+            Ok(_) => 1,
+            Err(_) => 2,
+        };
+        self.reloads[outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// Reloads by outcome: applied whole, applied with some tenants'
+    /// changes failed, refused (nothing changed).
+    pub fn reload_counts(&self) -> [(&'static str, u64); 3] {
+        let get = |i: usize| self.reloads[i].load(std::sync::atomic::Ordering::Relaxed);
+        [
+            ("applied", get(0)),
+            ("partial", get(1)),
+            ("refused", get(2)),
+        ]
+    }
+
+    async fn reload_uncounted(&self) -> Result<ReloadReport, String> {
         let _one_at_a_time = self.ops.lock().await;
         self.refuse_if_stopping()?;
         let path = self
@@ -544,12 +712,12 @@ impl Control {
         self.fits_pool(&manifest)?;
 
         // Prepare everything that can fail before changing anything.
-        let existing: HashMap<String, (Arc<TenantConfig>, Pre)> = self
+        let existing: HashMap<String, (Arc<TenantConfig>, Option<Pre>)> = self
             .running()
             .iter()
             .map(|(name, r)| (name.clone(), (r.tenant.config(), r.pre.clone())))
             .collect();
-        let prepared = self.prepare_reload(manifest.tenants, &existing)?;
+        let prepared = self.prepare_reload(manifest.tenants, &existing).await?;
         let plan = self.plan(&existing, &prepared);
 
         let mut report = ReloadReport {
@@ -607,10 +775,10 @@ impl Control {
     /// Opens the listeners a reload newly grants and compiles every
     /// wanted tenant's component: all that can fail, before anything
     /// changes.
-    fn prepare_reload(
+    async fn prepare_reload(
         &self,
         wanted: Vec<TenantConfig>,
-        existing: &HashMap<String, (Arc<TenantConfig>, Pre)>,
+        existing: &HashMap<String, (Arc<TenantConfig>, Option<Pre>)>,
     ) -> Result<Vec<Reloaded>, String> {
         let mut prepared = Vec::new();
         for mut config in wanted {
@@ -635,9 +803,13 @@ impl Control {
                 *addr = listener.local_addr().unwrap_or(*addr);
                 listeners.push((*addr, Arc::new(listener)));
             }
-            let pre = self
-                .load(&config.component, &config.component_at)
+            // A tag is resolved again: one that moved is a change (a
+            // swap); a registry that cannot be reached keeps what runs.
+            let (component, pre) = self
+                .load(&config.component, &config.component_at, true)
+                .await
                 .map_err(|e| format!("{e:#}"))?;
+            config.component = component;
             prepared.push((config, listeners, pre));
         }
         Ok(prepared)
@@ -648,7 +820,7 @@ impl Control {
     /// (the loader compiles equal bytes once).
     fn plan(
         &self,
-        existing: &HashMap<String, (Arc<TenantConfig>, Pre)>,
+        existing: &HashMap<String, (Arc<TenantConfig>, Option<Pre>)>,
         prepared: &[Reloaded],
     ) -> ReloadPlan {
         let current: BTreeMap<String, Current<'_, *const ()>> = existing
@@ -656,7 +828,9 @@ impl Control {
             .map(|(name, (config, pre))| {
                 let now = Current {
                     config,
-                    component: Arc::as_ptr(pre).cast::<()>(),
+                    component: pre
+                        .as_ref()
+                        .map_or(std::ptr::null(), |pre| Arc::as_ptr(pre).cast::<()>()),
                     stopped: self.is_stopped_for_good(name),
                 };
                 (name.clone(), now)
@@ -730,6 +904,31 @@ impl Control {
     }
 }
 
+/// Whether `error` is a registry that could not be reached (worth
+/// retrying), as opposed to an answer that cannot be run.
+pub fn is_unavailable(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<PullError>(),
+        Some(PullError::Unavailable(_))
+    )
+}
+
+/// Retries [`Control::start_unfetched`]'s fetch, from every 2 s doubling
+/// to every minute, until the tenant starts or needs no retry.
+async fn retry_fetch(control: std::sync::Weak<Control>, name: String) {
+    let mut backoff = Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Some(control) = control.upgrade() else {
+            return;
+        };
+        if control.retry_unfetched(&name).await {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
 /// How many guest instances `tenants` run at once (each tenant's
 /// `instances`, "auto" as one per guest thread), not counting swaps.
 pub fn instances_of(tenants: &[TenantConfig]) -> usize {
@@ -790,109 +989,11 @@ pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> an
             path.display().to_string(),
             engine::read(path).map_err(|e| located(e.into()))?.into(),
         ),
+        ComponentSource::Oci(reference) => {
+            return Err(located(anyhow::anyhow!(
+                "{reference} must be pulled first (Control::load)"
+            )));
+        }
     };
     loader.load(&label, &bytes).map_err(|e| located(e.into()))
-}
-
-/// Watches the component files tenants run and swaps a tenant when its file
-/// changes. Watches directories, so a file replaced by rename (the safe way
-/// to update one) is seen too.
-pub struct ComponentWatcher {
-    control: Arc<Control>,
-    watcher: notify::RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<Vec<PathBuf>>,
-    watched: Vec<PathBuf>,
-    /// Changed files not acted on yet, and when each file was last acted
-    /// on: one is compiled at most once per [`WATCH_INTERVAL`], so a
-    /// tenant that can rewrite its file costs the host a bounded amount of
-    /// compiling (a change within the interval waits for its end, and is
-    /// not lost).
-    pending: std::collections::BTreeSet<PathBuf>,
-    acted: HashMap<PathBuf, std::time::Instant>,
-}
-
-/// The least time between two compiles of one watched file.
-pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-impl ComponentWatcher {
-    /// Starts watching the tenants' component files now (so no change after
-    /// this call is missed).
-    pub fn new(control: Arc<Control>) -> notify::Result<Self> {
-        let (sender, events) = mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                let _ = sender.send(event.paths);
-            }
-        })?;
-        let mut this = ComponentWatcher {
-            control,
-            watcher,
-            events,
-            watched: Vec::new(),
-            pending: std::collections::BTreeSet::new(),
-            acted: HashMap::new(),
-        };
-        this.follow_tenants();
-        Ok(this)
-    }
-
-    /// Watches the directories of every tenant's component file (a reload
-    /// may have added some).
-    fn follow_tenants(&mut self) {
-        use notify::{RecursiveMode, Watcher};
-        let mut dirs: Vec<PathBuf> = self
-            .control
-            .component_files()
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in dirs {
-            if self.watched.contains(&dir) {
-                continue;
-            }
-            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    info!(dir = %dir.display(), "watching for component changes");
-                    self.watched.push(dir);
-                }
-                Err(e) => warn!(dir = %dir.display(), "cannot watch for component changes: {e}"),
-            }
-        }
-    }
-
-    /// Swaps tenants as their files change, until the host stops.
-    pub async fn run(mut self) {
-        loop {
-            tokio::select! {
-                Some(paths) = self.events.recv() => {
-                    // Let a burst of writes settle, then act once per file.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let mut changed = paths;
-                    while let Ok(more) = self.events.try_recv() {
-                        changed.extend(more);
-                    }
-                    let files = self.control.component_files();
-                    self.pending.extend(changed.into_iter().filter(|p| files.contains(p)));
-                }
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            let now = std::time::Instant::now();
-            self.acted
-                .retain(|_, at| now.duration_since(*at) < WATCH_INTERVAL);
-            let due: Vec<PathBuf> = self
-                .pending
-                .iter()
-                .filter(|p| !self.acted.contains_key(*p))
-                .cloned()
-                .collect();
-            for path in due {
-                self.pending.remove(&path);
-                self.acted.insert(path.clone(), std::time::Instant::now());
-                self.control.component_file_changed(&path).await;
-            }
-            self.follow_tenants();
-        }
-    }
 }

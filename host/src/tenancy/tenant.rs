@@ -380,12 +380,7 @@ impl Tenant {
         let config = self.config();
         Snapshot {
             name: self.name().to_owned(),
-            component: match &config.component {
-                crate::config::manifest::ComponentSource::Builtin(name) => {
-                    format!("builtin:{name}")
-                }
-                crate::config::manifest::ComponentSource::File(path) => path.display().to_string(),
-            },
+            component: config.component.to_string(),
             generation: *self.current_generation.borrow(),
             state: status.state,
             state_for_secs: status.since.elapsed().map_or(0.0, |d| d.as_secs_f64()),

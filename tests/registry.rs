@@ -1,0 +1,818 @@
+//! Components from OCI registries, against a real one: CNCF distribution
+//! (Debian's `docker-registry`), started here on 127.0.0.1, with and
+//! without htpasswd auth, components pushed to it in the Wasm OCI layout
+//! `wkg oci push` writes (through `oci-client`, the crate `wkg` pushes
+//! with). A registry that lies is played by a small server of this file's
+//! own: only it can serve wrong bytes, an endless blob or nothing at all.
+//! And the manifest watched: a Kubernetes ConfigMap's atomic update swaps a
+//! tenant live under load.
+//!
+//! Without `docker-registry` on the PATH (outside CI) the tests that need
+//! it say so in one line and step aside; `.ci/run` installs it.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The htpasswd registry's account (bcrypt hash made with `htpasswd -B`).
+const USER: &str = "puller";
+const PASSWORD: &str = "s3cret-pull-pw";
+const HTPASSWD: &str = "puller:$2y$05$hSg5VtZMsx/7SEwlN1dOgOpGJFBHRHPUvA/0lc4RbD0bQQarx/.0q\n";
+
+/// A CNCF distribution registry on 127.0.0.1, stopped when dropped.
+struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+    auth: Option<(String, String)>,
+}
+
+impl Registry {
+    /// Starts one, anonymous; `None` (after one line saying why) when
+    /// `docker-registry` is not installed outside CI.
+    fn start() -> Option<Registry> {
+        Registry::start_with(false)
+    }
+
+    /// Starts one that wants basic auth ([`USER`], [`PASSWORD`]).
+    fn start_with_auth() -> Option<Registry> {
+        Registry::start_with(true)
+    }
+
+    fn start_with(auth: bool) -> Option<Registry> {
+        let installed = Command::new("docker-registry")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "docker-registry is not installed: .ci/run installs Debian's docker-registry package"
+            );
+            eprintln!(
+                "not tested: no docker-registry on the PATH (apt-get install docker-registry, or run .ci/run)"
+            );
+            return None;
+        }
+        let dir = scratch_dir("registry");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            dir.join("data").display()
+        );
+        if auth {
+            std::fs::write(dir.join("htpasswd"), HTPASSWD).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: tcphost-tests\n    path: {}\n",
+                dir.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker-registry starts");
+        // It logs the port it picked: "listening on 127.0.0.1:PORT".
+        let (found, listening) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    let _ = found.send(addr);
+                }
+            }
+        });
+        let addr = listening
+            .recv_timeout(TIMEOUT)
+            .expect("docker-registry says where it listens");
+        Some(Registry {
+            child,
+            addr,
+            auth: auth.then(|| (USER.to_owned(), PASSWORD.to_owned())),
+        })
+    }
+
+    /// Pushes `wasm` as `repository:tag` in the Wasm OCI layout; returns
+    /// the manifest's digest.
+    fn push(&self, repository: &str, tag: &str, wasm: &Path) -> String {
+        push(&self.addr, repository, tag, wasm, self.auth.clone())
+    }
+
+    /// `oci://ADDR/REPOSITORY` followed by `suffix` (`:TAG` or `@DIGEST`).
+    fn reference(&self, repository: &str, suffix: &str) -> String {
+        format!("oci://{}/{repository}{suffix}", self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pushes the component file `wasm` to `registry` as `repository:tag`, as
+/// `wkg oci push` lays it out: an OCI image manifest with `artifactType`
+/// `application/wasm`, a `application/vnd.wasm.config.v0+json` config and
+/// one `application/wasm` layer. Returns the manifest's digest.
+fn push(
+    registry: &str,
+    repository: &str,
+    tag: &str,
+    wasm: &Path,
+    auth: Option<(String, String)>,
+) -> String {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::manifest::OciImageManifest;
+    use oci_client::secrets::RegistryAuth;
+    let bytes = std::fs::read(wasm).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        });
+        let reference = oci_client::Reference::with_tag(
+            registry.to_owned(),
+            repository.to_owned(),
+            tag.to_owned(),
+        );
+        let auth = match auth {
+            Some((user, password)) => RegistryAuth::Basic(user, password),
+            None => RegistryAuth::Anonymous,
+        };
+        let layer = ImageLayer::new(bytes, "application/wasm".to_owned(), None);
+        let config = serde_json::json!({
+            "created": "2026-12-06T00:00:00Z",
+            "architecture": "wasm",
+            "os": "wasip2",
+            "layerDigests": [layer.sha256_digest()],
+            "component": {"exports": ["wasi:cli/run@0.2.12"], "imports": [], "target": null},
+        });
+        let config = Config::new(
+            serde_json::to_vec(&config).unwrap(),
+            "application/vnd.wasm.config.v0+json".to_owned(),
+            None,
+        );
+        let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
+        manifest.artifact_type = Some("application/wasm".to_owned());
+        client
+            .push(&reference, &[layer], config, &auth, Some(manifest))
+            .await
+            .expect("the push succeeds");
+        client
+            .fetch_manifest_digest(&reference, &auth)
+            .await
+            .expect("the registry names the pushed manifest's digest")
+    })
+}
+
+/// A `[host]` section with an admin endpoint and a store of this test's
+/// own (the tests' shared default cache would hold other tests' pulls).
+fn host_section(extra: &str) -> String {
+    let cache = scratch_dir("cache");
+    format!(
+        "[host]\nadmin = \"127.0.0.1:0\"\ncache_dir = {:?}\n{extra}\n",
+        cache.display().to_string()
+    )
+}
+
+#[test]
+fn a_tenant_named_by_digest_or_tag_serves_and_reports_the_digest_it_runs() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let digest = registry.push("guests/seed", "v1", &repo_guest("seed"));
+    let by_digest = registry.reference("guests/seed", &format!("@{digest}"));
+    let by_tag = registry.reference("guests/seed", ":v1");
+    let manifest = format!(
+        "{}[[tenant]]\nname = \"pinned\"\ncomponent = {by_digest:?}\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[tenant]]\nname = \"tagged\"\ncomponent = {by_tag:?}\nlisten = [\"127.0.0.1:0\"]\n",
+        host_section("")
+    );
+    let tenants = Tenants::start(&manifest, &["pinned", "tagged"], &[]);
+    for name in ["pinned", "tagged"] {
+        assert_seed_reply(&round_trip(&mut connect(tenants.addr(name)), b"hello\n"));
+    }
+    assert_eq!(tenants.status("pinned")["component"], by_digest.as_str());
+    assert_eq!(
+        tenants.status("tagged")["component"],
+        format!("{by_tag}@{digest}").as_str(),
+        "a tag runs as the digest it resolved to"
+    );
+    let admin = tenants.admin.unwrap();
+    let series =
+        format!("tcphost_tenant_component{{tenant=\"tagged\",component=\"{by_tag}@{digest}\"}}");
+    assert_eq!(metric(admin, &series), 1.0);
+    assert!(metric(admin, "tcphost_registry_pulls_total{outcome=\"pulled\"}") >= 1.0);
+    assert!(metric(admin, "tcphost_registry_pull_bytes_total") > 0.0);
+    assert!(
+        tenants.host.log().contains(&format!("{by_tag}@{digest}")),
+        "the log names the digest that runs"
+    );
+}
+
+#[test]
+fn a_restarted_host_starts_from_its_store_with_the_registry_down() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let digest = registry.push("guests/seed", "stable", &repo_guest("seed"));
+    let by_digest = registry.reference("guests/seed", &format!("@{digest}"));
+    let by_tag = registry.reference("guests/seed", ":stable");
+    let manifest = format!(
+        "{}[[tenant]]\nname = \"pinned\"\ncomponent = {by_digest:?}\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[tenant]]\nname = \"tagged\"\ncomponent = {by_tag:?}\nlisten = [\"127.0.0.1:0\"]\n",
+        host_section("registry_timeout = \"2s\"")
+    );
+    let first = Tenants::start(&manifest, &["pinned", "tagged"], &[]);
+    let path = first.dir.join("tenants.toml");
+    drop(first);
+    drop(registry);
+    let again = Host::start(&["--config".as_ref(), path.as_os_str()]);
+    for name in ["pinned", "tagged"] {
+        let marker = format!("{name}: listening on ");
+        let addr = addr_after(&again.wait_for_log(&marker), &marker);
+        assert_seed_reply(&round_trip(&mut connect(addr), b"still here\n"));
+    }
+    let log = again.wait_for_log("starting from the digest this tag last resolved to");
+    assert!(log.contains(&digest), "{log}");
+    assert!(
+        !log.contains("pulled component"),
+        "nothing is pulled: the registry is down\n{log}"
+    );
+}
+
+#[test]
+fn credentials_from_a_docker_config_reach_a_registry_that_wants_them_and_are_never_logged() {
+    let Some(registry) = Registry::start_with_auth() else {
+        return;
+    };
+    let digest = registry.push("private/seed", "v1", &repo_guest("seed"));
+    let component = registry.reference("private/seed", &format!("@{digest}"));
+    let tenant = |name: &str| {
+        format!(
+            "[[tenant]]\nname = \"{name}\"\ncomponent = {component:?}\nlisten = [\"127.0.0.1:0\"]\n\n"
+        )
+    };
+    let neighbour = "[[tenant]]\nname = \"neighbour\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n";
+
+    // Without credentials: refused by the registry, so the tenant fails
+    // (401 is an answer, not retried), and its neighbour serves.
+    let anonymous = Tenants::start(
+        &format!("{}{}{neighbour}", host_section(""), tenant("private")),
+        &["neighbour"],
+        &[],
+    );
+    assert_seed_reply(&round_trip(
+        &mut connect(anonymous.addr("neighbour")),
+        b"hi\n",
+    ));
+    let status = anonymous.wait_status("private", "failed", |s| s["state"] == "failed");
+    let why = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("401") || why.contains("nauthorized"),
+        "{status}"
+    );
+    drop(anonymous);
+
+    // With a Docker config.json (as a mounted dockerconfigjson Secret).
+    let secrets = scratch_dir("secrets");
+    let encoded = base64_encode(format!("{USER}:{PASSWORD}").as_bytes());
+    std::fs::write(
+        secrets.join("config.json"),
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"{encoded}\"}}}}}}",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let credentials = format!(
+        "registry_credentials = {:?}",
+        secrets.join("config.json").display().to_string()
+    );
+    let authorised = Tenants::start(
+        &format!(
+            "{}{}{neighbour}",
+            host_section(&credentials),
+            tenant("private")
+        ),
+        &["private", "neighbour"],
+        &[],
+    );
+    assert_seed_reply(&round_trip(
+        &mut connect(authorised.addr("private")),
+        b"hi\n",
+    ));
+    let log = authorised.host.log();
+    assert!(!log.contains(PASSWORD) && !log.contains(&encoded), "{log}");
+}
+
+/// Standard base64 (for a config.json's `auth`).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| (n << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+        out.push_str(&"=".repeat(3 - chunk.len()));
+    }
+    out
+}
+
+/// How the lying registry answers a blob request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lie {
+    /// The declared number of bytes, but other ones.
+    OtherBytes,
+    /// Bytes without end (up to 1 GiB, with no length given).
+    Endless,
+    /// A layer declared larger than the host accepts.
+    Oversized,
+    /// Accepts, reads the request and never answers.
+    Stall,
+}
+
+/// A registry that lies as `lie` says about one artifact,
+/// `lies/component`, whose manifest it serves honestly otherwise.
+struct Liar {
+    /// The reference to the artifact, pinned to its manifest's digest.
+    reference: String,
+    /// Blob bytes it sent, and whether a blob was asked for at all.
+    sent: Arc<AtomicU64>,
+    blob_asked: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Liar {
+    fn start(lie: Lie, component: &Path) -> Liar {
+        let wasm = std::fs::read(component).unwrap();
+        let layer_digest = sha256(&wasm);
+        let size = if lie == Lie::Oversized {
+            100 << 20
+        } else {
+            wasm.len() as u64
+        };
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/wasm",
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": sha256(b"{}"), "size": 2},
+            "layers": [{"mediaType": "application/wasm", "digest": layer_digest, "size": size}],
+        }))
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reference = format!("oci://{addr}/lies/component@{}", sha256(&manifest));
+        let (sent, blob_asked, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (sent2, asked2, stop2) = (sent.clone(), blob_asked.clone(), stop.clone());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let (manifest, sent, asked, stop) = (
+                    manifest.clone(),
+                    sent2.clone(),
+                    asked2.clone(),
+                    stop2.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = serve_lies(stream, lie, size, &manifest, &sent, &asked, &stop);
+                });
+            }
+        });
+        Liar {
+            reference,
+            sent,
+            blob_asked,
+            stop,
+        }
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_lies(
+    stream: TcpStream,
+    lie: Lie,
+    size: u64,
+    manifest: &[u8],
+    sent: &AtomicU64,
+    blob_asked: &AtomicBool,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request)? == 0 {
+            return Ok(());
+        }
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 2 {
+            line.clear();
+        }
+        let path = request
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        if lie == Lie::Stall && path.contains("/manifests/") {
+            // Holds the connection, answering nothing, until the test ends.
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Ok(());
+        }
+        if path == "/v2/" {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")?;
+        } else if path.contains("/manifests/") {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
+                manifest.len()
+            )?;
+            out.write_all(manifest)?;
+        } else if path.contains("/blobs/") {
+            blob_asked.store(true, Ordering::Relaxed);
+            let chunk = vec![b'x'; 64 * 1024];
+            if lie == Lie::Endless {
+                out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+                while sent.load(Ordering::Relaxed) < 1 << 30 {
+                    out.write_all(&chunk)?;
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n")?;
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                out.write_all(&chunk[..n])?;
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                left -= n as u64;
+            }
+        } else {
+            out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// A host running `liar`'s component as tenant `lied-to` beside a
+/// `builtin:seed` neighbour under load; returns the host once the tenant
+/// has failed, after checking the neighbour kept answering throughout.
+fn lied_to(liar: &Liar, extra: &str) -> (Tenants, serde_json::Value) {
+    let manifest = format!(
+        "{}[[tenant]]\nname = \"lied-to\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[tenant]]\nname = \"neighbour\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n",
+        host_section(extra),
+        liar.reference
+    );
+    let tenants = Tenants::start(&manifest, &["neighbour"], &[]);
+    let neighbour = Neighbour::start(tenants.addr("neighbour"));
+    let status = tenants.wait_status("lied-to", "failed", |s| {
+        s["state"] == "failed" && !s["last_error"].is_null()
+    });
+    neighbour.assert_all_answered();
+    (tenants, status)
+}
+
+#[test]
+fn a_registry_serving_other_bytes_for_a_digest_starts_nothing_and_neighbours_serve() {
+    let liar = Liar::start(Lie::OtherBytes, &repo_guest("seed"));
+    let (tenants, status) = lied_to(&liar, "");
+    let why = status["last_error"].as_str().unwrap();
+    assert!(why.contains("digest"), "{status}");
+    assert!(
+        !tenants.host.log().contains("lied-to: listening on"),
+        "nothing it did not ask for runs"
+    );
+    let admin = tenants.admin.unwrap();
+    assert_eq!(
+        metric(admin, "tcphost_registry_pulls_total{outcome=\"failed\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn an_endless_blob_is_cut_at_its_declared_size_and_costs_bounded_memory() {
+    let liar = Liar::start(Lie::Endless, &repo_guest("seed"));
+    let (tenants, status) = lied_to(&liar, "");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("more than the component's declared"),
+        "{status}"
+    );
+    let declared = std::fs::metadata(repo_guest("seed")).unwrap().len();
+    // The liar may have sent more than the host took (socket buffers), but
+    // the host hung up long before the 1 GiB it had to send.
+    let sent = liar.sent.load(Ordering::Relaxed);
+    assert!(sent < 256 << 20, "the host kept reading: {sent} bytes sent");
+    let rss = tenants.host.rss_kib() * 1024;
+    assert!(
+        rss < 400 << 20,
+        "the host holds {rss} bytes after a {declared}-byte bound"
+    );
+}
+
+#[test]
+fn a_component_larger_than_the_limit_is_refused_before_it_is_pulled() {
+    let liar = Liar::start(Lie::Oversized, &repo_guest("seed"));
+    let (_tenants, status) = lied_to(&liar, "max_component_size = \"10 MiB\"");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("more than host.max_component_size"),
+        "{status}"
+    );
+    assert!(
+        !liar.blob_asked.load(Ordering::Relaxed),
+        "nothing was downloaded"
+    );
+}
+
+#[test]
+fn a_stalled_registry_times_out_is_retried_and_leaves_neighbours_serving() {
+    let liar = Liar::start(Lie::Stall, &repo_guest("seed"));
+    let started = Instant::now();
+    let (tenants, status) = lied_to(&liar, "registry_timeout = \"300ms\"");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 300ms"),
+        "{status}"
+    );
+    assert!(started.elapsed() < TIMEOUT);
+    // Unavailable, not refused: retried in the background.
+    let admin = tenants.admin.unwrap();
+    wait_metric(
+        admin,
+        "tcphost_registry_pulls_total{outcome=\"failed\"}",
+        |n| n >= 2.0,
+    );
+}
+
+#[test]
+fn a_swap_request_pulls_only_from_the_registries_it_is_allowed() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let allowed = registry.reference("allowed/seed", ":v1");
+    let other = registry.reference("elsewhere/seed", ":v1");
+    registry.push("allowed/seed", "v1", &repo_guest("seed"));
+    registry.push("elsewhere/seed", "v1", &repo_guest("seed"));
+    let manifest = format!(
+        "{}[[tenant]]\nname = \"swapped\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n",
+        host_section(&format!("registries = [\"{}/allowed\"]", registry.addr))
+    );
+    let tenants = Tenants::start(&manifest, &["swapped"], &[]);
+    let (code, body) = tenants.post("/tenants/swapped/swap", &other);
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("not in a registry swaps may pull from"),
+        "{body}"
+    );
+    assert_eq!(tenants.status("swapped")["component"], "builtin:seed");
+    let (code, body) = tenants.post("/tenants/swapped/swap", &allowed);
+    assert_eq!(code, 200, "{body}");
+    let status = tenants.status("swapped");
+    assert!(
+        status["component"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{allowed}@sha256:")),
+        "{status}"
+    );
+    assert_seed_reply(&round_trip(&mut connect(tenants.addr("swapped")), b"hi\n"));
+}
+
+/// A directory laid out as the kubelet mounts a ConfigMap: `tenants.toml`
+/// links to `..data/tenants.toml`, `..data` to a timestamped directory.
+struct ConfigMapDir {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl ConfigMapDir {
+    fn new(text: &str) -> ConfigMapDir {
+        let mut this = ConfigMapDir {
+            dir: scratch_dir("configmap"),
+            generation: 0,
+        };
+        this.update(text);
+        std::os::unix::fs::symlink("..data/tenants.toml", this.dir.join("tenants.toml")).unwrap();
+        this
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("tenants.toml")
+    }
+
+    /// The kubelet's atomic update: a new timestamped directory, `..data_tmp`
+    /// pointing to it, renamed over `..data`, the old directory removed.
+    fn update(&mut self, text: &str) {
+        self.generation += 1;
+        let old = format!("..2026_12_06_00_00_{:02}.000000001", self.generation - 1);
+        let new = format!("..2026_12_06_00_00_{:02}.000000001", self.generation);
+        std::fs::create_dir(self.dir.join(&new)).unwrap();
+        std::fs::write(self.dir.join(&new).join("tenants.toml"), text).unwrap();
+        std::os::unix::fs::symlink(&new, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        let _ = std::fs::remove_dir_all(self.dir.join(old));
+    }
+}
+
+/// Round trips on a fresh connection each, from their own thread, until
+/// stopped: every one must connect and be answered.
+struct FreshClients {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl FreshClients {
+    fn start(addr: SocketAddr) -> FreshClients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut answered, mut failures) = (0, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                let outcome = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(
+                    |mut stream| {
+                        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        stream.write_all(b"fresh\n")?;
+                        let mut reply = [0u8; 128];
+                        let n = stream.read(&mut reply)?;
+                        Ok(String::from_utf8_lossy(&reply[..n]).into_owned())
+                    },
+                );
+                match outcome {
+                    // Either version's reply: the seed's, or the WASI 0.3 one's.
+                    Ok(reply) if reply.contains(" socket server : ") => answered += 1,
+                    Ok(reply) => failures.push(format!("unexpected reply {reply:?}")),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (answered, failures)
+        });
+        FreshClients { stop, thread }
+    }
+
+    fn assert_all_answered(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let (answered, failures) = self.thread.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {failures:?}",
+            failures.len()
+        );
+        assert!(answered > 0);
+        answered
+    }
+}
+
+#[test]
+fn a_configmap_update_to_another_digest_swaps_the_tenant_live_under_load() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    // Two versions that tell themselves apart: the seed server, and the
+    // WASI 0.3 guest ("rust socket server : N").
+    let v1 = registry.push("guests/seed", "v1", &repo_guest("seed"));
+    let p3_seed = PathBuf::from(env!("TCPHOST_P3_GUEST_DIR")).join("seed.wasm");
+    let v2 = registry.push("guests/seed", "v2", &p3_seed);
+    assert_ne!(v1, v2);
+    let host_keys = host_section("watch = true");
+    let manifest = |digest: &str| {
+        format!(
+            "{host_keys}[[tenant]]\nname = \"fleet\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n",
+            registry.reference("guests/seed", &format!("@{digest}"))
+        )
+    };
+    let mut configmap = ConfigMapDir::new(&manifest(&v1));
+    let host = Host::start(&["--config".as_ref(), configmap.path().as_os_str()]);
+    let addr = addr_after(
+        &host.wait_for_log("fleet: listening on "),
+        "fleet: listening on ",
+    );
+    let admin = addr_after(
+        &host.wait_for_log("admin: listening on "),
+        "admin: listening on ",
+    );
+    host.wait_for_log("watching the manifest");
+    let (kept, fresh) = (Neighbour::start(addr), FreshClients::start(addr));
+
+    configmap.update(&manifest(&v2));
+    let series = |digest: &str| {
+        format!(
+            "tcphost_tenant_component{{tenant=\"fleet\",component=\"{}\"}}",
+            registry.reference("guests/seed", &format!("@{digest}"))
+        )
+    };
+    wait_until("the tenant runs the new digest", || {
+        metrics(admin).contains_key(&series(&v2))
+    });
+    host.wait_for_log("live swap done");
+    // New clients reach the new version (its own reply) while the load
+    // runs on; the connection held from before stays on the old one.
+    let mut stream = connect(addr);
+    let reply = round_trip(&mut stream, b"new\n");
+    assert!(reply.starts_with("rust socket server : "), "{reply:?}");
+    fresh.assert_all_answered();
+    kept.assert_all_answered();
+    assert_eq!(
+        metric(admin, "tcphost_manifest_reloads_total{outcome=\"applied\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_watched_manifest_that_does_not_parse_changes_nothing_and_a_renamed_one_applies() {
+    let dir = scratch_dir("watched");
+    let path = dir.join("tenants.toml");
+    let one = format!(
+        "{}watch = true\n[[tenant]]\nname = \"first\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n",
+        host_section("")
+    );
+    std::fs::write(&path, &one).unwrap();
+    let host = Host::start(&["--config".as_ref(), path.as_os_str()]);
+    let first = addr_after(
+        &host.wait_for_log("first: listening on "),
+        "first: listening on ",
+    );
+    let admin = addr_after(
+        &host.wait_for_log("admin: listening on "),
+        "admin: listening on ",
+    );
+    host.wait_for_log("watching the manifest");
+
+    std::fs::write(&path, "[[tenant]\nname = ").unwrap();
+    host.wait_for_log("the manifest changed and is not applied, nothing changed");
+    wait_metric(
+        admin,
+        "tcphost_manifest_reloads_total{outcome=\"refused\"}",
+        |n| n == 1.0,
+    );
+    assert_seed_reply(&round_trip(&mut connect(first), b"still\n"));
+
+    // An editor's save: written beside, renamed over.
+    let two = format!(
+        "{one}\n[[tenant]]\nname = \"second\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n"
+    );
+    std::fs::write(dir.join(".tenants.toml.swp"), &two).unwrap();
+    std::fs::rename(dir.join(".tenants.toml.swp"), &path).unwrap();
+    let second = addr_after(
+        &host.wait_for_log("second: listening on "),
+        "second: listening on ",
+    );
+    assert_seed_reply(&round_trip(&mut connect(second), b"new\n"));
+    assert_seed_reply(&round_trip(&mut connect(first), b"kept\n"));
+    assert_eq!(
+        metric(admin, "tcphost_manifest_reloads_total{outcome=\"applied\"}"),
+        1.0
+    );
+}
