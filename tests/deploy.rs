@@ -1,6 +1,7 @@
 //! The deployment recipes hold manifests the host accepts: the container
-//! image's default, and the one in the Kubernetes ConfigMap, whose drain
-//! timeout must end before the pod's grace period does. (CI checks the
+//! image's default, and the Kubernetes one, from which the Kubernetes
+//! objects are rendered (and must be what it renders to now), whose drain
+//! timeout ends before the pod's grace period does. (CI checks the
 //! Dockerfile and the Kubernetes objects themselves with hadolint and
 //! kubernetes-validate; see .ci/run.)
 
@@ -11,16 +12,34 @@ fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// The `tenants.toml` block of the ConfigMap (a YAML literal block).
-fn configmap_manifest() -> String {
-    let yaml = std::fs::read_to_string(repo("host/deploy/kubernetes/configmap.yaml")).unwrap();
-    let mut lines = yaml.lines().skip_while(|l| l.trim() != "tenants.toml: |");
-    lines.next().expect("a tenants.toml entry in the ConfigMap");
-    lines
-        .take_while(|l| l.is_empty() || l.starts_with("    "))
-        .map(|l| l.strip_prefix("    ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The Kubernetes objects as shipped.
+fn rendered() -> String {
+    std::fs::read_to_string(repo("host/deploy/kubernetes/tcphost.yaml")).unwrap()
+}
+
+/// The manifest they are rendered from.
+fn kubernetes_manifest() -> host::config::manifest::Manifest {
+    host::config::manifest::load(&repo("host/deploy/kubernetes/tenants.toml"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_kubernetes_objects_are_what_their_manifest_renders_to() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .arg("--config")
+        .arg(repo("host/deploy/kubernetes/tenants.toml"))
+        .args(["--render-kubernetes", "--image", "tcphost:0.1.0"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout) == rendered(),
+        "host/deploy/kubernetes/tcphost.yaml is not what tenants.toml renders to: render it again (see the header of tenants.toml)"
+    );
 }
 
 #[test]
@@ -32,30 +51,26 @@ fn the_image_default_manifest_is_valid() {
 }
 
 #[test]
-fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
-    let text = configmap_manifest();
-    let manifest = host::config::manifest::parse(Path::new("configmap/tenants.toml"), &text)
-        .unwrap_or_else(|e| panic!("{e}"));
+fn the_rendered_pods_drain_within_their_grace_period_and_expose_every_tenant() {
+    let manifest = kubernetes_manifest();
     assert!(
         manifest.admin.is_some(),
         "readiness needs the admin endpoint"
     );
-    let deployment =
-        std::fs::read_to_string(repo("host/deploy/kubernetes/deployment.yaml")).unwrap();
-    let grace: u64 = deployment
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+    let yaml = rendered();
+    let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
+    let grace: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("terminationGracePeriodSeconds:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("terminationGracePeriodSeconds in the Deployment");
     // The pod keeps accepting through its preStop delay, then drains.
-    let lines: Vec<&str> = deployment.lines().map(str::trim).collect();
     let pre_stop: u64 = lines
         .iter()
         .skip_while(|l| **l != "preStop:")
         .find_map(|l| l.strip_prefix("seconds:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("a preStop sleep in the Deployment");
-    let service = std::fs::read_to_string(repo("host/deploy/kubernetes/service.yaml")).unwrap();
     for tenant in &manifest.tenants {
         assert!(
             Duration::from_secs(pre_stop) + tenant.limits.drain_timeout
@@ -80,7 +95,7 @@ fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
                     )
                 });
             assert!(
-                service.contains(&format!("port: {port}\n      targetPort: {name}\n")),
+                yaml.contains(&format!("port: {port}\n      targetPort: {name}\n")),
                 "the Service does not expose {}'s port {port} (container port {name:?})",
                 tenant.name
             );
@@ -90,28 +105,23 @@ fn the_configmap_manifest_is_valid_and_drains_within_the_grace_period() {
 
 #[test]
 fn the_control_endpoint_is_reachable_only_from_inside_the_pod() {
-    let text = configmap_manifest();
-    let manifest = host::config::manifest::parse(Path::new("configmap/tenants.toml"), &text)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let control = manifest.control.expect("the ConfigMap enables control");
+    let manifest = kubernetes_manifest();
+    let control = manifest.control.expect("the manifest enables control");
     let host::config::manifest::ControlAddr::Tcp(addr) = control.addr else {
         panic!("control on TCP loopback, for kubectl port-forward");
     };
     assert!(addr.ip().is_loopback(), "{addr}");
-    let port = format!("port: {}", addr.port());
-    for object in ["networkpolicy.yaml", "service.yaml"] {
-        let yaml =
-            std::fs::read_to_string(repo(&format!("host/deploy/kubernetes/{object}"))).unwrap();
-        assert!(!yaml.contains(&port), "{object} exposes the control port");
-    }
+    let yaml = rendered();
+    assert!(
+        !yaml.contains(&format!("port: {}", addr.port())),
+        "a Service or NetworkPolicy exposes the control port"
+    );
     // The token file is the mounted Secret's.
     let token = control.token_file.expect("a token file");
-    let deployment =
-        std::fs::read_to_string(repo("host/deploy/kubernetes/deployment.yaml")).unwrap();
     let dir = token.parent().unwrap().display().to_string();
     assert!(
-        deployment.contains(&format!("mountPath: {dir}")),
+        yaml.contains(&format!("mountPath: {dir}")),
         "the Deployment mounts {dir}"
     );
-    assert!(deployment.contains("secretName: tcphost-control"));
+    assert!(yaml.contains("secretName: tcphost-control"));
 }

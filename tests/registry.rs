@@ -4,8 +4,9 @@
 //! `wkg oci push` writes (through `oci-client`, the crate `wkg` pushes
 //! with). A registry that lies is played by a small server of this file's
 //! own: only it can serve wrong bytes, an endless blob or nothing at all.
-//! And the manifest watched: a Kubernetes ConfigMap's atomic update swaps a
-//! tenant live under load.
+//! And the fleet's other parts: the manifest watched (a Kubernetes
+//! ConfigMap's atomic update swaps a tenant live under load), and a host
+//! told to run one group of tenants.
 //!
 //! Without `docker-registry` on the PATH (outside CI) the tests that need
 //! it say so in one line and step aside; `.ci/run` installs it.
@@ -814,5 +815,57 @@ fn a_watched_manifest_that_does_not_parse_changes_nothing_and_a_renamed_one_appl
     assert_eq!(
         metric(admin, "tcphost_manifest_reloads_total{outcome=\"applied\"}"),
         1.0
+    );
+}
+
+#[test]
+fn a_host_told_one_group_runs_only_its_tenants_through_reloads_too() {
+    let dir = scratch_dir("groups");
+    let path = dir.join("tenants.toml");
+    let manifest = |extra: &str| {
+        format!(
+            "[group.edge]\nreplicas = 3\n\n\
+             [[tenant]]\nname = \"core\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n\n\
+             [[tenant]]\nname = \"front\"\ngroup = \"edge\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n{extra}"
+        )
+    };
+    std::fs::write(&path, manifest("")).unwrap();
+    let host = Host::start(&[
+        "--config".as_ref(),
+        path.as_os_str(),
+        "--group".as_ref(),
+        "edge".as_ref(),
+    ]);
+    let front = addr_after(
+        &host.wait_for_log("front: listening on "),
+        "front: listening on ",
+    );
+    assert_seed_reply(&round_trip(&mut connect(front), b"edge\n"));
+    // A reload adds the group's new tenant, and only it.
+    std::fs::write(
+        &path,
+        manifest(
+            "\n[[tenant]]\nname = \"side\"\ngroup = \"edge\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n\n\
+             [[tenant]]\nname = \"other\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n",
+        ),
+    )
+    .unwrap();
+    host.signal("HUP");
+    host.wait_for_log("side: listening on");
+    let log = host.wait_for_log("manifest reloaded");
+    for absent in ["core: listening on", "other: listening on"] {
+        assert!(!log.contains(absent), "{absent} in:\n{log}");
+    }
+
+    let (status, stderr) = run_host(&[
+        "--config".as_ref(),
+        path.as_os_str(),
+        "--group".as_ref(),
+        "nowhere".as_ref(),
+    ]);
+    assert!(!status.success());
+    assert_clean_error(
+        &stderr,
+        "error: --group: the manifest has no group \"nowhere\"",
     );
 }

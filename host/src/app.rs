@@ -24,6 +24,9 @@ use tracing::{error, info, warn};
 /// Runs the host as `cli` says, from logging to exit status: errors are
 /// one line on standard error and a failing status, never a panic.
 pub fn main(cli: Cli) -> ExitCode {
+    if cli.render_kubernetes {
+        return render_kubernetes(&cli);
+    }
     tracing_subscriber::fmt()
         .with_writer(crate::wasi::stdio::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -56,6 +59,31 @@ pub fn main(cli: Cli) -> ExitCode {
     code
 }
 
+/// Prints the Kubernetes objects that run the manifest (see
+/// crate::config::kubernetes).
+fn render_kubernetes(cli: &Cli) -> ExitCode {
+    let Some(path) = &cli.config else {
+        eprintln!("error: --render-kubernetes needs --config");
+        return ExitCode::FAILURE;
+    };
+    let rendered = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|text| {
+            let manifest = manifest::parse(path, &text).map_err(|e| e.to_string())?;
+            crate::config::kubernetes::render(&manifest, &text, &cli.image)
+        });
+    match rendered {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the host as `cli` says until it is stopped.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Before anything can listen: a signal must never find the default
@@ -67,6 +95,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => manifest::load(path)?,
         None => one_tenant(&cli)?,
     };
+    if let Some(group) = &cli.group {
+        manifest
+            .only_group(group)
+            .map_err(|why| anyhow::anyhow!("--group: {why}"))?;
+    }
     raise_open_file_limit(&manifest);
     let watch_manifest = cli.watch || manifest.watch;
     let listeners = open_listeners(&mut manifest, single)?;
@@ -210,6 +243,7 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
     let puller = crate::registry::Puller::new(manifest.registry.clone(), store.as_deref())?;
     let loader = Loader::new(engine, cache_dir.map(|dir| (dir, manifest.cache_max_size)))?;
     let control = Control::new(loader, puller, cli.config.clone(), pool);
+    control.set_group(cli.group.clone());
     control.set_host_settings(manifest);
     Ok(control)
 }
@@ -400,14 +434,9 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
     let component = match &cli.guest {
         Some(spec) => {
             let cwd = std::env::current_dir().unwrap_or_default();
-            let source = ComponentSource::parse(spec, &cwd)
-                .map_err(|why| anyhow::anyhow!("GUEST {spec:?}: {why}"))?;
-            if let ComponentSource::File(path) = &source
-                && !path.is_file()
-            {
-                anyhow::bail!("GUEST: {} does not exist or is not a file", path.display());
-            }
-            source
+            // A file is read (and any problem with it named) when loaded.
+            ComponentSource::parse(spec, &cwd)
+                .map_err(|why| anyhow::anyhow!("GUEST {spec:?}: {why}"))?
         }
         None => ComponentSource::Builtin("seed".into()),
     };
@@ -440,8 +469,14 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         guest_threads: None,
         registry: manifest::RegistrySettings::default(),
         watch: false,
+        groups: [(
+            manifest::DEFAULT_GROUP.to_owned(),
+            manifest::Group::default(),
+        )]
+        .into(),
         tenants: vec![TenantConfig {
             name,
+            group: manifest::DEFAULT_GROUP.to_owned(),
             component,
             component_at: String::new(),
             listen_at: String::new(),

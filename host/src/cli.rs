@@ -88,6 +88,22 @@ pub struct Cli {
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 
+    /// Run only the tenants of this group (`group = "NAME"` in the
+    /// manifest; tenants that name none are in "default"): one Deployment
+    /// per group, each scaled on its own.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub group: Option<String>,
+
+    /// Print the Kubernetes objects that run the manifest (a ConfigMap
+    /// holding it, and per group a Deployment, Service and NetworkPolicy)
+    /// and exit; see --image.
+    #[arg(long, requires = "config")]
+    pub render_kubernetes: bool,
+
+    /// The container image the rendered Deployments run.
+    #[arg(long, value_name = "IMAGE", requires = "render_kubernetes", default_value = concat!("tcphost:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+
     /// Apply every change to the manifest file as a reload does (as the
     /// manifest's [host] watch = true): edits, files renamed into place,
     /// and a Kubernetes ConfigMap's atomic update.

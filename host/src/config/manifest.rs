@@ -302,6 +302,59 @@ struct RawHost {
     watch: bool,
 }
 
+/// The group of tenants that do not name one.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// The most replicas a group may ask for.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// A group of tenants placed and scaled together (`[group.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// How many hosts (pods) run it.
+    pub replicas: u32,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group { replicas: 2 }
+    }
+}
+
+/// Whether `name` can name a group: it becomes part of Kubernetes object
+/// names, so a DNS label of at most 40 characters.
+pub fn valid_group(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a group name (up to 40 lowercase letters, digits and inner dashes)"
+        ))
+    }
+}
+
+impl Manifest {
+    /// Keeps only the tenants of `group` (a host run with `--group`).
+    pub fn only_group(&mut self, group: &str) -> Result<(), String> {
+        if !self.groups.contains_key(group) {
+            let known: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+            return Err(format!(
+                "the manifest has no group {group:?} (it has: {})",
+                known.join(", ")
+            ));
+        }
+        self.tenants.retain(|t| t.group == group);
+        Ok(())
+    }
+}
+
 /// How components are pulled from OCI registries (the `[host]` keys
 /// `registries`, `insecure_registries`, `registry_ca_file`,
 /// `registry_credentials`, `max_component_size`, `registry_timeout`).
@@ -383,6 +436,13 @@ struct RawTenant {
     env: Option<Spanned<BTreeMap<String, String>>>,
     connect: Option<Spanned<Vec<Spanned<SocketAddr>>>>,
     limits: Option<Spanned<RawLimits>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    replicas: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,6 +453,8 @@ struct RawManifest {
     limits: Option<Spanned<RawLimits>>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
+    #[serde(default, rename = "group")]
+    groups: BTreeMap<String, Spanned<RawGroup>>,
 }
 
 /// One tenant, validated.
@@ -400,6 +462,10 @@ struct RawManifest {
 pub struct TenantConfig {
     /// Unique name: log tag, admin key, the guest's only argument.
     pub name: String,
+    /// The group it is placed and scaled with ([`DEFAULT_GROUP`] unless
+    /// named): a host told to run one group (`--group`) runs only its
+    /// tenants, and each group is a Deployment of its own.
+    pub group: String,
     /// The guest.
     pub component: ComponentSource,
     /// `file:line` of the `component` key, for load errors.
@@ -499,6 +565,9 @@ pub struct Manifest {
     pub registry: RegistrySettings,
     /// Whether a change to the manifest file is applied as a reload.
     pub watch: bool,
+    /// Each group's settings (`[group.NAME]`), for every group a tenant
+    /// names or a table describes.
+    pub groups: BTreeMap<String, Group>,
     /// Every tenant, in file order.
     pub tenants: Vec<TenantConfig>,
 }
@@ -590,6 +659,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         tenants.push(doc.tenant(tenant, &defaults, admin, &mut taken)?);
     }
     let registry = doc.registry_settings(&raw.host)?;
+    let mut groups = BTreeMap::new();
+    for (name, group) in raw.groups {
+        let span = group.span();
+        valid_group(&name).map_err(|why| doc.at(span.clone(), "group", why))?;
+        let replicas = match group.into_inner().replicas {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > MAX_REPLICAS => {
+                return Err(doc.at(
+                    n.span(),
+                    "group.replicas",
+                    format!("must be from 1 to {MAX_REPLICAS}"),
+                ));
+            }
+            Some(n) => n.into_inner(),
+            None => Group::default().replicas,
+        };
+        groups.insert(name, Group { replicas });
+    }
+    for tenant in &tenants {
+        groups.entry(tenant.group.clone()).or_default();
+    }
     let control = doc.control(raw.host.control, raw.host.control_token_file, &taken)?;
     let base = doc.base;
     let component_dirs = match raw.host.component_dirs {
@@ -606,6 +695,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         guest_threads: raw.host.guest_threads.map(Spanned::into_inner),
         registry,
         watch: raw.host.watch,
+        groups,
         tenants,
     })
 }
@@ -685,8 +775,17 @@ impl Doc<'_> {
             Some(limits) => self.limits(limits, defaults, "tenant.limits")?,
             None => defaults.clone(),
         };
+        let group = match tenant.group {
+            Some(group) => {
+                valid_group(group.get_ref())
+                    .map_err(|why| self.at(group.span(), "tenant.group", why))?;
+                group.into_inner()
+            }
+            None => DEFAULT_GROUP.to_owned(),
+        };
         Ok(TenantConfig {
             name,
+            group,
             component,
             component_at,
             listen_at,

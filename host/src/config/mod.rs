@@ -1,9 +1,11 @@
 //! The operator's configuration: the manifest's types and its parser
 //! ([`manifest`]: validated whole, with `file:line: key` errors), where a
 //! component comes from ([`source`]: `builtin:`, a file, `oci://`), and what
-//! a reload is to change ([`reload`]: a pure plan). Depends on nothing else
-//! in the host.
+//! a reload is to change ([`reload`]: a pure plan), and the Kubernetes
+//! objects that run a manifest ([`kubernetes`]: rendered from it). Depends
+//! on nothing else in the host.
 
+pub mod kubernetes;
 pub mod manifest;
 pub mod reload;
 pub mod source;

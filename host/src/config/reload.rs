@@ -69,6 +69,7 @@ mod tests {
     fn tenant(name: &str, component: &str) -> TenantConfig {
         TenantConfig {
             name: name.into(),
+            group: crate::config::manifest::DEFAULT_GROUP.into(),
             component: ComponentSource::Builtin(component.into()),
             component_at: format!("tenants.toml:{}", name.len()),
             listen_at: String::new(),

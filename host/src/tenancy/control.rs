@@ -89,6 +89,8 @@ pub struct Control {
     started_with: Mutex<Option<manifest::Manifest>>,
     /// Reloads by outcome (see [`Control::reload_counts`]).
     reloads: [std::sync::atomic::AtomicU64; 3],
+    /// The one group of tenants this host runs (`--group`), if told.
+    group: Mutex<Option<String>>,
 }
 
 impl Control {
@@ -113,6 +115,7 @@ impl Control {
             retired: crate::account::Counters::default(),
             started_with: Mutex::new(None),
             reloads: Default::default(),
+            group: Mutex::new(None),
         })
     }
 
@@ -137,6 +140,11 @@ impl Control {
                 settings.allowed.join(", ")
             )
         })
+    }
+
+    /// Runs only the tenants of `group` from now on (reloads included).
+    pub fn set_group(&self, group: Option<String>) {
+        *self.group.lock().unwrap_or_else(|p| p.into_inner()) = group;
     }
 
     /// Records the `[host]` settings the host started with.
@@ -701,7 +709,11 @@ impl Control {
             .manifest
             .as_ref()
             .ok_or("there is no manifest to reload (the host runs one tenant)")?;
-        let manifest = manifest::load(path).map_err(|e| e.to_string())?;
+        let mut manifest = manifest::load(path).map_err(|e| e.to_string())?;
+        let group = self.group.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(group) = group {
+            manifest.only_group(&group)?;
+        }
         let need_restart = self
             .started_with
             .lock()
