@@ -13,11 +13,11 @@
 
 mod common;
 
+use common::oci::Registry;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,166 +27,24 @@ const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-pull-pw";
 const HTPASSWD: &str = "puller:$2y$05$hSg5VtZMsx/7SEwlN1dOgOpGJFBHRHPUvA/0lc4RbD0bQQarx/.0q\n";
 
-/// A CNCF distribution registry on 127.0.0.1, stopped when dropped.
-struct Registry {
-    child: Child,
-    /// `127.0.0.1:PORT`.
-    addr: String,
-    auth: Option<(String, String)>,
-}
-
-impl Registry {
-    /// Starts one, anonymous; `None` (after one line saying why) when
-    /// `docker-registry` is not installed outside CI.
-    fn start() -> Option<Registry> {
-        Registry::start_with(false)
-    }
-
-    /// Starts one that wants basic auth ([`USER`], [`PASSWORD`]).
-    fn start_with_auth() -> Option<Registry> {
-        Registry::start_with(true)
-    }
-
-    fn start_with(auth: bool) -> Option<Registry> {
-        let installed = Command::new("docker-registry")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
+/// Starts a registry for a test (with basic auth if `auth`); `None`
+/// (after one line saying why) when `docker-registry` is not installed
+/// outside CI.
+fn registry(auth: bool) -> Option<Registry> {
+    match Registry::start(
+        &scratch_dir("registry"),
+        auth.then_some((USER, PASSWORD, HTPASSWD)),
+    ) {
+        Ok(registry) => Some(registry),
+        Err(why) => {
             assert!(
                 std::env::var_os("CI").is_none(),
-                "docker-registry is not installed: .ci/run installs Debian's docker-registry package"
+                "{why}: .ci/run installs Debian's docker-registry package"
             );
-            eprintln!(
-                "not tested: no docker-registry on the PATH (apt-get install docker-registry, or run .ci/run)"
-            );
-            return None;
+            eprintln!("not tested: {why} (apt-get install docker-registry, or run .ci/run)");
+            None
         }
-        let dir = scratch_dir("registry");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
-            dir.join("data").display()
-        );
-        if auth {
-            std::fs::write(dir.join("htpasswd"), HTPASSWD).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: tcphost-tests\n    path: {}\n",
-                dir.join("htpasswd").display()
-            ));
-        }
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("docker-registry starts");
-        // It logs the port it picked: "listening on 127.0.0.1:PORT".
-        let (found, listening) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                        .collect();
-                    let _ = found.send(addr);
-                }
-            }
-        });
-        let addr = listening
-            .recv_timeout(TIMEOUT)
-            .expect("docker-registry says where it listens");
-        Some(Registry {
-            child,
-            addr,
-            auth: auth.then(|| (USER.to_owned(), PASSWORD.to_owned())),
-        })
     }
-
-    /// Pushes `wasm` as `repository:tag` in the Wasm OCI layout; returns
-    /// the manifest's digest.
-    fn push(&self, repository: &str, tag: &str, wasm: &Path) -> String {
-        push(&self.addr, repository, tag, wasm, self.auth.clone())
-    }
-
-    /// `oci://ADDR/REPOSITORY` followed by `suffix` (`:TAG` or `@DIGEST`).
-    fn reference(&self, repository: &str, suffix: &str) -> String {
-        format!("oci://{}/{repository}{suffix}", self.addr)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Pushes the component file `wasm` to `registry` as `repository:tag`, as
-/// `wkg oci push` lays it out: an OCI image manifest with `artifactType`
-/// `application/wasm`, a `application/vnd.wasm.config.v0+json` config and
-/// one `application/wasm` layer. Returns the manifest's digest.
-fn push(
-    registry: &str,
-    repository: &str,
-    tag: &str,
-    wasm: &Path,
-    auth: Option<(String, String)>,
-) -> String {
-    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-    use oci_client::manifest::OciImageManifest;
-    use oci_client::secrets::RegistryAuth;
-    let bytes = std::fs::read(wasm).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        #[allow(deprecated)]
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
-            ..ClientConfig::default()
-        });
-        let reference = oci_client::Reference::with_tag(
-            registry.to_owned(),
-            repository.to_owned(),
-            tag.to_owned(),
-        );
-        let auth = match auth {
-            Some((user, password)) => RegistryAuth::Basic(user, password),
-            None => RegistryAuth::Anonymous,
-        };
-        let layer = ImageLayer::new(bytes, "application/wasm".to_owned(), None);
-        let config = serde_json::json!({
-            "created": "2026-12-06T00:00:00Z",
-            "architecture": "wasm",
-            "os": "wasip2",
-            "layerDigests": [layer.sha256_digest()],
-            "component": {"exports": ["wasi:cli/run@0.2.12"], "imports": [], "target": null},
-        });
-        let config = Config::new(
-            serde_json::to_vec(&config).unwrap(),
-            "application/vnd.wasm.config.v0+json".to_owned(),
-            None,
-        );
-        let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
-        manifest.artifact_type = Some("application/wasm".to_owned());
-        client
-            .push(&reference, &[layer], config, &auth, Some(manifest))
-            .await
-            .expect("the push succeeds");
-        client
-            .fetch_manifest_digest(&reference, &auth)
-            .await
-            .expect("the registry names the pushed manifest's digest")
-    })
 }
 
 /// A `[host]` section with an admin endpoint and a store of this test's
@@ -201,7 +59,7 @@ fn host_section(extra: &str) -> String {
 
 #[test]
 fn a_tenant_named_by_digest_or_tag_serves_and_reports_the_digest_it_runs() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = registry(false) else {
         return;
     };
     let digest = registry.push("guests/seed", "v1", &repo_guest("seed"));
@@ -236,7 +94,7 @@ fn a_tenant_named_by_digest_or_tag_serves_and_reports_the_digest_it_runs() {
 
 #[test]
 fn a_restarted_host_starts_from_its_store_with_the_registry_down() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = registry(false) else {
         return;
     };
     let digest = registry.push("guests/seed", "stable", &repo_guest("seed"));
@@ -267,7 +125,7 @@ fn a_restarted_host_starts_from_its_store_with_the_registry_down() {
 
 #[test]
 fn credentials_from_a_docker_config_reach_a_registry_that_wants_them_and_are_never_logged() {
-    let Some(registry) = Registry::start_with_auth() else {
+    let Some(registry) = registry(true) else {
         return;
     };
     let digest = registry.push("private/seed", "v1", &repo_guest("seed"));
@@ -599,7 +457,7 @@ fn a_stalled_registry_times_out_is_retried_and_leaves_neighbours_serving() {
 
 #[test]
 fn a_swap_request_pulls_only_from_the_registries_it_is_allowed() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = registry(false) else {
         return;
     };
     let allowed = registry.reference("allowed/seed", ":v1");
@@ -718,7 +576,7 @@ impl FreshClients {
 
 #[test]
 fn a_configmap_update_to_another_digest_swaps_the_tenant_live_under_load() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = registry(false) else {
         return;
     };
     // Two versions that tell themselves apart: the seed server, and the
@@ -754,9 +612,15 @@ fn a_configmap_update_to_another_digest_swaps_the_tenant_live_under_load() {
             registry.reference("guests/seed", &format!("@{digest}"))
         )
     };
-    wait_until("the tenant runs the new digest", || {
-        metrics(admin).contains_key(&series(&v2))
-    });
+    let deadline = Instant::now() + TIMEOUT;
+    while !metrics(admin).contains_key(&series(&v2)) {
+        assert!(
+            Instant::now() < deadline,
+            "the tenant never ran the new digest:\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     host.wait_for_log("live swap done");
     // New clients reach the new version (its own reply) while the load
     // runs on; the connection held from before stays on the old one.

@@ -3,6 +3,8 @@
 //! bounded.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod oci;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
