@@ -64,13 +64,18 @@ impl Host {
 
     /// The first line containing `marker` (the host's own, not a guest's).
     fn wait_for(&self, marker: &str) -> String {
+        self.wait_for_either(marker, marker)
+    }
+
+    /// The first line containing `one` or `other`.
+    fn wait_for_either(&self, one: &str, other: &str) -> String {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let line = self
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no {marker:?} line"));
-            if line.contains(marker) && !line.contains(" guest: ") {
+                .unwrap_or_else(|_| panic!("no {one:?} line"));
+            if (line.contains(one) || line.contains(other)) && !line.contains(" guest: ") {
                 return line;
             }
         }
@@ -172,11 +177,17 @@ fn main() {
     for _ in 0..ROUNDS {
         manifest(&path, &cache, &reference(&v1));
         let host = Host::start(&path);
-        let addr = addr_after(
-            &host.wait_for("fleet: listening on "),
-            "fleet: listening on ",
-        );
-        host.wait_for("watching the manifest");
+        // The two lines come in either order.
+        let first = host.wait_for_either("fleet: listening on ", "watching the manifest");
+        let addr = if first.contains("fleet: listening on ") {
+            host.wait_for("watching the manifest");
+            addr_after(&first, "fleet: listening on ")
+        } else {
+            addr_after(
+                &host.wait_for("fleet: listening on "),
+                "fleet: listening on ",
+            )
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let load: Vec<_> = (0..2)
@@ -198,9 +209,11 @@ fn main() {
         let started = Instant::now();
         manifest(&path, &cache, &reference(&v2));
         host.wait_for("live swap done");
-        // The new version is the seed guest; the Python one answers as
-        // "python socket server".
-        while !ask(addr).is_ok_and(|r| r.starts_with("golang socket server")) {
+        // The Python version answers "python socket server : N"; the new
+        // one otherwise.
+        while !ask(addr).is_ok_and(|r| {
+            r.contains(" socket server : ") && !r.starts_with("python socket server")
+        }) {
             assert!(started.elapsed() < TIMEOUT);
         }
         swaps.push(started.elapsed().as_secs_f64());

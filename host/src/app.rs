@@ -91,6 +91,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
 
     let single = cli.config.is_none();
+    // Read before it is loaded, so the watcher cannot miss a change made
+    // while the host starts (see watch::ManifestWatcher::new).
+    let loaded_hash = cli.config.as_deref().and_then(watch::manifest_hash);
     let mut manifest = match &cli.config {
         Some(path) => manifest::load(path)?,
         None => one_tenant(&cli)?,
@@ -127,7 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(path) = cli.config.as_ref().filter(|_| watch_manifest) {
         // Asked for: a manifest that cannot be watched is an error.
-        let watcher = watch::ManifestWatcher::new(control.clone(), path)
+        let watcher = watch::ManifestWatcher::new(control.clone(), path, loaded_hash)
             .with_context(|| format!("cannot watch the manifest {}", path.display()))?;
         tokio::spawn(watcher.run());
     }

@@ -35,6 +35,14 @@ pub fn render(manifest: &Manifest, text: &str, image: &str) -> Result<String, St
         ));
     }
     for tenant in &manifest.tenants {
+        if manifest.guest_threads.is_none()
+            && tenant.limits.instances == crate::config::manifest::Instances::Auto
+        {
+            return Err(format!(
+                "tenant '{}' runs instances = \"auto\" (one per guest thread): set [host] guest_threads so the pod's memory can be sized",
+                tenant.name
+            ));
+        }
         if let Some(addr) = tenant.listen.iter().find(|a| a.port() == 0) {
             return Err(format!(
                 "tenant '{}' listens on {addr}: a Service needs a fixed port",
@@ -132,7 +140,7 @@ fn labels(out: &mut String, indent: &str, group: &str) {
 
 fn config_map(text: &str) -> String {
     let mut out = String::from(
-        "---\n# The tenant manifest every pod runs, and watches: the kubelet's update\n# of this ConfigMap reaches each pod within its sync period, and each host\n# applies it as a reload (new digests swap live; a change that fails\n# leaves every replica as it was).\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tcphost-tenants\n  labels:\n    app.kubernetes.io/name: tcphost\ndata:\n  tenants.toml: |\n",
+        "---\n# The tenant manifest every pod runs, and watches: the kubelet's update\n# of this ConfigMap reaches each pod within its sync period, and each host\n# applies it as a reload (new digests swap live; a change that fails\n# leaves every replica as it was).\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tcphost-tenants\n  labels:\n    app.kubernetes.io/name: tcphost\ndata:\n  tenants.toml: |2\n",
     );
     for line in text.lines() {
         if line.is_empty() {
@@ -415,7 +423,7 @@ listen = ["0.0.0.0:7000", "0.0.0.0:7001"]
     #[test]
     fn the_configmap_holds_the_manifest_verbatim() {
         let text = rendered();
-        let start = text.find("tenants.toml: |\n").unwrap() + "tenants.toml: |\n".len();
+        let start = text.find("tenants.toml: |2\n").unwrap() + "tenants.toml: |2\n".len();
         let end = text[start..].find("\n---").unwrap() + start;
         let inner: String = text[start..end]
             .lines()

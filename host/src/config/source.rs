@@ -82,19 +82,6 @@ impl OciRef {
         }
     }
 
-    /// The reference as first written: the digest dropped if a tag is
-    /// named (a resolved tag is pinned by [`OciRef::pinned`]).
-    pub fn unresolved(&self) -> OciRef {
-        OciRef {
-            digest: if self.tag.is_some() {
-                None
-            } else {
-                self.digest.clone()
-            },
-            ..self.clone()
-        }
-    }
-
     /// `registry/repository`, as allow-lists match it.
     pub fn location(&self) -> String {
         format!("{}/{}", self.registry, self.repository)

@@ -527,6 +527,11 @@ fn wasm_layer(manifest: &[u8], max_size: u64) -> Result<OciDescriptor, String> {
             layer.media_type
         ));
     }
+    // A "foreign" layer's URLs would have the host fetch from wherever the
+    // registry says: refused.
+    if layer.urls.as_ref().is_some_and(|urls| !urls.is_empty()) {
+        return Err("the layer names URLs to fetch it from elsewhere: refused".to_owned());
+    }
     if !crate::config::source::valid_digest(&layer.digest) {
         return Err(format!(
             "the layer's digest {:?} is not a sha256 digest",
@@ -573,9 +578,9 @@ struct Bounded {
 impl Bounded {
     fn new(limit: u64) -> Self {
         Bounded {
-            // The declared size is trusted only as a bound, not for a
-            // reservation: grown as bytes arrive.
-            bytes: Vec::new(),
+            // The declared size, itself at most max_component_size: the
+            // buffer never grows (nor doubles) past it.
+            bytes: Vec::with_capacity(usize::try_from(limit).unwrap_or(0)),
             limit,
             hasher: Sha256::new(),
             overflowed: false,

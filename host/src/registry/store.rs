@@ -27,6 +27,19 @@ impl Store {
         for sub in ["blobs/sha256", "tags", "tmp"] {
             fs::create_dir_all(dir.join(sub))?;
         }
+        // What a write cut short (a crash, a kill) left: never read, so
+        // removed, except what another live host is writing now.
+        for entry in fs::read_dir(dir.join("tmp"))?.map_while(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let writer = name
+                .split('.')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok());
+            let alive = writer.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(Store {
             dir: dir.to_owned(),
             next_temp: AtomicU64::new(0),

@@ -261,6 +261,11 @@ pub struct Loader {
     /// any more is freed, so swapping through many versions does not keep
     /// every one in memory (the disk cache still has their compiled code).
     prepared: Mutex<HashMap<[u8; 32], std::sync::Weak<Prepared>>>,
+    /// Held while a component is looked up and compiled: two loads of the
+    /// same bytes at once (tenants started together) compile once and
+    /// share one component, which a reload compares by identity. Compiling
+    /// already uses every core (parallel compilation), so little is lost.
+    compiling: Mutex<()>,
 }
 
 impl Loader {
@@ -278,6 +283,7 @@ impl Loader {
             linker,
             cache_dir,
             prepared: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(()),
         })
     }
 
@@ -299,6 +305,7 @@ impl Loader {
         // the host cannot link is refused at once, and never cached.
         check_imports(&path, bytes)?;
         let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let _one_at_a_time = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pre) = self
             .prepared
             .lock()

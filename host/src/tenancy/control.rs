@@ -290,7 +290,12 @@ impl Control {
         let name = config.name.clone();
         let tenant = Arc::new(Tenant::new(config, listeners));
         let (commands, inbox) = mpsc::channel(4);
-        info!(tenant = name, listen = ?tenant.config().listen, "starting tenant");
+        info!(
+            tenant = name,
+            component = %tenant.config().component,
+            listen = ?tenant.config().listen,
+            "starting tenant"
+        );
         // Registered before its guest can start listening, so a request
         // naming it cannot arrive first.
         let mut running = self.running();
@@ -426,7 +431,7 @@ impl Control {
         };
         let fetched = self
             .puller
-            .fetch(&reference.unresolved(), stale_ok)
+            .fetch(reference, stale_ok)
             .await
             .map_err(|e| located(e.into()))?;
         let label = fetched.reference.to_string();
@@ -500,6 +505,7 @@ impl Control {
         if matches!(tenant.state(), State::Failed | State::Stopped) {
             return self.restart(name, &tenant, config, pre).await;
         }
+        let config_component = config.component.to_string();
         let (reply, outcome) = oneshot::channel();
         commands
             .send(Command::Swap {
@@ -517,7 +523,12 @@ impl Control {
                 if let Some(r) = self.running().get_mut(name) {
                     r.pre = Some(pre);
                 }
-                info!(tenant = name, ms = took.as_millis(), "live swap done");
+                info!(
+                    tenant = name,
+                    component = %config_component,
+                    ms = took.as_millis(),
+                    "live swap done"
+                );
             }
             Err(e) => warn!(
                 tenant = name,

@@ -131,15 +131,24 @@ pub struct ManifestWatcher {
     /// Kept alive: dropping it stops the events.
     _watcher: notify::RecommendedWatcher,
     events: mpsc::UnboundedReceiver<()>,
-    /// The hash of the manifest's text last applied or seen, so an event
-    /// that leaves it as it was (a neighbour file, a touch) reloads nothing.
+    /// The hash of the manifest's text last applied whole (read before the
+    /// reload read it, or before the host loaded it), so an event that
+    /// leaves it as it was (a neighbour file, a touch) reloads nothing. A
+    /// change between the two reads costs one more (identical) reload,
+    /// never a missed one.
     seen: Option<[u8; 32]>,
 }
 
 impl ManifestWatcher {
     /// Starts watching the directory of the manifest at `path` now (so no
-    /// change after this call is missed).
-    pub fn new(control: Arc<Control>, path: &Path) -> notify::Result<Self> {
+    /// change after this call is missed); `loaded` is the hash of its text
+    /// as read before the host loaded it ([`manifest_hash`]), so a change
+    /// made between that read and this call is applied too.
+    pub fn new(
+        control: Arc<Control>,
+        path: &Path,
+        loaded: Option<[u8; 32]>,
+    ) -> notify::Result<Self> {
         use notify::{RecursiveMode, Watcher};
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
@@ -152,31 +161,38 @@ impl ManifestWatcher {
             })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         info!(file = %path.display(), "watching the manifest: a change is applied as a reload");
-        let seen = text_hash(&path);
         Ok(ManifestWatcher {
             control,
             path,
             _watcher: watcher,
             events,
-            seen,
+            seen: loaded,
         })
     }
 
-    /// Reloads as the manifest changes, until the host stops.
+    /// Reloads as the manifest changes, until the host stops. A reload
+    /// that fails whole or in part (a pull that did not come, a new
+    /// version that did not start) is tried again, from every 2 s doubling
+    /// to every minute, while the file stays as it is: a replica does not
+    /// stay behind its fleet for a registry's passing trouble.
     pub async fn run(mut self) {
-        while self.events.recv().await.is_some() {
-            // Let a burst settle: quiet for MANIFEST_SETTLE, at most
-            // MANIFEST_SETTLE_MAX after its first event.
-            let deadline = tokio::time::Instant::now() + MANIFEST_SETTLE_MAX;
-            loop {
-                let quiet = tokio::time::Instant::now() + MANIFEST_SETTLE;
-                match tokio::time::timeout_at(quiet.min(deadline), self.events.recv()).await {
-                    Ok(Some(())) if tokio::time::Instant::now() < deadline => {}
+        let mut retry: Option<Duration> = None;
+        loop {
+            let changed = match retry {
+                Some(after) => match tokio::time::timeout(after, self.events.recv()).await {
                     Ok(None) => return,
-                    _ => break,
-                }
+                    Ok(Some(())) => true,
+                    Err(_) => false,
+                },
+                None => match self.events.recv().await {
+                    None => return,
+                    Some(()) => true,
+                },
+            };
+            if changed && !self.settle().await {
+                return;
             }
-            let Some(now) = text_hash(&self.path) else {
+            let Some(now) = manifest_hash(&self.path) else {
                 warn!(
                     file = %self.path.display(),
                     "the manifest changed and cannot be read: nothing changed"
@@ -184,20 +200,59 @@ impl ManifestWatcher {
                 continue;
             };
             if self.seen == Some(now) {
+                // As applied last (a neighbour file, a touch, or changed
+                // back): nothing to do, nothing to retry.
+                retry = None;
                 continue;
             }
-            self.seen = Some(now);
             info!(file = %self.path.display(), "the manifest changed: reloading");
             match self.control.reload().await {
-                Ok(report) => info!(?report, "manifest change applied"),
-                Err(e) => error!("the manifest changed and is not applied, nothing changed: {e}"),
+                Ok(report) if report.failed.is_empty() => {
+                    info!(?report, "manifest change applied");
+                    self.seen = Some(now);
+                    retry = None;
+                }
+                outcome => {
+                    let next = retry.map_or(RETRY_FIRST, |r| (r * 2).min(RETRY_MAX));
+                    match outcome {
+                        Ok(report) => warn!(
+                            ?report,
+                            "manifest change applied in part: retrying in {next:?}"
+                        ),
+                        Err(e) => error!(
+                            "the manifest changed and is not applied, nothing changed (retrying in {next:?}): {e}"
+                        ),
+                    }
+                    retry = Some(next);
+                }
+            }
+        }
+    }
+
+    /// Lets a burst settle: returns once the directory has been quiet for
+    /// MANIFEST_SETTLE, at most MANIFEST_SETTLE_MAX after it began; false
+    /// if the events ended (the host stops).
+    async fn settle(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + MANIFEST_SETTLE_MAX;
+        loop {
+            let quiet = tokio::time::Instant::now() + MANIFEST_SETTLE;
+            match tokio::time::timeout_at(quiet.min(deadline), self.events.recv()).await {
+                Ok(Some(())) if tokio::time::Instant::now() < deadline => {}
+                Ok(None) => return false,
+                _ => return true,
             }
         }
     }
 }
 
+/// The first retry of a failed reload of the watched manifest.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+
+/// The longest wait between retries of a failed reload.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// The SHA-256 of the file at `path` (through any links), if readable.
-fn text_hash(path: &Path) -> Option<[u8; 32]> {
+pub fn manifest_hash(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path)
         .ok()
         .map(|text| Sha256::digest(&text).into())
