@@ -202,9 +202,12 @@ fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
-/// How the lying registry answers a blob request.
+/// How the lying registry lies.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Lie {
+    /// It does not: the component as pushed (to test what a real registry
+    /// cannot do here, the token flow).
+    None,
     /// The declared number of bytes, but other ones.
     OtherBytes,
     /// Bytes without end (up to 1 GiB, with no length given).
@@ -213,21 +216,49 @@ enum Lie {
     Oversized,
     /// Accepts, reads the request and never answers.
     Stall,
+    /// Its token service answers without end.
+    EndlessToken,
 }
 
 /// A registry that lies as `lie` says about one artifact,
-/// `lies/component`, whose manifest it serves honestly otherwise.
+/// `lies/component`, whose manifest it serves honestly otherwise; with a
+/// token account, it wants the registry token flow (as Docker Hub and
+/// GHCR do): a Bearer challenge naming its own token service, which gives
+/// a token for that account's basic credentials.
 struct Liar {
     /// The reference to the artifact, pinned to its manifest's digest.
     reference: String,
+    /// `127.0.0.1:PORT`.
+    addr: SocketAddr,
     /// Blob bytes it sent, and whether a blob was asked for at all.
     sent: Arc<AtomicU64>,
     blob_asked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
+/// What the lying registry serves, shared by its connections.
+struct Served {
+    lie: Lie,
+    wasm: Vec<u8>,
+    size: u64,
+    manifest: Vec<u8>,
+    /// `(user, password)` the token service wants, if it wants any.
+    account: Option<(String, String)>,
+    sent: Arc<AtomicU64>,
+    blob_asked: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    realm: String,
+}
+
+/// The token the lying registry's token service gives.
+const TOKEN: &str = "t0ken-4f2a9c";
+
 impl Liar {
     fn start(lie: Lie, component: &Path) -> Liar {
+        Liar::start_with(lie, component, None)
+    }
+
+    fn start_with(lie: Lie, component: &Path, account: Option<(&str, &str)>) -> Liar {
         let wasm = std::fs::read(component).unwrap();
         let layer_digest = sha256(&wasm);
         let size = if lie == Lie::Oversized {
@@ -246,32 +277,38 @@ impl Liar {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let reference = format!("oci://{addr}/lies/component@{}", sha256(&manifest));
+        let served = Arc::new(Served {
+            lie,
+            wasm,
+            size,
+            manifest,
+            account: account.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            sent: Arc::new(AtomicU64::new(0)),
+            blob_asked: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+            realm: format!("http://{addr}/token"),
+        });
         let (sent, blob_asked, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
+            served.sent.clone(),
+            served.blob_asked.clone(),
+            served.stop.clone(),
         );
-        let (sent2, asked2, stop2) = (sent.clone(), blob_asked.clone(), stop.clone());
         listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
+            while !served.stop.load(Ordering::Relaxed) {
                 let Ok((stream, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                let (manifest, sent, asked, stop) = (
-                    manifest.clone(),
-                    sent2.clone(),
-                    asked2.clone(),
-                    stop2.clone(),
-                );
+                let served = served.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_lies(stream, lie, size, &manifest, &sent, &asked, &stop);
+                    let _ = serve_lies(stream, &served);
                 });
             }
         });
         Liar {
             reference,
+            addr,
             sent,
             blob_asked,
             stop,
@@ -285,15 +322,7 @@ impl Drop for Liar {
     }
 }
 
-fn serve_lies(
-    stream: TcpStream,
-    lie: Lie,
-    size: u64,
-    manifest: &[u8],
-    sent: &AtomicU64,
-    blob_asked: &AtomicBool,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
+fn serve_lies(stream: TcpStream, served: &Served) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -302,21 +331,66 @@ fn serve_lies(
         if reader.read_line(&mut request)? == 0 {
             return Ok(());
         }
+        let mut authorization = String::new();
         let mut line = String::new();
         while reader.read_line(&mut line)? > 2 {
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("authorization")
+            {
+                authorization = value.trim().to_owned();
+            }
             line.clear();
         }
-        let path = request
+        let target = request
             .split_whitespace()
             .nth(1)
             .unwrap_or_default()
             .to_owned();
-        if lie == Lie::Stall && path.contains("/manifests/") {
+        let path = target.split('?').next().unwrap_or_default();
+        if served.lie == Lie::Stall && path.contains("/manifests/") {
             // Holds the connection, answering nothing, until the test ends.
-            while !stop.load(Ordering::Relaxed) {
+            while !served.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
             }
             return Ok(());
+        }
+        if path == "/token" {
+            let Some((user, password)) = &served.account else {
+                out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+                continue;
+            };
+            if served.lie == Lie::EndlessToken {
+                out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"token\":\"")?;
+                let chunk = vec![b'a'; 64 * 1024];
+                for _ in 0..(1 << 14) {
+                    out.write_all(&chunk)?;
+                    served.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            let expected = format!(
+                "Basic {}",
+                base64_encode(format!("{user}:{password}").as_bytes())
+            );
+            if authorization == expected {
+                let body = format!("{{\"token\":\"{TOKEN}\",\"expires_in\":300}}");
+                write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
+            } else {
+                out.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")?;
+            }
+            continue;
+        }
+        if served.account.is_some() && authorization != format!("Bearer {TOKEN}") {
+            write!(
+                out,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{}\",service=\"liar\",scope=\"repository:lies/component:pull\"\r\nContent-Length: 0\r\n\r\n",
+                served.realm
+            )?;
+            continue;
         }
         if path == "/v2/" {
             out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")?;
@@ -324,27 +398,43 @@ fn serve_lies(
             write!(
                 out,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
-                manifest.len()
+                served.manifest.len()
             )?;
-            out.write_all(manifest)?;
+            out.write_all(&served.manifest)?;
         } else if path.contains("/blobs/") {
-            blob_asked.store(true, Ordering::Relaxed);
+            served.blob_asked.store(true, Ordering::Relaxed);
             let chunk = vec![b'x'; 64 * 1024];
-            if lie == Lie::Endless {
-                out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
-                while sent.load(Ordering::Relaxed) < 1 << 30 {
-                    out.write_all(&chunk)?;
-                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            match served.lie {
+                Lie::Endless => {
+                    out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+                    while served.sent.load(Ordering::Relaxed) < 1 << 30 {
+                        out.write_all(&chunk)?;
+                        served.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n")?;
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                out.write_all(&chunk[..n])?;
-                sent.fetch_add(n as u64, Ordering::Relaxed);
-                left -= n as u64;
+                Lie::None => {
+                    write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        served.wasm.len()
+                    )?;
+                    out.write_all(&served.wasm)?;
+                }
+                _ => {
+                    write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        served.size
+                    )?;
+                    let mut left = served.size;
+                    while left > 0 {
+                        let n = left.min(chunk.len() as u64) as usize;
+                        out.write_all(&chunk[..n])?;
+                        served.sent.fetch_add(n as u64, Ordering::Relaxed);
+                        left -= n as u64;
+                    }
+                }
             }
         } else {
             out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
@@ -735,4 +825,91 @@ fn a_host_told_one_group_runs_only_its_tenants_through_reloads_too() {
         &stderr,
         "error: --group: the manifest has no group \"nowhere\"",
     );
+}
+
+#[test]
+fn the_registry_token_flow_is_followed_with_credentials_from_a_docker_config() {
+    let liar = Liar::start_with(Lie::None, &repo_guest("seed"), Some((USER, PASSWORD)));
+    let secrets = scratch_dir("token-secrets");
+    let encoded = base64_encode(format!("{USER}:{PASSWORD}").as_bytes());
+    std::fs::write(
+        secrets.join("config.json"),
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"{encoded}\"}}}}}}",
+            liar.addr
+        ),
+    )
+    .unwrap();
+    let manifest = format!(
+        "{}[[tenant]]\nname = \"tokened\"\ncomponent = {:?}\nlisten = [\"127.0.0.1:0\"]\n",
+        host_section(&format!(
+            "registry_credentials = {:?}",
+            secrets.join("config.json").display().to_string()
+        )),
+        liar.reference
+    );
+    let tenants = Tenants::start(&manifest, &["tokened"], &[]);
+    assert_seed_reply(&round_trip(&mut connect(tenants.addr("tokened")), b"hi\n"));
+    let log = tenants.host.log();
+    for secret in [PASSWORD, encoded.as_str(), TOKEN] {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+}
+
+#[test]
+fn an_endless_token_answer_is_cut_and_nothing_runs() {
+    let liar = Liar::start_with(
+        Lie::EndlessToken,
+        &repo_guest("seed"),
+        Some((USER, PASSWORD)),
+    );
+    let (_tenants, status) = lied_to(&liar, "");
+    let why = status["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("more than 65536 bytes for the token"),
+        "{status}"
+    );
+    assert!(!liar.blob_asked.load(Ordering::Relaxed));
+}
+
+#[test]
+fn a_moved_tag_is_a_swap_on_reload_and_a_pinned_digest_beside_a_tag_decides() {
+    let Some(registry) = registry(false) else {
+        return;
+    };
+    let first = registry.push("guests/app", "stable", &repo_guest("seed"));
+    let tagged = registry.reference("guests/app", ":stable");
+    let pinned = registry.reference("guests/app", &format!(":stable@{first}"));
+    let manifest = format!(
+        "{}[[tenant]]\nname = \"follows\"\ncomponent = {tagged:?}\nlisten = [\"127.0.0.1:0\"]\n\n\
+         [[tenant]]\nname = \"pinned\"\ncomponent = {pinned:?}\nlisten = [\"127.0.0.1:0\"]\n",
+        host_section("")
+    );
+    let tenants = Tenants::start(&manifest, &["follows", "pinned"], &[]);
+    // The tag moves to the WASI 0.3 guest, which answers "rust socket server".
+    let p3 = PathBuf::from(env!("TCPHOST_P3_GUEST_DIR")).join("seed.wasm");
+    let moved = registry.push("guests/app", "stable", &p3);
+    assert_ne!(moved, first);
+    tenants.host.signal("HUP");
+    tenants.host.wait_for_log("SIGHUP: manifest reloaded");
+    let follows = tenants.status("follows");
+    assert_eq!(
+        follows["component"],
+        format!("{tagged}@{moved}").as_str(),
+        "{follows}"
+    );
+    assert_eq!(follows["generation"], 2);
+    let reply = round_trip(&mut connect(tenants.addr("follows")), b"moved\n");
+    assert!(reply.starts_with("rust socket server : "), "{reply:?}");
+    let pinned_status = tenants.status("pinned");
+    assert_eq!(
+        pinned_status["component"],
+        pinned.as_str(),
+        "{pinned_status}"
+    );
+    assert_eq!(
+        pinned_status["generation"], 1,
+        "the pinned tenant is left alone"
+    );
+    assert_seed_reply(&round_trip(&mut connect(tenants.addr("pinned")), b"same\n"));
 }

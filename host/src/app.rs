@@ -289,7 +289,9 @@ async fn compile(
                         } else {
                             config.component_at.as_str()
                         };
-                        let loaded = control.load(&config.component, at, true).await;
+                        let loaded = control
+                            .load(&config.component, at, crate::registry::FetchPolicy::START)
+                            .await;
                         (config, loaded)
                     })
                 })

@@ -34,6 +34,22 @@ pub fn render(manifest: &Manifest, text: &str, image: &str) -> Result<String, St
             "[host] admin = {admin} is on loopback: the kubelet's probes could not reach it (use 0.0.0.0)"
         ));
     }
+    let token_dir = manifest
+        .control
+        .as_ref()
+        .and_then(|c| c.token_file.as_ref())
+        .and_then(|f| f.parent());
+    let credentials_dir = manifest
+        .registry
+        .credentials
+        .as_ref()
+        .and_then(|f| f.parent());
+    if token_dir.is_some() && token_dir == credentials_dir {
+        return Err(format!(
+            "control_token_file and registry_credentials are both in {}: each is a Secret mounted as a directory of its own",
+            token_dir.unwrap_or(std::path::Path::new("/")).display()
+        ));
+    }
     for tenant in &manifest.tenants {
         if manifest.guest_threads.is_none()
             && tenant.limits.instances == crate::config::manifest::Instances::Auto
@@ -298,7 +314,7 @@ fn deployment(
         .unwrap();
         writeln!(
             volumes,
-            "        # Registry credentials (host.registry_credentials), created before the\n        # first apply: kubectl create secret docker-registry tcphost-registry\n        #   --docker-server=REGISTRY --docker-username=USER --docker-password=...\n        - name: registry-credentials\n          secret:\n            secretName: tcphost-registry\n            defaultMode: 0400\n            items:\n              - key: .dockerconfigjson\n                path: {file}"
+            "        # Registry credentials (host.registry_credentials), for private\n        # registries: kubectl create secret docker-registry tcphost-registry\n        #   --docker-server=REGISTRY --docker-username=USER --docker-password=...\n        # Optional: without it the pods start and pull anonymously.\n        - name: registry-credentials\n          secret:\n            secretName: tcphost-registry\n            optional: true\n            defaultMode: 0400\n            items:\n              - key: .dockerconfigjson\n                path: {file}"
         )
         .unwrap();
     }

@@ -1,7 +1,13 @@
 //! Components from OCI registries: what `oci://REGISTRY/REPOSITORY:TAG` or
-//! `@sha256:DIGEST` means, pulled with the ecosystem's client (`oci-client`:
-//! the distribution protocol, the registry token flow) and trusted no
-//! further than it is checked:
+//! `@sha256:DIGEST` means, pulled over the distribution protocol and
+//! trusted no further than it is checked. The ecosystem's crates carry the
+//! formats: `oci-client`'s OCI types (manifests, descriptors), `http-auth`
+//! for the registry's auth challenge, `docker_credential` for credentials.
+//! The three requests of a pull (the token, the manifest, the component)
+//! are made here, with `reqwest`, because every body must be read under a
+//! bound: `oci-client`'s own client reads a token response, a manifest and
+//! an error body whole, so a hostile registry (or the token service it
+//! names) could make the host hold whatever it sends.
 //!
 //! - the artifact must be the Wasm OCI layout `wkg oci push`, `wash push`
 //!   and `spin registry push` write: an OCI image manifest whose config is
@@ -22,14 +28,9 @@ pub mod store;
 
 use crate::config::manifest::RegistrySettings;
 use crate::config::source::{OciRef, is_loopback_registry};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use store::{Store, sha256_digest};
 use tracing::{info, warn};
@@ -47,8 +48,36 @@ const MAX_MANIFEST_SIZE: usize = 64 * 1024;
 /// How the host names itself to registries.
 const USER_AGENT: &str = concat!("tcphost/", env!("CARGO_PKG_VERSION"));
 
-/// Attempts per pull when the registry fails transiently.
-const ATTEMPTS: u32 = 4;
+/// How hard a fetch tries, and what it may fall back to.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchPolicy {
+    /// Attempts while the registry fails transiently (with backoff).
+    pub attempts: u32,
+    /// Whether a tag the registry cannot resolve now may run as the digest
+    /// it last resolved to, if stored.
+    pub stale_ok: bool,
+}
+
+impl FetchPolicy {
+    /// A start: one attempt (the tenant is retried in the background, and
+    /// a slow registry delays the start by one deadline at most); a tag
+    /// falls back to its last digest.
+    pub const START: FetchPolicy = FetchPolicy {
+        attempts: 1,
+        stale_ok: true,
+    };
+    /// A reload: retried; a tag whose registry is down keeps what runs.
+    pub const RELOAD: FetchPolicy = FetchPolicy {
+        attempts: 4,
+        stale_ok: true,
+    };
+    /// A swap asked for: retried, and fresh (a swap to a tag means the tag
+    /// as it is now).
+    pub const SWAP: FetchPolicy = FetchPolicy {
+        attempts: 4,
+        stale_ok: false,
+    };
+}
 
 /// The first retry's delay; each next one doubles it.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -94,11 +123,10 @@ pub struct PullStats {
 
 /// Pulls components as [`RegistrySettings`] say.
 pub struct Puller {
-    /// Certificates trusted besides the system's (`registry_ca_file`).
-    roots: Vec<Certificate>,
-    /// For manifests only: `oci-client` reads a manifest's body whole, with
-    /// no bound, and a hostile registry's endless manifest must not be
-    /// held; blobs go through `oci-client`.
+    /// TLS with the system's roots (and `registry_ca_file`), deadlines on
+    /// connecting and on each read; redirects followed (a blob is often
+    /// served from elsewhere), credentials dropped on a redirect to
+    /// another host.
     http: reqwest::Client,
     settings: RegistrySettings,
     store: Option<Store>,
@@ -118,24 +146,19 @@ impl Puller {
         // ring builds without the C toolchain aws-lc needs.
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = Vec::new();
-        if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                anyhow::anyhow!("host.registry_ca_file: cannot read {}: {e}", ca.display())
-            })?;
-            roots.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem,
-            });
-        }
         let mut http = reqwest::Client::builder()
             .read_timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(USER_AGENT);
-        for root in &roots {
-            let cert = reqwest::Certificate::from_pem(&root.data)
-                .map_err(|e| anyhow::anyhow!("host.registry_ca_file: {e}"))?;
-            http = http.add_root_certificate(cert);
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                anyhow::anyhow!("host.registry_ca_file: cannot read {}: {e}", ca.display())
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("host.registry_ca_file {}: {e}", ca.display()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
         }
         let http = http
             .build()
@@ -151,7 +174,6 @@ impl Puller {
             None => None,
         };
         Ok(Puller {
-            roots,
             http,
             settings,
             store,
@@ -170,13 +192,14 @@ impl Puller {
     }
 
     /// The component `reference` names: from the store when its digest is
-    /// there, else pulled (retried with backoff while the registry fails
-    /// transiently). With `stale_ok`, a tag the registry cannot resolve
-    /// now falls back to the digest it last resolved to, if that is
-    /// stored (a start or reload with the registry down).
-    pub async fn fetch(&self, reference: &OciRef, stale_ok: bool) -> Result<Fetched, PullError> {
+    /// there, else pulled, as `policy` says (see [`FetchPolicy`]).
+    pub async fn fetch(
+        &self,
+        reference: &OciRef,
+        policy: FetchPolicy,
+    ) -> Result<Fetched, PullError> {
         let started = Instant::now();
-        let result = self.fetch_uncounted(reference, stale_ok).await;
+        let result = self.fetch_uncounted(reference, policy).await;
         match &result {
             Ok((_, true)) => {
                 self.stats.stored.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +230,7 @@ impl Puller {
     async fn fetch_uncounted(
         &self,
         reference: &OciRef,
-        stale_ok: bool,
+        policy: FetchPolicy,
     ) -> Result<(Fetched, bool), PullError> {
         if let Some(digest) = &reference.digest
             && let Some(bytes) = self.stored(digest)
@@ -222,7 +245,7 @@ impl Puller {
         }
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
-        let error = loop {
+        let mut error = loop {
             let pulled = tokio::time::timeout(self.settings.timeout, self.pull(reference)).await;
             let error = match pulled {
                 Ok(Ok(fetched)) => return Ok((fetched, false)),
@@ -233,7 +256,7 @@ impl Puller {
                     self.settings.timeout
                 ),
             };
-            if attempt == ATTEMPTS {
+            if attempt >= policy.attempts {
                 break error;
             }
             warn!(component = %reference, attempt, "pull failed, retrying in {backoff:?}: {error}");
@@ -241,8 +264,10 @@ impl Puller {
             backoff *= 2;
             attempt += 1;
         };
-        let error = format!("{error} (tried {ATTEMPTS} times)");
-        if stale_ok
+        if policy.attempts > 1 {
+            error = format!("{error} (tried {attempt} times)");
+        }
+        if policy.stale_ok
             && reference.digest.is_none()
             && let Some(store) = &self.store
             && let Some(digest) = store.tag(&tagged(reference))
@@ -266,27 +291,10 @@ impl Puller {
         store.get(&layer.digest)
     }
 
-    /// One attempt: the manifest, then the component.
+    /// One attempt: authorisation, the manifest, then the component.
     async fn pull(&self, wanted: &OciRef) -> Result<Fetched, PullError> {
-        let reference = match &wanted.digest {
-            Some(digest) => Reference::with_digest(
-                wanted.registry.clone(),
-                wanted.repository.clone(),
-                digest.clone(),
-            ),
-            None => Reference::with_tag(
-                wanted.registry.clone(),
-                wanted.repository.clone(),
-                wanted.tag.clone().unwrap_or_default(),
-            ),
-        };
-        let auth = self.credentials(&wanted.registry);
-        let client = self.client_for(&wanted.registry)?;
-        let token = client
-            .auth(&reference, &auth, RegistryOperation::Pull)
-            .await
-            .map_err(classify)?;
-        let manifest = self.manifest(&reference, wanted, &auth, token).await?;
+        let authorization = self.authorize(wanted).await?;
+        let manifest = self.manifest(wanted, &authorization).await?;
         let digest = sha256_digest(&manifest);
         if let Some(pinned) = &wanted.digest
             && *pinned != digest
@@ -299,15 +307,15 @@ impl Puller {
             wasm_layer(&manifest, self.settings.max_component_size).map_err(PullError::Refused)?;
         let bytes = match self.store.as_ref().and_then(|s| s.get(&layer.digest)) {
             Some(bytes) => bytes,
-            None => blob(&client, &reference, &layer).await?,
+            None => self.blob(wanted, &layer, &authorization).await?,
         };
         if let Some(store) = &self.store {
             let kept = store
                 .put(&layer.digest, &bytes)
                 .and_then(|()| store.put(&digest, &manifest))
-                .and_then(|()| match wanted.digest {
-                    None => store.set_tag(&tagged(wanted), &digest),
-                    Some(_) => Ok(()),
+                .and_then(|()| match (&wanted.tag, &wanted.digest) {
+                    (Some(_), None) => store.set_tag(&tagged(wanted), &digest),
+                    _ => Ok(()),
                 });
             if let Err(e) = kept {
                 warn!(component = %wanted, "cannot keep the pulled component in the store: {e}");
@@ -319,78 +327,223 @@ impl Puller {
         })
     }
 
-    /// The manifest's bytes, read up to [`MAX_MANIFEST_SIZE`].
-    async fn manifest(
-        &self,
-        reference: &Reference,
-        wanted: &OciRef,
-        auth: &RegistryAuth,
-        token: Option<String>,
-    ) -> Result<Vec<u8>, PullError> {
-        let scheme = if self.plain_http(&wanted.registry) {
+    /// `http://REGISTRY` or `https://REGISTRY`.
+    fn base_url(&self, registry: &str) -> String {
+        let scheme = if self.plain_http(registry) {
             "http"
         } else {
             "https"
         };
-        let url = format!(
-            "{scheme}://{}/v2/{}/manifests/{}",
-            reference.resolve_registry(),
-            reference.repository(),
-            reference.digest().or(reference.tag()).unwrap_or_default()
-        );
-        let mut request = self.http.get(&url).header(
-            reqwest::header::ACCEPT,
-            format!("{MANIFEST_MEDIA_TYPE}, application/vnd.oci.image.index.v1+json"),
-        );
-        request = match (token, auth) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
-            (None, RegistryAuth::Anonymous) => request,
-        };
-        let mut response = request.send().await.map_err(|e| self.unreachable(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let why = format!("the registry answered {status} for the manifest {url}");
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                PullError::Unavailable(why)
-            } else {
-                PullError::Refused(why)
-            });
+        format!("{scheme}://{registry}")
+    }
+
+    /// How requests to `wanted`'s registry are authorised: the registry's
+    /// challenge answered with the configured credentials, through the
+    /// token flow (as Docker Hub and GHCR use) or basic auth.
+    async fn authorize(&self, wanted: &OciRef) -> Result<Authorization, PullError> {
+        let credentials = self.credentials(&wanted.registry);
+        let url = format!("{}/v2/", self.base_url(&wanted.registry));
+        let (status, headers, _) = self.get(self.http.get(&url), SMALL_BODY, "/v2/").await?;
+        if status.is_success() {
+            return Ok(Authorization::Anonymous);
         }
+        if status != reqwest::StatusCode::UNAUTHORIZED {
+            return Err(answered(status, &url));
+        }
+        let challenge = headers
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let challenges = http_auth::parse_challenges(&challenge).map_err(|e| {
+            PullError::Refused(format!("the registry's auth challenge does not parse: {e}"))
+        })?;
+        let param = |c: &http_auth::ChallengeRef<'_>, name: &str| {
+            c.params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_unescaped())
+        };
+        if let Some(bearer) = challenges
+            .iter()
+            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        {
+            let realm = param(bearer, "realm").ok_or_else(|| {
+                PullError::Refused("the registry's Bearer challenge names no realm".into())
+            })?;
+            let service = param(bearer, "service");
+            return self
+                .token(wanted, &realm, service.as_deref(), &credentials)
+                .await;
+        }
+        if challenges
+            .iter()
+            .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+        {
+            return match credentials {
+                Credentials::Basic(user, password) => Ok(Authorization::Basic(user, password)),
+                Credentials::Anonymous => Err(PullError::Refused(format!(
+                    "the registry answered 401 Unauthorized for {url}: it wants credentials, and none are configured for {}",
+                    wanted.registry
+                ))),
+            };
+        }
+        Err(PullError::Refused(format!(
+            "the registry answered 401 Unauthorized for {url} with no challenge the host can answer"
+        )))
+    }
+
+    /// The registry token flow: a token for pulling `wanted`'s repository
+    /// from the token service at `realm`, which must be HTTPS (or, like a
+    /// registry, plain HTTP on loopback or where the operator allows it),
+    /// as credentials may be sent to it.
+    async fn token(
+        &self,
+        wanted: &OciRef,
+        realm: &str,
+        service: Option<&str>,
+        credentials: &Credentials,
+    ) -> Result<Authorization, PullError> {
+        let url = reqwest::Url::parse(realm).map_err(|e| {
+            PullError::Refused(format!("the token realm {realm:?} is not a URL: {e}"))
+        })?;
+        let authority = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => String::new(),
+        };
+        let secure =
+            url.scheme() == "https" || (url.scheme() == "http" && self.plain_http(&authority));
+        if !secure {
+            return Err(PullError::Refused(format!(
+                "the token realm {realm} is not HTTPS: no credentials are sent to it"
+            )));
+        }
+        let scope = format!("repository:{}:pull", wanted.repository);
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let mut request = self.http.get(url).query(&query);
+        if let Credentials::Basic(user, password) = credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let (status, _, body) = self.get(request, SMALL_BODY, "the token").await?;
+        if !status.is_success() {
+            return Err(answered(status, realm));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let token: Token = serde_json::from_slice(&body).map_err(|e| {
+            PullError::Refused(format!("the token service's answer is not a token: {e}"))
+        })?;
+        token
+            .token
+            .or(token.access_token)
+            .filter(|t| !t.is_empty())
+            .map(Authorization::Bearer)
+            .ok_or_else(|| PullError::Refused("the token service answered no token".into()))
+    }
+
+    /// `GET` with `request`, its body read up to `limit` bytes (past it,
+    /// refused): the status, the headers and the body.
+    async fn get(
+        &self,
+        request: reqwest::RequestBuilder,
+        limit: usize,
+        what: &str,
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), PullError> {
+        let mut response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let (status, headers) = (response.status(), response.headers().clone());
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
-            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
+            if body.len() + chunk.len() > limit {
                 return Err(PullError::Refused(format!(
-                    "the manifest is larger than {MAX_MANIFEST_SIZE} bytes"
+                    "the registry sent more than {limit} bytes for {what}"
                 )));
             }
             body.extend_from_slice(&chunk);
         }
+        Ok((status, headers, body))
+    }
+
+    /// The manifest's bytes, read up to [`MAX_MANIFEST_SIZE`].
+    async fn manifest(
+        &self,
+        wanted: &OciRef,
+        authorization: &Authorization,
+    ) -> Result<Vec<u8>, PullError> {
+        let reference = wanted
+            .digest
+            .as_deref()
+            .or(wanted.tag.as_deref())
+            .unwrap_or_default();
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base_url(&wanted.registry),
+            wanted.repository
+        );
+        let request = authorization.apply(self.http.get(&url).header(
+            reqwest::header::ACCEPT,
+            format!("{MANIFEST_MEDIA_TYPE}, application/vnd.oci.image.index.v1+json"),
+        ));
+        let (status, _, body) = self.get(request, MAX_MANIFEST_SIZE, "the manifest").await?;
+        if !status.is_success() {
+            return Err(answered(status, &url));
+        }
         Ok(body)
     }
 
-    /// An `oci-client` for one pull from `registry`: plain HTTP for it
-    /// if it is on loopback or listed, TLS otherwise. (Made per pull: the
-    /// client's list of plain-HTTP registries is fixed when it is made,
-    /// and a loopback registry's port is only known from the reference.)
-    fn client_for(&self, registry: &str) -> Result<oci_client::Client, PullError> {
-        let plain = if self.plain_http(registry) {
-            vec![registry.to_owned()]
-        } else {
-            Vec::new()
-        };
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
-            extra_root_certificates: self.roots.clone(),
-            read_timeout: Some(self.settings.timeout),
-            connect_timeout: Some(self.settings.timeout.min(Duration::from_secs(10))),
-            platform_resolver: None,
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        oci_client::Client::try_from(config)
-            .map_err(|e| PullError::Refused(format!("cannot configure the registry client: {e}")))
+    /// The component layer, streamed into a buffer bounded by its declared
+    /// size (itself at most `max_component_size`), and checked against its
+    /// digest and size.
+    async fn blob(
+        &self,
+        wanted: &OciRef,
+        layer: &OciDescriptor,
+        authorization: &Authorization,
+    ) -> Result<Vec<u8>, PullError> {
+        let url = format!(
+            "{}/v2/{}/blobs/{}",
+            self.base_url(&wanted.registry),
+            wanted.repository,
+            layer.digest
+        );
+        let mut response = authorization
+            .apply(self.http.get(&url))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(answered(status, &url));
+        }
+        let declared = u64::try_from(layer.size).unwrap_or(0);
+        let mut sink = Bounded::new(declared);
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+            if !sink.take(&chunk) {
+                return Err(PullError::Refused(format!(
+                    "the registry sent more than the component's declared {declared} bytes"
+                )));
+            }
+        }
+        let digest = format!("sha256:{:x}", sink.hasher.finalize());
+        if digest != layer.digest {
+            return Err(PullError::Refused(format!(
+                "the registry sent bytes whose digest is {digest}, not the layer's {}",
+                layer.digest
+            )));
+        }
+        if sink.bytes.len() as u64 != declared {
+            return Err(PullError::Refused(format!(
+                "the registry sent {} bytes, not the layer's declared {declared}",
+                sink.bytes.len()
+            )));
+        }
+        Ok(sink.bytes)
     }
 
     /// A failed request, as retried: a timeout named as the setting that
@@ -414,14 +567,14 @@ impl Puller {
 
     /// The credentials for `registry` from the Docker `config.json` (the
     /// configured one, else the user's), anonymous if none.
-    fn credentials(&self, registry: &str) -> RegistryAuth {
+    fn credentials(&self, registry: &str) -> Credentials {
         let path = self
             .settings
             .credentials
             .clone()
             .or_else(default_docker_config);
         let Some(path) = path else {
-            return RegistryAuth::Anonymous;
+            return Credentials::Anonymous;
         };
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
@@ -429,51 +582,25 @@ impl Puller {
                 if self.settings.credentials.is_some() {
                     warn!(file = %path.display(), "cannot read registry credentials, pulling anonymously: {e}");
                 }
-                return RegistryAuth::Anonymous;
+                return Credentials::Anonymous;
             }
         };
         match docker_credential::get_credential_from_reader(file, registry) {
             Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
-                RegistryAuth::Basic(user, password)
+                Credentials::Basic(user, password)
             }
-            Ok(docker_credential::DockerCredential::IdentityToken(token)) => {
-                RegistryAuth::Bearer(token)
+            Ok(docker_credential::DockerCredential::IdentityToken(_)) => {
+                // An OAuth refresh token, for a flow the host does not
+                // implement: pulls go anonymously, and say why.
+                warn!(
+                    registry,
+                    "the registry's credentials are an identity token, which the host does not use: pulling anonymously"
+                );
+                Credentials::Anonymous
             }
-            Err(_) => RegistryAuth::Anonymous,
+            Err(_) => Credentials::Anonymous,
         }
     }
-}
-
-/// The component layer, streamed into a buffer bounded by its declared
-/// size, and checked against its digest.
-async fn blob(
-    client: &oci_client::Client,
-    reference: &Reference,
-    layer: &OciDescriptor,
-) -> Result<Vec<u8>, PullError> {
-    let declared = u64::try_from(layer.size).unwrap_or(0);
-    let mut sink = Bounded::new(declared);
-    let pulled = client.pull_blob(reference, layer, &mut sink).await;
-    if sink.overflowed {
-        return Err(PullError::Refused(format!(
-            "the registry sent more than the component's declared {declared} bytes"
-        )));
-    }
-    pulled.map_err(classify)?;
-    let digest = format!("sha256:{:x}", sink.hasher.finalize());
-    if digest != layer.digest {
-        return Err(PullError::Refused(format!(
-            "the registry sent bytes whose digest is {digest}, not the layer's {}",
-            layer.digest
-        )));
-    }
-    if sink.bytes.len() as u64 != declared {
-        return Err(PullError::Refused(format!(
-            "the registry sent {} bytes, not the layer's declared {declared}",
-            sink.bytes.len()
-        )));
-    }
-    Ok(sink.bytes)
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
@@ -547,27 +674,48 @@ fn wasm_layer(manifest: &[u8], max_size: u64) -> Result<OciDescriptor, String> {
     Ok(layer.clone())
 }
 
-/// How an `oci-client` error is retried: network trouble, server errors
-/// and throttling are transient; the rest (a digest mismatch, not found,
-/// not authorized) is an answer.
-fn classify(error: oci_client::errors::OciDistributionError) -> PullError {
-    use oci_client::errors::OciDistributionError as E;
-    let transient = match &error {
-        E::RequestError(_) | E::IoError(_) => true,
-        E::ServerError { code, .. } => *code >= 500 || *code == 429,
-        _ => false,
-    };
-    let why = error.to_string();
-    if transient {
+/// A registry's non-success answer, as retried: server errors and
+/// throttling are transient; the rest (not found, not authorised) is an
+/// answer.
+fn answered(status: reqwest::StatusCode, url: &str) -> PullError {
+    let why = format!("the registry answered {status} for {url}");
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         PullError::Unavailable(why)
     } else {
         PullError::Refused(why)
     }
 }
 
+/// The credentials configured for a registry.
+enum Credentials {
+    Anonymous,
+    Basic(String, String),
+}
+
+/// How a registry's requests are authorised, once its challenge is
+/// answered.
+enum Authorization {
+    Anonymous,
+    Basic(String, String),
+    Bearer(String),
+}
+
+impl Authorization {
+    fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Authorization::Anonymous => request,
+            Authorization::Basic(user, password) => request.basic_auth(user, Some(password)),
+            Authorization::Bearer(token) => request.bearer_auth(token),
+        }
+    }
+}
+
+/// The most read of a small answer (the API check, a token).
+const SMALL_BODY: usize = 64 * 1024;
+
 /// A blob's destination: a buffer that takes at most `limit` bytes (the
 /// layer's declared size, itself at most `max_component_size`) and hashes
-/// what it takes. Past the limit it fails the write, which stops the pull.
+/// what it takes.
 struct Bounded {
     bytes: Vec<u8>,
     limit: u64,
@@ -588,29 +736,17 @@ impl Bounded {
     }
 }
 
-impl tokio::io::AsyncWrite for Bounded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.bytes.len() as u64 + buf.len() as u64 > self.limit {
+impl Bounded {
+    /// Takes `chunk`, unless it would pass the limit (then nothing more is
+    /// taken).
+    fn take(&mut self, chunk: &[u8]) -> bool {
+        if self.overflowed || self.bytes.len() as u64 + chunk.len() as u64 > self.limit {
             self.overflowed = true;
-            return Poll::Ready(Err(std::io::Error::other(
-                "more bytes than the layer declared",
-            )));
+            return false;
         }
-        self.hasher.update(buf);
-        self.bytes.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+        self.hasher.update(chunk);
+        self.bytes.extend_from_slice(chunk);
+        true
     }
 }
 
@@ -677,13 +813,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_blob_sink_refuses_bytes_past_its_bound() {
-        use tokio::io::AsyncWriteExt;
+    #[test]
+    fn a_blob_sink_refuses_bytes_past_its_bound() {
         let mut sink = Bounded::new(4);
-        sink.write_all(b"abcd").await.unwrap();
-        assert!(sink.write_all(b"e").await.is_err());
-        assert!(sink.overflowed);
+        assert!(sink.take(b"abcd"));
+        assert!(!sink.take(b"e"));
+        assert!(!sink.take(b""), "nothing more once past the bound");
         assert_eq!(sink.bytes, b"abcd");
     }
 

@@ -6,7 +6,7 @@
 
 use crate::config::manifest::{self, ComponentSource, TenantConfig};
 use crate::config::reload::{Current, ReloadPlan, plan_reload};
-use crate::registry::{PullError, Puller};
+use crate::registry::{FetchPolicy, PullError, Puller};
 use crate::runtime::builtins;
 use crate::runtime::engine::Prepared;
 use crate::runtime::engine::{self, Loader};
@@ -356,29 +356,46 @@ impl Control {
 
     /// One retry of [`Control::start_unfetched`]'s fetch for tenant
     /// `name`: whether to stop retrying (it started, a reload or swap
-    /// started or removed it, or the failure is not transient).
+    /// started or removed it, or the failure is not transient). The pull
+    /// is made before the operations lock is taken (a slow registry holds
+    /// no swap or reload up); the component is then loaded from the store.
     async fn retry_unfetched(&self, name: &str) -> bool {
+        let unfetched = |this: &Self| {
+            this.running()
+                .get(name)
+                .filter(|r| r.pre.is_none())
+                .map(|r| r.tenant.clone())
+        };
+        let Some(tenant) = unfetched(self) else {
+            return true;
+        };
+        let mut config = (*tenant.config()).clone();
+        if let ComponentSource::Oci(reference) = &config.component {
+            match self.puller.fetch(reference, FetchPolicy::START).await {
+                Ok(fetched) => config.component = ComponentSource::Oci(fetched.reference),
+                Err(e) => {
+                    let unavailable = matches!(e, PullError::Unavailable(_));
+                    tenant.set_error(format!("{}: tenant.component: {e}", config.component_at));
+                    return !unavailable;
+                }
+            }
+        }
         let _one_at_a_time = self.ops.lock().await;
         if self.is_stopping() {
             return true;
         }
-        let Some(tenant) = self
-            .running()
-            .get(name)
-            .filter(|r| r.pre.is_none())
-            .map(|r| r.tenant.clone())
-        else {
+        // Still waiting for its component (no reload or swap came first)?
+        let Some(tenant) = unfetched(self) else {
             return true;
         };
-        let config = tenant.config();
         match self
-            .load(&config.component, &config.component_at, true)
+            .load(&config.component, &config.component_at, FetchPolicy::START)
             .await
         {
             Ok((component, pre)) => {
                 let config = Arc::new(TenantConfig {
                     component,
-                    ..(*config).clone()
+                    ..config
                 });
                 if let Err(e) = self.restart(name, &tenant, config, pre).await {
                     tenant.set_error(e);
@@ -416,7 +433,7 @@ impl Control {
         &self,
         source: &ComponentSource,
         at: &str,
-        stale_ok: bool,
+        policy: FetchPolicy,
     ) -> anyhow::Result<(ComponentSource, Pre)> {
         let ComponentSource::Oci(reference) = source else {
             let pre = off_the_async_threads(|| load_component(&self.loader, source, at))?;
@@ -431,7 +448,7 @@ impl Control {
         };
         let fetched = self
             .puller
-            .fetch(reference, stale_ok)
+            .fetch(reference, policy)
             .await
             .map_err(|e| located(e.into()))?;
         let label = fetched.reference.to_string();
@@ -479,7 +496,7 @@ impl Control {
             (ComponentSource::File(path), Some(bytes)) => self
                 .compile(&path.display().to_string(), &bytes)
                 .map(|pre| (source.clone(), pre)),
-            _ => self.load(&source, "", false).await,
+            _ => self.load(&source, "", FetchPolicy::SWAP).await,
         }
         .map_err(|e| format!("{e:#}"))?;
         let config = TenantConfig {
@@ -714,7 +731,6 @@ impl Control {
     }
 
     async fn reload_uncounted(&self) -> Result<ReloadReport, String> {
-        let _one_at_a_time = self.ops.lock().await;
         self.refuse_if_stopping()?;
         let path = self
             .manifest
@@ -725,6 +741,12 @@ impl Control {
         if let Some(group) = group {
             manifest.only_group(&group)?;
         }
+        // Pulled before the operations lock is taken, all at once: a slow
+        // registry holds no swap or reload up, and below each component
+        // is loaded from the store, pinned to what was pulled.
+        self.prefetch(&mut manifest.tenants).await?;
+        let _one_at_a_time = self.ops.lock().await;
+        self.refuse_if_stopping()?;
         let need_restart = self
             .started_with
             .lock()
@@ -768,6 +790,29 @@ impl Control {
             "manifest reloaded"
         );
         Ok(report)
+    }
+
+    /// Fetches every `tenants`' component named `oci://` at once, pinning
+    /// each to the digest fetched: the first failure fails the reload.
+    async fn prefetch(&self, tenants: &mut [TenantConfig]) -> Result<(), String> {
+        let fetches = tenants.iter().map(|t| async move {
+            match &t.component {
+                ComponentSource::Oci(reference) => Some(
+                    self.puller
+                        .fetch(reference, FetchPolicy::RELOAD)
+                        .await
+                        .map_err(|e| format!("{}: tenant.component: {e}", t.component_at)),
+                ),
+                _ => None,
+            }
+        });
+        let fetched = futures_util::future::join_all(fetches).await;
+        for (tenant, fetched) in tenants.iter_mut().zip(fetched) {
+            if let Some(fetched) = fetched {
+                tenant.component = ComponentSource::Oci(fetched?.reference);
+            }
+        }
+        Ok(())
     }
 
     /// Whether `manifest` fits the pooling allocator as it was sized at
@@ -829,7 +874,7 @@ impl Control {
             // A tag is resolved again: one that moved is a change (a
             // swap); a registry that cannot be reached keeps what runs.
             let (component, pre) = self
-                .load(&config.component, &config.component_at, true)
+                .load(&config.component, &config.component_at, FetchPolicy::RELOAD)
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             config.component = component;
