@@ -241,9 +241,12 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
         crate::tenancy::supervisor::pooled();
     }
     let pool = pooling.map(|(_, max_memory)| (instances, max_memory));
-    // Pulled components are kept beside the compiled ones.
+    // Pulled components are kept beside the compiled ones, bounded alike.
     let store = cache_dir.as_ref().map(|dir| dir.join("oci"));
-    let puller = crate::registry::Puller::new(manifest.registry.clone(), store.as_deref())?;
+    let puller = crate::registry::Puller::new(
+        manifest.registry.clone(),
+        store.as_deref().map(|dir| (dir, manifest.cache_max_size)),
+    )?;
     let loader = Loader::new(engine, cache_dir.map(|dir| (dir, manifest.cache_max_size)))?;
     let control = Control::new(loader, puller, cli.config.clone(), pool);
     control.set_group(cli.group.clone());

@@ -183,14 +183,15 @@ fn memory_mib(manifest: &Manifest, tenants: &[&TenantConfig]) -> (u64, u64) {
     (HOST_MEMORY_MIB + guests, HOST_MEMORY_MIB + 2 * guests)
 }
 
-/// The cache volume's size: the compile cache's bound, plus room for every
-/// pulled component twice (the running and the next version).
+/// The cache volume's size: the compile cache's bound, and the same again
+/// for the store of pulled components when a tenant pulls one.
 fn cache_mib(manifest: &Manifest, tenants: &[&TenantConfig]) -> u64 {
-    let pulled = tenants
+    let pulls = tenants
         .iter()
-        .filter(|t| matches!(t.component, ComponentSource::Oci(_)))
-        .count() as u64;
-    (manifest.cache_max_size + 2 * pulled * manifest.registry.max_component_size).div_ceil(1 << 20)
+        .any(|t| matches!(t.component, ComponentSource::Oci(_)))
+        || !manifest.registry.allowed.is_empty();
+    let parts = if pulls { 2 } else { 1 };
+    (parts * manifest.cache_max_size).div_ceil(1 << 20)
 }
 
 fn deployment(

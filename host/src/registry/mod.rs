@@ -134,11 +134,12 @@ pub struct Puller {
 }
 
 impl Puller {
-    /// A puller with `settings`, keeping what it pulls in `store_dir` (none:
-    /// every start pulls again).
+    /// A puller with `settings`, keeping what it pulls in the store in the
+    /// directory given, up to the size given (none: every start pulls
+    /// again).
     pub fn new(
         settings: RegistrySettings,
-        store_dir: Option<&std::path::Path>,
+        store: Option<(&std::path::Path, u64)>,
     ) -> anyhow::Result<Self> {
         // rustls with ring, installed once for the process (a second call
         // finds it installed, which is fine). Deprecated for want of
@@ -163,8 +164,8 @@ impl Puller {
         let http = http
             .build()
             .map_err(|e| anyhow::anyhow!("cannot configure the registry client: {e}"))?;
-        let store = match store_dir {
-            Some(dir) => match Store::open(dir) {
+        let store = match store {
+            Some((dir, max_bytes)) => match Store::open(dir, max_bytes) {
                 Ok(store) => Some(store),
                 Err(e) => {
                     warn!(dir = %dir.display(), "no store for pulled components (each start pulls again): {e}");
@@ -317,8 +318,11 @@ impl Puller {
                     (Some(_), None) => store.set_tag(&tagged(wanted), &digest),
                     _ => Ok(()),
                 });
-            if let Err(e) = kept {
-                warn!(component = %wanted, "cannot keep the pulled component in the store: {e}");
+            match kept {
+                Ok(()) => store.prune(&[&layer.digest, &digest]),
+                Err(e) => {
+                    warn!(component = %wanted, "cannot keep the pulled component in the store: {e}");
+                }
             }
         }
         Ok(Fetched {

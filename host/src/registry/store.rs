@@ -4,7 +4,9 @@
 //! tag last resolved to (so a host restarted with its registry down starts
 //! from what it ran). Every write is atomic: a file written whole beside its
 //! name, synced, then renamed over it; a reader finds the old file, the new
-//! one, or none, never part of one.
+//! one, or none, never part of one. Bounded: past `max_bytes`, the blobs
+//! used longest ago go first (never the ones just stored), so a fleet that
+//! swaps through many versions does not fill its volume.
 
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -16,14 +18,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// The most its blobs may hold.
+    max_bytes: u64,
     /// Makes each temporary file's name unique within the process (the
     /// process id makes it unique between hosts sharing the directory).
     next_temp: AtomicU64,
 }
 
 impl Store {
-    /// Opens (making it if needed) the store in `dir`.
-    pub fn open(dir: &Path) -> io::Result<Store> {
+    /// Opens (making it if needed) the store in `dir`, holding at most
+    /// `max_bytes` of blobs.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Store> {
         for sub in ["blobs/sha256", "tags", "tmp"] {
             fs::create_dir_all(dir.join(sub))?;
         }
@@ -42,6 +47,7 @@ impl Store {
         }
         Ok(Store {
             dir: dir.to_owned(),
+            max_bytes,
             next_temp: AtomicU64::new(0),
         })
     }
@@ -56,6 +62,10 @@ impl Store {
             let _ = fs::remove_file(&path);
             return None;
         }
+        // Used now: the last to go when the store is pruned.
+        if let Ok(file) = fs::File::options().write(true).open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
         Some(bytes)
     }
 
@@ -69,6 +79,40 @@ impl Store {
             return Ok(());
         }
         self.write_atomically(&path, bytes)
+    }
+
+    /// Removes the blobs used longest ago until the rest hold at most the
+    /// store's bound, keeping those in `keep` (what was just stored).
+    pub fn prune(&self, keep: &[&str]) {
+        let dir = self.dir.join("blobs/sha256");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        let mut blobs: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = blobs.iter().map(|(_, len, _)| len).sum();
+        blobs.sort();
+        for (_, len, path) in blobs {
+            if total <= self.max_bytes {
+                break;
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if keep
+                .iter()
+                .any(|d| name.as_deref() == d.strip_prefix("sha256:"))
+            {
+                continue;
+            }
+            if fs::remove_file(&path).is_ok() {
+                total -= len;
+                tracing::info!(blob = %path.display(), "removed from the component store, past its size limit");
+            }
+        }
     }
 
     /// The digest tag `location:tag` last resolved to, if recorded.
@@ -143,11 +187,11 @@ mod tests {
     fn stored_content_comes_back_by_its_digest_and_survives_a_reopen() {
         let dir = scratch("roundtrip");
         let digest = sha256_digest(b"component");
-        Store::open(&dir)
+        Store::open(&dir, 1 << 20)
             .unwrap()
             .put(&digest, b"component")
             .unwrap();
-        let store = Store::open(&dir).unwrap();
+        let store = Store::open(&dir, 1 << 20).unwrap();
         assert_eq!(store.get(&digest).as_deref(), Some(&b"component"[..]));
         store.set_tag("reg/echo:v1", &digest).unwrap();
         assert_eq!(store.tag("reg/echo:v1"), Some(digest));
@@ -159,7 +203,7 @@ mod tests {
     #[test]
     fn a_stored_file_that_does_not_match_its_digest_is_dropped() {
         let dir = scratch("damaged");
-        let store = Store::open(&dir).unwrap();
+        let store = Store::open(&dir, 1 << 20).unwrap();
         let digest = sha256_digest(b"component");
         store.put(&digest, b"component").unwrap();
         let file = dir.join("blobs/sha256").join(&digest[7..]);
@@ -170,9 +214,38 @@ mod tests {
     }
 
     #[test]
+    fn past_its_bound_the_store_drops_what_was_used_longest_ago() {
+        let dir = scratch("bound");
+        let store = Store::open(&dir, 25).unwrap();
+        let digests: Vec<String> = (0..4u8)
+            .map(|i| {
+                let bytes = [i; 10];
+                let digest = sha256_digest(&bytes);
+                store.put(&digest, &bytes).unwrap();
+                // Distinct, ordered use times.
+                let path = dir.join("blobs/sha256").join(&digest[7..]);
+                let at = std::time::SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_secs(1000 + u64::from(i));
+                fs::File::options()
+                    .write(true)
+                    .open(path)
+                    .unwrap()
+                    .set_modified(at)
+                    .unwrap();
+                digest
+            })
+            .collect();
+        // The oldest is kept when named; the next oldest go.
+        store.prune(&[&digests[0]]);
+        let left: Vec<bool> = digests.iter().map(|d| store.get(d).is_some()).collect();
+        assert_eq!(left, [true, false, false, true]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_malformed_digest_names_no_file() {
         let dir = scratch("names");
-        let store = Store::open(&dir).unwrap();
+        let store = Store::open(&dir, 1 << 20).unwrap();
         assert!(store.put("sha256:../../etc/passwd", b"x").is_err());
         assert_eq!(store.get("sha256:../../etc/passwd"), None);
         let _ = fs::remove_dir_all(&dir);
