@@ -17,8 +17,8 @@ WORKDIR /src
 RUN rustup target add wasm32-wasip2
 COPY . .
 RUN cargo build --release --locked -p host \
-    && install -D -m 0755 target/release/host /out/host \
-    && install -D -m 0755 target/release/client /out/client
+    && install -D -m 0755 target/release/tcphost /out/tcphost \
+    && install -D -m 0755 target/release/tcp-client /out/tcp-client
 
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 tcphost \
@@ -26,11 +26,11 @@ RUN groupadd --system --gid 10001 tcphost \
         --home-dir /nonexistent --shell /usr/sbin/nologin tcphost \
     && mkdir -p /etc/tcphost /var/cache/tcphost \
     && chown tcphost:tcphost /var/cache/tcphost
-COPY --from=build /out/host /out/client /usr/local/bin/
+COPY --from=build /out/tcphost /out/tcp-client /usr/local/bin/
 COPY host/deploy/tenants.container.toml /etc/tcphost/tenants.toml
 USER 10001:10001
 VOLUME ["/var/cache/tcphost"]
 # 9800: the default manifest's tenant; 9090: the admin endpoint.
 EXPOSE 9800 9090
-ENTRYPOINT ["/usr/local/bin/host"]
+ENTRYPOINT ["/usr/local/bin/tcphost"]
 CMD ["--config", "/etc/tcphost/tenants.toml", "--cache-dir", "/var/cache/tcphost"]

@@ -37,6 +37,47 @@ const FORMS: &[(&str, &[&str], &str)] = &[
 /// to be built and tested (tests/guests/build.rs builds them).
 const EXAMPLES: &str = "TCPHOST_EXAMPLES";
 
+/// What `--version` names besides the package version: the commit built
+/// (`TCPHOST_COMMIT`, for builds without the repository, else git's), and
+/// the wasmtime release linked (from Cargo.lock, which pins it).
+fn emit_version() {
+    let root = PathBuf::from(env("CARGO_MANIFEST_DIR")).join("..");
+    println!("cargo:rerun-if-env-changed=TCPHOST_COMMIT");
+    let commit = std::env::var("TCPHOST_COMMIT").ok().or_else(|| {
+        // Rebuilt when HEAD moves (a checkout, or a commit on its branch).
+        let git = root.join(".git");
+        println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+        if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
+            && let Some(branch) = head.trim().strip_prefix("ref: ")
+        {
+            println!("cargo:rerun-if-changed={}", git.join(branch).display());
+        }
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(&root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    println!(
+        "cargo:rustc-env=TCPHOST_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".into())
+    );
+    println!("cargo:rustc-env=TCPHOST_WASMTIME={wasmtime}");
+}
+
 fn main() {
     // `cfg(tcphost_examples)`: the tests of the examples in other
     // languages are compiled in (tests/examples.rs).
@@ -45,6 +86,7 @@ fn main() {
     if std::env::var(EXAMPLES).is_ok_and(|v| v == "1") {
         println!("cargo:rustc-cfg=tcphost_examples");
     }
+    emit_version();
     let dirs: Vec<PathBuf> = FORMS
         .iter()
         .map(|(_, args, target)| build_guests::build_with("guest", "guest", args, target))

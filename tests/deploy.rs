@@ -25,7 +25,7 @@ fn kubernetes_manifest() -> host::config::manifest::Manifest {
 
 #[test]
 fn the_kubernetes_objects_are_what_their_manifest_renders_to() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tcphost"))
         .arg("--config")
         .arg(repo("host/deploy/kubernetes/tenants.toml"))
         .args(["--render-kubernetes", "--image", "tcphost:0.1.0"])

@@ -265,3 +265,42 @@ fn help_explains_every_option() {
     // The guest learns its address from the environment: help names it.
     assert!(help.contains("LISTEN_ADDR"), "{help}");
 }
+
+#[test]
+fn version_names_the_commit_the_wasmtime_release_and_the_wasi_versions_served() {
+    let output = std::process::Command::new(host_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8(output.stdout).unwrap();
+    assert!(version.starts_with("tcphost 0."), "{version}");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The wasmtime Cargo.lock pins.
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        version.contains(&format!("wasmtime {wasmtime};")),
+        "{version}"
+    );
+    // The WASI versions the host's WIT serves.
+    let p2 = std::fs::read_to_string(root.join("wit/world.wit")).unwrap();
+    let p3 = std::fs::read_to_string(root.join("wit/p3/deps/cli.wit")).unwrap();
+    assert!(p2.contains("include wasi:cli/command@0.2.12;"));
+    assert!(p3.starts_with("package wasi:cli@0.3.0;"));
+    assert!(version.contains("WASI 0.2.12 and 0.3.0"), "{version}");
+    // The commit built (the tests run from the repository's checkout).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(head.status.success());
+    let commit = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert!(version.contains(&format!("(commit {commit};")), "{version}");
+}

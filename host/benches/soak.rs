@@ -62,7 +62,7 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut host = Command::new(env!("CARGO_BIN_EXE_host"))
+    let mut host = Command::new(env!("CARGO_BIN_EXE_tcphost"))
         .arg("--config")
         .arg(&manifest)
         .arg("--no-cache")

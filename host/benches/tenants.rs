@@ -36,7 +36,7 @@ struct Host {
 impl Host {
     fn start(manifest: &Path) -> Host {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcphost"))
             .arg("--config")
             .arg(manifest)
             .env("RUST_LOG", "info")

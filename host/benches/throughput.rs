@@ -93,7 +93,7 @@ fn wait_accepting(addr: SocketAddr, since: Instant) -> Duration {
 fn host(dir: &Path) -> Server {
     host_binary(
         dir,
-        Path::new(env!("CARGO_BIN_EXE_host")),
+        Path::new(env!("CARGO_BIN_EXE_tcphost")),
         "builtin:seed",
         "host + seed guest",
     )
@@ -104,7 +104,7 @@ fn host(dir: &Path) -> Server {
 fn host_portable(dir: &Path) -> Server {
     host_binary(
         dir,
-        Path::new(env!("CARGO_BIN_EXE_host")),
+        Path::new(env!("CARGO_BIN_EXE_tcphost")),
         "builtin:seed@p2-portable",
         "host + portable seed guest",
     )
@@ -115,7 +115,7 @@ fn host_portable(dir: &Path) -> Server {
 fn host_p3(dir: &Path) -> Server {
     host_binary(
         dir,
-        Path::new(env!("CARGO_BIN_EXE_host")),
+        Path::new(env!("CARGO_BIN_EXE_tcphost")),
         "builtin:seed@p3",
         "host + WASI 0.3 seed guest",
     )
@@ -683,7 +683,7 @@ fn start_up(guest: Option<&Path>, cache: &Path) -> (Duration, bool) {
     {
         let addr = free_addr();
         let started = Instant::now();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tcphost"));
         if let Some(guest) = guest {
             command.arg(guest);
         }
@@ -732,7 +732,7 @@ fn python_start_up(report: &mut String) {
     )
     .unwrap();
     let host = Killed(
-        Command::new(env!("CARGO_BIN_EXE_host"))
+        Command::new(env!("CARGO_BIN_EXE_tcphost"))
             .arg("--config")
             .arg(dir.join("swap.toml"))
             .stdout(Stdio::null())

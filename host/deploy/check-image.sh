@@ -91,7 +91,7 @@ start "$first"
 wait_ready "$first"
 check_reply "$first"
 echo "check-image: the seed tenant answers; the admin endpoint reports ready"
-user=$(docker top "$first" -eo pid,uid,comm | awk 'NR > 1 && $3 == "host" { print $2 }')
+user=$(docker top "$first" -eo pid,uid,comm | awk 'NR > 1 && $3 == "tcphost" { print $2 }')
 [[ "$user" == 10001 ]] || fail "the host runs as uid '$user', not 10001"
 echo "check-image: the host runs as uid 10001, read-only, with no capabilities"
 cached=$(docker run --rm --entrypoint /bin/sh -v "$volume:/cache" "$image" \

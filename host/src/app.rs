@@ -436,7 +436,7 @@ async fn stop(control: &Control, signals: &mut Signals, name: &str) {
     }
 }
 
-/// The manifest equivalent of `host [GUEST.wasm] --listen ADDR`: one tenant,
+/// The manifest equivalent of `tcphost [GUEST] --listen ADDR`: one tenant,
 /// default limits, never restarted (the host ends with its guest).
 fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
     let component = match &cli.guest {

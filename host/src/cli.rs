@@ -4,17 +4,28 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// What `--version` says: the release, the commit it was built from, the
+/// wasmtime it runs guests on and the WASI versions it serves.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TCPHOST_COMMIT"),
+    "; wasmtime ",
+    env!("TCPHOST_WASMTIME"),
+    "; WASI 0.2.12 and 0.3.0)"
+);
+
 /// Runs TCP servers written as WebAssembly components, each in a sandbox.
 ///
-/// One tenant: `host [GUEST.wasm] [--listen ADDR]`. The guest may bind and
+/// One tenant: `tcphost [GUEST] [--listen ADDR]`. The guest may bind and
 /// listen on the --listen address and accept clients there; it may not bind
 /// anything else, connect out, use UDP or DNS, read files or see the host's
 /// environment. Every refused attempt is logged.
 ///
-/// Many tenants: `host --config tenants.toml`, each with its own grants,
+/// Many tenants: `tcphost --config tenants.toml`, each with its own grants,
 /// limits and restart policy (see host/tenants.example.toml).
 #[derive(Debug, Parser)]
-#[command(name = "host", version, about, long_about)]
+#[command(name = "tcphost", version = VERSION, about, long_about)]
 pub struct Cli {
     /// The guest component to run as the one tenant: a .wasm file,
     /// builtin:NAME, or oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST).

@@ -17,12 +17,12 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The host binary under test.
 pub fn host_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_host")
+    env!("CARGO_BIN_EXE_tcphost")
 }
 
 /// The client binary under test.
 pub fn client_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_client")
+    env!("CARGO_BIN_EXE_tcp-client")
 }
 
 thread_local! {

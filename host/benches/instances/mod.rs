@@ -40,7 +40,7 @@ fn host(
         format!("[host]\ncache_dir = \"cache\"\nadmin = \"{admin}\"\n\n{tenants}"),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_host"))
+    let child = Command::new(env!("CARGO_BIN_EXE_tcphost"))
         .arg("--config")
         .arg(&manifest)
         .stdout(Stdio::null())

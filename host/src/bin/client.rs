@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Talks to a TCP server one message at a time and prints every reply.
 #[derive(Debug, Parser)]
-#[command(name = "client", version, about)]
+#[command(name = "tcp-client", version, about)]
 struct Args {
     /// The server's address.
     #[arg(value_name = "HOST:PORT", default_value = "127.0.0.1:9800")]

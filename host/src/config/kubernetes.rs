@@ -3,7 +3,7 @@
 //! watches it, so a change to it is applied live on every replica), and
 //! per group of tenants a Deployment (its replicas, `--group`, the ports
 //! and the memory the group's limits can take), a Service for its tenants'
-//! ports and a NetworkPolicy opening them. `host --config FILE
+//! ports and a NetworkPolicy opening them. `tcphost --config FILE
 //! --render-kubernetes` prints them; `host/deploy/kubernetes/` holds what
 //! the shipped manifest renders to, checked by `tests/deploy.rs`.
 
@@ -69,7 +69,7 @@ pub fn render(manifest: &Manifest, text: &str, image: &str) -> Result<String, St
     let mut out = String::new();
     writeln!(
         out,
-        "# Rendered from the tenant manifest by `host --config tenants.toml\n# --render-kubernetes --image {image}`: edit the manifest, render again."
+        "# Rendered from the tenant manifest by `tcphost --config tenants.toml\n# --render-kubernetes --image {image}`: edit the manifest, render again."
     )
     .unwrap();
     out.push_str(&config_map(text));
