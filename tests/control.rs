@@ -81,7 +81,7 @@ fn a_tcp_control_endpoint_without_a_token_file_is_a_manifest_error() {
         "control-no-token",
         &ONE.replace("[host]\n", "[host]\ncontrol = \"127.0.0.1:0\"\n"),
     );
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(status.code(), Some(78), "{log}");
     assert_clean_error(
         &log,
         &format!(
@@ -508,7 +508,7 @@ fn a_control_socket_another_host_serves_is_never_taken_over() {
     let first = Host::start(&["--config".as_ref(), manifest(1).as_os_str()]);
     first.wait_for_log("control: listening on unix:");
     let (status, log) = run_host(&["--config".as_ref(), manifest(2).as_os_str()]);
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(status.code(), Some(69), "{log}");
     assert_clean_error(&log, "is in use by another process");
     assert!(socket.exists(), "the first host's socket is still there");
 }

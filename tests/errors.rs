@@ -21,7 +21,7 @@ fn assert_rejected(guest: &std::path::Path, expected: &str) {
         "--listen".as_ref(),
         "127.0.0.1:0".as_ref(),
     ]);
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(status.code(), Some(78), "{log}");
     assert_clean_error(&log, expected);
 }
 
@@ -105,7 +105,7 @@ fn missing_imports_are_all_named() {
         "--listen".as_ref(),
         "127.0.0.1:0".as_ref(),
     ]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(78));
     assert_clean_error(
         &log,
         "needs imports this host does not provide: acme:db/query@1.0.0, wasi:cli/environment@0.3.1, \
@@ -131,7 +131,7 @@ fn a_manifest_address_already_in_use_names_the_tenant_and_the_line() {
         "in-use",
         &format!("[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\n"),
     );
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(status.code(), Some(69), "{log}");
     assert_clean_error(
         &log,
         &format!(
@@ -151,7 +151,11 @@ fn a_component_without_wasi_cli_run_is_rejected() {
 #[test]
 fn an_invalid_listen_address_is_rejected() {
     let (status, log) = run_host(&["--listen", "localhost"]);
-    assert_eq!(status.code(), Some(2), "usage errors exit 2: {log}");
+    assert_eq!(
+        status.code(),
+        Some(64),
+        "usage errors exit 64 (EX_USAGE): {log}"
+    );
     assert!(
         log.contains("error: invalid value 'localhost' for '--listen <IP:PORT>'"),
         "{log}"
@@ -162,7 +166,11 @@ fn an_invalid_listen_address_is_rejected() {
 #[test]
 fn a_connection_cap_of_zero_is_rejected() {
     let (status, log) = run_host(&["--max-connections", "0"]);
-    assert_eq!(status.code(), Some(2), "usage errors exit 2: {log}");
+    assert_eq!(
+        status.code(),
+        Some(64),
+        "usage errors exit 64 (EX_USAGE): {log}"
+    );
     assert!(
         log.contains("error: invalid value '0' for '--max-connections <N>'"),
         "{log}"
@@ -174,7 +182,11 @@ fn a_connection_cap_of_zero_is_rejected() {
 fn an_instance_count_that_is_neither_a_count_nor_auto_is_rejected() {
     for bad in ["0", "lots", "257"] {
         let (status, log) = run_host(&["--instances", bad]);
-        assert_eq!(status.code(), Some(2), "usage errors exit 2: {log}");
+        assert_eq!(
+            status.code(),
+            Some(64),
+            "usage errors exit 64 (EX_USAGE): {log}"
+        );
         assert!(
             log.contains(&format!(
                 "error: invalid value '{bad}' for '--instances <N|auto>'"
@@ -190,7 +202,7 @@ fn an_address_in_use_is_reported() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let (status, log) = run_host(&["--listen", &addr]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(69));
     assert_clean_error(
         &log,
         &format!("error: listen address {addr} is already in use"),
@@ -200,7 +212,7 @@ fn an_address_in_use_is_reported() {
 #[test]
 fn an_address_of_another_machine_is_reported() {
     let (status, log) = run_host(&["--listen", "192.0.2.1:9800"]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(69));
     assert_clean_error(&log, "error: cannot listen on 192.0.2.1:9800:");
 }
 
@@ -303,4 +315,26 @@ fn version_names_the_commit_the_wasmtime_release_and_the_wasi_versions_served() 
     assert!(head.status.success());
     let commit = String::from_utf8_lossy(&head.stdout).trim().to_owned();
     assert!(version.contains(&format!("(commit {commit};")), "{version}");
+}
+
+#[test]
+fn the_exit_status_tells_usage_configuration_and_unavailable_apart() {
+    // A wrong command line: 64.
+    let (status, _) = run_host(&["--no-such-option"]);
+    assert_eq!(status.code(), Some(64));
+    let (status, log) = run_host(&["--name", "not a name"]);
+    assert_eq!(status.code(), Some(64), "{log}");
+    // A configuration that cannot work: 78.
+    let (status, log, _) = run_manifest("bad-limit", "[limits]\nmax_memory = \"lots\"\n");
+    assert_eq!(status.code(), Some(78), "{log}");
+    // Something needed that is not there now: 69.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, log) = run_host(&["--listen", &addr]);
+    assert_eq!(status.code(), Some(69), "{log}");
+    // --help and --version succeed.
+    for asked in ["--help", "--version"] {
+        let (status, _) = run_host(&[asked]);
+        assert_eq!(status.code(), Some(0), "{asked}");
+    }
 }

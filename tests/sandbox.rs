@@ -140,7 +140,7 @@ fn a_trapping_guest_is_reported_with_its_wasm_backtrace() {
     use std::io::Write;
     stream.write_all(b"panic\n").unwrap();
     let status = host.wait_exit();
-    assert_eq!(status.code(), Some(1), "a trap is a failure");
+    assert_eq!(status.code(), Some(70), "a trap is a software failure (70)");
     let log = host.log();
     assert_clean_error(&log, "error: guest 'hostile' trapped:");
     assert!(log.contains("wasm backtrace:"), "{log}");
@@ -155,7 +155,7 @@ fn a_guest_exiting_with_an_error_status_is_reported() {
     // WASI 0.2's `exit` carries only success or failure: any non-zero
     // status arrives as 1.
     stream.write_all(b"exit 3\n").unwrap();
-    assert_eq!(host.wait_exit().code(), Some(1));
+    assert_eq!(host.wait_exit().code(), Some(70));
     assert_clean_error(&host.log(), "error: guest 'hostile' exited with status 1");
 }
 

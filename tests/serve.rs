@@ -256,7 +256,7 @@ fn with_no_arguments_the_host_takes_the_default_address_127_0_0_1_9800() {
     let mut host = Host::start::<&str>(&[]);
     let status = host.wait_exit();
     let log = host.log();
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(status.code(), Some(69), "{log}");
     assert!(
         log.contains("listen address 127.0.0.1:9800 is already in use"),
         "{log}"

@@ -118,7 +118,11 @@ fn a_second_signal_stops_at_once() {
     host.signal("TERM");
     host.wait_for_log("received SIGTERM: accepting no more clients");
     host.signal("INT");
-    assert_eq!(host.wait_exit().code(), Some(0));
+    assert_eq!(
+        host.wait_exit().code(),
+        Some(130),
+        "a forced stop cut connections: not a success"
+    );
     host.wait_for_log("received SIGINT again: stopped at once, closing 1 connections");
     assert!(
         closed_by_peer(&mut open),

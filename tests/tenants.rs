@@ -662,7 +662,7 @@ fn an_invalid_manifest_starts_nothing() {
     let path = dir.join("tenants.toml");
     std::fs::write(&path, "[[tenant]]\nname = \"a\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\nlimits = { max_memory = \"lots\" }\n").unwrap();
     let (status, log) = run_host(&[std::ffi::OsStr::new("--config"), path.as_os_str()]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(78));
     assert_clean_error(
         &log,
         &format!(
@@ -684,7 +684,7 @@ fn an_invalid_component_in_a_manifest_names_its_line() {
     )
     .unwrap();
     let (status, log) = run_host(&[std::ffi::OsStr::new("--config"), path.as_os_str()]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(78));
     assert_clean_error(
         &log,
         &format!("error: {}:4: tenant.component: ", path.display()),

@@ -21,8 +21,81 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing::{error, info, warn};
 
-/// Runs the host as `cli` says, from logging to exit status: errors are
-/// one line on standard error and a failing status, never a panic.
+/// How the process ends, as sysexits(3) numbers them, so a supervisor can
+/// tell "fix the configuration" from "retry later".
+pub mod exit {
+    /// Served and stopped gracefully (or the one tenant's guest ended).
+    pub const OK: u8 = 0;
+    /// The command line is wrong (EX_USAGE).
+    pub const USAGE: u8 = 64;
+    /// A resource the host needs is unavailable: an address in use or not
+    /// of this machine, a registry that cannot be reached (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: u8 = 69;
+    /// The guest or the host failed: a trap, an internal error
+    /// (EX_SOFTWARE).
+    pub const SOFTWARE: u8 = 70;
+    /// The configuration is wrong: the manifest, a component that does not
+    /// load, a setting that cannot work (EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+    /// Stopped at once by a second SIGINT or SIGTERM, connections cut (128
+    /// plus SIGINT's number, as shells report it).
+    pub const FORCED: u8 = 130;
+}
+
+/// An error whose exit status is [`exit::USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// An error whose exit status is [`exit::CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// An error whose exit status is [`exit::UNAVAILABLE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnavailableError(pub String);
+
+/// The exit status for `error`: the first cause that says.
+pub fn status_of(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.is::<UsageError>() {
+            return exit::USAGE;
+        }
+        if cause.is::<ConfigError>()
+            || cause.is::<manifest::ManifestError>()
+            || cause.is::<crate::runtime::engine::LoadError>()
+            || matches!(
+                cause.downcast_ref::<crate::registry::PullError>(),
+                Some(crate::registry::PullError::Refused(_))
+            )
+        {
+            return exit::CONFIG;
+        }
+        if cause.is::<UnavailableError>()
+            || matches!(
+                cause.downcast_ref::<crate::registry::PullError>(),
+                Some(crate::registry::PullError::Unavailable(_))
+            )
+        {
+            return exit::UNAVAILABLE;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+            )
+        {
+            return exit::UNAVAILABLE;
+        }
+    }
+    exit::SOFTWARE
+}
+
+/// Runs the host as `cli` says, from logging to exit status (see [`exit`]):
+/// errors are one line on standard error and a failing status, never a
+/// panic.
 pub fn main(cli: Cli) -> ExitCode {
     if cli.render_kubernetes {
         return render_kubernetes(&cli);
@@ -43,15 +116,16 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::SOFTWARE);
         }
     };
     let code = match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Gracefully) => ExitCode::from(exit::OK),
+        Ok(Stopped::Forced) => ExitCode::from(exit::FORCED),
         Err(e) => {
             // One line (plus a backtrace for traps), never a Rust backtrace.
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(status_of(&e))
         }
     };
     // A guest may still be computing on a worker thread; do not wait for it.
@@ -64,7 +138,7 @@ pub fn main(cli: Cli) -> ExitCode {
 fn render_kubernetes(cli: &Cli) -> ExitCode {
     let Some(path) = &cli.config else {
         eprintln!("error: --render-kubernetes needs --config");
-        return ExitCode::FAILURE;
+        return ExitCode::from(exit::USAGE);
     };
     let rendered = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -79,13 +153,22 @@ fn render_kubernetes(cli: &Cli) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::CONFIG)
         }
     }
 }
 
+/// How the host stopped, when it was stopped (not failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Drained (or the one tenant's guest ended), or stopped before serving.
+    Gracefully,
+    /// Cut short by a second signal.
+    Forced,
+}
+
 /// Runs the host as `cli` says until it is stopped.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: Cli) -> anyhow::Result<Stopped> {
     // Before anything can listen: a signal must never find the default
     // disposition (death by signal, non-zero status) in place.
     let mut signals = Signals::new()?;
@@ -101,7 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(group) = &cli.group {
         manifest
             .only_group(group)
-            .map_err(|why| anyhow::anyhow!("--group: {why}"))?;
+            .map_err(|why| ConfigError(format!("--group: {why}")))?;
     }
     raise_open_file_limit(&manifest);
     let watch_manifest = cli.watch || manifest.watch;
@@ -110,7 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let control_at = control_endpoint(&cli, &manifest)?;
     let control = start_control(&cli, &manifest)?;
     let Some(prepared) = compile(&control, manifest, listeners, single, &mut signals).await? else {
-        return Ok(());
+        return Ok(Stopped::Gracefully);
     };
     let names: Vec<String> = prepared.iter().map(|(c, _, _)| c.name.clone()).collect();
 
@@ -178,13 +261,16 @@ fn control_endpoint(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Option<man
     };
     if let Some(at) = &control_at {
         match (&at.addr, &at.token_file) {
-            (manifest::ControlAddr::Tcp(addr), None) => anyhow::bail!(
-                "the control endpoint on {addr} needs a token file (--control-token-file), or listen on unix:PATH"
-            ),
+            (manifest::ControlAddr::Tcp(addr), None) => {
+                return Err(ConfigError(format!(
+                    "the control endpoint on {addr} needs a token file (--control-token-file), or listen on unix:PATH"
+                ))
+                .into());
+            }
             // Unreadable or empty: every request would be refused.
             (_, Some(file)) => {
                 admin::read_token(file)
-                    .map_err(|why| anyhow::anyhow!("control endpoint: {why}"))?;
+                    .map_err(|why| ConfigError(format!("control endpoint: {why}")))?;
             }
             (manifest::ControlAddr::Unix(_), None) => {}
         }
@@ -375,7 +461,7 @@ async fn serve_until_stopped(
     control: &Arc<Control>,
     guest: Option<tokio::task::JoinHandle<Result<(), GuestError>>>,
     signals: &mut Signals,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let guest_done = async move {
         match guest {
             Some(task) => task.await,
@@ -387,15 +473,12 @@ async fn serve_until_stopped(
         tokio::select! {
             joined = &mut guest_done => {
                 return match joined {
-                    Ok(outcome) => outcome.map_err(Into::into),
+                    Ok(outcome) => outcome.map(|()| Stopped::Gracefully).map_err(Into::into),
                     Err(e) => Err(anyhow::anyhow!("guest task failed: {e}")),
                 };
             }
             signal = signals.next() => match signal {
-                Signal::Stop(name) => {
-                    stop(control, signals, name).await;
-                    return Ok(());
-                }
+                Signal::Stop(name) => return Ok(stop(control, signals, name).await),
                 Signal::Reload => match control.reload().await {
                     Ok(report) => info!(?report, "SIGHUP: manifest reloaded"),
                     Err(e) => error!("SIGHUP: manifest not reloaded, nothing changed: {e}"),
@@ -407,7 +490,7 @@ async fn serve_until_stopped(
 
 /// Graceful stop: no new connections; open ones may finish, each tenant's
 /// for up to its drain timeout; a second SIGINT or SIGTERM cuts it short.
-async fn stop(control: &Control, signals: &mut Signals, name: &str) {
+async fn stop(control: &Control, signals: &mut Signals, name: &str) -> Stopped {
     control.stop_accepting();
     let open: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
     info!(
@@ -428,10 +511,12 @@ async fn stop(control: &Control, signals: &mut Signals, name: &str) {
             } else {
                 warn!(left, "drain timeout passed; stopped, closing {left} connections");
             }
+            Stopped::Gracefully
         }
         second = second => {
             let left: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
             warn!(left, "received {second} again: stopped at once, closing {left} connections");
+            Stopped::Forced
         }
     }
 }
@@ -444,7 +529,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
             let cwd = std::env::current_dir().unwrap_or_default();
             // A file is read (and any problem with it named) when loaded.
             ComponentSource::parse(spec, &cwd)
-                .map_err(|why| anyhow::anyhow!("GUEST {spec:?}: {why}"))?
+                .map_err(|why| UsageError(format!("GUEST {spec:?}: {why}")))?
         }
         None => ComponentSource::Builtin("seed".into()),
     };
@@ -461,7 +546,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         .clone()
         .or(default_name)
         .unwrap_or_else(|| "guest".to_owned());
-    manifest::valid_name(&name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
+    manifest::valid_name(&name).map_err(|why| UsageError(format!("--name: {why}")))?;
     // A swap may load files beside the guest file (none for the built-in).
     let component_dirs = match &component {
         ComponentSource::File(path) => path.parent().map(PathBuf::from).into_iter().collect(),
@@ -565,17 +650,21 @@ async fn control_listener(addr: &manifest::ControlAddr) -> anyhow::Result<admin:
         }
         manifest::ControlAddr::Unix(path) => {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
-                anyhow::ensure!(
-                    meta.file_type().is_socket(),
-                    "{} exists and is not a socket",
-                    path.display()
-                );
+                if !meta.file_type().is_socket() {
+                    return Err(ConfigError(format!(
+                        "{} exists and is not a socket",
+                        path.display()
+                    ))
+                    .into());
+                }
                 // Another host may be serving it: never take it over.
-                anyhow::ensure!(
-                    std::os::unix::net::UnixStream::connect(path).is_err(),
-                    "{} is in use by another process",
-                    path.display()
-                );
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(UnavailableError(format!(
+                        "{} is in use by another process",
+                        path.display()
+                    ))
+                    .into());
+                }
                 std::fs::remove_file(path)?;
             }
             // Made in a directory only this user may enter, owner-only, then

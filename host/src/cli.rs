@@ -24,6 +24,12 @@ pub const VERSION: &str = concat!(
 ///
 /// Many tenants: `tcphost --config tenants.toml`, each with its own grants,
 /// limits and restart policy (see host/tenants.example.toml).
+///
+/// Exit status (sysexits): 0 stopped gracefully (or the one guest ended);
+/// 64 the command line is wrong; 78 the configuration is (the manifest, a
+/// component, a setting); 69 something the host needs is unavailable (an
+/// address in use or not of this machine, a registry out of reach); 70 the
+/// guest or the host failed; 130 stopped at once by a second signal.
 #[derive(Debug, Parser)]
 #[command(name = "tcphost", version = VERSION, about, long_about)]
 pub struct Cli {

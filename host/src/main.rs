@@ -8,5 +8,17 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    host::app::main(host::cli::Cli::parse())
+    match host::cli::Cli::try_parse() {
+        Ok(cli) => host::app::main(cli),
+        // --help and --version print and succeed; a wrong command line is
+        // a usage error (64), not clap's 2.
+        Err(e) => {
+            let _ = e.print();
+            ExitCode::from(if e.use_stderr() {
+                host::app::exit::USAGE
+            } else {
+                host::app::exit::OK
+            })
+        }
+    }
 }

@@ -87,16 +87,14 @@ pub fn open(addr: SocketAddr, listen_at: &str) -> anyhow::Result<std::net::TcpLi
     } else {
         format!("change the tenant's listen at {listen_at}")
     };
+    // The kind of failure is kept (the exit status says "unavailable").
     host_listener(addr).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!(
-                "listen address {addr} is already in use: stop what is using it or {instead}"
-            )
+        let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("listen address {addr} is already in use: stop what is using it or {instead}")
         } else {
-            anyhow::anyhow!(
-                "cannot listen on {addr}: {e}; use an address of this machine ({instead})"
-            )
-        }
+            format!("cannot listen on {addr}: {e}; use an address of this machine ({instead})")
+        };
+        anyhow::Error::new(std::io::Error::new(e.kind(), why))
     })
 }
 
