@@ -70,3 +70,35 @@ fn client_reports_a_refused_connection_in_one_line() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_count_or_timeout_of_zero_is_refused_not_changed() {
+    for args in [
+        ["--message", "x", "--count", "0"],
+        ["--message", "x", "--timeout", "0"],
+    ] {
+        let output = std::process::Command::new(client_bin())
+            .arg("127.0.0.1:9")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is not in 1.."), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_client_counts_with_n_as_the_host_configures_with_c() {
+    let help = std::process::Command::new(client_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("-n, --count"), "{help}");
+    assert!(!help.contains("-c,"), "{help}");
+    assert!(
+        !help.contains("Runs TCP servers"),
+        "the client's help is its own: {help}"
+    );
+}

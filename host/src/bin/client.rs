@@ -9,9 +9,10 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Talks to a TCP server one message at a time and prints every reply.
+/// Talks to a TCP server one message at a time and prints every reply (the
+/// seed's server's counterpart; tcphost runs such servers).
 #[derive(Debug, Parser)]
-#[command(name = "tcp-client", version, about)]
+#[command(name = "tcp-client", version)]
 struct Args {
     /// The server's address.
     #[arg(value_name = "HOST:PORT", default_value = "127.0.0.1:9800")]
@@ -21,12 +22,19 @@ struct Args {
     #[arg(long, short)]
     message: Option<String>,
 
-    /// How many times to send --message.
-    #[arg(long, short, default_value_t = 1, requires = "message")]
+    /// How many times to send --message (at least 1). `-n`, as `-c` is
+    /// tcphost's --config.
+    #[arg(
+        long,
+        short = 'n',
+        default_value_t = 1,
+        requires = "message",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     count: u64,
 
-    /// Seconds to wait for connecting and for each reply.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds to wait for connecting and for each reply (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 }
 
@@ -45,7 +53,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let timeout = Duration::from_secs(args.timeout.max(1));
+    let timeout = Duration::from_secs(args.timeout);
     let addr = args
         .addr
         .to_socket_addrs()
