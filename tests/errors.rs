@@ -338,3 +338,34 @@ fn the_exit_status_tells_usage_configuration_and_unavailable_apart() {
         assert_eq!(status.code(), Some(0), "{asked}");
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_tenant_as_a_field() {
+    let mut host = Host::start(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let line = host.wait_for_log("seed: listening on ");
+    let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = listening["addr"].as_str().unwrap().parse().unwrap();
+    assert_seed_reply(&round_trip(&mut connect(addr), b"hello json\n"));
+    host.wait_for_log("hello json");
+    host.signal("TERM");
+    assert_eq!(host.wait_exit().code(), Some(0));
+    let log = host.log();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let payload = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("hello json"))
+        })
+        .expect("the guest's line about the payload");
+    assert_eq!(payload["tenant"], "seed", "{payload}");
+    assert_eq!(payload["target"], "guest", "{payload}");
+    assert!(
+        payload["timestamp"].is_string() && payload["level"] == "INFO",
+        "{payload}"
+    );
+}

@@ -100,14 +100,22 @@ pub fn main(cli: Cli) -> ExitCode {
     if cli.render_kubernetes {
         return render_kubernetes(&cli);
     }
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
         .with_writer(crate::wasi::stdio::LogWriter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        crate::cli::LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        // The event's fields at the top level, beside the message: what log
+        // stores index.
+        crate::cli::LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

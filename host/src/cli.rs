@@ -4,6 +4,15 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// What `--version` says: the release, the commit it was built from, the
 /// wasmtime it runs guests on and the WASI versions it serves.
 pub const VERSION: &str = concat!(
@@ -120,6 +129,13 @@ pub struct Cli {
     /// The container image the rendered Deployments run.
     #[arg(long, value_name = "IMAGE", requires = "render_kubernetes", default_value = concat!("tcphost:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
+
+    /// How log lines are written: "text", or "json" (one object per line,
+    /// the event's fields, tenant, instance and stream among them, at the
+    /// top level: for Loki, Elasticsearch, CloudWatch). RUST_LOG filters
+    /// either.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
 
     /// Apply every change to the manifest file as a reload does (as the
     /// manifest's [host] watch = true): edits, files renamed into place,
