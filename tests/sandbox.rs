@@ -200,3 +200,65 @@ fn wasi_p3_closing_the_send_stream_ends_what_the_client_reads() {
         assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
     });
 }
+
+#[test]
+fn the_one_tenant_command_line_grants_environment_outbound_addresses_and_memory() {
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let (host, addr) = Host::serve_with(
+        Some(&hostile_guest()),
+        &[
+            "--name",
+            "hostile",
+            "--env",
+            "GREETING=hello there",
+            "--connect",
+            &target_addr.to_string(),
+            "--max-memory",
+            "32 MiB",
+        ],
+    );
+    let mut stream = connect(addr);
+    assert_eq!(order(&mut stream, "env GREETING"), "ok hello there\n");
+    assert_eq!(
+        order(&mut stream, &format!("connect {target_addr}")),
+        "ok connected\n"
+    );
+    // Nothing else is granted.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reply = order(
+        &mut stream,
+        &format!("connect {}", other.local_addr().unwrap()),
+    );
+    assert!(reply.starts_with("denied"), "{reply}");
+    // The memory limit given: a guest that allocates without end is
+    // refused past 32 MiB.
+    use std::io::Write;
+    stream.write_all(b"alloc\n").unwrap();
+    host.wait_for_log("is past the limit of 33554432 bytes");
+}
+
+#[test]
+fn the_one_tenant_command_line_sets_the_cpu_limit() {
+    let (host, addr) = Host::serve_with(
+        Some(&hostile_guest()),
+        &["--name", "hostile", "--cpu-limit", "250ms"],
+    );
+    use std::io::Write;
+    connect(addr).write_all(b"spin\n").unwrap();
+    host.wait_for_log("past its CPU limit of 250 ms");
+}
+
+#[test]
+fn one_tenant_settings_that_cannot_work_are_usage_errors() {
+    for (args, why) in [
+        (["--env", "NOEQUALS"], "is not KEY=VALUE"),
+        (["--env", "LISTEN_ADDR=x"], "is set by the host"),
+        (["--max-memory", "1 KiB"], "at least 1 MiB"),
+        (["--cpu-limit", "0ms"], "at least 1ms"),
+    ] {
+        let (status, log) = run_host(&args);
+        assert_eq!(status.code(), Some(64), "{args:?}: {log}");
+        assert!(log.contains(why), "{args:?}: {log}");
+    }
+}

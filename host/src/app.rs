@@ -582,9 +582,11 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
             component_at: String::new(),
             listen_at: String::new(),
             listen: vec![cli.listen],
-            env: BTreeMap::new(),
-            connect: Vec::new(),
+            env: cli.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+            connect: cli.connect.clone(),
             limits: Limits {
+                max_memory: cli.max_memory.unwrap_or(Limits::default().max_memory),
+                cpu_limit: cli.cpu_limit.unwrap_or(Limits::default().cpu_limit),
                 restart: RestartPolicy::Never,
                 max_connections: cli
                     .max_connections

@@ -4,6 +4,42 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// `--env KEY=VALUE`: a name the guest may be given, and its value.
+fn env_var(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if key.is_empty() || key.contains('\0') || value.contains('\0') {
+        return Err(format!("{key:?} is not a valid variable name"));
+    }
+    if key == "LISTEN_ADDR" || key == "LISTEN_ADDRS" {
+        return Err(format!("{key} is set by the host"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// `--max-memory`: a size of at least 1 MiB, as in a manifest.
+fn memory(text: &str) -> Result<u64, String> {
+    let bytes = text
+        .parse::<bytesize::ByteSize>()
+        .map_err(|_| format!("{text:?} is not a size; write e.g. \"64 MiB\""))?
+        .as_u64();
+    if bytes < 1 << 20 {
+        return Err("must be at least 1 MiB".into());
+    }
+    Ok(bytes)
+}
+
+/// `--cpu-limit`: a duration of at least 1 ms, as in a manifest.
+fn cpu_limit(text: &str) -> Result<std::time::Duration, String> {
+    let limit = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. \"100ms\""))?;
+    if limit < std::time::Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(limit)
+}
+
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -82,6 +118,26 @@ pub struct Cli {
     /// stores].
     #[arg(long, value_name = "N|auto", conflicts_with = "config")]
     pub instances: Option<crate::config::manifest::Instances>,
+
+    /// An environment variable for the guest, KEY=VALUE (repeat for more);
+    /// LISTEN_ADDR and LISTEN_ADDRS are the host's.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", conflicts_with = "config", value_parser = env_var)]
+    pub env: Vec<(String, String)>,
+
+    /// The guest's memory limit, e.g. "64 MiB" [default: 128 MiB, as for a
+    /// manifest's tenant].
+    #[arg(long, value_name = "SIZE", conflicts_with = "config", value_parser = memory)]
+    pub max_memory: Option<u64>,
+
+    /// The CPU time one call into the guest may take before it is stopped,
+    /// e.g. "100ms" [default: as for a manifest's tenant].
+    #[arg(long, value_name = "DURATION", conflicts_with = "config", value_parser = cpu_limit)]
+    pub cpu_limit: Option<std::time::Duration>,
+
+    /// An address the guest may connect to (repeat for more; none by
+    /// default: a guest connects nowhere unless granted).
+    #[arg(long, value_name = "IP:PORT", conflicts_with = "config")]
+    pub connect: Vec<SocketAddr>,
 
     /// Run every tenant listed in this TOML manifest.
     #[arg(long, short, value_name = "FILE")]
