@@ -369,3 +369,69 @@ fn json_logs_are_one_object_per_line_with_the_tenant_as_a_field() {
         "{payload}"
     );
 }
+
+/// `tcphost --check ARGS`: its status, standard output and standard error.
+fn check(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(host_bin())
+        .arg("--check")
+        .args(args)
+        .env(
+            "XDG_CACHE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_passes_a_good_manifest_and_listens_on_nothing() {
+    // Its addresses are held here, as by the host it checks for a reload.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = scratch_dir("check-good");
+    let path = dir.join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tenant]]\nname = \"a\"\ncomponent = \"builtin:seed\"\nlisten = [\"{addr}\"]\n\n\
+             [[tenant]]\nname = \"b\"\ncomponent = \"builtin:echo\"\nlisten = [\"127.0.0.1:0\"]\n"
+        ),
+    )
+    .unwrap();
+    let (status, stdout, stderr) = check(&["--config".as_ref(), path.as_os_str()]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "ok: {} is valid: 2 tenants, 2 components loaded",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+#[test]
+fn check_fails_a_bad_manifest_or_component_as_the_host_would() {
+    let dir = scratch_dir("check-bad");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[tenant]]\nname = \"a\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\nlimits = { max_memory = \"lots\" }\n").unwrap();
+    let (status, _, stderr) = check(&["--config".as_ref(), bad.as_os_str()]);
+    assert_eq!(status, Some(78), "{stderr}");
+    assert!(stderr.contains("bad.toml:5"), "{stderr}");
+    // A component the host cannot link: its missing import named.
+    let component =
+        wat::parse_str(r#"(component (import "acme:db/query@1.0.0" (instance)))"#).unwrap();
+    let path = fixture("unlinkable.wasm", &component);
+    let (status, _, stderr) = check(&[path.as_os_str()]);
+    assert_eq!(status, Some(78), "{stderr}");
+    assert!(stderr.contains("acme:db/query@1.0.0"), "{stderr}");
+    // A built-in guest as the one tenant.
+    let (status, stdout, stderr) = check(&["builtin:echo".as_ref()]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), "ok: builtin:echo loads and links");
+}

@@ -127,6 +127,20 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(exit::SOFTWARE);
         }
     };
+    if cli.check {
+        let code = match runtime.block_on(check(&cli)) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::from(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(status_of(&e))
+            }
+        };
+        runtime.shutdown_background();
+        return code;
+    }
     let code = match runtime.block_on(run(cli)) {
         Ok(Stopped::Gracefully) => ExitCode::from(exit::OK),
         Ok(Stopped::Forced) => ExitCode::from(exit::FORCED),
@@ -164,6 +178,49 @@ fn render_kubernetes(cli: &Cli) -> ExitCode {
             ExitCode::from(exit::CONFIG)
         }
     }
+}
+
+/// `--check`: what `run` checks before serving, without listening or
+/// serving; a one-line summary of what was checked.
+async fn check(cli: &Cli) -> anyhow::Result<String> {
+    let single = cli.config.is_none();
+    let mut manifest = match &cli.config {
+        Some(path) => manifest::load(path)?,
+        None => one_tenant(cli)?,
+    };
+    if let Some(group) = &cli.group {
+        manifest
+            .only_group(group)
+            .map_err(|why| ConfigError(format!("--group: {why}")))?;
+    }
+    control_endpoint(cli, &manifest)?;
+    // The engine as it would be configured (the pooling allocator sized
+    // for these tenants), and every component loaded as at start.
+    let control = start_control(cli, &manifest)?;
+    for tenant in &manifest.tenants {
+        let at = if single {
+            ""
+        } else {
+            tenant.component_at.as_str()
+        };
+        control
+            .load(&tenant.component, at, crate::registry::FetchPolicy::SWAP)
+            .await?;
+    }
+    let components: std::collections::BTreeSet<String> = manifest
+        .tenants
+        .iter()
+        .map(|t| t.component.to_string())
+        .collect();
+    Ok(match &cli.config {
+        Some(path) => format!(
+            "ok: {} is valid: {} tenants, {} components loaded",
+            path.display(),
+            manifest.tenants.len(),
+            components.len()
+        ),
+        None => format!("ok: {} loads and links", manifest.tenants[0].component),
+    })
 }
 
 /// How the host stopped, when it was stopped (not failed).

@@ -176,6 +176,15 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", requires = "config")]
     pub group: Option<String>,
 
+    /// Check everything the host would check before serving, and start
+    /// nothing: the manifest (or the command line's one tenant), every
+    /// component (read or pulled, its imports against what the host
+    /// provides, compiled and linked), the limits and the pool's size.
+    /// Listens on nothing, so it can run beside the host it checks for.
+    /// Exit status 0, or the error's (see below).
+    #[arg(long)]
+    pub check: bool,
+
     /// Print the Kubernetes objects that run the manifest (a ConfigMap
     /// holding it, and per group a Deployment, Service and NetworkPolicy)
     /// and exit; see --image.
