@@ -435,3 +435,22 @@ fn check_fails_a_bad_manifest_or_component_as_the_host_would() {
     assert_eq!(status, Some(0), "{stderr}");
     assert_eq!(stdout.trim(), "ok: builtin:echo loads and links");
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definitions() {
+    // (roff writes a dash as \-.)
+    for (args, expected, check) in [
+        (vec!["--completions", "bash"], "--render-kubernetes", "--check"),
+        (vec!["--completions", "zsh"], "--log-format", "--check"),
+        (vec!["--man"], ".TH tcphost 1", "\\-\\-check"),
+    ] {
+        let output = std::process::Command::new(host_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(expected), "{args:?}: {text}");
+        assert!(text.contains(check), "{args:?}: every option is there");
+    }
+}

@@ -11,7 +11,7 @@
 #   host/deploy/check-image.sh [IMAGE]     (default: tcphost:check, built here)
 #
 # Needs a Docker daemon and the Dockerfile's base images. Not part of CI,
-# whose machine has neither (see the README, "Containers and Kubernetes").
+# whose machine has neither (see docs/production.md, "Containers and Kubernetes").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

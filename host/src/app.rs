@@ -100,6 +100,26 @@ pub fn main(cli: Cli) -> ExitCode {
     if cli.render_kubernetes {
         return render_kubernetes(&cli);
     }
+    if let Some(shell) = cli.completions {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "tcphost",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::from(exit::OK);
+    }
+    if cli.man {
+        use clap::CommandFactory;
+        return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(e) => {
+                eprintln!("error: cannot write the man page: {e}");
+                ExitCode::from(exit::SOFTWARE)
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let log = tracing_subscriber::fmt()

@@ -185,6 +185,17 @@ pub struct Cli {
     #[arg(long)]
     pub check: bool,
 
+    /// Print the completions for SHELL (bash, zsh, fish, elvish,
+    /// powershell) and exit, e.g. `tcphost --completions bash >
+    /// /usr/share/bash-completion/completions/tcphost`.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) and exit, e.g. `tcphost --man >
+    /// /usr/share/man/man1/tcphost.1`.
+    #[arg(long, exclusive = true)]
+    pub man: bool,
+
     /// Print the Kubernetes objects that run the manifest (a ConfigMap
     /// holding it, and per group a Deployment, Service and NetworkPolicy)
     /// and exit; see --image.

@@ -348,7 +348,7 @@ impl Loader {
             // SAFETY: the file was written by `Engine::precompile_component`
             // of an engine with the same settings (both are in its name),
             // into the host's own cache directory, which operators must keep
-            // writable by the host alone (see the README).
+            // writable by the host alone (see docs/operators.md).
             match unsafe { Component::deserialize_file(&self.engine, file) } {
                 Ok(component) => {
                     info!(guest = path, cache = %file.display(), "loaded compiled component from the cache");
