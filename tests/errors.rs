@@ -440,7 +440,11 @@ fn check_fails_a_bad_manifest_or_component_as_the_host_would() {
 fn completions_and_the_man_page_come_from_the_command_line_definitions() {
     // (roff writes a dash as \-.)
     for (args, expected, check) in [
-        (vec!["--completions", "bash"], "--render-kubernetes", "--check"),
+        (
+            vec!["--completions", "bash"],
+            "--render-kubernetes",
+            "--check",
+        ),
         (vec!["--completions", "zsh"], "--log-format", "--check"),
         (vec!["--man"], ".TH tcphost 1", "\\-\\-check"),
     ] {

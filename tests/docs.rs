@@ -1,0 +1,155 @@
+//! The references in the docs are kept in step with the code: every metric
+//! the host exports is documented (and every documented one exported), and
+//! every key the manifest parser accepts is in the commented example, whose
+//! list of built-in guests is the one the build makes.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Every `tcphost_...` name the docs mention (a trailing `*` kept).
+fn documented_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for doc in ["README.md", "docs/operators.md", "docs/production.md"] {
+        let text = std::fs::read_to_string(repo(doc)).unwrap();
+        for (i, _) in text.match_indices("tcphost_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '*')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn every_exported_metric_is_documented_and_every_documented_one_exported() {
+    let manifest = "[host]\nadmin = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\n";
+    let t = Tenants::start(manifest, &["t"], &[]);
+    let (code, text) = http_get(t.admin.unwrap(), "/metrics");
+    assert_eq!(code, 200);
+    let exported: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|family| {
+            // Counters are exported with their `_total` samples.
+            let counter = text.contains(&format!("# TYPE {family} counter"));
+            if counter {
+                format!("{family}_total")
+            } else {
+                family.to_owned()
+            }
+        })
+        .collect();
+    let documented = documented_metrics();
+    let covers = |doc: &String, name: &String| match doc.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => doc == name,
+    };
+    let undocumented: Vec<&String> = exported
+        .iter()
+        .filter(|name| !documented.iter().any(|doc| covers(doc, name)))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported, not documented: {undocumented:?}"
+    );
+    let unexported: Vec<&String> = documented
+        .iter()
+        .filter(|doc| !exported.iter().any(|name| covers(doc, name)))
+        .collect();
+    assert!(
+        unexported.is_empty(),
+        "documented, not exported: {unexported:?}"
+    );
+}
+
+/// The field names of `struct NAME` in the manifest parser's source (its
+/// serde keys: the parser renames none).
+fn keys_of(source: &syn::File, name: &str) -> Vec<String> {
+    source
+        .items
+        .iter()
+        .find_map(|item| match item {
+            syn::Item::Struct(s) if s.ident == name => Some(
+                s.fields
+                    .iter()
+                    .filter_map(|f| f.ident.as_ref().map(ToString::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no struct {name} in the manifest parser"))
+}
+
+#[test]
+fn every_manifest_key_is_in_the_commented_example() {
+    let source = std::fs::read_to_string(repo("host/src/config/manifest.rs")).unwrap();
+    let source = syn::parse_file(&source).unwrap();
+    let example = std::fs::read_to_string(repo("host/tenants.example.toml")).unwrap();
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for raw in ["RawHost", "RawLimits", "RawTenant", "RawGroup"] {
+        for key in keys_of(&source, raw) {
+            checked += 1;
+            // As `key =` (or `# key =`), or inside an inline table.
+            let written = example.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} ="))
+                    || l.contains(&format!(" {key} ="))
+                    || l.contains(&format!("{{ {key} ="))
+            });
+            if !written {
+                missing.push(format!("{raw}.{key}"));
+            }
+        }
+    }
+    assert!(
+        checked >= 40,
+        "only {checked} keys found in the parser's source"
+    );
+    assert!(
+        missing.is_empty(),
+        "keys the parser accepts, missing from host/tenants.example.toml: {missing:?}"
+    );
+}
+
+#[test]
+fn the_examples_list_of_built_in_guests_is_the_built_one() {
+    let mut built: Vec<String> = std::fs::read_dir(repo("guest/src/bin"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".rs")
+                .map(str::to_owned)
+        })
+        .collect();
+    built.sort();
+    let example = std::fs::read_to_string(repo("host/tenants.example.toml")).unwrap();
+    let listed = example
+        .lines()
+        .find_map(|l| l.split("# built in: ").nth(1))
+        .expect("the example lists the built-in guests");
+    let mut listed: Vec<String> = listed
+        .split(';')
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|n| n.trim().to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed, built,
+        "host/tenants.example.toml lists other built-in guests than guest/src/bin/ builds"
+    );
+}
