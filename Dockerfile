@@ -16,7 +16,9 @@ WORKDIR /src
 # keeps it in its own layer.
 RUN rustup target add wasm32-wasip2
 COPY . .
-RUN cargo build --release --locked -p host \
+# The commit --version names (.git is not in the build context).
+ARG TCPHOST_COMMIT=unknown
+RUN TCPHOST_COMMIT="$TCPHOST_COMMIT" cargo build --release --locked -p host \
     && install -D -m 0755 target/release/tcphost /out/tcphost \
     && install -D -m 0755 target/release/tcp-client /out/tcp-client
 

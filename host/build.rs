@@ -44,13 +44,18 @@ fn emit_version() {
     let root = PathBuf::from(env("CARGO_MANIFEST_DIR")).join("..");
     println!("cargo:rerun-if-env-changed=TCPHOST_COMMIT");
     let commit = std::env::var("TCPHOST_COMMIT").ok().or_else(|| {
-        // Rebuilt when HEAD moves (a checkout, or a commit on its branch).
+        // Rebuilt when HEAD moves (a checkout, or a commit on its branch,
+        // loose or packed). Only files that exist are watched: cargo reruns
+        // a build script on every build while a watched file is missing.
         let git = root.join(".git");
-        println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+        let mut watched = vec![git.join("HEAD"), git.join("packed-refs")];
         if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
             && let Some(branch) = head.trim().strip_prefix("ref: ")
         {
-            println!("cargo:rerun-if-changed={}", git.join(branch).display());
+            watched.push(git.join(branch));
+        }
+        for file in watched.iter().filter(|f| f.is_file()) {
+            println!("cargo:rerun-if-changed={}", file.display());
         }
         let out = std::process::Command::new("git")
             .args(["rev-parse", "--short=12", "HEAD"])

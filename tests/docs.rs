@@ -16,8 +16,15 @@ fn repo(path: &str) -> PathBuf {
 /// Every `tcphost_...` name the docs mention (a trailing `*` kept).
 fn documented_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for doc in ["README.md", "docs/operators.md", "docs/production.md"] {
-        let text = std::fs::read_to_string(repo(doc)).unwrap();
+    let mut docs = vec![repo("README.md")];
+    docs.extend(
+        std::fs::read_dir(repo("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md")),
+    );
+    for doc in docs {
+        let text = std::fs::read_to_string(doc).unwrap();
         for (i, _) in text.match_indices("tcphost_") {
             let name: String = text[i..]
                 .chars()

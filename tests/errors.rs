@@ -325,7 +325,13 @@ fn the_exit_status_tells_usage_configuration_and_unavailable_apart() {
     let (status, log) = run_host(&["--name", "not a name"]);
     assert_eq!(status.code(), Some(64), "{log}");
     // A configuration that cannot work: 78.
-    let (status, log, _) = run_manifest("bad-limit", "[limits]\nmax_memory = \"lots\"\n");
+    let (status, log, _) = run_manifest(
+        "bad-limit",
+        "[[tenant]]\nname = \"t\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\nlimits = { max_memory = \"lots\" }\n",
+    );
+    assert_eq!(status.code(), Some(78), "{log}");
+    assert!(log.contains("tenant.max_memory"), "{log}");
+    let (status, log) = run_host(&["builtin:nope"]);
     assert_eq!(status.code(), Some(78), "{log}");
     // Something needed that is not there now: 69.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

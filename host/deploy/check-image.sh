@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 
 image=${1:-tcphost:check}
 if [[ $# -eq 0 ]]; then
-    docker build -t "$image" .
+    docker build --build-arg TCPHOST_COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)" -t "$image" .
 fi
 
 run=tcphost-check-$$

@@ -48,9 +48,7 @@ pub mod exit {
 pub struct UsageError(pub String);
 
 /// An error whose exit status is [`exit::CONFIG`].
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use crate::config::ConfigError;
 
 /// An error whose exit status is [`exit::UNAVAILABLE`].
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +222,7 @@ async fn check(cli: &Cli) -> anyhow::Result<String> {
             tenant.component_at.as_str()
         };
         control
-            .load(&tenant.component, at, crate::registry::FetchPolicy::SWAP)
+            .load(&tenant.component, at, crate::registry::FetchPolicy::START)
             .await?;
     }
     let components: std::collections::BTreeSet<String> = manifest

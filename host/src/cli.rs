@@ -182,7 +182,7 @@ pub struct Cli {
     /// provides, compiled and linked), the limits and the pool's size.
     /// Listens on nothing, so it can run beside the host it checks for.
     /// Exit status 0, or the error's (see below).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "render_kubernetes")]
     pub check: bool,
 
     /// Print the completions for SHELL (bash, zsh, fish, elvish,

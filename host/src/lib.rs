@@ -1,4 +1,4 @@
-//! The host as a library: everything the `host` binary is made of, so the
+//! The host as a library: everything the `tcphost` binary is made of, so the
 //! tests and fuzz targets can drive its parts directly.
 //!
 //! # Layout

@@ -7,7 +7,7 @@
 // random in 0..100, one reply per line), serves many clients at once, and
 // logs each connect, payload and disconnect.
 //
-// Build: see the guide (README, "Guests in other languages"): with
+// Build: see the guide (docs/guests.md, "Guests in other languages"): with
 // componentize-qjs (QuickJS), whose bindings take a u64 as a Number.
 // ComponentizeJS 0.23.0 builds it too, but the component traps at its
 // first sockets call (ComponentizeJS issue #221).

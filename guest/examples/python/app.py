@@ -6,7 +6,7 @@ read of up to 2048 bytes with `python socket server : N` (N random in
 0..100, one reply per line), serves many clients at once, and logs each
 connect, payload and disconnect.
 
-Build: see the guide (README, "Guests in other languages"): componentize-py,
+Build: see the guide (docs/guests.md, "Guests in other languages"): componentize-py,
 WASI 0.2.
 """
 

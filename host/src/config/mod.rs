@@ -5,6 +5,13 @@
 //! objects that run a manifest ([`kubernetes`]: rendered from it). Depends
 //! on nothing else in the host.
 
+/// A configuration that cannot work: a setting, a name, a file the
+/// operator gave (the process exits 78, EX_CONFIG, on it: see
+/// crate::app::exit).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 pub mod kubernetes;
 pub mod manifest;
 pub mod reload;

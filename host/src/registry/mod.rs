@@ -26,6 +26,7 @@
 
 pub mod store;
 
+use crate::config::ConfigError;
 use crate::config::manifest::RegistrySettings;
 use crate::config::source::{OciRef, is_loopback_registry};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -153,10 +154,13 @@ impl Puller {
             .user_agent(USER_AGENT);
         if let Some(ca) = &settings.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
-                anyhow::anyhow!("host.registry_ca_file: cannot read {}: {e}", ca.display())
+                ConfigError(format!(
+                    "host.registry_ca_file: cannot read {}: {e}",
+                    ca.display()
+                ))
             })?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| anyhow::anyhow!("host.registry_ca_file {}: {e}", ca.display()))?
+                .map_err(|e| ConfigError(format!("host.registry_ca_file {}: {e}", ca.display())))?
             {
                 http = http.add_root_certificate(cert);
             }

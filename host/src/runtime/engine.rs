@@ -275,7 +275,10 @@ impl Loader {
         let linker = crate::runtime::instance::linker(&engine)?;
         if let Some((dir, _)) = &cache_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("cannot create the cache directory {}: {e}", dir.display())
+                crate::config::ConfigError(format!(
+                    "cannot create the cache directory {}: {e}",
+                    dir.display()
+                ))
             })?;
         }
         Ok(Loader {

@@ -1047,10 +1047,13 @@ pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> an
         ComponentSource::Builtin(name) => match builtins::builtin(name) {
             Some(bytes) => (format!("builtin:{name}"), bytes.into()),
             None => {
-                return Err(located(anyhow::anyhow!(
-                    "there is no built-in guest named {name:?} (there are: {})",
-                    builtins::builtin_names()
-                )));
+                return Err(located(
+                    crate::config::ConfigError(format!(
+                        "there is no built-in guest named {name:?} (there are: {})",
+                        builtins::builtin_names()
+                    ))
+                    .into(),
+                ));
             }
         },
         ComponentSource::File(path) => (
