@@ -62,7 +62,11 @@ fn client_reports_a_refused_connection_in_one_line() {
         .args([&free.to_string(), "-m", "x"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "unavailable, as tcphost says it"
+    );
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
         stderr.starts_with(&format!("error: cannot connect to {free}:")),
@@ -82,7 +86,7 @@ fn a_count_or_timeout_of_zero_is_refused_not_changed() {
             .args(args)
             .output()
             .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(output.status.code(), Some(64), "a usage error: {args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("is not in 1.."), "{args:?}: {stderr}");
     }

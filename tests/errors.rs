@@ -464,3 +464,21 @@ fn completions_and_the_man_page_come_from_the_command_line_definitions() {
         assert!(text.contains(check), "{args:?}: every option is there");
     }
 }
+
+#[test]
+fn with_json_logs_the_fatal_error_is_a_json_line_too() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, log) = run_host(&["--listen", &addr, "--log-format", "json"]);
+    assert_eq!(status.code(), Some(69), "{log}");
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["exit_status"], 69, "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("is already in use"),
+        "{last}"
+    );
+}

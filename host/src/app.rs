@@ -159,13 +159,28 @@ pub fn main(cli: Cli) -> ExitCode {
         runtime.shutdown_background();
         return code;
     }
+    let json = cli.log_format == crate::cli::LogFormat::Json;
     let code = match runtime.block_on(run(cli)) {
         Ok(Stopped::Gracefully) => ExitCode::from(exit::OK),
         Ok(Stopped::Forced) => ExitCode::from(exit::FORCED),
         Err(e) => {
-            // One line (plus a backtrace for traps), never a Rust backtrace.
-            eprintln!("error: {e:#}");
-            ExitCode::from(status_of(&e))
+            let status = status_of(&e);
+            if json {
+                // The last line too is one object, as the log's others.
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "level": "ERROR",
+                        "message": format!("{e:#}"),
+                        "exit_status": status,
+                    })
+                );
+            } else {
+                // One line (plus a backtrace for traps), never a Rust
+                // backtrace.
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(status)
         }
     };
     // A guest may still be computing on a worker thread; do not wait for it.

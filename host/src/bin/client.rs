@@ -42,12 +42,30 @@ struct Args {
 /// reply counts as complete (for servers whose replies end without a newline).
 const REPLY_SETTLE: Duration = Duration::from_millis(100);
 
+/// Exit statuses, as tcphost's (sysexits): a wrong command line, a server
+/// that cannot be reached or does not answer, anything else.
+const USAGE: u8 = 64;
+const UNAVAILABLE: u8 = 69;
+const SOFTWARE: u8 = 70;
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { USAGE } else { 0 });
+        }
+    };
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let network = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some()
+                    || c.to_string().starts_with("no reply within")
+                    || c.to_string().starts_with("the server closed")
+            });
+            ExitCode::from(if network { UNAVAILABLE } else { SOFTWARE })
         }
     }
 }
