@@ -482,3 +482,54 @@ fn with_json_logs_the_fatal_error_is_a_json_line_too() {
         "{last}"
     );
 }
+
+#[test]
+fn no_grant_reaches_the_hosts_own_endpoints_from_the_command_line_or_the_manifest() {
+    // The command line's endpoints over the manifest's: the one-tenant
+    // form is a usage error naming --connect.
+    let (status, _, stderr) = check(&[
+        "builtin:echo".as_ref(),
+        "--admin".as_ref(),
+        "127.0.0.1:9900".as_ref(),
+        "--connect".as_ref(),
+        "127.0.0.1:9900".as_ref(),
+    ]);
+    assert_eq!(status, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--connect: 127.0.0.1:9900 is the host's admin endpoint"),
+        "{stderr}"
+    );
+    // The control endpoint given on the command line, to a manifest whose
+    // tenant may connect to that address.
+    let dir = scratch_dir("check-endpoints");
+    let token = dir.join("token");
+    std::fs::write(&token, "secret").unwrap();
+    let path = dir.join("tenants.toml");
+    std::fs::write(
+        &path,
+        "[[tenant]]\nname = \"a\"\ncomponent = \"builtin:seed\"\nlisten = [\"127.0.0.1:0\"]\nconnect = [\"127.0.0.1:9901\"]\n",
+    )
+    .unwrap();
+    let (status, _, stderr) = check(&[
+        "--config".as_ref(),
+        path.as_os_str(),
+        "--control".as_ref(),
+        "0.0.0.0:9901".as_ref(),
+        "--control-token-file".as_ref(),
+        token.as_os_str(),
+    ]);
+    assert_eq!(status, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tenant 'a': connect: 127.0.0.1:9901 is the host's control endpoint"),
+        "{stderr}"
+    );
+    // Any other address is granted as asked.
+    let (status, _, stderr) = check(&[
+        "builtin:echo".as_ref(),
+        "--admin".as_ref(),
+        "127.0.0.1:9900".as_ref(),
+        "--connect".as_ref(),
+        "127.0.0.1:9902".as_ref(),
+    ]);
+    assert_eq!(status, Some(0), "{stderr}");
+}

@@ -216,17 +216,9 @@ fn render_kubernetes(cli: &Cli) -> ExitCode {
 /// `--check`: what `run` checks before serving, without listening or
 /// serving; a one-line summary of what was checked.
 async fn check(cli: &Cli) -> anyhow::Result<String> {
-    let single = cli.config.is_none();
-    let mut manifest = match &cli.config {
-        Some(path) => manifest::load(path)?,
-        None => one_tenant(cli)?,
-    };
-    if let Some(group) = &cli.group {
-        manifest
-            .only_group(group)
-            .map_err(|why| ConfigError(format!("--group: {why}")))?;
-    }
-    control_endpoint(cli, &manifest)?;
+    let Resolved {
+        manifest, single, ..
+    } = resolve(cli)?;
     // The engine as it would be configured (the pooling allocator sized
     // for these tenants), and every component loaded as at start.
     let control = start_control(cli, &manifest)?;
@@ -271,24 +263,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<Stopped> {
     // disposition (death by signal, non-zero status) in place.
     let mut signals = Signals::new()?;
 
-    let single = cli.config.is_none();
     // Read before it is loaded, so the watcher cannot miss a change made
     // while the host starts (see watch::ManifestWatcher::new).
     let loaded_hash = cli.config.as_deref().and_then(watch::manifest_hash);
-    let mut manifest = match &cli.config {
-        Some(path) => manifest::load(path)?,
-        None => one_tenant(&cli)?,
-    };
-    if let Some(group) = &cli.group {
-        manifest
-            .only_group(group)
-            .map_err(|why| ConfigError(format!("--group: {why}")))?;
-    }
+    let Resolved {
+        mut manifest,
+        single,
+        admin: admin_addr,
+        control: control_at,
+    } = resolve(&cli)?;
     raise_open_file_limit(&manifest);
     let watch_manifest = cli.watch || manifest.watch;
     let listeners = open_listeners(&mut manifest, single)?;
-    let admin_addr = cli.admin.or(manifest.admin);
-    let control_at = control_endpoint(&cli, &manifest)?;
     let control = start_control(&cli, &manifest)?;
     let Some(prepared) = compile(&control, manifest, listeners, single, &mut signals).await? else {
         return Ok(Stopped::Gracefully);
@@ -320,6 +306,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<Stopped> {
     // until it is signalled.
     let guest = single.then(|| control.take_task(&names[0])).flatten();
     serve_until_stopped(&control, guest, &mut signals).await
+}
+
+/// What the command line asks the host to run, checked whole: what a
+/// start and `--check` both begin with.
+struct Resolved {
+    /// The manifest file, or the one-tenant shorthand's equivalent,
+    /// narrowed to `--group`.
+    manifest: Manifest,
+    /// The one-tenant shorthand: the host ends with its guest.
+    single: bool,
+    /// The admin endpoint (the command line's over the manifest's).
+    admin: Option<std::net::SocketAddr>,
+    /// The control endpoint, its token file checked.
+    control: Option<manifest::Control>,
+}
+
+/// Reads the manifest (or builds the one-tenant one), applies `--group`,
+/// settles the endpoints and checks no tenant is granted a connection to
+/// one of them.
+fn resolve(cli: &Cli) -> anyhow::Result<Resolved> {
+    let single = cli.config.is_none();
+    let mut manifest = match &cli.config {
+        Some(path) => manifest::load(path)?,
+        None => one_tenant(cli)?,
+    };
+    if let Some(group) = &cli.group {
+        manifest
+            .only_group(group)
+            .map_err(|why| ConfigError(format!("--group: {why}")))?;
+    }
+    let admin = cli.admin.or(manifest.admin);
+    let control = control_endpoint(cli, &manifest)?;
+    let control_tcp = control.as_ref().and_then(|c| match c.addr {
+        manifest::ControlAddr::Tcp(addr) => Some(addr),
+        manifest::ControlAddr::Unix(_) => None,
+    });
+    // The manifest's parser refuses a grant to its own admin address;
+    // this also covers the command line's endpoints, and the control one.
+    let endpoints = [("admin", admin), ("control", control_tcp)];
+    for tenant in &manifest.tenants {
+        for &addr in &tenant.connect {
+            for (what, endpoint) in endpoints {
+                let Some(endpoint) = endpoint.filter(|e| manifest::reaches(*e, addr)) else {
+                    continue;
+                };
+                let why = format!(
+                    "{addr} is the host's {what} endpoint ({endpoint}): no tenant may connect to it"
+                );
+                return Err(if single {
+                    UsageError(format!("--connect: {why}")).into()
+                } else {
+                    ConfigError(format!("tenant '{}': connect: {why}", tenant.name)).into()
+                });
+            }
+        }
+    }
+    Ok(Resolved {
+        manifest,
+        single,
+        admin,
+        control,
+    })
 }
 
 /// What every tenant is started with: the host's listeners for its
