@@ -79,41 +79,88 @@ fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     );
 }
 
-/// The field names of `struct NAME` in the manifest parser's source (its
-/// serde keys: the parser renames none).
+/// The serde keys of `struct NAME` in the manifest parser's source: each
+/// field's name, or its `#[serde(rename = "...")]`.
 fn keys_of(source: &syn::File, name: &str) -> Vec<String> {
+    let key = |field: &syn::Field| {
+        let mut key = field.ident.as_ref()?.to_string();
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+            attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("rename") {
+                    key = meta.value()?.parse::<syn::LitStr>()?.value();
+                } else if meta.input.peek(syn::Token![=]) {
+                    meta.value()?.parse::<syn::Expr>()?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        Some(key)
+    };
     source
         .items
         .iter()
         .find_map(|item| match item {
-            syn::Item::Struct(s) if s.ident == name => Some(
-                s.fields
-                    .iter()
-                    .filter_map(|f| f.ident.as_ref().map(ToString::to_string))
-                    .collect(),
-            ),
+            syn::Item::Struct(s) if s.ident == name => Some(s.fields.iter().filter_map(key).collect()),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no struct {name} in the manifest parser"))
 }
 
+/// The commented example's sections: each table header (written or
+/// commented out, `[[tenant]]` once per tenant) with the lines under it.
+fn sections(example: &str) -> Vec<(String, Vec<&str>)> {
+    let mut all: Vec<(String, Vec<&str>)> = vec![(String::new(), Vec::new())];
+    for line in example.lines() {
+        let bare = line.trim_start_matches(['#', ' ']);
+        if bare.starts_with('[') && bare.trim_end().ends_with(']') && !bare.contains('=') {
+            all.push((bare.trim_end().to_owned(), Vec::new()));
+        } else {
+            all.last_mut().unwrap().1.push(line);
+        }
+    }
+    all
+}
+
 #[test]
-fn every_manifest_key_is_in_the_commented_example() {
+fn every_manifest_key_is_in_the_commented_example_under_its_own_table() {
     let source = std::fs::read_to_string(repo("host/src/config/manifest.rs")).unwrap();
     let source = syn::parse_file(&source).unwrap();
     let example = std::fs::read_to_string(repo("host/tenants.example.toml")).unwrap();
+    let sections = sections(&example);
     let mut missing = Vec::new();
     let mut checked = 0;
-    for raw in ["RawHost", "RawLimits", "RawTenant", "RawGroup"] {
+    // Each parser struct, and the tables of the example it is written in.
+    let tables: [(&str, &dyn Fn(&str) -> bool); 5] = [
+        ("RawManifest", &|_| true),
+        ("RawHost", &|h| h == "[host]"),
+        ("RawLimits", &|h| h == "[limits]"),
+        ("RawTenant", &|h| h == "[[tenant]]"),
+        ("RawGroup", &|h| h.starts_with("[group.")),
+    ];
+    for (raw, table) in tables {
+        let lines: Vec<&str> = sections
+            .iter()
+            .filter(|(header, _)| table(header))
+            .flat_map(|(_, lines)| lines.iter().copied())
+            .collect();
+        assert!(!lines.is_empty(), "no table for {raw} in the example");
         for key in keys_of(&source, raw) {
             checked += 1;
-            // As `key =` (or `# key =`), or inside an inline table.
-            let written = example.lines().any(|l| {
-                let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{key} ="))
-                    || l.contains(&format!(" {key} ="))
-                    || l.contains(&format!("{{ {key} ="))
-            });
+            let written = if raw == "RawManifest" {
+                // The top-level keys are the tables themselves.
+                sections.iter().any(|(header, _)| {
+                    header.trim_matches(['[', ']']).split('.').next() == Some(key.as_str())
+                })
+            } else {
+                // As `key =` (or `# key =`), or inside an inline table.
+                lines.iter().any(|l| {
+                    let l = l.trim_start_matches(['#', ' ']);
+                    l.starts_with(&format!("{key} ="))
+                        || l.contains(&format!("{{ {key} ="))
+                        || l.contains(&format!(", {key} ="))
+                })
+            };
             if !written {
                 missing.push(format!("{raw}.{key}"));
             }
@@ -125,7 +172,7 @@ fn every_manifest_key_is_in_the_commented_example() {
     );
     assert!(
         missing.is_empty(),
-        "keys the parser accepts, missing from host/tenants.example.toml: {missing:?}"
+        "keys the parser accepts, missing from their table in host/tenants.example.toml: {missing:?}"
     );
 }
 
