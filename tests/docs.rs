@@ -1,7 +1,11 @@
-//! The references in the docs are kept in step with the code: every metric
-//! the host exports is documented (and every documented one exported), and
-//! every key the manifest parser accepts is in the commented example, whose
-//! list of built-in guests is the one the build makes.
+//! The docs are kept in step with the code: every metric the host exports
+//! is documented (and every documented one exported); every key the
+//! manifest parser accepts is in the commented example, under its table,
+//! whose list of built-in guests is the one the build makes; and every
+//! command a shell block in the README or `docs/` shows is run (the host's
+//! and the client's), or checked against what it names (CI's steps, the
+//! pinned tools, the files and worlds it uses) where it needs a cluster, a
+//! registry account or a tool this project does not depend on.
 
 mod common;
 
@@ -101,7 +105,9 @@ fn keys_of(source: &syn::File, name: &str) -> Vec<String> {
         .items
         .iter()
         .find_map(|item| match item {
-            syn::Item::Struct(s) if s.ident == name => Some(s.fields.iter().filter_map(key).collect()),
+            syn::Item::Struct(s) if s.ident == name => {
+                Some(s.fields.iter().filter_map(key).collect())
+            }
             _ => None,
         })
         .unwrap_or_else(|| panic!("no struct {name} in the manifest parser"))
@@ -122,6 +128,9 @@ fn sections(example: &str) -> Vec<(String, Vec<&str>)> {
     all
 }
 
+/// Whether a table header of the example is the one a struct is written in.
+type TableIs = fn(&str) -> bool;
+
 #[test]
 fn every_manifest_key_is_in_the_commented_example_under_its_own_table() {
     let source = std::fs::read_to_string(repo("host/src/config/manifest.rs")).unwrap();
@@ -131,12 +140,12 @@ fn every_manifest_key_is_in_the_commented_example_under_its_own_table() {
     let mut missing = Vec::new();
     let mut checked = 0;
     // Each parser struct, and the tables of the example it is written in.
-    let tables: [(&str, &dyn Fn(&str) -> bool); 5] = [
-        ("RawManifest", &|_| true),
-        ("RawHost", &|h| h == "[host]"),
-        ("RawLimits", &|h| h == "[limits]"),
-        ("RawTenant", &|h| h == "[[tenant]]"),
-        ("RawGroup", &|h| h.starts_with("[group.")),
+    let tables: [(&str, TableIs); 5] = [
+        ("RawManifest", |_| true),
+        ("RawHost", |h| h == "[host]"),
+        ("RawLimits", |h| h == "[limits]"),
+        ("RawTenant", |h| h == "[[tenant]]"),
+        ("RawGroup", |h| h.starts_with("[group.")),
     ];
     for (raw, table) in tables {
         let lines: Vec<&str> = sections
@@ -205,5 +214,548 @@ fn the_examples_list_of_built_in_guests_is_the_built_one() {
     assert_eq!(
         listed, built,
         "host/tenants.example.toml lists other built-in guests than guest/src/bin/ builds"
+    );
+}
+
+/// One command of a shell block in the docs, as a reader would run it.
+#[derive(Debug, Clone)]
+struct Shown {
+    /// `file:line`, for the failure message.
+    at: String,
+    /// The directory it runs in, relative to the repository (after the
+    /// block's `cd`s).
+    cwd: PathBuf,
+    /// Variables set before it (`export K=V` or `K=V command`).
+    env: Vec<(String, String)>,
+    /// Its words, comments and a trailing `&` removed.
+    words: Vec<String>,
+    /// `> FILE`, if its output is redirected.
+    stdout_to: Option<String>,
+}
+
+/// Every command of every `sh` block in the README and `docs/`, in order.
+fn shown_commands() -> Vec<Shown> {
+    let mut docs = vec![repo("README.md")];
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(repo("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    docs.extend(pages);
+    let mut all = Vec::new();
+    for doc in docs {
+        let name = doc.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let mut block: Option<(PathBuf, Vec<(String, String)>)> = None;
+        let mut pending = String::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.starts_with("```") {
+                block = match block {
+                    None if line == "```sh" => Some((PathBuf::new(), Vec::new())),
+                    None => None,
+                    Some(_) => None,
+                };
+                continue;
+            }
+            let Some((cwd, env)) = block.as_mut() else {
+                continue;
+            };
+            // A comment is cut at " #" (no command shown has a # of its own).
+            let code = line.split(" #").next().unwrap();
+            if code.trim_start().starts_with('#') {
+                continue;
+            }
+            if let Some(more) = code.trim_end().strip_suffix('\\') {
+                pending.push_str(more);
+                continue;
+            }
+            let whole = std::mem::take(&mut pending) + code;
+            for part in whole.split("&&") {
+                let mut words: Vec<String> = part.split_whitespace().map(str::to_owned).collect();
+                if words.last().is_some_and(|w| w == "&") {
+                    words.pop();
+                }
+                let mut own_env = env.clone();
+                while words
+                    .first()
+                    .is_some_and(|w| w.contains('=') && !w.starts_with('-'))
+                {
+                    let (k, v) = words
+                        .remove(0)
+                        .split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .unwrap();
+                    own_env.push((k, v));
+                }
+                let stdout_to = words.iter().position(|w| w == ">").map(|at| {
+                    let file = words[at + 1].clone();
+                    words.truncate(at);
+                    file
+                });
+                match words.first().map(String::as_str) {
+                    None => {}
+                    Some("cd") => cwd.push(&words[1]),
+                    Some("export") => {
+                        let (k, v) = words[1].split_once('=').unwrap();
+                        env.push((k.to_owned(), v.to_owned()));
+                    }
+                    Some(_) => all.push(Shown {
+                        at: format!("{name}:{}", i + 1),
+                        cwd: cwd.clone(),
+                        env: own_env,
+                        words,
+                        stdout_to,
+                    }),
+                }
+            }
+        }
+    }
+    all
+}
+
+/// The three forms of the repository's guests the host's build makes (the
+/// `cargo build -p guest` features the docs show, and where the test build
+/// put that form).
+fn guest_form(features: &[String]) -> Option<&'static str> {
+    match features.join(" ").as_str() {
+        "" => Some(env!("TCPHOST_GUEST_DIR")),
+        "--no-default-features" => Some(env!("TCPHOST_PORTABLE_GUEST_DIR")),
+        "--no-default-features --features p3" => Some(env!("TCPHOST_P3_GUEST_DIR")),
+        _ => None,
+    }
+}
+
+/// A quoted constant's value in a source file: `NAME: &str = "VALUE"`.
+fn constant(file: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(repo(file)).unwrap();
+    let after = text
+        .split(&format!("{name}: &str = \""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} in {file}"));
+    after.split('"').next().unwrap().to_owned()
+}
+
+/// Whether the example servers of other languages were built (CI builds
+/// them; see tests/examples.rs).
+const EXAMPLES_BUILT: bool = cfg!(tcphost_examples);
+
+/// Runs or checks every command the docs show; a command no rule knows
+/// fails, so a new one must be run here or checked against what it names.
+/// Returns the commands that need the other languages' examples built.
+fn run_or_check_shown(only_examples: bool) -> usize {
+    let shown = shown_commands();
+    assert!(shown.len() >= 30, "only {} commands found", shown.len());
+    let ci = std::fs::read_to_string(repo(".ci/run")).unwrap();
+    let language_tools = std::fs::read_to_string(repo("tests/guests/languages.rs")).unwrap();
+    let mut failures = Vec::new();
+    let mut examples = 0;
+    // Where a `cargo build` the docs show put its components.
+    let mut built: Option<PathBuf> = None;
+    // The manifest the last `--config` command ran.
+    let mut last_config: Option<PathBuf> = None;
+    let mut served: Option<(Host, std::net::SocketAddr)> = None;
+    for s in &shown {
+        let dir = repo("").join(&s.cwd);
+        let mut fail =
+            |why: String| failures.push(format!("{}: `{}`: {why}", s.at, s.words.join(" ")));
+        let words: Vec<&str> = s.words.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            [
+                "cargo",
+                "run",
+                "-p",
+                "host",
+                "--bin",
+                "tcp-client",
+                "--",
+                args @ ..,
+            ] => {
+                if only_examples {
+                    continue;
+                }
+                let (_, addr) = served.get_or_insert_with(|| Host::serve(None));
+                // The README's address is the default one; ours is free.
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| {
+                        if a.parse::<std::net::SocketAddr>().is_ok() {
+                            addr.to_string()
+                        } else {
+                            (*a).to_owned()
+                        }
+                    })
+                    .collect();
+                let out = std::process::Command::new(client_bin())
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                if !out.status.success() || !stdout.contains("socket server : ") {
+                    fail(format!(
+                        "{:?}: {stdout} {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+            ["cargo", "run", "-p", "host", rest @ ..] => {
+                let args: Vec<&str> = match rest {
+                    [] => Vec::new(),
+                    ["--", args @ ..] => args.to_vec(),
+                    _ => {
+                        fail("cargo run -p host with arguments before --".into());
+                        continue;
+                    }
+                };
+                let mut needs_example = false;
+                let mut mapped = Vec::new();
+                for (i, arg) in args.iter().enumerate() {
+                    if i > 0 && args[i - 1] == "--config" {
+                        last_config = Some(dir.join(arg));
+                    }
+                    mapped.push(match arg.strip_suffix(".wasm") {
+                        // What the docs' last build made: the same build
+                        // the test build ran, so its output.
+                        Some(_) if arg.starts_with("target/") => match &built {
+                            // A reader's own package, named in their path.
+                            Some(at) if arg.ends_with("/yourserver.wasm") => {
+                                at.join("std-echo.wasm").into_os_string()
+                            }
+                            Some(at) => at
+                                .join(Path::new(arg).file_name().unwrap())
+                                .into_os_string(),
+                            None => {
+                                fail("runs a build output no command shown builds".into());
+                                continue;
+                            }
+                        },
+                        // The Python recipe's output.
+                        Some(_) if s.cwd.ends_with("guest/examples/python") => {
+                            needs_example = true;
+                            if EXAMPLES_BUILT {
+                                test_guests::example("python").into_os_string()
+                            } else {
+                                arg.into()
+                            }
+                        }
+                        _ => arg.into(),
+                    });
+                }
+                if needs_example {
+                    examples += 1;
+                }
+                if only_examples != needs_example {
+                    continue;
+                }
+                let mut command = std::process::Command::new(host_bin());
+                command.args(&mapped).current_dir(&dir).env(
+                    "XDG_CACHE_HOME",
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+                );
+                if let Some(file) = &s.stdout_to {
+                    // Rendered output: what the committed file holds.
+                    let out = command.output().unwrap();
+                    let expected = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                    if !out.status.success() || out.stdout != expected.as_bytes() {
+                        fail(format!("its output is not what {file} holds"));
+                    }
+                } else {
+                    // A server: checked as it would start, without serving.
+                    let out = command.arg("--check").output().unwrap();
+                    if !out.status.success() {
+                        fail(format!("--check: {}", String::from_utf8_lossy(&out.stderr)));
+                    }
+                }
+            }
+            ["curl", "-s", url] if !only_examples => {
+                // The admin endpoint of the manifest the docs just ran,
+                // run here on free ports.
+                let Some(config) = &last_config else {
+                    fail("no manifest was run before it".into());
+                    continue;
+                };
+                let text = std::fs::read_to_string(config).unwrap();
+                let (admin, path) = url.split_at(url.find('/').unwrap());
+                if !text.contains(&format!("admin = \"{admin}\"")) {
+                    fail(format!(
+                        "{} has no admin endpoint on {admin}",
+                        config.display()
+                    ));
+                    continue;
+                }
+                let table: toml::Table = text.parse().unwrap();
+                let names: Vec<String> = table["tenant"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["name"].as_str().unwrap().to_owned())
+                    .collect();
+                // The same manifest, without its comments (the harness
+                // adds a control endpoint where none is written), on free
+                // ports.
+                let mut free: String = text
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with('#'))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                for addr in text
+                    .split('"')
+                    .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+                {
+                    free = free.replace(&format!("\"{addr}\""), "\"127.0.0.1:0\"");
+                }
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let t = Tenants::start(&free, &names, &[]);
+                let (code, body) = http_get(t.admin.unwrap(), path);
+                if code != 200 || !body.starts_with('{') {
+                    fail(format!("{code}: {body}"));
+                }
+            }
+            ["cargo", "test", "--workspace"] => {
+                if !ci.contains("\ncargo test --workspace\n") {
+                    fail(".ci/run does not run it".into());
+                }
+                for (k, v) in &s.env {
+                    if !ci.contains(&format!("export {k}={v}\n")) {
+                        fail(format!(".ci/run does not set {k}={v}"));
+                    }
+                }
+            }
+            ["rustup", "target", "add", "wasm32-wasip2"] => {
+                if !ci.contains("rustup target add wasm32-wasip2") {
+                    fail(".ci/run does not run it".into());
+                }
+            }
+            ["cargo", "build", "-p", "guest", args @ ..] => {
+                let mut features = Vec::new();
+                let mut rest = args.iter();
+                let mut profile_and_target = 0;
+                while let Some(arg) = rest.next() {
+                    match *arg {
+                        "--profile" | "--target" => {
+                            let value = rest.next().copied().unwrap_or("");
+                            profile_and_target +=
+                                usize::from(["guest", "wasm32-wasip2"].contains(&value));
+                        }
+                        "--bin" => {
+                            rest.next();
+                        }
+                        other => features.push(other.to_owned()),
+                    }
+                }
+                built = guest_form(&features).map(PathBuf::from);
+                if built.is_none() || profile_and_target != 2 {
+                    fail(
+                        "not one of the guest builds the host's build runs (host/build.rs)".into(),
+                    );
+                }
+            }
+            ["cargo", "build", "--release", "--target", "wasm32-wasip2"] => {
+                // A reader's own std project: the docs' example is the
+                // test guest std-echo (checked by the test below).
+                built = Some(test_guest("std-echo").parent().unwrap().to_owned());
+                if !test_guest("std-echo").is_file() {
+                    fail("std-echo was not built".into());
+                }
+            }
+            ["python3", "-m", "venv", "venv"] => {}
+            ["venv/bin/pip", "install", pin] => {
+                let expected = format!(
+                    "componentize-py=={}",
+                    constant("tests/guests/languages.rs", "COMPONENTIZE_PY")
+                );
+                if *pin != expected {
+                    fail(format!("the test build installs {expected}"));
+                }
+            }
+            [
+                "venv/bin/componentize-py",
+                "-d",
+                wit,
+                "-w",
+                world,
+                "componentize",
+                module,
+                "-o",
+                _,
+            ] => {
+                let (package, world) = world.split_once('/').unwrap_or(("", world));
+                let wit_text =
+                    std::fs::read_to_string(dir.join(wit).join("world.wit")).unwrap_or_default();
+                if !wit_text.contains(&format!("package {package}"))
+                    || !wit_text.contains(&format!("world {world} "))
+                {
+                    fail(format!(
+                        "no world {package}/{world} in {wit}/world.wit from {}",
+                        s.cwd.display()
+                    ));
+                }
+                if !dir.join(format!("{module}.py")).is_file() {
+                    fail(format!("no {module}.py in {}", s.cwd.display()));
+                }
+                if !language_tools.contains(&format!("\"{package}/{world}\"")) {
+                    fail("the test build uses another world".into());
+                }
+            }
+            ["npm", "install", pin] => {
+                let (tool, version) = pin.rsplit_once('@').unwrap();
+                let package =
+                    std::fs::read_to_string(repo("guest/examples/js/package.json")).unwrap();
+                if !package.contains(&format!("\"{tool}\": \"{version}\"")) {
+                    fail(format!(
+                        "guest/examples/js/package.json pins another {tool}"
+                    ));
+                }
+            }
+            [
+                "npx",
+                "componentize-qjs",
+                "--wit",
+                wit,
+                "--world",
+                world,
+                "--sync",
+                "--js",
+                js,
+                "-o",
+                _,
+            ] => {
+                let wit_text =
+                    std::fs::read_to_string(dir.join(wit).join("world.wit")).unwrap_or_default();
+                if !wit_text.contains(&format!("world {world} ")) {
+                    fail(format!("no world {world} in {wit}/world.wit"));
+                }
+                if !dir.join(js).is_file() {
+                    fail(format!("no {js}"));
+                }
+                if !language_tools.contains(&format!("\"{world}\"")) {
+                    fail("the test build uses another world".into());
+                }
+            }
+            // Interactive: the default address the host serves on.
+            ["nc", ip, port] => {
+                let help = std::process::Command::new(host_bin())
+                    .arg("--help")
+                    .output()
+                    .unwrap();
+                if !String::from_utf8_lossy(&help.stdout)
+                    .contains(&format!("[default: {ip}:{port}]"))
+                {
+                    fail("not the host's default address".into());
+                }
+            }
+            // Stock wasmtime (not a dependency of this project): the
+            // component it runs is the one the docs' build made.
+            ["wasmtime", "run", .., file] => {
+                let name = Path::new(file).file_name().unwrap();
+                if !built.as_ref().is_some_and(|at| at.join(name).is_file()) {
+                    fail("runs a component no command shown builds".into());
+                }
+            }
+            ["wkg", "oci", "push", _, file] => {
+                let name = Path::new(file).file_name().unwrap();
+                if !built.as_ref().is_some_and(|at| at.join(name).is_file()) {
+                    fail("pushes a component no command shown builds".into());
+                }
+            }
+            // The fuzzers: run by hand (RUNS.md records the runs); what
+            // they name exists, on the toolchain the guests build with.
+            ["cargo", "install", "cargo-fuzz"] | ["rustup", "toolchain", "install", "nightly"] => {}
+            [
+                "cargo",
+                "+nightly",
+                "fuzz",
+                "run",
+                "-O",
+                target,
+                corpus,
+                seeds,
+                ..,
+            ] => {
+                // (The working corpus is made by the first run.)
+                if !dir.join(format!("fuzz/fuzz_targets/{target}.rs")).is_file()
+                    || !corpus.ends_with(&format!("corpus/{target}"))
+                    || !dir.join(seeds).is_dir()
+                {
+                    fail(format!("no fuzz target {target} with seeds in {seeds}"));
+                }
+                let toolchain = std::fs::read_to_string(repo("rust-toolchain.toml")).unwrap();
+                if !s.env.iter().any(|(k, v)| {
+                    k == "TCPHOST_GUEST_TOOLCHAIN"
+                        && toolchain.contains(&format!("channel = \"{v}\""))
+                }) {
+                    fail("TCPHOST_GUEST_TOOLCHAIN is not the pinned toolchain".into());
+                }
+            }
+            // The container image: its Dockerfile is linted in CI, and
+            // tagged with the package's version.
+            ["docker", "build", "-t", tag, "."] => {
+                if *tag != format!("tcphost:{}", env!("CARGO_PKG_VERSION"))
+                    || !repo("Dockerfile").is_file()
+                {
+                    fail("not the Dockerfile, or not the package's version".into());
+                }
+            }
+            // A cluster: the objects applied are those tests/deploy.rs and
+            // CI's kubernetes-validate check.
+            ["kubectl", "apply", "-k", at] => {
+                if !dir.join(at).join("kustomization.yaml").is_file() {
+                    fail(format!("no kustomization in {at}"));
+                }
+            }
+            ["kubectl", "create", "secret", ..] | ["kubectl", "port-forward", ..] => {}
+            // A swap through the control endpoint (tests/control.rs and
+            // tests/registry.rs swap the same way).
+            ["curl", "-X", "POST", ..] => {
+                if !words.iter().any(|w| w.ends_with("/swap")) {
+                    fail("not a swap".into());
+                }
+            }
+            _ if only_examples => {}
+            _ => fail("no test runs or checks this command: add a rule in tests/docs.rs".into()),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "commands in the docs that do not work:\n{}",
+        failures.join("\n")
+    );
+    examples
+}
+
+#[test]
+fn every_command_in_the_docs_runs_or_is_checked_against_what_it_names() {
+    let needing_examples = run_or_check_shown(false);
+    assert!(needing_examples >= 1, "the Python recipe's run is found");
+}
+
+#[test]
+#[cfg_attr(
+    not(tcphost_examples),
+    ignore = "needs TCPHOST_EXAMPLES=1 (CI sets it)"
+)]
+fn the_docs_commands_that_run_another_languages_example_work() {
+    assert!(run_or_check_shown(true) >= 1);
+}
+
+#[test]
+fn the_docs_std_example_is_the_tested_std_echo_guest() {
+    let guests = std::fs::read_to_string(repo("docs/guests.md")).unwrap();
+    let block = guests
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let source = std::fs::read_to_string(repo("tests/guests/src/bin/std-echo.rs")).unwrap();
+    let code: String = source
+        .lines()
+        .filter(|l| !l.starts_with("//!"))
+        .skip_while(|l| l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        block, code,
+        "docs/guests.md's first example is not tests/guests/src/bin/std-echo.rs"
     );
 }
