@@ -759,3 +759,126 @@ fn the_docs_std_example_is_the_tested_std_echo_guest() {
         "docs/guests.md's first example is not tests/guests/src/bin/std-echo.rs"
     );
 }
+
+/// GitHub's anchor for a heading: lower case, spaces as `-`, other
+/// punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The contents page `docs/README.md` should be: each page (in reading
+/// order) with its `##` and `###` headings, linked.
+fn contents() -> String {
+    let mut out = String::from(
+        "# Contents\n\n\
+         The guides, in reading order (the [README](../README.md) is the\n\
+         five-minute tour; [CONTRIBUTING.md](../CONTRIBUTING.md) is for\n\
+         working on the code). `tests/docs.rs` keeps this list the pages' own\n\
+         headings.\n",
+    );
+    for page in [
+        "operators",
+        "production",
+        "guests",
+        "security",
+        "architecture",
+        "benchmarks",
+    ] {
+        let text = std::fs::read_to_string(repo(&format!("docs/{page}.md"))).unwrap();
+        let title = text.lines().next().unwrap().trim_start_matches("# ");
+        out.push_str(&format!(
+            "{}- [{title}]({page}.md)\n",
+            if page == "operators" { "\n" } else { "" }
+        ));
+        let mut fenced = false;
+        for line in text.lines() {
+            fenced ^= line.starts_with("```");
+            let (indent, heading) = match line {
+                _ if fenced => continue,
+                l if l.starts_with("## ") => ("  ", &l[3..]),
+                l if l.starts_with("### ") => ("    ", &l[4..]),
+                _ => continue,
+            };
+            out.push_str(&format!(
+                "{indent}- [{}]({page}.md#{})\n",
+                heading.replace('`', ""),
+                anchor(heading)
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_contents_page_lists_every_guide_and_its_headings() {
+    let pages: BTreeSet<String> = std::fs::read_dir(repo("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md") && n != "README.md")
+        .collect();
+    let expected = contents();
+    for page in &pages {
+        assert!(
+            expected.contains(&format!("]({page})")),
+            "docs/{page} is not in the contents"
+        );
+    }
+    let written = std::fs::read_to_string(repo("docs/README.md")).unwrap_or_default();
+    if std::env::var_os("TCPHOST_BLESS").is_some() && written != expected {
+        std::fs::write(repo("docs/README.md"), &expected).unwrap();
+        return;
+    }
+    assert!(
+        written == expected,
+        "docs/README.md is not the pages' headings (TCPHOST_BLESS=1 rewrites it); it should read:\n{expected}"
+    );
+}
+
+#[test]
+fn every_relative_link_in_the_docs_reaches_a_file_and_heading() {
+    let mut pages = vec![repo("README.md"), repo("CONTRIBUTING.md")];
+    pages.extend(
+        std::fs::read_dir(repo("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md")),
+    );
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (file, heading) = target.split_once('#').unwrap_or((&target, ""));
+            let file = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            let ok = file.exists()
+                && (heading.is_empty()
+                    || std::fs::read_to_string(&file).is_ok_and(|t| {
+                        t.lines()
+                            .filter_map(|l| l.strip_prefix('#'))
+                            .any(|h| anchor(h.trim_start_matches('#').trim()) == heading)
+                    }));
+            if !ok {
+                broken.push(format!("{}: {target}", page.display()));
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} links found");
+    assert!(broken.is_empty(), "links that lead nowhere: {broken:#?}");
+}
