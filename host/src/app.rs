@@ -222,22 +222,33 @@ async fn check(cli: &Cli) -> anyhow::Result<String> {
     // The engine as it would be configured (the pooling allocator sized
     // for these tenants), and every component loaded as at start.
     let control = start_control(cli, &manifest)?;
+    // Each tenant with what its component asks of the host: the WASI
+    // version it targets and its imports (every one provided, or the load
+    // above failed; what each may reach is the tenant's grants).
+    let mut tenants = String::new();
     for tenant in &manifest.tenants {
         let at = if single {
             ""
         } else {
             tenant.component_at.as_str()
         };
-        control
+        let (_, pre) = control
             .load(&tenant.component, at, crate::registry::FetchPolicy::START)
             .await?;
+        tenants.push_str(&format!(
+            "\ntenant {}: {} (WASI {}) imports {}",
+            tenant.name,
+            tenant.component,
+            pre.wasi_version(),
+            pre.imports(control.engine()).join(", ")
+        ));
     }
     let components: std::collections::BTreeSet<String> = manifest
         .tenants
         .iter()
         .map(|t| t.component.to_string())
         .collect();
-    Ok(match &cli.config {
+    let summary = match &cli.config {
         Some(path) => format!(
             "ok: {} is valid: {} tenants, {} components loaded",
             path.display(),
@@ -245,7 +256,8 @@ async fn check(cli: &Cli) -> anyhow::Result<String> {
             components.len()
         ),
         None => format!("ok: {} loads and links", manifest.tenants[0].component),
-    })
+    };
+    Ok(summary + &tenants)
 }
 
 /// How the host stopped, when it was stopped (not failed).

@@ -181,7 +181,8 @@ pub struct Cli {
     /// component (read or pulled, its imports against what the host
     /// provides, compiled and linked), the limits and the pool's size.
     /// Listens on nothing, so it can run beside the host it checks for.
-    /// Exit status 0, or the error's (see below).
+    /// Prints each tenant's WASI version and imports. Exit status 0, or
+    /// the error's (see below).
     #[arg(long, conflicts_with = "render_kubernetes")]
     pub check: bool,
 

@@ -506,6 +506,20 @@ pub enum Instantiated {
 }
 
 impl Prepared {
+    /// What the component imports (its asks of the host), by name, in the
+    /// component's order: what `--check` shows an operator.
+    pub fn imports(&self, engine: &Engine) -> Vec<String> {
+        let component = match self {
+            Prepared::P2(pre) => pre.instance_pre().component(),
+            Prepared::P3(pre) => pre.instance_pre().component(),
+        };
+        component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
     /// The WASI version the guest targets, as operators write it.
     pub fn wasi_version(&self) -> &'static str {
         match self {

@@ -422,6 +422,11 @@ impl Control {
         self.running().get_mut(name).and_then(|r| r.task.take())
     }
 
+    /// The engine every tenant's components are compiled for.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        self.loader.engine()
+    }
+
     /// Reads or pulls, checks and compiles (or finds compiled) the
     /// component `source`, named in errors by `at`: the source as it runs
     /// (a tag pinned to the digest it resolved to) and the component. A
