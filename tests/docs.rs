@@ -355,6 +355,8 @@ fn run_or_check_shown(only_examples: bool) -> usize {
     // The manifest the last `--config` command ran.
     let mut last_config: Option<PathBuf> = None;
     let mut served: Option<(Host, std::net::SocketAddr)> = None;
+    // The language whose example the last build command made.
+    let mut example: Option<&str> = None;
     for s in &shown {
         let dir = repo("").join(&s.cwd);
         let mut fail =
@@ -430,11 +432,12 @@ fn run_or_check_shown(only_examples: bool) -> usize {
                                 continue;
                             }
                         },
-                        // The Python recipe's output.
-                        Some(_) if s.cwd.ends_with("guest/examples/python") => {
+                        // What another language's toolchain just made:
+                        // the same build the test build ran.
+                        Some(_) if example.is_some() => {
                             needs_example = true;
                             if EXAMPLES_BUILT {
-                                test_guests::example("python").into_os_string()
+                                test_guests::example(example.unwrap()).into_os_string()
                             } else {
                                 arg.into()
                             }
@@ -545,6 +548,7 @@ fn run_or_check_shown(only_examples: bool) -> usize {
                     }
                 }
                 built = guest_form(&features).map(PathBuf::from);
+                example = None;
                 if built.is_none() || profile_and_target != 2 {
                     fail(
                         "not one of the guest builds the host's build runs (host/build.rs)".into(),
@@ -580,6 +584,7 @@ fn run_or_check_shown(only_examples: bool) -> usize {
                 "-o",
                 _,
             ] => {
+                example = Some("python");
                 let (package, world) = world.split_once('/').unwrap_or(("", world));
                 let wit_text =
                     std::fs::read_to_string(dir.join(wit).join("world.wit")).unwrap_or_default();
@@ -596,6 +601,12 @@ fn run_or_check_shown(only_examples: bool) -> usize {
                 }
                 if !language_tools.contains(&format!("\"{package}/{world}\"")) {
                     fail("the test build uses another world".into());
+                }
+            }
+            ["guest/examples/c/build.sh", _] => {
+                example = Some("c");
+                if !language_tools.contains("build.sh") {
+                    fail("the test build builds the C example otherwise".into());
                 }
             }
             ["npm", "install", pin] => {
@@ -621,6 +632,7 @@ fn run_or_check_shown(only_examples: bool) -> usize {
                 "-o",
                 _,
             ] => {
+                example = Some("js");
                 let wit_text =
                     std::fs::read_to_string(dir.join(wit).join("world.wit")).unwrap_or_default();
                 if !wit_text.contains(&format!("world {world} ")) {
@@ -727,7 +739,10 @@ fn run_or_check_shown(only_examples: bool) -> usize {
 #[test]
 fn every_command_in_the_docs_runs_or_is_checked_against_what_it_names() {
     let needing_examples = run_or_check_shown(false);
-    assert!(needing_examples >= 1, "the Python recipe's run is found");
+    assert!(
+        needing_examples >= 3,
+        "the Python, C and JavaScript runs are found"
+    );
 }
 
 #[test]
@@ -736,7 +751,7 @@ fn every_command_in_the_docs_runs_or_is_checked_against_what_it_names() {
     ignore = "needs TCPHOST_EXAMPLES=1 (CI sets it)"
 )]
 fn the_docs_commands_that_run_another_languages_example_work() {
-    assert!(run_or_check_shown(true) >= 1);
+    assert!(run_or_check_shown(true) >= 3, "Python, C and JavaScript");
 }
 
 #[test]
