@@ -106,3 +106,22 @@ fn the_client_counts_with_n_as_the_host_configures_with_c() {
         "the client's help is its own: {help}"
     );
 }
+
+#[test]
+fn the_client_prints_its_own_completions_and_man_page() {
+    for (args, expected) in [
+        (["--completions", "bash"], "--timeout"),
+        (["--completions", "zsh"], "--count"),
+    ] {
+        let output = Command::new(client_bin()).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains("tcp-client") && text.contains(expected),
+            "{args:?}: {text}"
+        );
+    }
+    let output = Command::new(client_bin()).arg("--man").output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains(".TH tcp-client 1"));
+}

@@ -36,6 +36,15 @@ struct Args {
     /// Seconds to wait for connecting and for each reply (at least 1).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+
+    /// Print the completions for SHELL (bash, zsh, fish, elvish,
+    /// powershell) and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    man: bool,
 }
 
 /// After the first bytes of a reply, how long to wait for more before the
@@ -56,6 +65,22 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { USAGE } else { 0 });
         }
     };
+    if let Some(shell) = args.completions {
+        use clap::CommandFactory;
+        let mut command = Args::command();
+        clap_complete::generate(shell, &mut command, "tcp-client", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if args.man {
+        use clap::CommandFactory;
+        return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(SOFTWARE)
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
