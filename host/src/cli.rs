@@ -82,7 +82,7 @@ pub struct Cli {
     /// builtin:NAME, or oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST).
     /// Without it (and without --config) the host runs its built-in
     /// default guest, the seed server.
-    #[arg(value_name = "GUEST", conflicts_with = "config")]
+    #[arg(value_name = "GUEST", conflicts_with = "config", long_help = guest_help())]
     pub guest: Option<String>,
 
     /// The address the guest is granted to listen on, passed to it in
@@ -219,4 +219,16 @@ pub struct Cli {
     /// and a Kubernetes ConfigMap's atomic update.
     #[arg(long, requires = "config")]
     pub watch: bool,
+}
+
+/// GUEST's long help: its short help and the built-in guests this build
+/// has (so a new one, one file in `guest/src/bin/`, is listed with no edit).
+fn guest_help() -> String {
+    format!(
+        "The guest component to run as the one tenant: a .wasm file, builtin:NAME, or \
+         oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST). Without it (and without --config) \
+         the host runs its built-in default guest, the seed server.\n\n\
+         Built in: {}.",
+        crate::runtime::builtins::builtin_names()
+    )
 }
