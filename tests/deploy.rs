@@ -18,7 +18,7 @@ fn rendered() -> String {
 }
 
 /// The manifest they are rendered from.
-fn kubernetes_manifest() -> host::config::manifest::Manifest {
+fn kubernetes_manifest() -> host::config::model::Manifest {
     host::config::manifest::load(&repo("host/deploy/kubernetes/tenants.toml"))
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -107,7 +107,7 @@ fn the_rendered_pods_drain_within_their_grace_period_and_expose_every_tenant() {
 fn the_control_endpoint_is_reachable_only_from_inside_the_pod() {
     let manifest = kubernetes_manifest();
     let control = manifest.control.expect("the manifest enables control");
-    let host::config::manifest::ControlAddr::Tcp(addr) = control.addr else {
+    let host::config::model::ControlAddr::Tcp(addr) = control.addr else {
         panic!("control on TCP loopback, for kubectl port-forward");
     };
     assert!(addr.ip().is_loopback(), "{addr}");

@@ -3,9 +3,8 @@
 //! waits for signals: SIGHUP reloads, SIGINT and SIGTERM stop gracefully.
 
 use crate::cli::Cli;
-use crate::config::manifest::{
-    self, ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig,
-};
+use crate::config::manifest;
+use crate::config::model::{self, ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig};
 use crate::ops::admin;
 use crate::ops::metrics::Audited;
 use crate::runtime::engine::{self, Loader};
@@ -331,7 +330,7 @@ struct Resolved {
     /// The admin endpoint (the command line's over the manifest's).
     admin: Option<std::net::SocketAddr>,
     /// The control endpoint, its token file checked.
-    control: Option<manifest::Control>,
+    control: Option<model::Control>,
 }
 
 /// Reads the manifest (or builds the one-tenant one), applies `--group`,
@@ -351,8 +350,8 @@ fn resolve(cli: &Cli) -> anyhow::Result<Resolved> {
     let admin = cli.admin.or(manifest.admin);
     let control = control_endpoint(cli, &manifest)?;
     let control_tcp = control.as_ref().and_then(|c| match c.addr {
-        manifest::ControlAddr::Tcp(addr) => Some(addr),
-        manifest::ControlAddr::Unix(_) => None,
+        model::ControlAddr::Tcp(addr) => Some(addr),
+        model::ControlAddr::Unix(_) => None,
     });
     // The manifest's parser refuses a grant to its own admin address;
     // this also covers the command line's endpoints, and the control one.
@@ -360,7 +359,7 @@ fn resolve(cli: &Cli) -> anyhow::Result<Resolved> {
     for tenant in &manifest.tenants {
         for &addr in &tenant.connect {
             for (what, endpoint) in endpoints {
-                let Some(endpoint) = endpoint.filter(|e| manifest::reaches(*e, addr)) else {
+                let Some(endpoint) = endpoint.filter(|e| model::reaches(*e, addr)) else {
                     continue;
                 };
                 let why = format!(
@@ -409,9 +408,9 @@ fn open_listeners(manifest: &mut Manifest, single: bool) -> anyhow::Result<Liste
 
 /// The control endpoint the command line or manifest asks for, checked:
 /// on TCP it needs a readable, non-empty token file.
-fn control_endpoint(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Option<manifest::Control>> {
+fn control_endpoint(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Option<model::Control>> {
     let control_at = match (&cli.control, &manifest.control) {
-        (Some(addr), _) => Some(manifest::Control {
+        (Some(addr), _) => Some(model::Control {
             addr: addr.clone(),
             token_file: cli.control_token_file.clone(),
         }),
@@ -419,7 +418,7 @@ fn control_endpoint(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Option<man
     };
     if let Some(at) = &control_at {
         match (&at.addr, &at.token_file) {
-            (manifest::ControlAddr::Tcp(addr), None) => {
+            (model::ControlAddr::Tcp(addr), None) => {
                 return Err(ConfigError(format!(
                     "the control endpoint on {addr} needs a token file (--control-token-file), or listen on unix:PATH"
                 ))
@@ -430,7 +429,7 @@ fn control_endpoint(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Option<man
                 admin::read_token(file)
                     .map_err(|why| ConfigError(format!("control endpoint: {why}")))?;
             }
-            (manifest::ControlAddr::Unix(_), None) => {}
+            (model::ControlAddr::Unix(_), None) => {}
         }
     }
     Ok(control_at)
@@ -582,7 +581,7 @@ async fn compile(
 async fn serve_endpoints(
     control: &Arc<Control>,
     admin_addr: Option<std::net::SocketAddr>,
-    control_at: Option<manifest::Control>,
+    control_at: Option<model::Control>,
 ) -> anyhow::Result<()> {
     let audited = Arc::new(Audited::default());
     if let Some(addr) = admin_addr {
@@ -704,7 +703,7 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         .clone()
         .or(default_name)
         .unwrap_or_else(|| "guest".to_owned());
-    manifest::valid_name(&name).map_err(|why| UsageError(format!("--name: {why}")))?;
+    model::valid_name(&name).map_err(|why| UsageError(format!("--name: {why}")))?;
     // A swap may load files beside the guest file (none for the built-in).
     let component_dirs = match &component {
         ComponentSource::File(path) => path.parent().map(PathBuf::from).into_iter().collect(),
@@ -715,19 +714,15 @@ fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
         control: None,
         component_dirs,
         cache_dir: None,
-        cache_max_size: manifest::DEFAULT_CACHE_MAX_SIZE,
+        cache_max_size: model::DEFAULT_CACHE_MAX_SIZE,
         pooling_allocator: false,
         guest_threads: None,
-        registry: manifest::RegistrySettings::default(),
+        registry: model::RegistrySettings::default(),
         watch: false,
-        groups: [(
-            manifest::DEFAULT_GROUP.to_owned(),
-            manifest::Group::default(),
-        )]
-        .into(),
+        groups: [(model::DEFAULT_GROUP.to_owned(), model::Group::default())].into(),
         tenants: vec![TenantConfig {
             name,
-            group: manifest::DEFAULT_GROUP.to_owned(),
+            group: model::DEFAULT_GROUP.to_owned(),
             component,
             component_at: String::new(),
             listen_at: String::new(),
@@ -798,17 +793,17 @@ fn default_cache_dir() -> Option<PathBuf> {
 /// Binds the control endpoint: on TCP, out of every guest's reach; on a
 /// Unix socket, a file only the host's user may open (a stale socket file
 /// from an earlier run is replaced, anything else there is an error).
-async fn control_listener(addr: &manifest::ControlAddr) -> anyhow::Result<admin::ControlListener> {
+async fn control_listener(addr: &model::ControlAddr) -> anyhow::Result<admin::ControlListener> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     match addr {
-        manifest::ControlAddr::Tcp(addr) => {
+        model::ControlAddr::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let bound = listener.local_addr().unwrap_or(*addr);
             crate::policy::forbid_admin(bound);
             info!(%bound, "control: listening on {bound}");
             Ok(admin::ControlListener::Tcp(listener))
         }
-        manifest::ControlAddr::Unix(path) => {
+        model::ControlAddr::Unix(path) => {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if !meta.file_type().is_socket() {
                     return Err(ConfigError(format!(

@@ -117,7 +117,7 @@ pub struct Cli {
     /// that keeps state in its memory would otherwise become several
     /// stores].
     #[arg(long, value_name = "N|auto", conflicts_with = "config")]
-    pub instances: Option<crate::config::manifest::Instances>,
+    pub instances: Option<crate::config::model::Instances>,
 
     /// An environment variable for the guest, KEY=VALUE (repeat for more);
     /// LISTEN_ADDR and LISTEN_ADDRS are the host's.
@@ -153,7 +153,7 @@ pub struct Cli {
     /// (unix:PATH, created owner-only); overrides the manifest's [host]
     /// control.
     #[arg(long, value_name = "IP:PORT|unix:PATH")]
-    pub control: Option<crate::config::manifest::ControlAddr>,
+    pub control: Option<crate::config::model::ControlAddr>,
 
     /// The file holding the control endpoint's bearer token, read at each
     /// request (replace the file to rotate the token).

@@ -30,7 +30,9 @@
 //! - [`limits`]: each limit a unit of its own, with a table of where each
 //!   is enforced.
 //! - [`policy`]: grants as data, and the decision for each attempt.
-//! - [`config`]: the manifest's types and parser, and the reload plan.
+//! - [`config`]: the configuration's model (`config::model`, its limits
+//!   declared once in `config::limits`), apart from the manifest's parser
+//!   (`config::manifest`), and the reload plan.
 //! - [`account`]: a tenant's name, counters and log budgets: a leaf every
 //!   layer counts and logs through.
 //!
@@ -41,7 +43,8 @@
 //!   connects in `wasi::sockets::tcp`; UDP and name lookups, never granted,
 //!   refused at their entry points (`wasi::p2::refuse`, `wasi::p3::sockets`)
 //!   through `wasi::deny`.
-//! - **Each limit is enforced** where the table in [`limits`] says: memory
+//! - **A limit is declared** (key, type, default, syntax) once, in
+//!   `config::limits`, and **enforced** where the table in [`limits`] says: memory
 //!   and handles in `limits::memory`, CPU time in `limits::cpu`,
 //!   connection caps and file-descriptor back-off in `limits::admission`,
 //!   bytes and idle time in `limits::connection`, log lines in

@@ -6,7 +6,7 @@
 //! part: see crate::account::log_budget).
 
 use crate::account::{Account, Capability};
-use crate::config::manifest::TenantConfig;
+use crate::config::model::TenantConfig;
 use std::net::SocketAddr;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
@@ -83,7 +83,7 @@ impl Grant {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .iter()
-                    .any(|a| crate::config::manifest::reaches(*a, addr));
+                    .any(|a| crate::config::model::reaches(*a, addr));
                 (admin || !self.connect.contains(&addr)).then_some(Refusal::Connect)
             }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {

@@ -7,7 +7,7 @@
 //! --render-kubernetes` prints them; `host/deploy/kubernetes/` holds what
 //! the shipped manifest renders to, checked by `tests/deploy.rs`.
 
-use crate::config::manifest::{ComponentSource, DEFAULT_GROUP, Manifest, TenantConfig};
+use crate::config::model::{ComponentSource, DEFAULT_GROUP, Manifest, TenantConfig};
 use std::fmt::Write;
 
 /// Where the pod mounts the ConfigMap: the manifest is `tenants.toml` in it.
@@ -52,7 +52,7 @@ pub fn render(manifest: &Manifest, text: &str, image: &str) -> Result<String, St
     }
     for tenant in &manifest.tenants {
         if manifest.guest_threads.is_none()
-            && tenant.limits.instances == crate::config::manifest::Instances::Auto
+            && tenant.limits.instances == crate::config::model::Instances::Auto
         {
             return Err(format!(
                 "tenant '{}' runs instances = \"auto\" (one per guest thread): set [host] guest_threads so the pod's memory can be sized",

@@ -1,5 +1,6 @@
-//! The tenant manifest: a TOML file that lists every tenant the host runs,
-//! with its component, grants and limits, plus host-wide defaults.
+//! The tenant manifest's parser: a TOML file that lists every tenant the
+//! host runs, with its component, grants and limits, plus host-wide
+//! defaults, read into the model ([`super::model`]).
 //!
 //! Parsing is strict: an unknown key, a duplicate name, two tenants on one
 //! address, a limit that does not parse are all errors that name the file,
@@ -7,7 +8,6 @@
 //! the commented reference.
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -16,7 +16,8 @@ use std::time::Duration;
 use thiserror::Error;
 use toml::Spanned;
 
-pub use super::source::{BUILTIN_PREFIX, ComponentSource, OCI_PREFIX, OciRef};
+use super::limits::LimitsTable;
+use super::model::*;
 
 /// A manifest that cannot be used.
 #[derive(Debug, Error)]
@@ -43,240 +44,6 @@ pub enum ManifestError {
     },
 }
 
-/// What happens when a tenant's guest stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Leave it stopped.
-    Never,
-    /// Restart after a trap, an error or a non-zero exit, not after a clean exit.
-    OnFailure,
-    /// Restart whenever it stops.
-    Always,
-}
-
-/// Resource limits and restart behaviour; every field is optional so the
-/// `[limits]` table and each tenant's `limits` can override only some.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    #[serde(default, deserialize_with = "memory")]
-    max_memory: Option<u64>,
-    #[serde(default, deserialize_with = "at_least_one")]
-    max_connections: Option<u32>,
-    max_connections_per_peer: Option<u32>,
-    #[serde(default, deserialize_with = "at_least_one")]
-    max_outbound_connections: Option<u32>,
-    #[serde(default, deserialize_with = "at_least_a_millisecond")]
-    cpu_limit: Option<Duration>,
-    restart: Option<RestartPolicy>,
-    #[serde(default, deserialize_with = "duration")]
-    restart_backoff: Option<Duration>,
-    #[serde(default, deserialize_with = "at_least_a_millisecond")]
-    restart_backoff_max: Option<Duration>,
-    crash_loop_limit: Option<u32>,
-    #[serde(default, deserialize_with = "at_least_a_millisecond")]
-    crash_loop_window: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    drain_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "size")]
-    max_bytes_in: Option<u64>,
-    #[serde(default, deserialize_with = "size")]
-    max_bytes_out: Option<u64>,
-    log_lines_per_sec: Option<u32>,
-    #[serde(default, deserialize_with = "size")]
-    log_bytes_per_sec: Option<u64>,
-    #[serde(default, deserialize_with = "instances")]
-    instances: Option<Instances>,
-}
-
-impl RawLimits {
-    /// `self` where set, else `fallback`.
-    fn or(self, fallback: &Limits) -> Limits {
-        Limits {
-            max_memory: self.max_memory.unwrap_or(fallback.max_memory),
-            max_connections: self.max_connections.unwrap_or(fallback.max_connections),
-            // Zero switches a host-wide default off for one tenant.
-            max_connections_per_peer: self
-                .max_connections_per_peer
-                .or(fallback.max_connections_per_peer)
-                .filter(|&n| n > 0),
-            max_outbound_connections: self
-                .max_outbound_connections
-                .unwrap_or(fallback.max_outbound_connections),
-            cpu_limit: self.cpu_limit.unwrap_or(fallback.cpu_limit),
-            restart: self.restart.unwrap_or(fallback.restart),
-            restart_backoff: self.restart_backoff.unwrap_or(fallback.restart_backoff),
-            restart_backoff_max: self
-                .restart_backoff_max
-                .unwrap_or(fallback.restart_backoff_max),
-            crash_loop_limit: self.crash_loop_limit.unwrap_or(fallback.crash_loop_limit),
-            crash_loop_window: self.crash_loop_window.unwrap_or(fallback.crash_loop_window),
-            drain_timeout: self.drain_timeout.unwrap_or(fallback.drain_timeout),
-            // Zero switches a host-wide default off for one tenant.
-            idle_timeout: self
-                .idle_timeout
-                .or(fallback.idle_timeout)
-                .filter(|d| !d.is_zero()),
-            max_bytes_in: self
-                .max_bytes_in
-                .or(fallback.max_bytes_in)
-                .filter(|&n| n > 0),
-            max_bytes_out: self
-                .max_bytes_out
-                .or(fallback.max_bytes_out)
-                .filter(|&n| n > 0),
-            // Zero switches a limit off for one tenant.
-            log_lines_per_sec: self
-                .log_lines_per_sec
-                .or(fallback.log_lines_per_sec)
-                .filter(|&n| n > 0),
-            log_bytes_per_sec: self
-                .log_bytes_per_sec
-                .or(fallback.log_bytes_per_sec)
-                .filter(|&n| n > 0),
-            instances: self.instances.unwrap_or(fallback.instances),
-        }
-    }
-}
-
-/// A tenant's effective limits and restart behaviour.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest linear memory, in bytes.
-    pub max_memory: u64,
-    /// Most client connections open at once; past it clients are reset.
-    pub max_connections: u32,
-    /// Most client connections open at once from one IP address; past it
-    /// that address's new clients are reset. `None`: no such limit.
-    pub max_connections_per_peer: Option<u32>,
-    /// Most outbound connections (under a connect grant) open or being
-    /// opened at once; past it `start-connect` fails with
-    /// `new-socket-limit`.
-    pub max_outbound_connections: u32,
-    /// Longest a guest may compute without returning to the host.
-    pub cpu_limit: Duration,
-    /// What to do when the guest stops.
-    pub restart: RestartPolicy,
-    /// First restart delay; doubled after each restart in a row.
-    pub restart_backoff: Duration,
-    /// Largest restart delay.
-    pub restart_backoff_max: Duration,
-    /// Restarts allowed within `crash_loop_window` before the tenant is
-    /// marked failed.
-    pub crash_loop_limit: u32,
-    /// The window `crash_loop_limit` counts in.
-    pub crash_loop_window: Duration,
-    /// After a live swap, or when the host is stopping, how long a guest
-    /// version may keep serving the connections it has before they are
-    /// closed and it is dropped.
-    pub drain_timeout: Duration,
-    /// A client connection with no byte in either direction for this long
-    /// is closed by the host; `None`: never.
-    pub idle_timeout: Option<Duration>,
-    /// Bytes one client connection may send to the guest before the host
-    /// closes it; `None`: unlimited.
-    pub max_bytes_in: Option<u64>,
-    /// Bytes the guest may send on one client connection before the host
-    /// closes it; `None`: unlimited.
-    pub max_bytes_out: Option<u64>,
-    /// Lines of the guest's output logged per second; the rest are counted
-    /// and left out. `None`: unlimited.
-    pub log_lines_per_sec: Option<u32>,
-    /// Bytes of the guest's output logged per second (as written to the
-    /// log, control characters escaped); lines past it are counted and
-    /// left out. `None`: unlimited.
-    pub log_bytes_per_sec: Option<u64>,
-    /// How many instances of the component serve the tenant's addresses
-    /// at once, each in its own store under these limits.
-    pub instances: Instances,
-}
-
-/// Lines of guest output a tenant may log per second by default.
-pub const DEFAULT_LOG_LINES_PER_SEC: u32 = 100;
-
-/// Bytes of guest output a tenant may log per second by default.
-pub const DEFAULT_LOG_BYTES_PER_SEC: u64 = 32 * 1024;
-
-/// How many instances of a tenant's component run at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Instances {
-    /// This many (from 1 to [`MAX_INSTANCES`]).
-    Fixed(u32),
-    /// One per guest thread (`"auto"`).
-    Auto,
-}
-
-/// The most instances one tenant may run at once.
-pub const MAX_INSTANCES: u32 = 256;
-
-impl Instances {
-    /// How many, on a host with `guest_threads` guest threads.
-    pub fn resolve(self, guest_threads: usize) -> u32 {
-        match self {
-            Instances::Fixed(n) => n,
-            Instances::Auto => u32::try_from(guest_threads.max(1))
-                .unwrap_or(MAX_INSTANCES)
-                .min(MAX_INSTANCES),
-        }
-    }
-}
-
-impl std::fmt::Display for Instances {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Instances::Fixed(n) => write!(f, "{n}"),
-            Instances::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-impl std::str::FromStr for Instances {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "auto" {
-            return Ok(Instances::Auto);
-        }
-        match s.parse::<u32>() {
-            Ok(n) if (1..=MAX_INSTANCES).contains(&n) => Ok(Instances::Fixed(n)),
-            _ => Err(format!(
-                "{s:?} is neither \"auto\" nor a count from 1 to {MAX_INSTANCES}"
-            )),
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_memory: 128 << 20,
-            max_connections: 1024,
-            max_connections_per_peer: None,
-            max_outbound_connections: 64,
-            cpu_limit: Duration::from_millis(500),
-            restart: RestartPolicy::OnFailure,
-            restart_backoff: Duration::from_millis(100),
-            restart_backoff_max: Duration::from_secs(10),
-            crash_loop_limit: 5,
-            crash_loop_window: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(30),
-            idle_timeout: None,
-            max_bytes_in: None,
-            max_bytes_out: None,
-            // Finite by default: whatever a guest prints, one tenant adds at
-            // most about 2.8 GB a day to the host's log.
-            log_lines_per_sec: Some(DEFAULT_LOG_LINES_PER_SEC),
-            log_bytes_per_sec: Some(DEFAULT_LOG_BYTES_PER_SEC),
-            // One: a guest that keeps state in its memory (a key-value
-            // store, say) must not silently become several stores.
-            instances: Instances::Fixed(1),
-        }
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
@@ -285,7 +52,7 @@ struct RawHost {
     control_token_file: Option<Spanned<String>>,
     component_dirs: Option<Vec<String>>,
     cache_dir: Option<Spanned<String>>,
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default, deserialize_with = "super::values::size")]
     cache_max_size: Option<u64>,
     #[serde(default)]
     pooling_allocator: bool,
@@ -294,138 +61,13 @@ struct RawHost {
     insecure_registries: Option<Vec<Spanned<String>>>,
     registry_ca_file: Option<String>,
     registry_credentials: Option<String>,
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default, deserialize_with = "super::values::size")]
     max_component_size: Option<u64>,
-    #[serde(default, deserialize_with = "at_least_a_millisecond")]
+    #[serde(default, deserialize_with = "super::values::at_least_a_millisecond")]
     registry_timeout: Option<Duration>,
     #[serde(default)]
     watch: bool,
 }
-
-/// The group of tenants that do not name one.
-pub const DEFAULT_GROUP: &str = "default";
-
-/// The most replicas a group may ask for.
-pub const MAX_REPLICAS: u32 = 1000;
-
-/// A group of tenants placed and scaled together (`[group.NAME]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    /// How many hosts (pods) run it.
-    pub replicas: u32,
-}
-
-impl Default for Group {
-    fn default() -> Self {
-        Group { replicas: 2 }
-    }
-}
-
-/// Whether `name` can name a group: it becomes part of Kubernetes object
-/// names, so a DNS label of at most 40 characters.
-pub fn valid_group(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a group name (up to 40 lowercase letters, digits and inner dashes)"
-        ))
-    }
-}
-
-impl Manifest {
-    /// Keeps only the tenants of `group` (a host run with `--group`).
-    pub fn only_group(&mut self, group: &str) -> Result<(), String> {
-        if !self.groups.contains_key(group) {
-            let known: Vec<&str> = self.groups.keys().map(String::as_str).collect();
-            return Err(format!(
-                "the manifest has no group {group:?} (it has: {})",
-                known.join(", ")
-            ));
-        }
-        self.tenants.retain(|t| t.group == group);
-        Ok(())
-    }
-}
-
-/// How components are pulled from OCI registries (the `[host]` keys
-/// `registries`, `insecure_registries`, `registry_ca_file`,
-/// `registry_credentials`, `max_component_size`, `registry_timeout`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistrySettings {
-    /// Where a swap request may pull from: `REGISTRY` (any repository) or
-    /// `REGISTRY/REPOSITORY` (that repository and those beneath it). The
-    /// manifest's own references are the operator's and always allowed.
-    pub allowed: Vec<String>,
-    /// Registries reached over plain HTTP besides loopback ones (TLS is
-    /// the default everywhere else).
-    pub insecure: Vec<String>,
-    /// PEM certificates trusted besides the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// A Docker `config.json` with credentials (on Kubernetes, a mounted
-    /// `kubernetes.io/dockerconfigjson` Secret's `.dockerconfigjson`);
-    /// `None`: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if
-    /// there is one, else anonymous.
-    pub credentials: Option<PathBuf>,
-    /// The largest component a pull accepts, checked while it streams.
-    pub max_component_size: u64,
-    /// Each registry request's deadline (a stalled registry is given up on
-    /// after it, and the request retried).
-    pub timeout: Duration,
-}
-
-/// The largest component pulled by default: room for the Python example
-/// (21 MB) three times over.
-pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
-
-/// A registry request's default deadline.
-pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl Default for RegistrySettings {
-    fn default() -> Self {
-        RegistrySettings {
-            allowed: Vec::new(),
-            insecure: Vec::new(),
-            ca_file: None,
-            credentials: None,
-            max_component_size: DEFAULT_MAX_COMPONENT_SIZE,
-            timeout: DEFAULT_REGISTRY_TIMEOUT,
-        }
-    }
-}
-
-impl RegistrySettings {
-    /// Whether a swap request may pull `reference` (see
-    /// [`RegistrySettings::allowed`]).
-    pub fn allows(&self, reference: &OciRef) -> bool {
-        self.allowed
-            .iter()
-            .any(|entry| match entry.split_once('/') {
-                None => *entry == reference.registry,
-                Some((registry, repository)) => {
-                    registry == reference.registry
-                        && (reference.repository == repository
-                            || reference
-                                .repository
-                                .strip_prefix(repository)
-                                .is_some_and(|rest| rest.starts_with('/')))
-                }
-            })
-    }
-}
-
-/// The compile cache's default bound on disk (`[host] cache_max_size`).
-pub const DEFAULT_CACHE_MAX_SIZE: u64 = 1 << 30;
-
-/// The most guest threads a manifest may ask for.
-pub const MAX_GUEST_THREADS: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -435,7 +77,7 @@ struct RawTenant {
     listen: Spanned<Vec<Spanned<SocketAddr>>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
     connect: Option<Spanned<Vec<Spanned<SocketAddr>>>>,
-    limits: Option<Spanned<RawLimits>>,
+    limits: Option<Spanned<LimitsTable>>,
     group: Option<Spanned<String>>,
 }
 
@@ -450,162 +92,11 @@ struct RawGroup {
 struct RawManifest {
     #[serde(default)]
     host: RawHost,
-    limits: Option<Spanned<RawLimits>>,
+    limits: Option<Spanned<LimitsTable>>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<RawTenant>,
     #[serde(default, rename = "group")]
     groups: BTreeMap<String, Spanned<RawGroup>>,
-}
-
-/// One tenant, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantConfig {
-    /// Unique name: log tag, admin key, the guest's only argument.
-    pub name: String,
-    /// The group it is placed and scaled with ([`DEFAULT_GROUP`] unless
-    /// named): a host told to run one group (`--group`) runs only its
-    /// tenants, and each group is a Deployment of its own.
-    pub group: String,
-    /// The guest.
-    pub component: ComponentSource,
-    /// `file:line` of the `component` key, for load errors.
-    pub component_at: String,
-    /// `file:line` of the `listen` key, for listen errors (empty for the
-    /// command line's one tenant).
-    pub listen_at: String,
-    /// Addresses granted for listening; the first is `LISTEN_ADDR`.
-    pub listen: Vec<SocketAddr>,
-    /// Extra environment variables for the guest.
-    pub env: BTreeMap<String, String>,
-    /// Addresses the guest may connect to (none by default).
-    pub connect: Vec<SocketAddr>,
-    /// Effective limits.
-    pub limits: Limits,
-}
-
-impl TenantConfig {
-    /// Whether `other` runs the tenant the same way: equal in everything
-    /// but where in the manifest it was written.
-    pub fn runs_like(&self, other: &TenantConfig) -> bool {
-        let placed = |c: &TenantConfig| TenantConfig {
-            component_at: String::new(),
-            listen_at: String::new(),
-            ..c.clone()
-        };
-        placed(self) == placed(other)
-    }
-}
-
-/// Where the control endpoint (swaps, reloads) listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlAddr {
-    /// A TCP address: requests need the bearer token.
-    Tcp(SocketAddr),
-    /// A Unix socket, created owner-only: its permissions are the gate (a
-    /// token file, if set, is required as well).
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for ControlAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ControlAddr::Tcp(addr) => write!(f, "{addr}"),
-            ControlAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl std::str::FromStr for ControlAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("unix:") {
-            Some("") => {
-                Err("unix: needs the socket's path, e.g. unix:/run/tcphost/control.sock".into())
-            }
-            Some(path) => Ok(ControlAddr::Unix(PathBuf::from(path))),
-            None => s
-                .parse()
-                .map(ControlAddr::Tcp)
-                .map_err(|_| format!("{s:?} is neither IP:PORT nor unix:PATH")),
-        }
-    }
-}
-
-/// The control endpoint: where, and the file holding its bearer token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Control {
-    /// Where it listens.
-    pub addr: ControlAddr,
-    /// The token file, read at each request (replace it to rotate).
-    pub token_file: Option<PathBuf>,
-}
-
-/// A validated manifest.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    /// The read-only admin endpoint's address, if enabled.
-    pub admin: Option<SocketAddr>,
-    /// The control endpoint, if enabled.
-    pub control: Option<Control>,
-    /// The directories a swap may load component files from (the
-    /// manifest's own by default); built-in guests are always allowed.
-    pub component_dirs: Vec<PathBuf>,
-    /// Where compiled components are cached, if set.
-    pub cache_dir: Option<PathBuf>,
-    /// The most the compile cache may hold on disk, in bytes; the entries
-    /// used longest ago are removed past it.
-    pub cache_max_size: u64,
-    /// Whether instances come from wasmtime's pooling allocator.
-    pub pooling_allocator: bool,
-    /// Threads guest instances run on (see crate::runtime::workers); `None`: one
-    /// per core.
-    pub guest_threads: Option<usize>,
-    /// How components are pulled from OCI registries.
-    pub registry: RegistrySettings,
-    /// Whether a change to the manifest file is applied as a reload.
-    pub watch: bool,
-    /// Each group's settings (`[group.NAME]`), for every group a tenant
-    /// names or a table describes.
-    pub groups: BTreeMap<String, Group>,
-    /// Every tenant, in file order.
-    pub tenants: Vec<TenantConfig>,
-}
-
-impl Manifest {
-    /// The `[host]` keys whose values differ between `self` and `other`:
-    /// they are read at start only.
-    pub fn host_keys_changed(&self, other: &Manifest) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        if self.admin != other.admin {
-            changed.push("host.admin");
-        }
-        if self.control != other.control {
-            changed.push("host.control");
-        }
-        if self.component_dirs != other.component_dirs {
-            changed.push("host.component_dirs");
-        }
-        if self.cache_dir != other.cache_dir {
-            changed.push("host.cache_dir");
-        }
-        if self.cache_max_size != other.cache_max_size {
-            changed.push("host.cache_max_size");
-        }
-        if self.pooling_allocator != other.pooling_allocator {
-            changed.push("host.pooling_allocator");
-        }
-        if self.guest_threads != other.guest_threads {
-            changed.push("host.guest_threads");
-        }
-        if self.registry != other.registry {
-            changed.push("host.registries");
-        }
-        if self.watch != other.watch {
-            changed.push("host.watch");
-        }
-        changed
-    }
 }
 
 /// Reads and validates the manifest at `path`.
@@ -736,13 +227,15 @@ impl Doc<'_> {
     /// Limits written at `key`, over `defaults`, checked.
     fn limits(
         &self,
-        limits: Spanned<RawLimits>,
+        limits: Spanned<LimitsTable>,
         defaults: &Limits,
         key: &str,
     ) -> Result<Limits, ManifestError> {
         let span = limits.span();
-        let merged = limits.into_inner().or(defaults);
-        check_limits(&merged).map_err(|(k, why)| self.at(span, &format!("{key}.{k}"), why))?;
+        let merged = limits.into_inner().over(defaults);
+        merged
+            .check()
+            .map_err(|(k, why)| self.at(span, &format!("{key}.{k}"), why))?;
         Ok(merged)
     }
 
@@ -1006,22 +499,6 @@ impl Doc<'_> {
     }
 }
 
-/// Tenant names appear in logs, metrics and URLs: keep them plain.
-pub fn valid_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'"
-        ))
-    }
-}
-
 /// 1-based line of byte `offset`.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
@@ -1071,27 +548,6 @@ fn key_at(text: &str, span: Range<usize>) -> String {
     }
 }
 
-/// Deserializes a size: bytes as an integer, or a string like "64 MiB".
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(n) => Ok(Some(n)),
-        Raw::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map(|b| Some(b.as_u64()))
-            .map_err(|_| {
-                de::Error::custom(format!(
-                    "{text:?} is not a size; write e.g. \"64 MiB\" or a number of bytes"
-                ))
-            }),
-    }
-}
-
 /// Whether listening on `a` and on `b` would clash: the same port, and the
 /// same address or a wildcard covering the other (`0.0.0.0` every IPv4
 /// address; `[::]` every IPv6 address: the host's IPv6 listeners are
@@ -1112,93 +568,6 @@ fn absolute(path: &Path) -> PathBuf {
         path
     };
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Whether connecting to `addr` reaches a listener bound to `listener` (a
-/// dual-stack one: `[::]` takes IPv4 connections too).
-pub fn reaches(listener: SocketAddr, addr: SocketAddr) -> bool {
-    // `::ffff:127.0.0.1` is 127.0.0.1.
-    let (listener, addr) = (
-        SocketAddr::new(listener.ip().to_canonical(), listener.port()),
-        SocketAddr::new(addr.ip().to_canonical(), addr.port()),
-    );
-    listener.port() == addr.port()
-        && (listener.ip() == addr.ip()
-            || (listener.ip().is_unspecified() && (listener.is_ipv6() || addr.is_ipv4())))
-}
-
-/// The limits that must agree with each other: the key at fault and why.
-fn check_limits(limits: &Limits) -> Result<(), (&'static str, String)> {
-    if limits.restart_backoff > limits.restart_backoff_max {
-        return Err((
-            "restart_backoff",
-            format!(
-                "{} is longer than restart_backoff_max ({})",
-                humantime::format_duration(limits.restart_backoff),
-                humantime::format_duration(limits.restart_backoff_max)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Deserializes a memory limit: a size of at least 1 MiB (a guest's stack
-/// and data alone take more).
-fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let bytes = size(d)?;
-    if bytes.is_some_and(|n| n < 1024 * 1024) {
-        return Err(de::Error::custom(
-            "must be at least 1 MiB; write e.g. \"64 MiB\"",
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Deserializes `instances`: a count from 1 to [`MAX_INSTANCES`], or
-/// `"auto"`.
-fn instances<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instances>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Count(i64),
-        Word(String),
-    }
-    let text = match Raw::deserialize(d).map_err(|_| {
-        de::Error::custom(format!(
-            "must be \"auto\" or a count from 1 to {MAX_INSTANCES}"
-        ))
-    })? {
-        Raw::Count(n) => n.to_string(),
-        Raw::Word(word) => word,
-    };
-    text.parse().map(Some).map_err(de::Error::custom)
-}
-
-/// Deserializes a count that must not be zero.
-fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    match u32::deserialize(d)? {
-        0 => Err(de::Error::custom("must be at least 1")),
-        n => Ok(Some(n)),
-    }
-}
-
-/// Deserializes a duration that must be at least a millisecond.
-fn at_least_a_millisecond<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let value = duration(d)?;
-    if value.is_some_and(|v| v < Duration::from_millis(1)) {
-        return Err(de::Error::custom("must be at least 1ms"));
-    }
-    Ok(value)
-}
-
-/// Deserializes a duration written like "250ms", "2s", "1m".
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map(Some).map_err(|_| {
-        de::Error::custom(format!(
-            "{text:?} is not a duration; write e.g. \"250ms\", \"2s\" or \"1m\""
-        ))
-    })
 }
 
 #[cfg(test)]

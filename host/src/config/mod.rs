@@ -1,5 +1,6 @@
-//! The operator's configuration: the manifest's types and its parser
-//! ([`manifest`]: validated whole, with `file:line: key` errors), where a
+//! The operator's configuration: its model ([`model`]; the limits declared
+//! once in [`limits`]), the manifest's parser ([`manifest`]: validated
+//! whole, with `file:line: key` errors; [`values`] the value syntax), where a
 //! component comes from ([`source`]: `builtin:`, a file, `oci://`), and what
 //! a reload is to change ([`reload`]: a pure plan), and the Kubernetes
 //! objects that run a manifest ([`kubernetes`]: rendered from it). Depends
@@ -13,6 +14,9 @@
 pub struct ConfigError(pub String);
 
 pub mod kubernetes;
+pub mod limits;
 pub mod manifest;
+pub mod model;
 pub mod reload;
 pub mod source;
+mod values;

@@ -2,7 +2,7 @@
 //! data: which tenants to add, remove, change and keep. Computed without a
 //! side effect and unit-tested here; applied by crate::tenancy::control.
 
-use crate::config::manifest::TenantConfig;
+use crate::config::model::TenantConfig;
 use std::collections::BTreeMap;
 
 /// What a reload is to do with each tenant, computed from what runs and
@@ -63,13 +63,13 @@ pub fn plan_reload<C: PartialEq>(
 #[cfg(test)]
 mod tests {
     use super::{Current, ReloadPlan, plan_reload};
-    use crate::config::manifest::{ComponentSource, Limits, TenantConfig};
+    use crate::config::model::{ComponentSource, Limits, TenantConfig};
     use std::collections::BTreeMap;
 
     fn tenant(name: &str, component: &str) -> TenantConfig {
         TenantConfig {
             name: name.into(),
-            group: crate::config::manifest::DEFAULT_GROUP.into(),
+            group: crate::config::model::DEFAULT_GROUP.into(),
             component: ComponentSource::Builtin(component.into()),
             component_at: format!("tenants.toml:{}", name.len()),
             listen_at: String::new(),

@@ -8,7 +8,7 @@
 
 use super::{instant_at, now_ms};
 use crate::account::{Account, Counters};
-use crate::config::manifest::Limits;
+use crate::config::model::Limits;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};

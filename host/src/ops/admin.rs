@@ -34,7 +34,7 @@
 use super::metrics::{self, Audited};
 use super::slots::{NoSlot, Slots};
 use crate::account::log_budget::{LogBudget, left_out_note};
-use crate::config::manifest::ComponentSource;
+use crate::config::model::ComponentSource;
 use crate::tenancy::control::Control;
 use crate::tenancy::tenant::{Snapshot, State as TenantState};
 use axum::Json;

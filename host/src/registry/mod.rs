@@ -27,7 +27,7 @@
 pub mod store;
 
 use crate::config::ConfigError;
-use crate::config::manifest::RegistrySettings;
+use crate::config::model::RegistrySettings;
 use crate::config::source::{OciRef, is_loopback_registry};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use sha2::{Digest, Sha256};

@@ -5,7 +5,7 @@
 //! [`WasiHost`], and nothing in crate::wasi names it.
 
 use crate::account::{Account, Counters, InstanceAccount};
-use crate::config::manifest::TenantConfig;
+use crate::config::model::TenantConfig;
 use crate::limits::cpu::CpuClock;
 use crate::limits::memory::MemoryLimiter;
 use crate::wasi::seam::Tenancy;

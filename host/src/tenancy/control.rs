@@ -4,7 +4,8 @@
 //! SIGHUP, the file watchers (`tenancy::watch`) and the control endpoint;
 //! operations run one at a time.
 
-use crate::config::manifest::{self, ComponentSource, TenantConfig};
+use crate::config::manifest;
+use crate::config::model::{self, ComponentSource, TenantConfig};
 use crate::config::reload::{Current, ReloadPlan, plan_reload};
 use crate::registry::{FetchPolicy, PullError, Puller};
 use crate::runtime::builtins;
@@ -86,7 +87,7 @@ pub struct Control {
     retired: crate::account::Counters,
     /// The manifest's `[host]` settings as they were at start (tenants
     /// left out), to tell a reload which of them it cannot apply.
-    started_with: Mutex<Option<manifest::Manifest>>,
+    started_with: Mutex<Option<model::Manifest>>,
     /// Reloads by outcome (see [`Control::reload_counts`]).
     reloads: [std::sync::atomic::AtomicU64; 3],
     /// The one group of tenants this host runs (`--group`), if told.
@@ -148,8 +149,8 @@ impl Control {
     }
 
     /// Records the `[host]` settings the host started with.
-    pub fn set_host_settings(&self, manifest: &manifest::Manifest) {
-        *self.started_with.lock().unwrap_or_else(|p| p.into_inner()) = Some(manifest::Manifest {
+    pub fn set_host_settings(&self, manifest: &model::Manifest) {
+        *self.started_with.lock().unwrap_or_else(|p| p.into_inner()) = Some(model::Manifest {
             tenants: Vec::new(),
             ..manifest.clone()
         });
@@ -822,7 +823,7 @@ impl Control {
 
     /// Whether `manifest` fits the pooling allocator as it was sized at
     /// start (it cannot grow).
-    fn fits_pool(&self, manifest: &manifest::Manifest) -> Result<(), String> {
+    fn fits_pool(&self, manifest: &model::Manifest) -> Result<(), String> {
         let Some((instances, max_memory)) = self.pool else {
             return Ok(());
         };

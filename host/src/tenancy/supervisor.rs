@@ -8,7 +8,7 @@
 //! wasm backtrace, the CPU limit, the memory limit.
 
 use crate::account::{Counters, InstanceAccount};
-use crate::config::manifest::{RestartPolicy, TenantConfig};
+use crate::config::model::{RestartPolicy, TenantConfig};
 use crate::limits::cpu::CpuLimitExceeded;
 use crate::runtime::engine::Prepared;
 use crate::runtime::instance;

@@ -6,7 +6,7 @@
 //! endpoint and the metrics read it.
 
 use crate::account::{Account, InstanceAccount};
-use crate::config::manifest::TenantConfig;
+use crate::config::model::TenantConfig;
 use crate::limits::admission::{Admission, HostListeners, OpenConnection};
 use crate::limits::connection::Policed;
 use crate::tenancy::listeners::ListenerSet;

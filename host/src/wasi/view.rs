@@ -4,7 +4,7 @@
 use super::seam::Tenancy;
 use super::{poll, sockets, stdio};
 use crate::account::InstanceAccount;
-use crate::config::manifest::{Limits, TenantConfig};
+use crate::config::model::{Limits, TenantConfig};
 use crate::limits::cpu::HostWork;
 use crate::policy::Grant;
 use std::sync::{Arc, Mutex};

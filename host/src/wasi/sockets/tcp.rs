@@ -737,10 +737,7 @@ impl TcpSocket {
     /// `accept`: the next client admitted under the instance's `limits`,
     /// counted for the instance, as a connected socket that inherits this
     /// one's options.
-    pub fn accept(
-        &self,
-        limits: &crate::config::manifest::Limits,
-    ) -> Result<Connection, SocketError> {
+    pub fn accept(&self, limits: &crate::config::model::Limits) -> Result<Connection, SocketError> {
         let listener = match &self.state {
             State::Listening { listener, .. } => listener,
             State::PrivateListening { queue, .. } => {
@@ -1019,7 +1016,7 @@ impl AcceptFrom<'_> {
     /// the connection cap (`limits`), or past the cap for their address.
     fn next_client(
         &self,
-        limits: &crate::config::manifest::Limits,
+        limits: &crate::config::model::Limits,
     ) -> Result<(TcpStream, SocketAddr), SocketError> {
         let listener = self.listener;
         let cap = u64::from(limits.max_connections);
@@ -1094,7 +1091,7 @@ impl AcceptFrom<'_> {
     /// The next client admitted under the instance's `limits`, counted for
     /// the instance, as a connected socket that inherits the listener's
     /// options.
-    fn accept(&self, limits: &crate::config::manifest::Limits) -> Result<Connection, SocketError> {
+    fn accept(&self, limits: &crate::config::model::Limits) -> Result<Connection, SocketError> {
         let (stream, peer) = self.next_client(limits)?;
         let _ = stream.set_nodelay(true);
         // The client inherits the listener's options, as WASI says.
@@ -1159,7 +1156,7 @@ impl Acceptor {
     pub fn poll_accept(
         &self,
         cx: &mut Context<'_>,
-        limits: &crate::config::manifest::Limits,
+        limits: &crate::config::model::Limits,
     ) -> Poll<Result<Connection, SocketError>> {
         let (listener, tenant, instance) = match &self.readiness.0 {
             Readiness::Host {
