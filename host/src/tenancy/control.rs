@@ -1051,7 +1051,7 @@ pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> an
     };
     let (label, bytes): (String, std::borrow::Cow<'static, [u8]>) = match source {
         ComponentSource::Builtin(name) => match builtins::builtin(name) {
-            Some(bytes) => (format!("builtin:{name}"), bytes.into()),
+            Some(bytes) => (source.to_string(), bytes.into()),
             None => {
                 return Err(located(
                     crate::config::ConfigError(format!(

@@ -1,94 +1,36 @@
 //! The host process: starts everything from the command line or manifest
 //! (listeners, guest threads, engine, tenants, endpoints, file watch), then
 //! waits for signals: SIGHUP reloads, SIGINT and SIGTERM stop gracefully.
+//!
+//! Its parts: [`settings`] resolves what to run, [`control_socket`] makes
+//! the control endpoint's socket, [`shutdown`] handles signals and the
+//! graceful stop, [`exit`] names the exit statuses.
+
+mod control_socket;
+pub mod exit;
+mod settings;
+mod shutdown;
+
+use control_socket::control_listener;
+pub use exit::{ConfigError, UnavailableError, UsageError, status_of};
+use settings::{Resolved, cache_dir, resolve};
+pub use shutdown::Stopped;
+use shutdown::{Signal, Signals, serve_until_stopped};
 
 use crate::cli::Cli;
 use crate::config::manifest;
-use crate::config::model::{self, ComponentSource, Limits, Manifest, RestartPolicy, TenantConfig};
+use crate::config::model::{self, ComponentSource, Manifest, TenantConfig};
 use crate::ops::admin;
 use crate::ops::metrics::Audited;
 use crate::runtime::engine::{self, Loader};
 use crate::tenancy::control::{self, Control};
 use crate::tenancy::listeners;
-use crate::tenancy::supervisor::GuestError;
 use crate::tenancy::watch;
 use anyhow::Context;
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tracing::{error, info, warn};
-
-/// How the process ends, as sysexits(3) numbers them, so a supervisor can
-/// tell "fix the configuration" from "retry later".
-pub mod exit {
-    /// Served and stopped gracefully (or the one tenant's guest ended).
-    pub const OK: u8 = 0;
-    /// The command line is wrong (EX_USAGE).
-    pub const USAGE: u8 = 64;
-    /// A resource the host needs is unavailable: an address in use or not
-    /// of this machine, a registry that cannot be reached (EX_UNAVAILABLE).
-    pub const UNAVAILABLE: u8 = 69;
-    /// The guest or the host failed: a trap, an internal error
-    /// (EX_SOFTWARE).
-    pub const SOFTWARE: u8 = 70;
-    /// The configuration is wrong: the manifest, a component that does not
-    /// load, a setting that cannot work (EX_CONFIG).
-    pub const CONFIG: u8 = 78;
-    /// Stopped at once by a second SIGINT or SIGTERM, connections cut (128
-    /// plus SIGINT's number, as shells report it).
-    pub const FORCED: u8 = 130;
-}
-
-/// An error whose exit status is [`exit::USAGE`].
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// An error whose exit status is [`exit::CONFIG`].
-pub use crate::config::ConfigError;
-
-/// An error whose exit status is [`exit::UNAVAILABLE`].
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UnavailableError(pub String);
-
-/// The exit status for `error`: the first cause that says.
-pub fn status_of(error: &anyhow::Error) -> u8 {
-    for cause in error.chain() {
-        if cause.is::<UsageError>() {
-            return exit::USAGE;
-        }
-        if cause.is::<ConfigError>()
-            || cause.is::<manifest::ManifestError>()
-            || cause.is::<crate::runtime::engine::LoadError>()
-            || matches!(
-                cause.downcast_ref::<crate::registry::PullError>(),
-                Some(crate::registry::PullError::Refused(_))
-            )
-        {
-            return exit::CONFIG;
-        }
-        if cause.is::<UnavailableError>()
-            || matches!(
-                cause.downcast_ref::<crate::registry::PullError>(),
-                Some(crate::registry::PullError::Unavailable(_))
-            )
-        {
-            return exit::UNAVAILABLE;
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
-            )
-        {
-            return exit::UNAVAILABLE;
-        }
-    }
-    exit::SOFTWARE
-}
 
 /// Runs the host as `cli` says, from logging to exit status (see [`exit`]):
 /// errors are one line on standard error and a failing status, never a
@@ -259,15 +201,6 @@ async fn check(cli: &Cli) -> anyhow::Result<String> {
     Ok(summary + &tenants)
 }
 
-/// How the host stopped, when it was stopped (not failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
-    /// Drained (or the one tenant's guest ended), or stopped before serving.
-    Gracefully,
-    /// Cut short by a second signal.
-    Forced,
-}
-
 /// Runs the host as `cli` says until it is stopped.
 pub async fn run(cli: Cli) -> anyhow::Result<Stopped> {
     // Before anything can listen: a signal must never find the default
@@ -319,68 +252,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Stopped> {
     serve_until_stopped(&control, guest, &mut signals).await
 }
 
-/// What the command line asks the host to run, checked whole: what a
-/// start and `--check` both begin with.
-struct Resolved {
-    /// The manifest file, or the one-tenant shorthand's equivalent,
-    /// narrowed to `--group`.
-    manifest: Manifest,
-    /// The one-tenant shorthand: the host ends with its guest.
-    single: bool,
-    /// The admin endpoint (the command line's over the manifest's).
-    admin: Option<std::net::SocketAddr>,
-    /// The control endpoint, its token file checked.
-    control: Option<model::Control>,
-}
-
-/// Reads the manifest (or builds the one-tenant one), applies `--group`,
-/// settles the endpoints and checks no tenant is granted a connection to
-/// one of them.
-fn resolve(cli: &Cli) -> anyhow::Result<Resolved> {
-    let single = cli.config.is_none();
-    let mut manifest = match &cli.config {
-        Some(path) => manifest::load(path)?,
-        None => one_tenant(cli)?,
-    };
-    if let Some(group) = &cli.group {
-        manifest
-            .only_group(group)
-            .map_err(|why| ConfigError(format!("--group: {why}")))?;
-    }
-    let admin = cli.admin.or(manifest.admin);
-    let control = control_endpoint(cli, &manifest)?;
-    let control_tcp = control.as_ref().and_then(|c| match c.addr {
-        model::ControlAddr::Tcp(addr) => Some(addr),
-        model::ControlAddr::Unix(_) => None,
-    });
-    // The manifest's parser refuses a grant to its own admin address;
-    // this also covers the command line's endpoints, and the control one.
-    let endpoints = [("admin", admin), ("control", control_tcp)];
-    for tenant in &manifest.tenants {
-        for &addr in &tenant.connect {
-            for (what, endpoint) in endpoints {
-                let Some(endpoint) = endpoint.filter(|e| model::reaches(*e, addr)) else {
-                    continue;
-                };
-                let why = format!(
-                    "{addr} is the host's {what} endpoint ({endpoint}): no tenant may connect to it"
-                );
-                return Err(if single {
-                    UsageError(format!("--connect: {why}")).into()
-                } else {
-                    ConfigError(format!("tenant '{}': connect: {why}", tenant.name)).into()
-                });
-            }
-        }
-    }
-    Ok(Resolved {
-        manifest,
-        single,
-        admin,
-        control,
-    })
-}
-
 /// What every tenant is started with: the host's listeners for its
 /// addresses, in manifest order (port 0 replaced by the port picked).
 type Listeners = Vec<Vec<Arc<std::net::TcpListener>>>;
@@ -404,55 +275,6 @@ fn open_listeners(manifest: &mut Manifest, single: bool) -> anyhow::Result<Liste
         all.push(own);
     }
     Ok(all)
-}
-
-/// The control endpoint the command line or manifest asks for, checked:
-/// on TCP it needs a readable, non-empty token file.
-fn control_endpoint(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Option<model::Control>> {
-    let control_at = match (&cli.control, &manifest.control) {
-        (Some(addr), _) => Some(model::Control {
-            addr: addr.clone(),
-            token_file: cli.control_token_file.clone(),
-        }),
-        (None, chosen) => chosen.clone(),
-    };
-    if let Some(at) = &control_at {
-        match (&at.addr, &at.token_file) {
-            (model::ControlAddr::Tcp(addr), None) => {
-                return Err(ConfigError(format!(
-                    "the control endpoint on {addr} needs a token file (--control-token-file), or listen on unix:PATH"
-                ))
-                .into());
-            }
-            // Unreadable or empty: every request would be refused.
-            (_, Some(file)) => {
-                admin::read_token(file)
-                    .map_err(|why| ConfigError(format!("control endpoint: {why}")))?;
-            }
-            (model::ControlAddr::Unix(_), None) => {}
-        }
-    }
-    Ok(control_at)
-}
-
-/// The compile cache directory: the one asked for, none with
-/// `--no-cache`, else the default if it can be made.
-fn cache_dir(cli: &Cli, manifest: &Manifest) -> Option<PathBuf> {
-    match (
-        cli.no_cache,
-        cli.cache_dir.clone().or(manifest.cache_dir.clone()),
-    ) {
-        (true, _) => None,
-        (false, Some(chosen)) => Some(chosen),
-        // The default is a convenience: without a usable one, compile.
-        (false, None) => default_cache_dir().filter(|dir| match std::fs::create_dir_all(dir) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(dir = %dir.display(), "no compile cache (cannot create its directory: {e})");
-                false
-            }
-        }),
-    }
 }
 
 /// Starts the guest threads and the engine, and makes the (empty) set of
@@ -612,137 +434,6 @@ async fn serve_endpoints(
     Ok(())
 }
 
-/// Serves until a signal stops the host (SIGHUP reloads the manifest), or
-/// until `guest` (the one-tenant shorthand's) ends.
-async fn serve_until_stopped(
-    control: &Arc<Control>,
-    guest: Option<tokio::task::JoinHandle<Result<(), GuestError>>>,
-    signals: &mut Signals,
-) -> anyhow::Result<Stopped> {
-    let guest_done = async move {
-        match guest {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(guest_done);
-    loop {
-        tokio::select! {
-            joined = &mut guest_done => {
-                return match joined {
-                    Ok(outcome) => outcome.map(|()| Stopped::Gracefully).map_err(Into::into),
-                    Err(e) => Err(anyhow::anyhow!("guest task failed: {e}")),
-                };
-            }
-            signal = signals.next() => match signal {
-                Signal::Stop(name) => return Ok(stop(control, signals, name).await),
-                Signal::Reload => match control.reload().await {
-                    Ok(report) => info!(?report, "SIGHUP: manifest reloaded"),
-                    Err(e) => error!("SIGHUP: manifest not reloaded, nothing changed: {e}"),
-                },
-            },
-        }
-    }
-}
-
-/// Graceful stop: no new connections; open ones may finish, each tenant's
-/// for up to its drain timeout; a second SIGINT or SIGTERM cuts it short.
-async fn stop(control: &Control, signals: &mut Signals, name: &str) -> Stopped {
-    control.stop_accepting();
-    let open: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
-    info!(
-        open,
-        "received {name}: accepting no more clients; waiting for {open} open connections (a second signal stops at once)"
-    );
-    let second = async {
-        loop {
-            if let Signal::Stop(name) = signals.next().await {
-                return name;
-            }
-        }
-    };
-    tokio::select! {
-        left = control.drained() => {
-            if left == 0 {
-                info!("every connection closed; stopped");
-            } else {
-                warn!(left, "drain timeout passed; stopped, closing {left} connections");
-            }
-            Stopped::Gracefully
-        }
-        second = second => {
-            let left: u64 = control.tenants().iter().map(|t| t.open_connections()).sum();
-            warn!(left, "received {second} again: stopped at once, closing {left} connections");
-            Stopped::Forced
-        }
-    }
-}
-
-/// The manifest equivalent of `tcphost [GUEST] --listen ADDR`: one tenant,
-/// default limits, never restarted (the host ends with its guest).
-fn one_tenant(cli: &Cli) -> anyhow::Result<Manifest> {
-    let component = match &cli.guest {
-        Some(spec) => {
-            let cwd = std::env::current_dir().unwrap_or_default();
-            // A file is read (and any problem with it named) when loaded.
-            ComponentSource::parse(spec, &cwd)
-                .map_err(|why| UsageError(format!("GUEST {spec:?}: {why}")))?
-        }
-        None => ComponentSource::Builtin("seed".into()),
-    };
-    // Named after the file, the built-in or the repository by default.
-    let default_name = match &component {
-        ComponentSource::File(path) => path.file_stem().map(|s| s.to_string_lossy().into_owned()),
-        ComponentSource::Builtin(name) => Some(name.clone()),
-        ComponentSource::Oci(reference) => {
-            reference.repository.rsplit('/').next().map(str::to_owned)
-        }
-    };
-    let name = cli
-        .name
-        .clone()
-        .or(default_name)
-        .unwrap_or_else(|| "guest".to_owned());
-    model::valid_name(&name).map_err(|why| UsageError(format!("--name: {why}")))?;
-    // A swap may load files beside the guest file (none for the built-in).
-    let component_dirs = match &component {
-        ComponentSource::File(path) => path.parent().map(PathBuf::from).into_iter().collect(),
-        ComponentSource::Builtin(_) | ComponentSource::Oci(_) => Vec::new(),
-    };
-    Ok(Manifest {
-        admin: None,
-        control: None,
-        component_dirs,
-        cache_dir: None,
-        cache_max_size: model::DEFAULT_CACHE_MAX_SIZE,
-        pooling_allocator: false,
-        guest_threads: None,
-        registry: model::RegistrySettings::default(),
-        watch: false,
-        groups: [(model::DEFAULT_GROUP.to_owned(), model::Group::default())].into(),
-        tenants: vec![TenantConfig {
-            name,
-            group: model::DEFAULT_GROUP.to_owned(),
-            component,
-            component_at: String::new(),
-            listen_at: String::new(),
-            listen: vec![cli.listen],
-            env: cli.env.iter().cloned().collect::<BTreeMap<_, _>>(),
-            connect: cli.connect.clone(),
-            limits: Limits {
-                max_memory: cli.max_memory.unwrap_or(Limits::default().max_memory),
-                cpu_limit: cli.cpu_limit.unwrap_or(Limits::default().cpu_limit),
-                restart: RestartPolicy::Never,
-                max_connections: cli
-                    .max_connections
-                    .unwrap_or(Limits::default().max_connections),
-                instances: cli.instances.unwrap_or(Limits::default().instances),
-                ..Limits::default()
-            },
-        }],
-    })
-}
-
 /// Raises the soft limit on open files to the hard one: every client
 /// connection is a descriptor, and the usual soft limit (1024) is below a
 /// single tenant's default connection cap. Warns when the tenants' caps
@@ -774,104 +465,5 @@ fn raise_open_file_limit(manifest: &Manifest) {
             limit,
             "the tenants' connection caps add up to {caps}, more than the {limit} files the host may open: past that, accepts fail and back off (raise the hard limit, e.g. LimitNOFILE= under systemd, or lower max_connections)"
         );
-    }
-}
-
-/// `$XDG_CACHE_HOME/tcphost`, or `~/.cache/tcphost` (relative settings
-/// are ignored, as the XDG specification says).
-fn default_cache_dir() -> Option<PathBuf> {
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    let base =
-        absolute("XDG_CACHE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".cache")))?;
-    Some(base.join("tcphost"))
-}
-
-/// Binds the control endpoint: on TCP, out of every guest's reach; on a
-/// Unix socket, a file only the host's user may open (a stale socket file
-/// from an earlier run is replaced, anything else there is an error).
-async fn control_listener(addr: &model::ControlAddr) -> anyhow::Result<admin::ControlListener> {
-    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-    match addr {
-        model::ControlAddr::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            let bound = listener.local_addr().unwrap_or(*addr);
-            crate::policy::forbid_admin(bound);
-            info!(%bound, "control: listening on {bound}");
-            Ok(admin::ControlListener::Tcp(listener))
-        }
-        model::ControlAddr::Unix(path) => {
-            if let Ok(meta) = std::fs::symlink_metadata(path) {
-                if !meta.file_type().is_socket() {
-                    return Err(ConfigError(format!(
-                        "{} exists and is not a socket",
-                        path.display()
-                    ))
-                    .into());
-                }
-                // Another host may be serving it: never take it over.
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(UnavailableError(format!(
-                        "{} is in use by another process",
-                        path.display()
-                    ))
-                    .into());
-                }
-                std::fs::remove_file(path)?;
-            }
-            // Made in a directory only this user may enter, owner-only, then
-            // moved into place: nobody can connect before it is.
-            let parent = path.parent().unwrap_or(std::path::Path::new("."));
-            let private = parent.join(format!(".control-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&private);
-            std::fs::DirBuilder::new().mode(0o700).create(&private)?;
-            let fresh = private.join("control.sock");
-            let bound = tokio::net::UnixListener::bind(&fresh).and_then(|listener| {
-                std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
-                std::fs::rename(&fresh, path)?;
-                Ok(listener)
-            });
-            let _ = std::fs::remove_dir_all(&private);
-            let listener = bound?;
-            info!(path = %path.display(), "control: listening on unix:{}", path.display());
-            Ok(admin::ControlListener::Unix(listener))
-        }
-    }
-}
-
-/// A signal the host acts on.
-enum Signal {
-    /// SIGINT or SIGTERM (named): stop.
-    Stop(&'static str),
-    /// SIGHUP: reload the manifest.
-    Reload,
-}
-
-/// The host's signal handlers, installed when created.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
-        })
-    }
-
-    async fn next(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.term.recv() => Signal::Stop("SIGTERM"),
-            _ = self.int.recv() => Signal::Stop("SIGINT"),
-            _ = self.hup.recv() => Signal::Reload,
-        }
     }
 }
