@@ -3,7 +3,10 @@
 //! runtime, tenancy, ops) counts and logs through a tenant's [`Account`],
 //! and none needs the tenant itself to do so.
 
+pub mod gauge;
 pub mod log_budget;
+
+pub use gauge::Gauge;
 
 use log_budget::{LogBudget, left_out_note};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +48,8 @@ impl Capability {
 /// Counters kept per tenant. Relaxed atomics: they are statistics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Client connections open now.
-    pub connections_open: AtomicU64,
+    /// Client connections open now (a drain waits for it to reach zero).
+    pub connections_open: Gauge,
     /// Client connections handed to the guest, ever.
     pub connections_accepted: AtomicU64,
     /// Connections the guest closed whose last bytes the host is still
@@ -150,8 +153,9 @@ pub struct InstanceAccount {
     pub generation: u64,
     /// Its place among its version's instances, from 0.
     pub index: u32,
-    /// Client connections it holds open now.
-    pub open: AtomicU64,
+    /// Client connections it holds open now (a drain of its version
+    /// waits for it to reach zero).
+    pub open: Gauge,
     /// Client connections it accepted, ever.
     pub accepted: AtomicU64,
     /// Times it was interrupted (epoch tick) to let others run.

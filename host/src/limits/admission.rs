@@ -212,11 +212,8 @@ impl Drop for OpenConnection {
         if let Some(watchdog) = &self.watchdog {
             watchdog.abort();
         }
-        self.account
-            .counters
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
-        self.instance.open.fetch_sub(1, Ordering::Relaxed);
+        self.account.counters.connections_open.decrement();
+        self.instance.open.decrement();
         self.admission.peers.closed(self.peer);
     }
 }

@@ -263,16 +263,17 @@ impl Control {
     pub async fn drained(&self) -> u64 {
         let start = tokio::time::Instant::now();
         let tenants = self.tenants();
-        loop {
-            let elapsed = start.elapsed();
-            let waiting = tenants
-                .iter()
-                .any(|t| t.open_connections() > 0 && elapsed < t.config().limits.drain_timeout);
-            if !waiting {
-                return tenants.iter().map(|t| t.open_connections()).sum();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Each against its own deadline, counted from `start`: waiting for
+        // them one after another ends when the last would.
+        for tenant in &tenants {
+            let deadline = start + tenant.config().limits.drain_timeout;
+            tenant
+                .counters()
+                .connections_open
+                .until_zero(Some(deadline))
+                .await;
         }
+        tenants.iter().map(|t| t.open_connections()).sum()
     }
 
     /// The component files tenants run, for the file watcher.
@@ -632,29 +633,27 @@ impl Control {
         started: std::time::Instant,
     ) -> Result<Duration, String> {
         let name = tenant.name();
-        loop {
-            match tenant.state() {
-                State::Running => {
-                    let took = started.elapsed();
-                    info!(tenant = name, ms = took.as_millis(), "tenant restarted");
-                    return Ok(took);
-                }
-                State::Starting if started.elapsed() < supervisor::SWAP_TIMEOUT => {}
-                State::Starting => {
-                    return Err(format!(
-                        "it did not listen within {:?}",
-                        supervisor::SWAP_TIMEOUT
-                    ));
-                }
-                state => {
-                    let why = tenant
-                        .snapshot()
-                        .last_error
-                        .unwrap_or_else(|| "it stopped".into());
-                    return Err(format!("restarted, but it is {state} again: {why}"));
-                }
+        let deadline = tokio::time::Instant::from_std(started) + supervisor::SWAP_TIMEOUT;
+        match tenant
+            .until_state(|state| state != State::Starting, deadline)
+            .await
+        {
+            Some(State::Running) => {
+                let took = started.elapsed();
+                info!(tenant = name, ms = took.as_millis(), "tenant restarted");
+                Ok(took)
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            None => Err(format!(
+                "it did not listen within {:?}",
+                supervisor::SWAP_TIMEOUT
+            )),
+            Some(state) => {
+                let why = tenant
+                    .snapshot()
+                    .last_error
+                    .unwrap_or_else(|| "it stopped".into());
+                Err(format!("restarted, but it is {state} again: {why}"))
+            }
         }
     }
 
@@ -1026,9 +1025,11 @@ type Reloaded = (
 async fn drain_removed(running: Running) {
     let tenant = running.tenant.clone();
     let deadline = tokio::time::Instant::now() + tenant.config().limits.drain_timeout;
-    while tenant.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tenant
+        .counters()
+        .connections_open
+        .until_zero(Some(deadline))
+        .await;
     let left = tenant.open_connections();
     if left > 0 {
         warn!(

@@ -561,40 +561,46 @@ impl PendingSwap {
 
 /// Lets each instance of a replaced version finish its connections, up to
 /// `deadline`, then drops it (closing whatever is still open): each
-/// instance goes as soon as its own connections are done.
+/// instance goes as soon as its own connections are done (or its guest
+/// ends), woken by its last connection closing, not by polling.
 async fn drain_then_drop(tenant: String, old: Version, deadline: Duration) {
-    let until = Instant::now() + deadline;
+    let until = tokio::time::Instant::now() + deadline;
     let generation = old.generation;
     let several = old.slots.len() > 1;
-    let mut instances: Vec<Instance> = old.slots.into_iter().filter_map(|s| s.running).collect();
-    loop {
-        instances.retain(|instance| {
-            let done = instance.task.is_finished() || instance.open() == 0;
+    let instances: Vec<Instance> = old.slots.into_iter().filter_map(|s| s.running).collect();
+    let drains = instances.into_iter().map(|mut instance| {
+        let tenant = &tenant;
+        async move {
+            let account = instance.account.clone();
+            let done = tokio::select! {
+                _ = &mut instance.task => true,
+                drained = account.open.until_zero(Some(until)) => drained,
+            };
             if done && several {
                 info!(
                     tenant,
                     generation,
-                    instance = instance.account.index,
+                    instance = account.index,
                     "instance of the old version drained and dropped"
                 );
             }
-            !done
-        });
-        if instances.is_empty() {
-            info!(tenant, generation, "old version drained and dropped");
-            return;
+            // Dropped here: its guest stops, closing what is left.
+            if done { 0 } else { instance.open() }
         }
-        if Instant::now() >= until {
-            let open: u64 = instances.iter().map(Instance::open).sum();
-            warn!(
-                tenant,
-                generation,
-                open,
-                "drain deadline of {deadline:?} passed: closing {open} connections of the old version"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    });
+    let open: u64 = futures_util::future::join_all(drains)
+        .await
+        .into_iter()
+        .sum();
+    if open == 0 {
+        info!(tenant, generation, "old version drained and dropped");
+    } else {
+        warn!(
+            tenant,
+            generation,
+            open,
+            "drain deadline of {deadline:?} passed: closing {open} connections of the old version"
+        );
     }
 }
 

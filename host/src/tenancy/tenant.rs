@@ -66,6 +66,9 @@ pub struct Tenant {
     /// Its configuration, replaced by a live swap or a manifest reload.
     config: Mutex<Arc<TenantConfig>>,
     status: Mutex<Status>,
+    /// Woken at each change of state, for those waiting on one
+    /// ([`Tenant::until_state`]).
+    state_changed: tokio::sync::Notify,
     /// The host's listening sockets for the tenant's addresses, handed to
     /// each guest version in turn; closed when the tenant stops for good.
     listeners: Arc<ListenerSet>,
@@ -161,6 +164,7 @@ impl Tenant {
                 last_error: None,
                 since: SystemTime::now(),
             }),
+            state_changed: tokio::sync::Notify::new(),
             listeners: Arc::new(ListenerSet::new(listeners)),
             last_generation: AtomicU64::new(0),
             current_generation: tokio::sync::watch::Sender::new(0),
@@ -350,6 +354,32 @@ impl Tenant {
         if status.state != state {
             status.state = state;
             status.since = SystemTime::now();
+            drop(status);
+            self.state_changed.notify_waiters();
+        }
+    }
+
+    /// Resolves with the state once `settled` says it is one to stop
+    /// waiting at, or `None` at `deadline`. Woken by each change, not
+    /// polled.
+    pub async fn until_state(
+        &self,
+        settled: impl Fn(State) -> bool,
+        deadline: tokio::time::Instant,
+    ) -> Option<State> {
+        loop {
+            // Registered before the state is read: a change in between
+            // is not missed.
+            let changed = self.state_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let state = self.state();
+            if settled(state) {
+                return Some(state);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
         }
     }
 
