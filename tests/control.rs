@@ -512,3 +512,20 @@ fn a_control_socket_another_host_serves_is_never_taken_over() {
     assert_clean_error(&log, "is in use by another process");
     assert!(socket.exists(), "the first host's socket is still there");
 }
+
+#[test]
+fn a_swap_answers_why_it_changed_nothing_with_a_status_to_act_on() {
+    let t = Tenants::start(ONE, &["t"], &[]);
+    // No such tenant: 404, as for any unknown resource.
+    let (code, body) = t.post("/tenants/nobody/swap", "builtin:echo");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no tenant named \"nobody\""), "{body}");
+    // A component that cannot be used: 422, the tenant as it was.
+    let before = generation(&t);
+    let (code, body) = t.post("/tenants/t/swap", "builtin:nothing-by-this-name");
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(generation(&t), before);
+    // One that can: 200.
+    let (code, body) = t.post("/tenants/t/swap", "builtin:echo");
+    assert_eq!(code, 200, "{body}");
+}

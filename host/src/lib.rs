@@ -14,7 +14,10 @@
 //! - [`tenancy`]: the tenants: each one's record (`tenancy::tenant`), the
 //!   host's listeners for their addresses (`tenancy::listeners`), the
 //!   supervisor that runs a tenant's guest (`tenancy::supervisor`), the
-//!   running set and its operations (`tenancy::control`).
+//!   running set (`tenancy::control`) with where components come from
+//!   (`control::load`), the one swap path (`control::swap`) and the
+//!   manifest reload (`control::reload`), the file watchers
+//!   (`tenancy::watch`).
 //! - [`registry`]: components from OCI registries: pulled with the
 //!   ecosystem's client, checked against their digests and bounds, kept in
 //!   a content-addressed store.

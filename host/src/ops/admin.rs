@@ -35,7 +35,7 @@ use super::metrics::{self, Audited};
 use super::slots::{NoSlot, Slots};
 use crate::account::log_budget::{LogBudget, left_out_note};
 use crate::config::model::ComponentSource;
-use crate::tenancy::control::Control;
+use crate::tenancy::control::{Control, SwapError};
 use crate::tenancy::tenant::{Snapshot, State as TenantState};
 use axum::Json;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
@@ -433,7 +433,9 @@ async fn swap(
         let (control, name) = (control.clone(), name.clone());
         tokio::spawn(async move { control.swap(&name, source, bytes).await }).await
     };
-    match outcome.unwrap_or_else(|e| Err(format!("the swap task failed: {e}"))) {
+    let outcome =
+        outcome.unwrap_or_else(|e| Err(SwapError::Refused(format!("the swap task failed: {e}"))));
+    match outcome {
         Ok(took) => (
             StatusCode::OK,
             format!(
@@ -442,11 +444,14 @@ async fn swap(
             ),
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("not swapped: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => {
+            let status = match e {
+                SwapError::NoTenant(_) => StatusCode::NOT_FOUND,
+                SwapError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                SwapError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, format!("not swapped: {e}\n")).into_response()
+        }
     }
 }
 
