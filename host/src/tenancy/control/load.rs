@@ -3,7 +3,7 @@
 //! in, or pulled from a registry (only from the allowed ones), then
 //! checked and compiled off the async threads.
 
-use super::*;
+use super::running::*;
 use crate::config::model::ComponentSource;
 use crate::registry::FetchPolicy;
 use crate::runtime::builtins;

@@ -3,7 +3,7 @@
 //! touching anything, plan the difference (crate::config::reload), then
 //! apply it; counted by outcome.
 
-use super::*;
+use super::running::*;
 use crate::config::manifest;
 use crate::config::model::{self, ComponentSource, TenantConfig};
 use crate::config::reload::{Current, ReloadPlan, plan_reload};

@@ -4,7 +4,7 @@
 //! swaps a component file's change triggers. The one path every swap
 //! (control endpoint, file watcher, reload) goes through: [`Control::swap_to`].
 
-use super::*;
+use super::running::*;
 use crate::config::model::{ComponentSource, TenantConfig};
 use crate::registry::FetchPolicy;
 use crate::tenancy::supervisor::{self, Command};
