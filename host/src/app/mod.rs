@@ -322,10 +322,10 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
 /// Every tenant, ready to start: its configuration, listeners and
 /// compiled component, or why its component could not be fetched from its
 /// registry and whether that is worth retrying.
-type Prepared = Vec<(
+type Ready = Vec<(
     TenantConfig,
     Vec<Arc<std::net::TcpListener>>,
-    Result<control::Pre, (String, bool)>,
+    Result<control::Compiled, (String, bool)>,
 )>;
 
 /// Compiles every tenant's component (cold, seconds per component) off the
@@ -338,7 +338,7 @@ async fn compile(
     listeners: Listeners,
     single: bool,
     signals: &mut Signals,
-) -> anyhow::Result<Option<Prepared>> {
+) -> anyhow::Result<Option<Ready>> {
     let compile = {
         let control = control.clone();
         tokio::spawn(async move {
@@ -403,7 +403,7 @@ async fn compile(
 async fn serve_endpoints(
     control: &Arc<Control>,
     admin_addr: Option<std::net::SocketAddr>,
-    control_at: Option<model::Control>,
+    control_at: Option<model::ControlEndpoint>,
 ) -> anyhow::Result<()> {
     let audited = Arc::new(Audited::default());
     if let Some(addr) = admin_addr {

@@ -23,7 +23,7 @@ pub(super) struct Resolved {
     /// The admin endpoint (the command line's over the manifest's).
     pub(super) admin: Option<std::net::SocketAddr>,
     /// The control endpoint, its token file checked.
-    pub(super) control: Option<model::Control>,
+    pub(super) control: Option<model::ControlEndpoint>,
 }
 
 /// Reads the manifest (or builds the one-tenant one), applies `--group`,
@@ -79,9 +79,9 @@ pub(super) fn resolve(cli: &Cli) -> anyhow::Result<Resolved> {
 pub(super) fn control_endpoint(
     cli: &Cli,
     manifest: &Manifest,
-) -> anyhow::Result<Option<model::Control>> {
+) -> anyhow::Result<Option<model::ControlEndpoint>> {
     let control_at = match (&cli.control, &manifest.control) {
-        (Some(addr), _) => Some(model::Control {
+        (Some(addr), _) => Some(model::ControlEndpoint {
             addr: addr.clone(),
             token_file: cli.control_token_file.clone(),
         }),

@@ -110,7 +110,7 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
 
 /// Validates manifest `text`, read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
-    let doc = Doc {
+    let doc = ManifestText {
         file: path.display().to_string(),
         text,
         base: path.parent().unwrap_or(Path::new(".")),
@@ -139,7 +139,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         None => Limits::default(),
     };
     let admin = raw.host.admin.as_ref().map(|a| *a.get_ref());
-    let mut taken = Taken::default();
+    let mut taken = Claimed::default();
     if let Some(admin) = admin {
         taken
             .addresses
@@ -192,7 +192,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
 }
 
 /// The manifest being parsed: where errors point.
-struct Doc<'a> {
+struct ManifestText<'a> {
     /// Its path, as errors name it.
     file: String,
     text: &'a str,
@@ -202,13 +202,13 @@ struct Doc<'a> {
 
 /// What earlier entries of the manifest have taken.
 #[derive(Default)]
-struct Taken {
+struct Claimed {
     names: HashSet<String>,
     /// Listen addresses and who uses each.
     addresses: Vec<(SocketAddr, String)>,
 }
 
-impl Doc<'_> {
+impl ManifestText<'_> {
     /// An error at `span`, about `key`.
     fn at(&self, span: Range<usize>, key: &str, message: String) -> ManifestError {
         ManifestError::At {
@@ -245,7 +245,7 @@ impl Doc<'_> {
         tenant: RawTenant,
         defaults: &Limits,
         admin: Option<SocketAddr>,
-        taken: &mut Taken,
+        taken: &mut Claimed,
     ) -> Result<TenantConfig, ManifestError> {
         let name = tenant.name.get_ref().clone();
         if let Err(why) = valid_name(&name) {
@@ -294,7 +294,7 @@ impl Doc<'_> {
         &self,
         name: &str,
         listen: Spanned<Vec<Spanned<SocketAddr>>>,
-        taken: &mut Taken,
+        taken: &mut Claimed,
     ) -> Result<Vec<SocketAddr>, ManifestError> {
         let listen_span = listen.span();
         let mut all = Vec::new();
@@ -454,8 +454,8 @@ impl Doc<'_> {
         &self,
         addr: Option<Spanned<String>>,
         token_file: Option<Spanned<String>>,
-        taken: &Taken,
-    ) -> Result<Option<Control>, ManifestError> {
+        taken: &Claimed,
+    ) -> Result<Option<ControlEndpoint>, ManifestError> {
         Ok(match (addr, token_file) {
             (None, None) => None,
             (None, Some(file)) => {
@@ -493,7 +493,7 @@ impl Doc<'_> {
                         ));
                     }
                 }
-                Some(Control { addr, token_file })
+                Some(ControlEndpoint { addr, token_file })
             }
         })
     }

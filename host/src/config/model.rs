@@ -216,7 +216,7 @@ impl std::str::FromStr for ControlAddr {
 
 /// The control endpoint: where, and the file holding its bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Control {
+pub struct ControlEndpoint {
     /// Where it listens.
     pub addr: ControlAddr,
     /// The token file, read at each request (replace it to rotate).
@@ -229,7 +229,7 @@ pub struct Manifest {
     /// The read-only admin endpoint's address, if enabled.
     pub admin: Option<SocketAddr>,
     /// The control endpoint, if enabled.
-    pub control: Option<Control>,
+    pub control: Option<ControlEndpoint>,
     /// The directories a swap may load component files from (the
     /// manifest's own by default); built-in guests are always allowed.
     pub component_dirs: Vec<PathBuf>,

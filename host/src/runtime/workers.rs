@@ -68,7 +68,7 @@ where
     };
     worker.load.fetch_add(1, Ordering::Relaxed);
     // Moved into the task, so dropped with it even if never polled.
-    let running = Running(worker.load.clone());
+    let running = OnThread(worker.load.clone());
     worker.handle.spawn(async move {
         let _running = running;
         future.await
@@ -76,9 +76,9 @@ where
 }
 
 /// Counts an instance on its thread while it lives (also when aborted).
-struct Running(Arc<AtomicUsize>);
+struct OnThread(Arc<AtomicUsize>);
 
-impl Drop for Running {
+impl Drop for OnThread {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

@@ -78,14 +78,14 @@ pub struct Tenant {
     current_generation: tokio::sync::watch::Sender<u64>,
     /// The version being started, and how many of its instances must
     /// listen before it takes over.
-    starting: Mutex<Starting>,
+    starting: Mutex<IncomingVersion>,
     /// The instances of the version that accepts (for status and metrics).
     instances: Mutex<Vec<Arc<InstanceAccount>>>,
 }
 
 /// A guest version on its way to taking over new connections.
 #[derive(Debug, Default)]
-struct Starting {
+struct IncomingVersion {
     generation: u64,
     instances: Vec<Arc<InstanceAccount>>,
     /// How many of `instances` must listen first: one when nothing serves
@@ -250,7 +250,7 @@ impl Tenant {
         instances: Vec<Arc<InstanceAccount>>,
         needed: usize,
     ) {
-        *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = Starting {
+        *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = IncomingVersion {
             generation,
             instances,
             needed,
@@ -299,7 +299,7 @@ impl Tenant {
             // one started.
             let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
             if starting.generation == failed {
-                *starting = Starting {
+                *starting = IncomingVersion {
                     generation: previous,
                     instances: instances.clone(),
                     needed: 1,

@@ -57,7 +57,7 @@ impl Fast {
 
 /// Per-instance state of the fast path.
 #[derive(Default)]
-pub struct FastPoll {
+pub struct DirectPoll {
     /// Input streams over the host's TCP connections, by resource `rep`.
     streams: std::collections::HashMap<u32, Arc<TcpStream>>,
     /// Pollables with a fast readiness check, by resource `rep`.
@@ -78,7 +78,7 @@ pub struct FastPoll {
     /// exact as POSIX `poll` (see crate::wasi::sockets::stream).
     pub optimistic: Arc<std::sync::atomic::AtomicBool>,
     /// When the instance last let its thread poll for I/O: last waited
-    /// for an event, or yielded (see [`FastPoll::let_io_in`]).
+    /// for an event, or yielded (see [`DirectPoll::let_io_in`]).
     last_io: Option<std::time::Instant>,
 }
 
@@ -94,7 +94,7 @@ impl Wake for NotifyWaker {
     }
 }
 
-impl FastPoll {
+impl DirectPoll {
     /// Records that input stream `stream` reads from `connection`.
     pub fn add_stream(&mut self, stream: u32, connection: Arc<TcpStream>) {
         self.streams.insert(stream, connection);

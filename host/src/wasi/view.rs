@@ -35,7 +35,7 @@ pub struct GuestWasi {
     /// against its CPU limit; shared with its stdout and stderr.
     pub host_work: Arc<Mutex<HostWork>>,
     /// Which pollables the fast path of `poll` can check directly.
-    pub fast: poll::FastPoll,
+    pub fast: poll::DirectPoll,
     /// The granted addresses this instance's sockets have bound.
     pub claims: sockets::tcp::Claims,
     /// WASI 0.3 replies taken but not yet sent: sent at the end of each
@@ -102,7 +102,7 @@ impl GuestWasi {
             grant: Arc::new(Grant::from(config)),
             limits: config.limits.clone(),
             host_work,
-            fast: poll::FastPoll::default(),
+            fast: poll::DirectPoll::default(),
             claims: sockets::tcp::Claims::default(),
             sends: sockets::stream::SendBatch::default(),
             reads: sockets::order::ReadOrder::default(),

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 /// Runs `load` (compiling, seconds for a cold component) letting the
 /// runtime move the other tasks of this async thread elsewhere meanwhile.
 pub(super) fn off_the_async_threads(
-    load: impl FnOnce() -> anyhow::Result<Pre>,
-) -> anyhow::Result<Pre> {
+    load: impl FnOnce() -> anyhow::Result<Compiled>,
+) -> anyhow::Result<Compiled> {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
@@ -26,7 +26,11 @@ pub(super) fn off_the_async_threads(
 
 /// Reads, checks and compiles a component. Errors are prefixed with `at`
 /// (the manifest line of its `component` key) when given.
-pub fn load_component(loader: &Loader, source: &ComponentSource, at: &str) -> anyhow::Result<Pre> {
+pub fn load_component(
+    loader: &Loader,
+    source: &ComponentSource,
+    at: &str,
+) -> anyhow::Result<Compiled> {
     let located = |e: anyhow::Error| {
         if at.is_empty() {
             e
@@ -154,7 +158,7 @@ impl Control {
         source: &ComponentSource,
         at: &str,
         policy: FetchPolicy,
-    ) -> anyhow::Result<(ComponentSource, Pre)> {
+    ) -> anyhow::Result<(ComponentSource, Compiled)> {
         let ComponentSource::Oci(reference) = source else {
             let pre = off_the_async_threads(|| load_component(&self.loader, source, at))?;
             return Ok((source.clone(), pre));
@@ -178,7 +182,7 @@ impl Control {
 
     /// Compiles (or finds) the component `bytes`, read already, named
     /// `label` in errors, as [`Control::load`] does.
-    pub fn compile(&self, label: &str, bytes: &[u8]) -> anyhow::Result<Pre> {
+    pub fn compile(&self, label: &str, bytes: &[u8]) -> anyhow::Result<Compiled> {
         off_the_async_threads(|| Ok(self.loader.load(label, bytes)?))
     }
 }

@@ -15,5 +15,5 @@ mod swap;
 
 pub use load::load_component;
 pub use reload::ReloadReport;
-pub use running::{Control, Pre, instances_of, is_unavailable};
+pub use running::{Compiled, Control, instances_of, is_unavailable};
 pub use swap::SwapError;

@@ -38,7 +38,7 @@ pub struct ReloadReport {
 pub(super) type Reloaded = (
     TenantConfig,
     Vec<(std::net::SocketAddr, Arc<TcpListener>)>,
-    Pre,
+    Compiled,
 );
 
 impl Control {
@@ -95,7 +95,7 @@ impl Control {
         self.fits_pool(&manifest)?;
 
         // Prepare everything that can fail before changing anything.
-        let existing: HashMap<String, (Arc<TenantConfig>, Option<Pre>)> = self
+        let existing: HashMap<String, (Arc<TenantConfig>, Option<Compiled>)> = self
             .running()
             .iter()
             .map(|(name, r)| (name.clone(), (r.tenant.config(), r.pre.clone())))
@@ -184,7 +184,7 @@ impl Control {
     pub(super) async fn prepare_reload(
         &self,
         wanted: Vec<TenantConfig>,
-        existing: &HashMap<String, (Arc<TenantConfig>, Option<Pre>)>,
+        existing: &HashMap<String, (Arc<TenantConfig>, Option<Compiled>)>,
     ) -> Result<Vec<Reloaded>, String> {
         let mut prepared = Vec::new();
         for mut config in wanted {
@@ -226,7 +226,7 @@ impl Control {
     /// (the loader compiles equal bytes once).
     pub(super) fn plan(
         &self,
-        existing: &HashMap<String, (Arc<TenantConfig>, Option<Pre>)>,
+        existing: &HashMap<String, (Arc<TenantConfig>, Option<Compiled>)>,
         prepared: &[Reloaded],
     ) -> ReloadPlan {
         let current: BTreeMap<String, Current<'_, *const ()>> = existing

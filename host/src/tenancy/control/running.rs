@@ -18,21 +18,21 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// A compiled component, ready to instantiate.
-pub type Pre = Arc<Prepared>;
+pub type Compiled = Arc<Prepared>;
 
 /// One running tenant.
-pub(super) struct Running {
+pub(super) struct RunningTenant {
     pub(super) tenant: Arc<Tenant>,
     /// Its compiled component; `None` while its component cannot be
     /// fetched (it is failed, and retried if the registry was unavailable).
-    pub(super) pre: Option<Pre>,
+    pub(super) pre: Option<Compiled>,
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) task: Option<JoinHandle<Result<(), GuestError>>>,
     /// Retries fetching the component of a tenant that could not start.
     pub(super) retry: Option<JoinHandle<()>>,
 }
 
-impl Drop for Running {
+impl Drop for RunningTenant {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
@@ -49,7 +49,7 @@ pub struct Control {
     /// Pulls components named `oci://`.
     pub(super) puller: Puller,
     pub(super) manifest: Option<PathBuf>,
-    pub(super) running: Mutex<BTreeMap<String, Running>>,
+    pub(super) running: Mutex<BTreeMap<String, RunningTenant>>,
     /// Serialises swaps and reloads.
     pub(super) ops: tokio::sync::Mutex<()>,
     /// Set once a graceful stop has begun.
@@ -118,7 +118,7 @@ impl Control {
         &self.retired
     }
 
-    pub(super) fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+    pub(super) fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningTenant>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -182,7 +182,7 @@ impl Control {
     }
 
     /// Starts a tenant on its (already open) `listeners`.
-    pub fn start(&self, config: TenantConfig, listeners: Vec<Arc<TcpListener>>, pre: Pre) {
+    pub fn start(&self, config: TenantConfig, listeners: Vec<Arc<TcpListener>>, pre: Compiled) {
         let name = config.name.clone();
         let tenant = Arc::new(Tenant::new(config, listeners));
         let (commands, inbox) = mpsc::channel(4);
@@ -203,7 +203,7 @@ impl Control {
         ));
         running.insert(
             name,
-            Running {
+            RunningTenant {
                 tenant,
                 pre: Some(pre),
                 commands,
@@ -240,7 +240,7 @@ impl Control {
         let (commands, _) = mpsc::channel(1);
         self.running().insert(
             name,
-            Running {
+            RunningTenant {
                 tenant,
                 pre: None,
                 commands,
@@ -381,7 +381,7 @@ pub fn instances_of(tenants: &[TenantConfig]) -> usize {
 
 /// Lets a removed tenant's open connections finish, up to its drain
 /// timeout, then stops it (dropping `running` stops its guest).
-pub(super) async fn drain_removed(running: Running) {
+pub(super) async fn drain_removed(running: RunningTenant) {
     let tenant = running.tenant.clone();
     let deadline = tokio::time::Instant::now() + tenant.config().limits.drain_timeout;
     tenant

@@ -73,7 +73,7 @@ impl Control {
         &self,
         name: &str,
         config: Arc<TenantConfig>,
-        pre: Pre,
+        pre: Compiled,
     ) -> Result<Duration, String> {
         let (commands, tenant) = {
             let running = self.running();
@@ -126,7 +126,7 @@ impl Control {
         name: &str,
         tenant: &Arc<Tenant>,
         config: Arc<TenantConfig>,
-        pre: Pre,
+        pre: Compiled,
     ) -> Result<Duration, String> {
         let started = std::time::Instant::now();
         let (old_config, old_state) = (tenant.config(), tenant.state());
@@ -223,7 +223,7 @@ impl Control {
             return;
         }
         let source = ComponentSource::File(path.to_owned());
-        let tenants: Vec<(String, Option<Pre>)> = self
+        let tenants: Vec<(String, Option<Compiled>)> = self
             .running()
             .iter()
             .filter(|(_, r)| r.tenant.config().component == source)

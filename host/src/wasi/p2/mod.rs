@@ -5,7 +5,7 @@
 //! points. The version the
 //! host links is written once, in [`version`].
 
-pub mod others;
+pub mod delegated;
 pub mod poll;
 pub mod random;
 pub mod readiness;

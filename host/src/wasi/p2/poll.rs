@@ -3,7 +3,7 @@
 //! against their socket's readiness; every other pollable (clocks, output
 //! streams, stdio, connects) goes through wasmtime-wasi's `poll` unchanged.
 
-use super::others::others_ready;
+use super::delegated::delegated_ready;
 use super::version::VERSION;
 use crate::wasi::poll::Fast;
 use crate::wasi::view::WasiHost;
@@ -118,7 +118,7 @@ async fn poll_list<T: WasiHost>(
                 .collect()
         };
         let wait = ready.is_empty();
-        if let Some(others) = others_ready(store, &reps, &wake, wait).await? {
+        if let Some(others) = delegated_ready(store, &reps, &wake, wait).await? {
             ready.extend(others.into_iter().map(|i| generic[i].0));
             ready.sort_unstable();
         }

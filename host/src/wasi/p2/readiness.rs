@@ -317,7 +317,7 @@ async fn wait<T: WasiHost>(
         // A wake since `ready_now` left a permit: no wakeup is lost.
         let wait = ready.is_empty();
         if let Some(others) =
-            super::others::others_ready(store, &reps, &shared.notify, wait).await?
+            super::delegated::delegated_ready(store, &reps, &shared.notify, wait).await?
         {
             let room = max - ready.len();
             ready.extend(others.into_iter().map(|i| generic[i].0).take(room));

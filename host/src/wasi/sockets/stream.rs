@@ -38,7 +38,7 @@ pub struct Receiver {
     /// Replies taken but not yet sent (WASI 0.3), sent before the host
     /// closes the connection at its inbound limit.
     sends: Option<SendBatch>,
-    /// The instance uses ready sets (see crate::wasi::poll::FastPoll).
+    /// The instance uses ready sets (see crate::wasi::poll::DirectPoll).
     optimistic: Arc<AtomicBool>,
     /// Set by the socket's `shutdown(receive)` (WASI 0.2): the stream is
     /// closed from then on, and what the kernel still holds is discarded
@@ -48,7 +48,7 @@ pub struct Receiver {
 
 impl Receiver {
     /// The read half of `stream`, policed by `policed`; `optimistic` is
-    /// the instance's choice of readiness (see crate::wasi::poll::FastPoll).
+    /// the instance's choice of readiness (see crate::wasi::poll::DirectPoll).
     pub fn new(stream: Arc<TcpStream>, policed: Arc<Policed>, optimistic: Arc<AtomicBool>) -> Self {
         Receiver {
             stream,

@@ -1,6 +1,7 @@
 //! A guest's TCP socket, independent of the WASI version that exposes it:
 //! its states, and every decision a socket operation takes. The bindings
-//! (crate::wasi::p2::tcp) only move values in and out of the guest.
+//! (crate::wasi::p2::tcp for WASI 0.2, crate::wasi::p3::sockets for WASI
+//! 0.3) only move values in and out of the guest.
 //!
 //! Socket activation: a tenant's listen addresses are bound and listening in
 //! the host from start-up to shutdown. When a guest binds and listens on a

@@ -15,7 +15,7 @@ use wasmtime_wasi::p2::bindings::io::poll::Host as _;
 /// wasmtime-wasi's `poll` finds ready; the pollables with a fast check are
 /// the caller's. Without `wait`, only those ready now. With it, waits until
 /// one is ready or `wake` fires (`None`: check the fast ones again).
-pub async fn others_ready<T: WasiHost>(
+pub async fn delegated_ready<T: WasiHost>(
     store: &mut StoreContextMut<'_, T>,
     generic: &[u32],
     wake: &Notify,
