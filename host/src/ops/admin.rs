@@ -35,7 +35,7 @@ use super::metrics::{self, Audited};
 use super::slots::{NoSlot, Slots};
 use crate::account::log_budget::{LogBudget, left_out_note};
 use crate::config::model::ComponentSource;
-use crate::tenancy::control::{Control, SwapError};
+use crate::tenancy::control::{Control, ReloadError, SwapError};
 use crate::tenancy::tenant::{Snapshot, State as TenantState};
 use axum::Json;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
@@ -458,12 +458,16 @@ async fn swap(
 async fn reload(State(control): State<Arc<Control>>) -> Response {
     // In a task of its own, as a swap (see `swap`).
     let outcome = tokio::spawn(async move { control.reload().await }).await;
-    match outcome.unwrap_or_else(|e| Err(format!("the reload task failed: {e}"))) {
+    let outcome = outcome
+        .unwrap_or_else(|e| Err(ReloadError::Refused(format!("the reload task failed: {e}"))));
+    match outcome {
         Ok(report) => Json(report).into_response(),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("not reloaded, nothing changed: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => {
+            let status = match e {
+                ReloadError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                ReloadError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, format!("not reloaded, nothing changed: {e}\n")).into_response()
+        }
     }
 }

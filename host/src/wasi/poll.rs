@@ -17,7 +17,7 @@
 //! create and destroy them: `input-stream.subscribe`, the input stream and
 //! pollable destructors, and `tcp-socket.subscribe` (in crate::wasi::p2::tcp).
 
-use crate::wasi::sockets::tcp::AcceptReadiness;
+use crate::wasi::sockets::accept::AcceptReadiness;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use tokio::net::TcpStream;

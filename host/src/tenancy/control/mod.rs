@@ -14,6 +14,6 @@ mod running;
 mod swap;
 
 pub use load::load_component;
-pub use reload::ReloadReport;
+pub use reload::{ReloadError, ReloadReport};
 pub use running::{Compiled, Control, instances_of, is_unavailable};
 pub use swap::SwapError;

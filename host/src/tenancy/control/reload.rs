@@ -41,12 +41,36 @@ pub(super) type Reloaded = (
     Compiled,
 );
 
+/// Why a reload changed nothing: what the asker acts on (the control
+/// endpoint answers 503 and 422 for them).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A graceful stop has begun: nothing changes any more.
+    #[error("the host is stopping")]
+    Stopping,
+    /// The manifest, a component or an address cannot be used.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<String> for ReloadError {
+    fn from(why: String) -> Self {
+        ReloadError::Refused(why)
+    }
+}
+
+impl From<&str> for ReloadError {
+    fn from(why: &str) -> Self {
+        ReloadError::Refused(why.to_owned())
+    }
+}
+
 impl Control {
     /// Re-reads the manifest and applies the difference. Nothing changes if
     /// the manifest is invalid, a new component does not load, or a new
     /// address cannot be listened on. Counted by outcome (see
     /// [`Control::reload_counts`]).
-    pub async fn reload(&self) -> Result<ReloadReport, String> {
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let result = self.reload_uncounted().await;
         let outcome = match &result {
             Ok(report) if report.failed.is_empty() => 0,
@@ -68,8 +92,10 @@ impl Control {
         ]
     }
 
-    pub(super) async fn reload_uncounted(&self) -> Result<ReloadReport, String> {
-        self.refuse_if_stopping()?;
+    pub(super) async fn reload_uncounted(&self) -> Result<ReloadReport, ReloadError> {
+        if self.is_stopping() {
+            return Err(ReloadError::Stopping);
+        }
         let path = self
             .manifest
             .as_ref()
@@ -84,7 +110,9 @@ impl Control {
         // is loaded from the store, pinned to what was pulled.
         self.prefetch(&mut manifest.tenants).await?;
         let _one_at_a_time = self.ops.lock().await;
-        self.refuse_if_stopping()?;
+        if self.is_stopping() {
+            return Err(ReloadError::Stopping);
+        }
         let need_restart = self
             .started_with
             .lock()

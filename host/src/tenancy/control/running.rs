@@ -137,15 +137,6 @@ impl Control {
         }
     }
 
-    /// Changes (swaps, reloads) are refused once the host is stopping.
-    pub(super) fn refuse_if_stopping(&self) -> Result<(), String> {
-        if self.is_stopping() {
-            Err("the host is stopping".into())
-        } else {
-            Ok(())
-        }
-    }
-
     /// Whether a graceful stop has begun.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)

@@ -1,11 +1,15 @@
 //! Sockets independent of the WASI version: what a guest's TCP socket is
-//! and does ([`tcp`]), and the errors it reports ([`SocketError`]), which
+//! and does ([`tcp`]: its states and operations; [`accept`]: taking a
+//! client; [`options`]: its options), and the errors it reports ([`SocketError`]), which
 //! each version's bindings map to their own error codes.
 
+pub mod accept;
+pub mod options;
 pub mod order;
 pub mod private;
 pub mod stream;
 pub mod tcp;
+pub mod turn;
 
 /// What a socket operation reports to the guest: the error codes WASI
 /// sockets have in every version, named as in WASI.
@@ -82,5 +86,15 @@ impl Family {
             std::net::SocketAddr::V4(_) => Family::Ipv4,
             std::net::SocketAddr::V6(_) => Family::Ipv6,
         }
+    }
+}
+
+/// The error code for an accepted client (or listener) the host could not
+/// take on: out of descriptors or memory is `new-socket-limit`.
+pub(crate) fn accept_error(e: &std::io::Error) -> SocketError {
+    if crate::limits::admission::is_resource_error(e) {
+        SocketError::NewSocketLimit
+    } else {
+        SocketError::from_io(e)
     }
 }

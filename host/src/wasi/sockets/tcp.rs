@@ -14,122 +14,25 @@
 //! decides), and every client and outbound connection is admitted and
 //! counted through the tenant's limits (crate::limits).
 
+use super::accept_error;
+use super::options::default_buffer;
+pub use super::options::{Buffer, Options, buffer_request};
 use super::private::{self, Ends, PrivateConnection, PrivateNet, Queue};
+use super::turn::poll_accept;
 use super::{Family, SocketError};
 use crate::account::InstanceAccount;
-use crate::limits::admission::{GateWaiter, OpenConnection, Outbound, is_resource_error};
+use crate::limits::admission::{GateWaiter, OpenConnection, Outbound};
 use crate::limits::connection::Policed;
 use crate::policy::{Grant, Refusal, log_refusal};
 use crate::wasi::seam::Tenancy;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
-/// Queued clients one accept call may refuse (at a cap) or find gone
-/// before it returns `would-block` for now.
-const MAX_PASSED_OVER: u32 = 64;
-
-/// Socket options a guest may set; applied to connected sockets. Durations
-/// in nanoseconds, as WASI gives them.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// `SO_KEEPALIVE`.
-    pub keep_alive: bool,
-    /// `TCP_KEEPIDLE`.
-    pub keep_alive_idle: u64,
-    /// `TCP_KEEPINTVL`.
-    pub keep_alive_interval: u64,
-    /// `TCP_KEEPCNT`.
-    pub keep_alive_count: u32,
-    /// TTL or unicast hops.
-    pub hop_limit: u8,
-    /// Kernel buffer sizes the guest asked for, applied once connected.
-    pub receive_buffer: Option<usize>,
-    /// The same for sending.
-    pub send_buffer: Option<usize>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            keep_alive: false,
-            keep_alive_idle: 7_200_000_000_000,
-            keep_alive_interval: 75_000_000_000,
-            keep_alive_count: 9,
-            hop_limit: 64,
-            receive_buffer: None,
-            send_buffer: None,
-        }
-    }
-}
-
-impl Options {
-    /// Applies the options that differ from a fresh socket's to `socket`
-    /// (best effort: the kernel may round or refuse a value); costs nothing
-    /// for the defaults, the common case on every accept.
-    fn apply(&self, socket: &socket2::SockRef<'_>, family: Family) {
-        let defaults = Options::default();
-        if self.keep_alive != defaults.keep_alive {
-            self.apply_keep_alive(socket, family);
-        }
-        if self.keep_alive_params() != defaults.keep_alive_params() {
-            self.apply_keep_alive_params(socket, family);
-        }
-        if self.hop_limit != defaults.hop_limit {
-            self.apply_hop_limit(socket, family);
-        }
-        self.apply_buffers(socket, family);
-    }
-
-    fn keep_alive_params(&self) -> (u64, u64, u32) {
-        (
-            self.keep_alive_idle,
-            self.keep_alive_interval,
-            self.keep_alive_count,
-        )
-    }
-
-    /// Applies `keep_alive`.
-    pub fn apply_keep_alive(&self, socket: &socket2::SockRef<'_>, _: Family) {
-        let _ = socket.set_keepalive(self.keep_alive);
-    }
-
-    /// Applies the keep-alive idle time, interval and count.
-    pub fn apply_keep_alive_params(&self, socket: &socket2::SockRef<'_>, _: Family) {
-        let secs = |nanos: u64| std::time::Duration::from_nanos(nanos);
-        let _ = socket.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(secs(self.keep_alive_idle))
-                .with_interval(secs(self.keep_alive_interval))
-                .with_retries(self.keep_alive_count),
-        );
-    }
-
-    /// Applies the hop limit.
-    pub fn apply_hop_limit(&self, socket: &socket2::SockRef<'_>, family: Family) {
-        let hops = u32::from(self.hop_limit);
-        let _ = match family {
-            Family::Ipv4 => socket.set_ttl_v4(hops),
-            Family::Ipv6 => socket.set_unicast_hops_v6(hops),
-        };
-    }
-
-    /// Applies the buffer sizes asked for.
-    pub fn apply_buffers(&self, socket: &socket2::SockRef<'_>, _: Family) {
-        if let Some(size) = self.receive_buffer {
-            let _ = socket.set_recv_buffer_size(size);
-        }
-        if let Some(size) = self.send_buffer {
-            let _ = socket.set_send_buffer_size(size);
-        }
-    }
-}
-
-enum State {
+pub(super) enum State {
     /// Created, not bound.
     Fresh,
     /// `start-bind` accepted; `finish-bind` completes it.
@@ -248,15 +151,6 @@ pub struct Halves {
     pub writer: std::sync::Weak<super::stream::Batched>,
 }
 
-/// Which kernel buffer of a socket.
-#[derive(Debug, Clone, Copy)]
-pub enum Buffer {
-    /// `SO_RCVBUF`.
-    Receive,
-    /// `SO_SNDBUF`.
-    Send,
-}
-
 /// A connection as it is handed to the guest: the socket, the stream its
 /// input and output streams read and write, and its policing.
 pub struct Connection {
@@ -270,13 +164,13 @@ pub struct Connection {
 
 /// A guest's TCP socket (the `tcp-socket` resource).
 pub struct TcpSocket {
-    family: Family,
-    state: State,
+    pub(super) family: Family,
+    pub(super) state: State,
     /// The options the guest set.
     pub options: Options,
     /// The guest instance this socket belongs to (and its version).
-    instance: Arc<InstanceAccount>,
-    tenant: Arc<dyn Tenancy>,
+    pub(super) instance: Arc<InstanceAccount>,
+    pub(super) tenant: Arc<dyn Tenancy>,
     /// The granted address this socket has bound, if any.
     claim: Option<Arc<Claim>>,
     /// Set from `start-connect` while the outbound connection is being
@@ -293,7 +187,7 @@ pub struct TcpSocket {
     /// clients, which may outlive it: a client accepted takes the options
     /// the listener has then (as the kernel's listening socket passes its
     /// own on), not those it had at `listen`.
-    listen_options: Option<Arc<std::sync::Mutex<Options>>>,
+    pub(super) listen_options: Option<Arc<std::sync::Mutex<Options>>>,
     /// A real socket bound to the wildcard address (a client's explicit
     /// bind before it connects, as `0.0.0.0:0`): its port is the one the
     /// guest is told, and the connect goes out from it. Counted against
@@ -307,7 +201,7 @@ impl TcpSocket {
         Self::with_state(family, instance, tenant, State::Fresh)
     }
 
-    fn with_state(
+    pub(super) fn with_state(
         family: Family,
         instance: Arc<InstanceAccount>,
         tenant: Arc<dyn Tenancy>,
@@ -735,32 +629,9 @@ impl TcpSocket {
         }
     }
 
-    /// `accept`: the next client admitted under the instance's `limits`,
-    /// counted for the instance, as a connected socket that inherits this
-    /// one's options.
-    pub fn accept(&self, limits: &crate::config::model::Limits) -> Result<Connection, SocketError> {
-        let listener = match &self.state {
-            State::Listening { listener, .. } => listener,
-            State::PrivateListening { queue, .. } => {
-                return queue
-                    .pop()
-                    .map(|c| self.private_client(c))
-                    .ok_or(SocketError::WouldBlock);
-            }
-            _ => return Err(SocketError::InvalidState),
-        };
-        AcceptFrom {
-            listener,
-            tenant: &self.tenant,
-            instance: &self.instance,
-            options: self.options,
-        }
-        .accept(limits)
-    }
-
     /// A private listener's connection as an accepted socket (with this
     /// listener's options).
-    fn private_client(&self, connection: PrivateConnection) -> Connection {
+    pub(super) fn private_client(&self, connection: PrivateConnection) -> Connection {
         let mut socket = TcpSocket::with_state(
             self.family,
             self.instance.clone(),
@@ -790,22 +661,6 @@ impl TcpSocket {
             _private: self.private.clone(),
             _ends: ends,
         }
-    }
-
-    /// A listening socket's clients, for a stream of them that may outlive
-    /// the socket (WASI 0.3 `listen`); `None` unless listening.
-    pub fn acceptor(&mut self) -> Option<Acceptor> {
-        let readiness = self.accept_readiness()?;
-        let options = self
-            .listen_options
-            .get_or_insert_with(|| Arc::new(std::sync::Mutex::new(self.options)))
-            .clone();
-        Some(Acceptor {
-            readiness,
-            options,
-            family: self.family,
-            _hold: self.hold(),
-        })
     }
 
     /// One half of a connected socket, once each (WASI 0.3 `receive` with
@@ -948,25 +803,6 @@ impl TcpSocket {
         size as u64
     }
 
-    /// A direct check of whether a client may be accepted, for a
-    /// listening socket's pollable (see crate::wasi::poll).
-    pub fn accept_readiness(&self) -> Option<AcceptReadiness> {
-        match &self.state {
-            State::Listening { listener, .. } => Some(AcceptReadiness(Readiness::Host {
-                listener: listener.clone(),
-                tenant: self.tenant.clone(),
-                instance: self.instance.clone(),
-                waiter: self.tenant.admission().gate.waiter(),
-            })),
-            State::PrivateListening { queue, .. } => Some(AcceptReadiness(Readiness::Private {
-                queue: queue.clone(),
-                tenant: self.tenant.clone(),
-                instance: self.instance.clone(),
-            })),
-            _ => None,
-        }
-    }
-
     /// The streams of this (WASI 0.2) connection, which `shutdown` closes.
     pub fn attach(&mut self, halves: Halves) {
         self.halves = Some(halves);
@@ -1003,318 +839,6 @@ impl TcpSocket {
     }
 }
 
-/// A listening socket, as accepting needs it.
-struct AcceptFrom<'a> {
-    listener: &'a AsyncFd<TcpListener>,
-    tenant: &'a Arc<dyn Tenancy>,
-    instance: &'a Arc<InstanceAccount>,
-    /// The listener's options, which its clients inherit.
-    options: Options,
-}
-
-impl AcceptFrom<'_> {
-    /// Takes the next client from a listening socket, resetting those past
-    /// the connection cap (`limits`), or past the cap for their address.
-    fn next_client(
-        &self,
-        limits: &crate::config::model::Limits,
-    ) -> Result<(TcpStream, SocketAddr), SocketError> {
-        let listener = self.listener;
-        let cap = u64::from(limits.max_connections);
-        let per_peer = limits.max_connections_per_peer;
-        let (account, admission) = (self.tenant.account(), self.tenant.admission());
-        let current = self.tenant.may_accept(self.instance.generation);
-        // Paused after accepts failed for want of file descriptors: the
-        // clients wait in the backlog until the pause ends. A sibling less
-        // loaded and idle takes the next client, for a moment.
-        if !current
-            || admission.backoff.paused().is_some()
-            || self.tenant.defer_accept(self.instance)
-        {
-            return Err(SocketError::WouldBlock);
-        }
-        admission.guest_accepting();
-        // Clients refused or gone, past which this call gives its thread
-        // back (the listener stays ready, so the guest's next accept goes
-        // on): a flood of clients at the cap cannot hold the guest thread,
-        // and the tenants sharing it, in one call.
-        let mut passed_over = 0;
-        loop {
-            if passed_over >= MAX_PASSED_OVER {
-                return Err(SocketError::WouldBlock);
-            }
-            // Through the readiness: an accept that finds the queue empty
-            // clears it only if nothing arrived meanwhile, so no wakeup is
-            // lost between an empty queue and the next wait. No waker is
-            // registered here: that is for whoever waits (see
-            // crate::wasi::poll).
-            let (client, peer) = match listener.try_io(Interest::READABLE, TcpListener::accept) {
-                Ok(client) => client,
-                // The client gave up while queued, or Linux reported a
-                // network error of that client's on the listener: take the
-                // next one (WASI leaves both to the host to absorb).
-                Err(e) if is_client_error(&e) => {
-                    passed_over += 1;
-                    continue;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    crate::limits::admission::took_client(self.instance);
-                    return Err(SocketError::WouldBlock);
-                }
-                Err(e) if is_resource_error(&e) => {
-                    let addr = listener
-                        .get_ref()
-                        .local_addr()
-                        .unwrap_or(([0, 0, 0, 0], 0).into());
-                    admission.backoff.failed(account, addr, &e);
-                    return Err(SocketError::WouldBlock);
-                }
-                Err(e) => return Err(SocketError::from_io(&e)),
-            };
-            admission.backoff.succeeded();
-            crate::limits::admission::took_client(self.instance);
-            admission.took_client();
-            let Some(client) = admission.admit(account, client, peer, cap, per_peer) else {
-                passed_over += 1;
-                continue;
-            };
-            // Registering with the event loop can fail (out of memory,
-            // the epoll watch limit): the client is closed and the guest
-            // told, never trapped.
-            return client
-                .set_nonblocking(true)
-                .and_then(|()| TcpStream::from_std(client))
-                .map(|client| (client, peer))
-                .map_err(|e| accept_error(&e));
-        }
-    }
-
-    /// The next client admitted under the instance's `limits`, counted for
-    /// the instance, as a connected socket that inherits the listener's
-    /// options.
-    fn accept(&self, limits: &crate::config::model::Limits) -> Result<Connection, SocketError> {
-        let (stream, peer) = self.next_client(limits)?;
-        let _ = stream.set_nodelay(true);
-        // The client inherits the listener's options, as WASI says.
-        let family = Family::of(&peer);
-        self.options.apply(&socket2::SockRef::from(&stream), family);
-        let stream = Arc::new(stream);
-        let policed = self.tenant.police(peer);
-        let watchdog = policed
-            .clone()
-            .watch_idle(Arc::downgrade(&stream))
-            .map(|watch| tokio::spawn(watch).abort_handle());
-        let cap = u64::from(limits.max_connections);
-        let open = self
-            .tenant
-            .open_connection(peer.ip(), cap, self.instance, watchdog);
-        let mut socket = TcpSocket::with_state(
-            family,
-            self.instance.clone(),
-            self.tenant.clone(),
-            State::Connected {
-                stream: stream.clone(),
-                policed: policed.clone(),
-                open: Some(Arc::new(open)),
-                private: None,
-            },
-        );
-        socket.options = self.options;
-        Ok(Connection {
-            socket,
-            stream,
-            policed,
-        })
-    }
-}
-
-/// A listening socket's clients, as a WASI 0.3 `stream<tcp-socket>` takes
-/// them: it may outlive the socket, and keeps the socket's claim on its
-/// address while it lives.
-pub struct Acceptor {
-    readiness: AcceptReadiness,
-    /// The listener's options as they are now, which its clients inherit.
-    options: Arc<std::sync::Mutex<Options>>,
-    /// The listener's address family.
-    family: Family,
-    /// Keeps the listening socket's claim on its address.
-    _hold: Hold,
-}
-
-impl Acceptor {
-    /// The listener's options now.
-    fn options(&self) -> Options {
-        *self.options.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Ready when a client may be accepted (see [`AcceptReadiness`]).
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.readiness.poll(cx)
-    }
-
-    /// The next client admitted under the instance's `limits`, counted for
-    /// the instance; pending (with `cx` woken) until there is one.
-    pub fn poll_accept(
-        &self,
-        cx: &mut Context<'_>,
-        limits: &crate::config::model::Limits,
-    ) -> Poll<Result<Connection, SocketError>> {
-        let (listener, tenant, instance) = match &self.readiness.0 {
-            Readiness::Host {
-                listener,
-                tenant,
-                instance,
-                ..
-            } => (listener, tenant, instance),
-            Readiness::Private {
-                queue,
-                tenant,
-                instance,
-            } => loop {
-                std::task::ready!(queue.poll_ready(cx));
-                if let Some(connection) = queue.pop() {
-                    let listener = TcpSocket {
-                        options: self.options(),
-                        ..TcpSocket::new(self.family, instance.clone(), tenant.clone())
-                    };
-                    return Poll::Ready(Ok(listener.private_client(connection)));
-                }
-            },
-        };
-        let from = AcceptFrom {
-            listener,
-            tenant,
-            instance,
-            options: self.options(),
-        };
-        loop {
-            std::task::ready!(self.readiness.poll(cx));
-            // Ready means a client waits and this version may take it; one
-            // that is gone (or refused at a cap) meanwhile sends us back to
-            // waiting, which registers `cx` again.
-            match from.accept(limits) {
-                Err(SocketError::WouldBlock) => continue,
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-}
-
-/// Whether a listening socket has a client its guest version may accept,
-/// checked directly: what a listener's pollable waits for.
-#[derive(Clone)]
-pub struct AcceptReadiness(Readiness);
-
-#[derive(Clone)]
-enum Readiness {
-    /// A host listener's.
-    Host {
-        /// The listener (this version's duplicate of the host's socket).
-        listener: Arc<AsyncFd<TcpListener>>,
-        /// Whose listener.
-        tenant: Arc<dyn Tenancy>,
-        /// The guest instance that subscribed.
-        instance: Arc<InstanceAccount>,
-        /// This pollable's place among the waiters for the tenant's accept
-        /// gate.
-        waiter: Arc<GateWaiter>,
-    },
-    /// A private listener's (super::private): ready while a connection
-    /// waits in its queue.
-    Private {
-        queue: Arc<Queue>,
-        /// Whose instance, for the sockets it hands out.
-        tenant: Arc<dyn Tenancy>,
-        instance: Arc<InstanceAccount>,
-    },
-}
-
-impl AcceptReadiness {
-    /// Ready now; if not, `cx` is woken when it may be (see `poll_accept`).
-    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        match &self.0 {
-            Readiness::Host {
-                listener,
-                tenant,
-                instance,
-                waiter,
-            } => poll_accept(listener, &**tenant, instance, waiter, cx),
-            Readiness::Private { queue, .. } => queue.poll_ready(cx),
-        }
-    }
-}
-
-/// Whether `listener` (of guest version `generation`) has a client to
-/// accept now; if not, `cx` is woken when it may have (through `waiter`
-/// while the tenant's accept gate is closed). Exact, as POSIX `poll` is:
-/// ready only while a client waits in the queue and this version may take
-/// it (it is the current one, and accepting is not paused), so a server
-/// that polls and then accepts never blocks in the accept.
-fn poll_accept(
-    listener: &AsyncFd<TcpListener>,
-    tenant: &dyn Tenancy,
-    instance: &InstanceAccount,
-    waiter: &GateWaiter,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    let admission = tenant.admission();
-    let generation = instance.generation;
-    loop {
-        if !tenant.may_accept(generation) {
-            // Set before the second look, so an opening in between is not
-            // missed.
-            waiter.set(cx.waker());
-            if !tenant.may_accept(generation) {
-                return Poll::Pending;
-            }
-        }
-        if admission.backoff.paused().is_none() {
-            break;
-        }
-        waiter.set(cx.waker());
-        // False if the pause ended meanwhile: look again.
-        if admission.backoff.wake_after_pause(&admission.gate) {
-            return Poll::Pending;
-        }
-    }
-    loop {
-        let mut guard = match listener.poll_read_ready(cx) {
-            Poll::Ready(Ok(guard)) => guard,
-            // Let `accept` report the error.
-            Poll::Ready(Err(_)) => return Poll::Ready(()),
-            Poll::Pending => return Poll::Pending,
-        };
-        // The readiness stays set after the last client was taken until an
-        // accept finds the queue empty: ask the kernel, without accepting.
-        if client_waiting(listener.get_ref()) {
-            if tenant.defer_accept(instance) {
-                // A sibling less loaded and idle takes it (it was woken
-                // too): look again once the window has passed.
-                waiter.set(cx.waker());
-                admission.wake_after_deferring();
-                return Poll::Pending;
-            }
-            return Poll::Ready(());
-        }
-        crate::limits::admission::took_client(instance);
-        guard.clear_ready();
-    }
-}
-
-/// Whether the listen queue of `listener` holds a client (or an error to
-/// report): `poll(2)` without waiting.
-fn client_waiting(listener: &TcpListener) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, for a descriptor `listener` keeps open.
-    let n = unsafe { libc::poll(&raw mut fd, 1, 0) };
-    n != 0
-}
-
 /// Whether a socket of `family` may bind or connect to `addr` at all
 /// (else `invalid-argument`, before any permission is looked at, as WASI
 /// says): the socket's family; for IPv6 neither an IPv4 address written
@@ -1333,37 +857,6 @@ fn is_valid_address(addr: &SocketAddr, family: Family) -> bool {
                 && !ip.is_loopback();
             ip.to_ipv4_mapped().is_none() && !compatible && !ip.is_multicast()
         }
-    }
-}
-
-/// The buffer size a guest's `set-*-buffer-size(value)` asks of the
-/// kernel: capped where the kernel's argument ends (a hint, as WASI says;
-/// zero is refused before this).
-pub fn buffer_request(value: u64) -> usize {
-    usize::try_from(value.min(i32::MAX as u64)).unwrap_or(usize::MAX)
-}
-
-/// A fresh TCP socket's kernel buffer size, halved as
-/// [`TcpSocket::buffer_size`] reports sizes (asked once per process).
-fn default_buffer(which: Buffer) -> usize {
-    static SIZES: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
-    let (receive, send) = *SIZES.get_or_init(|| {
-        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
-        let size = |get: fn(&socket2::Socket) -> std::io::Result<usize>| {
-            probe
-                .as_ref()
-                .ok()
-                .and_then(|s| get(s).ok())
-                .map_or(65_536, |doubled| doubled / 2)
-        };
-        (
-            size(socket2::Socket::recv_buffer_size),
-            size(socket2::Socket::send_buffer_size),
-        )
-    });
-    match which {
-        Buffer::Receive => receive,
-        Buffer::Send => send,
     }
 }
 
@@ -1388,36 +881,4 @@ async fn connect(
     let stream = socket.connect(addr).await?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-/// The error code for an accepted client (or listener) the host could not
-/// take on: out of descriptors or memory is `new-socket-limit`.
-fn accept_error(e: &std::io::Error) -> SocketError {
-    if is_resource_error(e) {
-        SocketError::NewSocketLimit
-    } else {
-        SocketError::from_io(e)
-    }
-}
-
-/// Whether an accept failed because of one client (it went away, or Linux
-/// reports an error that client's connection already had), not the
-/// listener: the next client can be taken at once.
-fn is_client_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNABORTED
-                | libc::ECONNRESET
-                | libc::ECONNREFUSED
-                | libc::ETIMEDOUT
-                | libc::EHOSTUNREACH
-                | libc::EHOSTDOWN
-                | libc::ENETUNREACH
-                | libc::ENETDOWN
-                | libc::ENONET
-                | libc::EPROTO
-                | libc::ENOPROTOOPT
-        )
-    )
 }
