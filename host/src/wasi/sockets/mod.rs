@@ -4,6 +4,7 @@
 //! each version's bindings map to their own error codes.
 
 pub mod accept;
+pub mod connect;
 pub mod options;
 pub mod order;
 pub mod private;
