@@ -8,16 +8,19 @@
 use crate::account::{Account, Capability};
 use crate::config::model::TenantConfig;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 /// The network capabilities granted to one guest. Nothing is granted unless
 /// it is listed here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Grant {
     /// Addresses the guest may bind and listen on, exactly (IP and port).
     pub listen: Vec<SocketAddr>,
     /// Addresses the guest may connect to, exactly (IP and port).
     pub connect: Vec<SocketAddr>,
+    /// The host's own endpoints, which no grant reaches.
+    pub endpoints: Arc<HostEndpoints>,
 }
 
 impl Grant {
@@ -32,26 +35,38 @@ impl Grant {
     }
 }
 
-impl From<&TenantConfig> for Grant {
-    fn from(config: &TenantConfig) -> Self {
+impl Grant {
+    /// What `config` grants, on a host serving `endpoints`.
+    pub fn new(config: &TenantConfig, endpoints: Arc<HostEndpoints>) -> Self {
         Grant {
             listen: config.listen.clone(),
             connect: config.connect.clone(),
+            endpoints,
         }
     }
 }
 
-/// The admin and control endpoints' addresses once bound: no grant
-/// reaches them (the manifest refuses such grants too, but a port of 0 is
-/// only known once bound).
-static FORBIDDEN: std::sync::Mutex<Vec<SocketAddr>> = std::sync::Mutex::new(Vec::new());
+/// The host's own endpoints (admin, control) once bound, one set per host:
+/// no grant reaches them (the manifest refuses such grants too, but a port
+/// of 0 is only known once bound).
+#[derive(Debug, Default)]
+pub struct HostEndpoints(std::sync::Mutex<Vec<SocketAddr>>);
 
-/// Makes `addr`, an endpoint of the host's own, unreachable for every guest.
-pub fn forbid_admin(addr: SocketAddr) {
-    FORBIDDEN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(addr);
+impl HostEndpoints {
+    /// Makes `addr`, an endpoint of the host's own, unreachable for every
+    /// guest.
+    pub fn forbid(&self, addr: SocketAddr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(addr);
+    }
+
+    /// Whether connecting to `addr` reaches one of them.
+    pub fn reached_by(&self, addr: SocketAddr) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|endpoint| crate::config::model::reaches(*endpoint, addr))
+    }
 }
 
 /// Why an attempt was refused, as logged.
@@ -79,12 +94,8 @@ impl Grant {
             // Clients may come from anywhere; the listen grant is the gate.
             SocketAddrUse::TcpAccept => None,
             SocketAddrUse::TcpConnect => {
-                let admin = FORBIDDEN
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .any(|a| crate::config::model::reaches(*a, addr));
-                (admin || !self.connect.contains(&addr)).then_some(Refusal::Connect)
+                let own = self.endpoints.reached_by(addr);
+                (own || !self.connect.contains(&addr)).then_some(Refusal::Connect)
             }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
                 Some(Refusal::Udp)
@@ -119,7 +130,21 @@ mod tests {
         Grant {
             listen: vec!["127.0.0.1:9800".parse().unwrap()],
             connect: vec!["127.0.0.1:6379".parse().unwrap()],
+            endpoints: Arc::default(),
         }
+    }
+
+    #[test]
+    fn no_grant_reaches_the_hosts_own_endpoints_once_bound() {
+        let g = grant();
+        let control: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        assert_eq!(g.decide(control, SocketAddrUse::TcpConnect), None);
+        // Bound on the wildcard address: reached through loopback too.
+        g.endpoints.forbid("0.0.0.0:6379".parse().unwrap());
+        assert_eq!(
+            g.decide(control, SocketAddrUse::TcpConnect),
+            Some(Refusal::Connect)
+        );
     }
 
     #[test]

@@ -12,13 +12,14 @@ use tracing::info;
 /// from an earlier run is replaced, anything else there is an error).
 pub(super) async fn control_listener(
     addr: &model::ControlAddr,
+    endpoints: &crate::policy::HostEndpoints,
 ) -> anyhow::Result<admin::ControlListener> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     match addr {
         model::ControlAddr::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let bound = listener.local_addr().unwrap_or(*addr);
-            crate::policy::forbid_admin(bound);
+            endpoints.forbid(bound);
             info!(%bound, "control: listening on {bound}");
             Ok(admin::ControlListener::Tcp(listener))
         }

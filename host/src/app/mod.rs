@@ -302,9 +302,6 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
         )
     });
     let engine = engine::new_engine(pooling).context("cannot configure wasmtime")?;
-    if pooling.is_some() {
-        crate::tenancy::supervisor::pooled();
-    }
     let pool = pooling.map(|(_, max_memory)| (instances, max_memory));
     // Pulled components are kept beside the compiled ones, bounded alike.
     let store = cache_dir.as_ref().map(|dir| dir.join("oci"));
@@ -411,7 +408,7 @@ async fn serve_endpoints(
             .await
             .with_context(|| format!("cannot serve the admin endpoint on {addr}"))?;
         let bound = listener.local_addr().unwrap_or(addr);
-        crate::policy::forbid_admin(bound);
+        control.host_endpoints().forbid(bound);
         info!(%bound, "admin: listening on {bound}");
         let (control, audited) = (control.clone(), audited.clone());
         tokio::spawn(async move {
@@ -421,7 +418,7 @@ async fn serve_endpoints(
         });
     }
     if let Some(at) = control_at {
-        let listener = control_listener(&at.addr)
+        let listener = control_listener(&at.addr, control.host_endpoints())
             .await
             .with_context(|| format!("cannot serve the control endpoint on {}", at.addr))?;
         let control = control.clone();

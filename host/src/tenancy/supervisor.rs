@@ -419,14 +419,12 @@ pub const MAX_DRAINING: usize = 16;
 /// current version and one draining.
 pub const MAX_DRAINING_POOLED: usize = 1;
 
-/// The replaced versions a tenant may keep draining now: [`MAX_DRAINING`],
-/// or [`MAX_DRAINING_POOLED`] once [`pooled`] was called.
-static DRAINING_LIMIT: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(MAX_DRAINING);
-
-/// Records that instances come from the pooling allocator.
-pub fn pooled() {
-    DRAINING_LIMIT.store(MAX_DRAINING_POOLED, Ordering::Relaxed);
+/// The replaced versions of a tenant draining now, oldest first, and how
+/// many may ([`MAX_DRAINING`], or [`MAX_DRAINING_POOLED`] on a host whose
+/// instances come from the pooling allocator).
+struct Draining {
+    versions: VecDeque<(u64, JoinHandle<()>)>,
+    limit: usize,
 }
 
 /// A swap under way: the new version's instances starting beside the
@@ -521,12 +519,7 @@ impl PendingSwap {
 
     /// Completes the swap: the new version is current, and the old one
     /// drains in the background (in `draining`).
-    fn complete(
-        self,
-        tenant: &Arc<Tenant>,
-        current: &mut Version,
-        draining: &mut VecDeque<(u64, JoinHandle<()>)>,
-    ) {
+    fn complete(self, tenant: &Arc<Tenant>, current: &mut Version, draining: &mut Draining) {
         let took = self.listened.unwrap_or_default();
         let (generation, count) = (self.next.generation, self.next.slots.len());
         let config = self.next.config.clone();
@@ -541,10 +534,10 @@ impl PendingSwap {
             ms = took.as_millis(),
             "swapped to a new version"
         );
-        draining.retain(|(_, task)| !task.is_finished());
-        let limit = DRAINING_LIMIT.load(Ordering::Relaxed);
-        if draining.len() >= limit
-            && let Some((generation, oldest)) = draining.pop_front()
+        draining.versions.retain(|(_, task)| !task.is_finished());
+        let limit = draining.limit;
+        if draining.versions.len() >= limit
+            && let Some((generation, oldest)) = draining.versions.pop_front()
         {
             oldest.abort();
             warn!(
@@ -554,7 +547,9 @@ impl PendingSwap {
             );
         }
         let replaced = old.generation;
-        draining.push_back((replaced, tokio::spawn(drain_then_drop(name, old, drain))));
+        draining
+            .versions
+            .push_back((replaced, tokio::spawn(drain_then_drop(name, old, drain))));
         let _ = self.reply.send(Ok(took));
     }
 }
@@ -607,15 +602,20 @@ async fn drain_then_drop(tenant: String, old: Version, deadline: Duration) {
 /// Runs a tenant's guest instances, restarting each as its policy says,
 /// and swapping them live on command, until the policy leaves every
 /// instance stopped, or one crash-loops (the tenant is then failed).
-/// Returns the outcome: the first instance's failure, if any.
+/// Returns the outcome: the first instance's failure, if any. At most
+/// `draining_limit` replaced versions drain at once (see [`MAX_DRAINING`]).
 pub async fn supervise(
     engine: Engine,
     pre: Arc<Prepared>,
     tenant: Arc<Tenant>,
     mut commands: mpsc::Receiver<Command>,
+    draining_limit: usize,
 ) -> Result<(), GuestError> {
     let mut current = Version::start(&engine, &tenant, pre, tenant.config(), false);
-    let mut draining = VecDeque::new();
+    let mut draining = Draining {
+        versions: VecDeque::new(),
+        limit: draining_limit,
+    };
     let mut swapping: Option<PendingSwap> = None;
     // The current version stopped for good while a swap was under way:
     // the tenant ends so unless the swap succeeds.

@@ -63,6 +63,8 @@ pub struct Tenant {
     account: Arc<Account>,
     /// Its admission state (accept gate, back-off, per-peer counts).
     admission: Arc<Admission>,
+    /// The host's own endpoints, which no grant of its reaches.
+    endpoints: Arc<crate::policy::HostEndpoints>,
     /// Its configuration, replaced by a live swap or a manifest reload.
     config: Mutex<Arc<TenantConfig>>,
     status: Mutex<Status>,
@@ -153,11 +155,17 @@ pub struct Snapshot {
 
 impl Tenant {
     /// A tenant that has not started yet, listening (in the host) on
-    /// `listeners`, whose addresses are its granted ones.
-    pub fn new(config: TenantConfig, listeners: Vec<Arc<TcpListener>>) -> Self {
+    /// `listeners`, whose addresses are its granted ones, on a host serving
+    /// `endpoints`.
+    pub fn new(
+        config: TenantConfig,
+        listeners: Vec<Arc<TcpListener>>,
+        endpoints: Arc<crate::policy::HostEndpoints>,
+    ) -> Self {
         Tenant {
             account: Arc::new(Account::new(&config.name)),
             admission: Arc::default(),
+            endpoints,
             config: Mutex::new(Arc::new(config)),
             status: Mutex::new(Status {
                 state: State::Starting,
@@ -442,6 +450,10 @@ impl Tenant {
 }
 
 impl Tenancy for Tenant {
+    fn host_endpoints(&self) -> &Arc<crate::policy::HostEndpoints> {
+        &self.endpoints
+    }
+
     fn account(&self) -> &Arc<Account> {
         &self.account
     }

@@ -45,4 +45,6 @@ pub trait Tenancy: Send + Sync {
     /// The tenant's connection cap now (which also bounds the closed
     /// connections whose last bytes are still being sent).
     fn max_connections(&self) -> u64;
+    /// The host's own endpoints, which no grant of the tenant's reaches.
+    fn host_endpoints(&self) -> &Arc<crate::policy::HostEndpoints>;
 }

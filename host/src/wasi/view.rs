@@ -94,12 +94,13 @@ impl GuestWasi {
 
         let mut table = ResourceTable::new();
         table.set_max_capacity(crate::limits::memory::MAX_RESOURCES);
+        let grant = Arc::new(Grant::new(config, tenant.host_endpoints().clone()));
         GuestWasi {
             ctx: builder.build(),
             table,
             tenant,
             instance,
-            grant: Arc::new(Grant::from(config)),
+            grant,
             limits: config.limits.clone(),
             host_work,
             fast: poll::DirectPoll::default(),

@@ -65,11 +65,29 @@ pub struct Control {
     pub(super) started_with: Mutex<Option<model::Manifest>>,
     /// Reloads by outcome (see [`Control::reload_counts`]).
     pub(super) reloads: [std::sync::atomic::AtomicU64; 3],
+    /// The host's own endpoints, which no tenant's grant reaches.
+    pub(super) endpoints: Arc<crate::policy::HostEndpoints>,
     /// The one group of tenants this host runs (`--group`), if told.
     pub(super) group: Mutex<Option<String>>,
 }
 
 impl Control {
+    /// The host's own endpoints (admin, control): what binds one records
+    /// it here, and no tenant's grant reaches it.
+    pub fn host_endpoints(&self) -> &crate::policy::HostEndpoints {
+        &self.endpoints
+    }
+
+    /// How many replaced versions of a tenant may drain at once: with
+    /// the pooling allocator, whose slots every tenant shares, one.
+    pub(super) fn draining_limit(&self) -> usize {
+        if self.pool.is_some() {
+            supervisor::MAX_DRAINING_POOLED
+        } else {
+            supervisor::MAX_DRAINING
+        }
+    }
+
     /// A control with no tenants yet; `manifest` is where reloads read from;
     /// `pool`, with the pooling allocator, is the number of instances (see
     /// [`instances_of`]) and the largest memory limit its pool was sized
@@ -92,6 +110,7 @@ impl Control {
             started_with: Mutex::new(None),
             reloads: Default::default(),
             group: Mutex::new(None),
+            endpoints: Arc::default(),
         })
     }
 
@@ -175,7 +194,7 @@ impl Control {
     /// Starts a tenant on its (already open) `listeners`.
     pub fn start(&self, config: TenantConfig, listeners: Vec<Arc<TcpListener>>, pre: Compiled) {
         let name = config.name.clone();
-        let tenant = Arc::new(Tenant::new(config, listeners));
+        let tenant = Arc::new(Tenant::new(config, listeners, self.endpoints.clone()));
         let (commands, inbox) = mpsc::channel(4);
         info!(
             tenant = name,
@@ -191,6 +210,7 @@ impl Control {
             pre.clone(),
             tenant.clone(),
             inbox,
+            self.draining_limit(),
         ));
         running.insert(
             name,
@@ -217,7 +237,7 @@ impl Control {
         retry: bool,
     ) {
         let name = config.name.clone();
-        let tenant = Arc::new(Tenant::new(config, listeners));
+        let tenant = Arc::new(Tenant::new(config, listeners, self.endpoints.clone()));
         tenant.close_listeners();
         tenant.set_error(why.clone());
         tenant.set_state(State::Failed);

@@ -147,6 +147,7 @@ impl Control {
             pre.clone(),
             tenant.clone(),
             inbox,
+            self.draining_limit(),
         ));
         let previous = self.running().get_mut(name).map(|r| {
             (

@@ -185,6 +185,9 @@ mod tests {
         fn max_connections(&self) -> u64 {
             1024
         }
+        fn host_endpoints(&self) -> &Arc<crate::policy::HostEndpoints> {
+            unreachable!("the decision grants nothing")
+        }
     }
 
     /// A tenant whose current version 1 runs two listening instances
