@@ -520,6 +520,9 @@ fn a_swap_answers_why_it_changed_nothing_with_a_status_to_act_on() {
     let (code, body) = t.post("/tenants/nobody/swap", "builtin:echo");
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("no tenant named \"nobody\""), "{body}");
+    // Whatever the body names (here a file no swap may load).
+    let (code, body) = t.post("/tenants/nobody/swap", "/etc/passwd");
+    assert_eq!(code, 404, "{body}");
     // A component that cannot be used: 422, the tenant as it was.
     let before = generation(&t);
     let (code, body) = t.post("/tenants/t/swap", "builtin:nothing-by-this-name");

@@ -716,9 +716,25 @@ fn run_or_check_shown(only_examples: bool) -> usize {
             ["kubectl", "create", "secret", ..] | ["kubectl", "port-forward", ..] => {}
             // A swap through the control endpoint (tests/control.rs and
             // tests/registry.rs swap the same way).
+            // Its address is the deployed manifest's control endpoint, its
+            // tenant one the manifest runs.
             ["curl", "-X", "POST", ..] => {
-                if !words.iter().any(|w| w.ends_with("/swap")) {
-                    fail("not a swap".into());
+                let deployed =
+                    std::fs::read_to_string(repo("host/deploy/kubernetes/tenants.toml")).unwrap();
+                let url = words.iter().find(|w| w.ends_with("/swap")).copied();
+                let known = url.and_then(|url| {
+                    let (addr, path) = url.split_once('/')?;
+                    let tenant = path.strip_prefix("tenants/")?.strip_suffix("/swap")?;
+                    let port = addr.rsplit(':').next()?;
+                    Some(
+                        deployed.contains(&format!("name = \"{tenant}\""))
+                            && deployed.lines().any(|l| {
+                                l.starts_with("control =") && l.contains(&format!(":{port}\""))
+                            }),
+                    )
+                });
+                if known != Some(true) {
+                    fail("not a swap of a deployed tenant on the deployed control endpoint".into());
                 }
             }
             _ if only_examples => {}
@@ -882,8 +898,13 @@ fn every_relative_link_in_the_docs_reaches_a_file_and_heading() {
             let ok = file.exists()
                 && (heading.is_empty()
                     || std::fs::read_to_string(&file).is_ok_and(|t| {
+                        // Headings only: not a `#` line inside a code block.
+                        let mut fenced = false;
                         t.lines()
-                            .filter_map(|l| l.strip_prefix('#'))
+                            .filter(|l| {
+                                fenced ^= l.starts_with("```");
+                                !fenced && l.starts_with('#')
+                            })
                             .any(|h| anchor(h.trim_start_matches('#').trim()) == heading)
                     }));
             if !ok {

@@ -62,10 +62,14 @@
 //!   or again after its restart policy left it stopped) or removes one; and
 //!   by the tenant itself when the WASI layer says, through the seam, that
 //!   a version listens.
-//! - **A connection is admitted** in `wasi::sockets::tcp` (`accept`), which
-//!   asks the tenant's admission unit (`limits::admission::Admission::admit`:
-//!   the caps, per client address too, and which of the tenant's instances
-//!   takes it: `defer_to_sibling`), then the tenant, through the seam,
+//! - **Whether an instance takes a client now** is decided in
+//!   `wasi::sockets::turn::turn` (its version accepts, accepting is not
+//!   paused, a client waits, no idle sibling should take it:
+//!   `limits::admission::defer_to_sibling`), for an accept and for a
+//!   listener's readiness alike.
+//! - **A connection is admitted** in `wasi::sockets::accept`, which asks
+//!   the tenant's admission unit (`limits::admission::Admission::admit`:
+//!   the caps, per client address too), then the tenant, through the seam,
 //!   to count it open (`OpenConnection`) and to police it (`Policed`);
 //!   outbound connections are counted by `limits::admission::Outbound`.
 

@@ -25,10 +25,11 @@
 //! most 10 a second, the next line saying how many were left out):
 //! - `POST /tenants/{name}/swap` with a component (a path on the host, or
 //!   `builtin:NAME`) as the body: swaps that tenant's guest live; 200 with
-//!   the time the new version took to listen, or 422 with why not (the old
-//!   version keeps serving).
+//!   the time the new version took to listen, or why not (the old version
+//!   keeps serving): 404 for an unknown tenant, 503 once the host is
+//!   stopping, 422 for a component that cannot be used.
 //! - `POST /reload`: re-reads the manifest, as SIGHUP does; 200 with what
-//!   changed, or 422 with why nothing did.
+//!   changed, or why nothing did: 503 once the host is stopping, else 422.
 //! - `GET /status`, as on the admin endpoint.
 
 use super::metrics::{self, Audited};
@@ -383,6 +384,18 @@ async fn swap(
     Path(name): Path<String>,
     body: String,
 ) -> Response {
+    // What the swap itself would refuse first, answered before the body is
+    // read or a registry checked: the status says the same either way.
+    let refused = if control.is_stopping() {
+        Some(SwapError::Stopping)
+    } else if !control.tenants().iter().any(|t| t.name() == name) {
+        Some(SwapError::NoTenant(name.clone()))
+    } else {
+        None
+    };
+    if let Some(e) = refused {
+        return swap_refused(&e);
+    }
     let component = body.trim();
     if component.is_empty() {
         return (
@@ -444,15 +457,18 @@ async fn swap(
             ),
         )
             .into_response(),
-        Err(e) => {
-            let status = match e {
-                SwapError::NoTenant(_) => StatusCode::NOT_FOUND,
-                SwapError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
-                SwapError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            (status, format!("not swapped: {e}\n")).into_response()
-        }
+        Err(e) => swap_refused(&e),
     }
+}
+
+/// The answer to a swap that changed nothing, its status saying why.
+fn swap_refused(e: &SwapError) -> Response {
+    let status = match e {
+        SwapError::NoTenant(_) => StatusCode::NOT_FOUND,
+        SwapError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+        SwapError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (status, format!("not swapped: {e}\n")).into_response()
 }
 
 async fn reload(State(control): State<Arc<Control>>) -> Response {

@@ -105,6 +105,20 @@ impl Control {
         if let Some(group) = group {
             manifest.only_group(&group)?;
         }
+        // The endpoints as bound (the command line's too, and a port 0
+        // resolved): a grant reaching one is refused, as at start.
+        for tenant in &manifest.tenants {
+            if let Some(addr) = tenant
+                .connect
+                .iter()
+                .find(|addr| self.endpoints.reached_by(**addr))
+            {
+                return Err(ReloadError::Refused(format!(
+                    "tenant '{}': connect: {addr} is one of the host's own endpoints: no tenant may connect to it",
+                    tenant.name
+                )));
+            }
+        }
         // Pulled before the operations lock is taken, all at once: a slow
         // registry holds no swap or reload up, and below each component
         // is loaded from the store, pinned to what was pulled.

@@ -10,9 +10,10 @@
 //! connections the moment it listens, with no gap in which a client could
 //! be refused, while the old version keeps serving the connections it has.
 //!
-//! Every ungranted bind, listen and connect is refused here (as the policy
-//! decides), and every client and outbound connection is admitted and
-//! counted through the tenant's limits (crate::limits).
+//! Every ungranted bind and listen is refused here (as the policy
+//! decides); connecting out is super::connect, taking a client
+//! super::accept (whether to, super::turn), each counted through the
+//! tenant's limits (crate::limits).
 
 use super::accept_error;
 use super::options::default_buffer;
