@@ -23,14 +23,19 @@
 //!   down starts from.
 //!
 //! Credentials come from a Docker `config.json` and are never logged.
+//!
+//! Its parts: this file fetches (the store first, retries, the checks),
+//! `auth` authorises with the registry, `transfer` makes the bounded
+//! requests, [`store`] keeps what was pulled.
 
+mod auth;
 pub mod store;
+mod transfer;
 
 use crate::config::ConfigError;
 use crate::config::model::RegistrySettings;
-use crate::config::source::{OciRef, is_loopback_registry};
+use crate::config::source::OciRef;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
-use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use store::{Store, sha256_digest};
@@ -334,281 +339,6 @@ impl Puller {
             bytes,
         })
     }
-
-    /// `http://REGISTRY` or `https://REGISTRY`.
-    fn base_url(&self, registry: &str) -> String {
-        let scheme = if self.plain_http(registry) {
-            "http"
-        } else {
-            "https"
-        };
-        format!("{scheme}://{registry}")
-    }
-
-    /// How requests to `wanted`'s registry are authorised: the registry's
-    /// challenge answered with the configured credentials, through the
-    /// token flow (as Docker Hub and GHCR use) or basic auth.
-    async fn authorize(&self, wanted: &OciRef) -> Result<Authorization, PullError> {
-        let credentials = self.credentials(&wanted.registry);
-        let url = format!("{}/v2/", self.base_url(&wanted.registry));
-        let (status, headers, _) = self.get(self.http.get(&url), SMALL_BODY, "/v2/").await?;
-        if status.is_success() {
-            return Ok(Authorization::Anonymous);
-        }
-        if status != reqwest::StatusCode::UNAUTHORIZED {
-            return Err(answered(status, &url));
-        }
-        let challenge = headers
-            .get(reqwest::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let challenges = http_auth::parse_challenges(&challenge).map_err(|e| {
-            PullError::Refused(format!("the registry's auth challenge does not parse: {e}"))
-        })?;
-        let param = |c: &http_auth::ChallengeRef<'_>, name: &str| {
-            c.params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.to_unescaped())
-        };
-        if let Some(bearer) = challenges
-            .iter()
-            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
-        {
-            let realm = param(bearer, "realm").ok_or_else(|| {
-                PullError::Refused("the registry's Bearer challenge names no realm".into())
-            })?;
-            let service = param(bearer, "service");
-            return self
-                .token(wanted, &realm, service.as_deref(), &credentials)
-                .await;
-        }
-        if challenges
-            .iter()
-            .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
-        {
-            return match credentials {
-                Credentials::Basic(user, password) => Ok(Authorization::Basic(user, password)),
-                Credentials::Anonymous => Err(PullError::Refused(format!(
-                    "the registry answered 401 Unauthorized for {url}: it wants credentials, and none are configured for {}",
-                    wanted.registry
-                ))),
-            };
-        }
-        Err(PullError::Refused(format!(
-            "the registry answered 401 Unauthorized for {url} with no challenge the host can answer"
-        )))
-    }
-
-    /// The registry token flow: a token for pulling `wanted`'s repository
-    /// from the token service at `realm`, which must be HTTPS (or, like a
-    /// registry, plain HTTP on loopback or where the operator allows it),
-    /// as credentials may be sent to it.
-    async fn token(
-        &self,
-        wanted: &OciRef,
-        realm: &str,
-        service: Option<&str>,
-        credentials: &Credentials,
-    ) -> Result<Authorization, PullError> {
-        let url = reqwest::Url::parse(realm).map_err(|e| {
-            PullError::Refused(format!("the token realm {realm:?} is not a URL: {e}"))
-        })?;
-        let authority = match (url.host_str(), url.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            (None, _) => String::new(),
-        };
-        let secure =
-            url.scheme() == "https" || (url.scheme() == "http" && self.plain_http(&authority));
-        if !secure {
-            return Err(PullError::Refused(format!(
-                "the token realm {realm} is not HTTPS: no credentials are sent to it"
-            )));
-        }
-        let scope = format!("repository:{}:pull", wanted.repository);
-        let mut query = vec![("scope", scope.as_str())];
-        if let Some(service) = service {
-            query.push(("service", service));
-        }
-        let mut request = self.http.get(url).query(&query);
-        if let Credentials::Basic(user, password) = credentials {
-            request = request.basic_auth(user, Some(password));
-        }
-        let (status, _, body) = self.get(request, SMALL_BODY, "the token").await?;
-        if !status.is_success() {
-            return Err(answered(status, realm));
-        }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let token: Token = serde_json::from_slice(&body).map_err(|e| {
-            PullError::Refused(format!("the token service's answer is not a token: {e}"))
-        })?;
-        token
-            .token
-            .or(token.access_token)
-            .filter(|t| !t.is_empty())
-            .map(Authorization::Bearer)
-            .ok_or_else(|| PullError::Refused("the token service answered no token".into()))
-    }
-
-    /// `GET` with `request`, its body read up to `limit` bytes (past it,
-    /// refused): the status, the headers and the body.
-    async fn get(
-        &self,
-        request: reqwest::RequestBuilder,
-        limit: usize,
-        what: &str,
-    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), PullError> {
-        let mut response = request.send().await.map_err(|e| self.unreachable(&e))?;
-        let (status, headers) = (response.status(), response.headers().clone());
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
-            if body.len() + chunk.len() > limit {
-                return Err(PullError::Refused(format!(
-                    "the registry sent more than {limit} bytes for {what}"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, headers, body))
-    }
-
-    /// The manifest's bytes, read up to [`MAX_MANIFEST_SIZE`].
-    async fn manifest(
-        &self,
-        wanted: &OciRef,
-        authorization: &Authorization,
-    ) -> Result<Vec<u8>, PullError> {
-        let reference = wanted
-            .digest
-            .as_deref()
-            .or(wanted.tag.as_deref())
-            .unwrap_or_default();
-        let url = format!(
-            "{}/v2/{}/manifests/{reference}",
-            self.base_url(&wanted.registry),
-            wanted.repository
-        );
-        let request = authorization.apply(self.http.get(&url).header(
-            reqwest::header::ACCEPT,
-            format!("{MANIFEST_MEDIA_TYPE}, application/vnd.oci.image.index.v1+json"),
-        ));
-        let (status, _, body) = self.get(request, MAX_MANIFEST_SIZE, "the manifest").await?;
-        if !status.is_success() {
-            return Err(answered(status, &url));
-        }
-        Ok(body)
-    }
-
-    /// The component layer, streamed into a buffer bounded by its declared
-    /// size (itself at most `max_component_size`), and checked against its
-    /// digest and size.
-    async fn blob(
-        &self,
-        wanted: &OciRef,
-        layer: &OciDescriptor,
-        authorization: &Authorization,
-    ) -> Result<Vec<u8>, PullError> {
-        let url = format!(
-            "{}/v2/{}/blobs/{}",
-            self.base_url(&wanted.registry),
-            wanted.repository,
-            layer.digest
-        );
-        let mut response = authorization
-            .apply(self.http.get(&url))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(answered(status, &url));
-        }
-        let declared = u64::try_from(layer.size).unwrap_or(0);
-        let mut sink = Bounded::new(declared);
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
-            if !sink.take(&chunk) {
-                return Err(PullError::Refused(format!(
-                    "the registry sent more than the component's declared {declared} bytes"
-                )));
-            }
-        }
-        let digest = format!("sha256:{:x}", sink.hasher.finalize());
-        if digest != layer.digest {
-            return Err(PullError::Refused(format!(
-                "the registry sent bytes whose digest is {digest}, not the layer's {}",
-                layer.digest
-            )));
-        }
-        if sink.bytes.len() as u64 != declared {
-            return Err(PullError::Refused(format!(
-                "the registry sent {} bytes, not the layer's declared {declared}",
-                sink.bytes.len()
-            )));
-        }
-        Ok(sink.bytes)
-    }
-
-    /// A failed request, as retried: a timeout named as the setting that
-    /// set it.
-    fn unreachable(&self, error: &reqwest::Error) -> PullError {
-        PullError::Unavailable(if error.is_timeout() {
-            format!(
-                "the registry did not answer within {:?} (host.registry_timeout)",
-                self.settings.timeout
-            )
-        } else {
-            format!("cannot reach the registry: {error}")
-        })
-    }
-
-    /// Whether `registry` is reached over plain HTTP: loopback ones, and
-    /// those the operator lists.
-    fn plain_http(&self, registry: &str) -> bool {
-        is_loopback_registry(registry) || self.settings.insecure.iter().any(|r| r == registry)
-    }
-
-    /// The credentials for `registry` from the Docker `config.json` (the
-    /// configured one, else the user's), anonymous if none.
-    fn credentials(&self, registry: &str) -> Credentials {
-        let path = self
-            .settings
-            .credentials
-            .clone()
-            .or_else(default_docker_config);
-        let Some(path) = path else {
-            return Credentials::Anonymous;
-        };
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) => {
-                if self.settings.credentials.is_some() {
-                    warn!(file = %path.display(), "cannot read registry credentials, pulling anonymously: {e}");
-                }
-                return Credentials::Anonymous;
-            }
-        };
-        match docker_credential::get_credential_from_reader(file, registry) {
-            Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
-                Credentials::Basic(user, password)
-            }
-            Ok(docker_credential::DockerCredential::IdentityToken(_)) => {
-                // An OAuth refresh token, for a flow the host does not
-                // implement: pulls go anonymously, and say why.
-                warn!(
-                    registry,
-                    "the registry's credentials are an identity token, which the host does not use: pulling anonymously"
-                );
-                Credentials::Anonymous
-            }
-            Err(_) => Credentials::Anonymous,
-        }
-    }
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
@@ -694,69 +424,8 @@ fn answered(status: reqwest::StatusCode, url: &str) -> PullError {
     }
 }
 
-/// The credentials configured for a registry.
-enum Credentials {
-    Anonymous,
-    Basic(String, String),
-}
-
-/// How a registry's requests are authorised, once its challenge is
-/// answered.
-enum Authorization {
-    Anonymous,
-    Basic(String, String),
-    Bearer(String),
-}
-
-impl Authorization {
-    fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match self {
-            Authorization::Anonymous => request,
-            Authorization::Basic(user, password) => request.basic_auth(user, Some(password)),
-            Authorization::Bearer(token) => request.bearer_auth(token),
-        }
-    }
-}
-
 /// The most read of a small answer (the API check, a token).
 const SMALL_BODY: usize = 64 * 1024;
-
-/// A blob's destination: a buffer that takes at most `limit` bytes (the
-/// layer's declared size, itself at most `max_component_size`) and hashes
-/// what it takes.
-struct Bounded {
-    bytes: Vec<u8>,
-    limit: u64,
-    hasher: Sha256,
-    overflowed: bool,
-}
-
-impl Bounded {
-    fn new(limit: u64) -> Self {
-        Bounded {
-            // The declared size, itself at most max_component_size: the
-            // buffer never grows (nor doubles) past it.
-            bytes: Vec::with_capacity(usize::try_from(limit).unwrap_or(0)),
-            limit,
-            hasher: Sha256::new(),
-            overflowed: false,
-        }
-    }
-}
-
-impl Bounded {
-    /// Takes `chunk`, unless it would pass the limit (then nothing more is
-    /// taken).
-    fn take(&mut self, chunk: &[u8]) -> bool {
-        if self.overflowed || self.bytes.len() as u64 + chunk.len() as u64 > self.limit {
-            self.overflowed = true;
-            return false;
-        }
-        self.hasher.update(chunk);
-        self.bytes.extend_from_slice(chunk);
-        true
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -819,15 +488,6 @@ mod tests {
             let err = wasm_layer(&bad, 10).unwrap_err();
             assert!(err.contains(why), "{err}");
         }
-    }
-
-    #[test]
-    fn a_blob_sink_refuses_bytes_past_its_bound() {
-        let mut sink = Bounded::new(4);
-        assert!(sink.take(b"abcd"));
-        assert!(!sink.take(b"e"));
-        assert!(!sink.take(b""), "nothing more once past the bound");
-        assert_eq!(sink.bytes, b"abcd");
     }
 
     #[test]
