@@ -6,6 +6,8 @@
 //! address, a limit that does not parse are all errors that name the file,
 //! the line and the key, and nothing starts. `host/tenants.example.toml` is
 //! the commented reference.
+//!
+//! Its unit tests, a third of the file, follow the parser.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};

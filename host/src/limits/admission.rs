@@ -6,6 +6,8 @@
 //! accepting fails because the process is out of file descriptors or
 //! memory. The WASI layer asks here for every client it accepts and every
 //! connection it opens (crate::wasi::sockets).
+//!
+//! Its unit tests follow, past line 570.
 
 use super::{instant_at, now_ms};
 use crate::account::{Account, Counters, InstanceAccount};

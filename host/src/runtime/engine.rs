@@ -2,6 +2,10 @@
 //! telling the operator precisely what is wrong with it, compiling each
 //! distinct component once (and, with a cache directory, once across
 //! restarts of the host), and preparing it for fast instantiation.
+//!
+//! About 650 lines of code (its tests follow): reading, checking,
+//! compiling and caching a component are one pipeline, kept in order in
+//! one file.
 
 use crate::limits::cpu::EPOCH_TICK;
 use crate::runtime::instance::InstanceState;

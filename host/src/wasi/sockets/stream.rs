@@ -7,6 +7,9 @@
 //! turn's replies leave together. Each version's bindings
 //! wrap these in its own stream types (crate::wasi::p2::streams,
 //! crate::wasi::p3::streams).
+//!
+//! About 650 lines on purpose: the two halves share the connection's
+//! policing, readiness and closing, and are kept side by side.
 
 use crate::limits::connection::Policed;
 use crate::wasi::seam::Tenancy;

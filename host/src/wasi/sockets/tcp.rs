@@ -14,6 +14,11 @@
 //! decides); connecting out is super::connect, taking a client
 //! super::accept (whether to, super::turn), each counted through the
 //! tenant's limits (crate::limits).
+//!
+//! Longer than most files here (about 700 lines) on purpose: the socket's
+//! state machine is kept whole, every state and every transition in one
+//! place, so a change to one is read beside the others; what does not
+//! change the state lives apart (accept, connect, options).
 
 use super::accept_error;
 use super::options::default_buffer;
