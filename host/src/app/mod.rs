@@ -286,8 +286,9 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
     let threads = manifest.guest_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    crate::runtime::workers::start(threads).context("cannot start the guest threads")?;
-    let instances = control::instances_of(&manifest.tenants);
+    let threads = crate::runtime::workers::GuestThreads::start(threads)
+        .context("cannot start the guest threads")?;
+    let instances = control::instances_of(&manifest.tenants, threads.count());
     let pooling = manifest.pooling_allocator.then(|| {
         let max_memory = manifest
             .tenants
@@ -310,7 +311,7 @@ fn start_control(cli: &Cli, manifest: &Manifest) -> anyhow::Result<Arc<Control>>
         store.as_deref().map(|dir| (dir, manifest.cache_max_size)),
     )?;
     let loader = Loader::new(engine, cache_dir.map(|dir| (dir, manifest.cache_max_size)))?;
-    let control = Control::new(loader, puller, cli.config.clone(), pool);
+    let control = Control::new(loader, puller, cli.config.clone(), pool, threads);
     control.set_group(cli.group.clone());
     control.set_host_settings(manifest);
     Ok(control)

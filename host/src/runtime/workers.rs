@@ -10,13 +10,16 @@
 //! supervision, compiling) stays on the main runtime.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-/// The pool, once [`start`] has run.
-static POOL: OnceLock<Vec<Worker>> = OnceLock::new();
+/// The guest threads of one host: each a single-threaded runtime, with
+/// the instances running on it counted.
+pub struct GuestThreads {
+    workers: Vec<Worker>,
+}
 
 struct Worker {
     handle: Handle,
@@ -24,55 +27,63 @@ struct Worker {
     load: Arc<AtomicUsize>,
 }
 
-/// Starts `threads` guest threads (at least one). Instances spawned before
-/// this, or in a program that never calls it, run on the caller's runtime.
-pub fn start(threads: usize) -> std::io::Result<()> {
-    let mut pool = Vec::new();
-    for i in 0..threads.max(1) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name(format!("guest-{i}"))
-            // Runs the instances spawned onto it until the process exits.
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
-        pool.push(Worker {
-            handle,
-            load: Arc::default(),
-        });
+impl GuestThreads {
+    /// Starts `threads` guest threads (at least one); they run until the
+    /// process exits.
+    pub fn start(threads: usize) -> std::io::Result<Arc<Self>> {
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("guest-{i}"))
+                // Runs the instances spawned onto it until the process exits.
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+            workers.push(Worker {
+                handle,
+                load: Arc::default(),
+            });
+        }
+        Ok(Arc::new(GuestThreads { workers }))
     }
-    // A second call keeps the first pool.
-    let _ = POOL.set(pool);
-    Ok(())
-}
 
-/// How many guest threads there are (1 before [`start`], or without it:
-/// instances then run on the caller's runtime). A tenant's `instances =
-/// "auto"` is one per guest thread.
-pub fn threads() -> usize {
-    POOL.get().map_or(1, Vec::len)
-}
+    /// No threads of its own: instances run on the caller's runtime (a
+    /// tool or test that drives the library in-process).
+    pub fn on_caller() -> Arc<Self> {
+        Arc::new(GuestThreads {
+            workers: Vec::new(),
+        })
+    }
 
-/// Runs `future` (a guest instance) on the least loaded guest thread.
-pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let Some(worker) = POOL
-        .get()
-        .and_then(|pool| pool.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)))
-    else {
-        return tokio::spawn(future);
-    };
-    worker.load.fetch_add(1, Ordering::Relaxed);
-    // Moved into the task, so dropped with it even if never polled.
-    let running = OnThread(worker.load.clone());
-    worker.handle.spawn(async move {
-        let _running = running;
-        future.await
-    })
+    /// How many guest threads there are (1 on the caller's runtime). A
+    /// tenant's `instances = "auto"` is one per guest thread.
+    pub fn count(&self) -> usize {
+        self.workers.len().max(1)
+    }
+
+    /// Runs `future` (a guest instance) on the least loaded guest thread.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Some(worker) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
+            return tokio::spawn(future);
+        };
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        // Moved into the task, so dropped with it even if never polled.
+        let running = OnThread(worker.load.clone());
+        worker.handle.spawn(async move {
+            let _running = running;
+            future.await
+        })
+    }
 }
 
 /// Counts an instance on its thread while it lives (also when aborted).

@@ -201,7 +201,7 @@ impl Control {
         let Some((instances, max_memory)) = self.pool else {
             return Ok(());
         };
-        let wanted = instances_of(&manifest.tenants);
+        let wanted = instances_of(&manifest.tenants, self.threads.count());
         if wanted > instances {
             return Err(format!(
                 "the pooling allocator was sized at start for {instances} guest instances, and the manifest's tenants run {wanted}: restart the host to grow it"

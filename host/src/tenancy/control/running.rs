@@ -6,6 +6,7 @@ use crate::config::model::{self, ComponentSource, TenantConfig};
 use crate::registry::{FetchPolicy, PullError, Puller};
 use crate::runtime::engine::Loader;
 use crate::runtime::engine::Prepared;
+use crate::runtime::workers::GuestThreads;
 use crate::tenancy::supervisor::{self, Command, GuestError};
 use crate::tenancy::tenant::{State, Tenant};
 use std::collections::BTreeMap;
@@ -67,6 +68,8 @@ pub struct Control {
     pub(super) reloads: [std::sync::atomic::AtomicU64; 3],
     /// The host's own endpoints, which no tenant's grant reaches.
     pub(super) endpoints: Arc<crate::policy::HostEndpoints>,
+    /// The guest threads instances run on.
+    pub(super) threads: Arc<GuestThreads>,
     /// The one group of tenants this host runs (`--group`), if told.
     pub(super) group: Mutex<Option<String>>,
 }
@@ -78,14 +81,24 @@ impl Control {
         &self.endpoints
     }
 
-    /// How many replaced versions of a tenant may drain at once: with
-    /// the pooling allocator, whose slots every tenant shares, one.
-    pub(super) fn draining_limit(&self) -> usize {
-        if self.pool.is_some() {
-            supervisor::MAX_DRAINING_POOLED
-        } else {
-            supervisor::MAX_DRAINING
+    /// What each tenant's supervisor runs its guests with. With the
+    /// pooling allocator, whose slots every tenant shares, one replaced
+    /// version may drain at a time.
+    pub(super) fn supervision(&self) -> supervisor::Supervision {
+        supervisor::Supervision {
+            engine: self.loader.engine().clone(),
+            threads: self.threads.clone(),
+            draining_limit: if self.pool.is_some() {
+                supervisor::MAX_DRAINING_POOLED
+            } else {
+                supervisor::MAX_DRAINING
+            },
         }
+    }
+
+    /// How many guest threads instances run on.
+    pub fn guest_threads(&self) -> usize {
+        self.threads.count()
     }
 
     /// A control with no tenants yet; `manifest` is where reloads read from;
@@ -97,9 +110,11 @@ impl Control {
         puller: Puller,
         manifest: Option<PathBuf>,
         pool: Option<(usize, u64)>,
+        threads: Arc<GuestThreads>,
     ) -> Arc<Self> {
         Arc::new(Control {
             loader,
+            threads,
             puller,
             manifest,
             running: Mutex::new(BTreeMap::new()),
@@ -206,11 +221,10 @@ impl Control {
         // naming it cannot arrive first.
         let mut running = self.running();
         let task = tokio::spawn(supervisor::supervise(
-            self.loader.engine().clone(),
+            self.supervision(),
             pre.clone(),
             tenant.clone(),
             inbox,
-            self.draining_limit(),
         ));
         running.insert(
             name,
@@ -380,10 +394,10 @@ pub(super) async fn retry_fetch(control: std::sync::Weak<Control>, name: String)
     }
 }
 
-/// How many guest instances `tenants` run at once (each tenant's
-/// `instances`, "auto" as one per guest thread), not counting swaps.
-pub fn instances_of(tenants: &[TenantConfig]) -> usize {
-    let threads = crate::runtime::workers::threads();
+/// How many guest instances `tenants` run at once on `threads` guest
+/// threads (each tenant's `instances`, "auto" as one per guest thread),
+/// not counting swaps.
+pub fn instances_of(tenants: &[TenantConfig], threads: usize) -> usize {
     tenants
         .iter()
         .map(|t| t.limits.instances.resolve(threads) as usize)

@@ -143,11 +143,10 @@ impl Control {
         tenant.set_state(State::Starting);
         let (commands, inbox) = mpsc::channel(4);
         let task = tokio::spawn(supervisor::supervise(
-            self.loader.engine().clone(),
+            self.supervision(),
             pre.clone(),
             tenant.clone(),
             inbox,
-            self.draining_limit(),
         ));
         let previous = self.running().get_mut(name).map(|r| {
             (

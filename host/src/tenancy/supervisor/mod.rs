@@ -18,6 +18,7 @@ mod version;
 pub use outcome::GuestError;
 use swap::{Draining, PendingSwap};
 pub use swap::{MAX_DRAINING, MAX_DRAINING_POOLED, SWAP_SETTLE, SWAP_TIMEOUT};
+pub use version::Supervision;
 use version::Version;
 
 use crate::config::model::{RestartPolicy, TenantConfig};
@@ -28,7 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
-use wasmtime::Engine;
 
 /// What an operator can ask of a running tenant's supervisor.
 pub enum Command {
@@ -47,19 +47,17 @@ pub enum Command {
 /// Runs a tenant's guest instances, restarting each as its policy says,
 /// and swapping them live on command, until the policy leaves every
 /// instance stopped, or one crash-loops (the tenant is then failed).
-/// Returns the outcome: the first instance's failure, if any. At most
-/// `draining_limit` replaced versions drain at once (see [`MAX_DRAINING`]).
+/// Returns the outcome: the first instance's failure, if any.
 pub async fn supervise(
-    engine: Engine,
+    with: Supervision,
     pre: Arc<Prepared>,
     tenant: Arc<Tenant>,
     mut commands: mpsc::Receiver<Command>,
-    draining_limit: usize,
 ) -> Result<(), GuestError> {
-    let mut current = Version::start(&engine, &tenant, pre, tenant.config(), false);
+    let mut current = Version::start(&with, &tenant, pre, tenant.config(), false);
     let mut draining = Draining {
         versions: VecDeque::new(),
-        limit: draining_limit,
+        limit: with.draining_limit,
     };
     let mut swapping: Option<PendingSwap> = None;
     // The current version stopped for good while a swap was under way:
@@ -112,11 +110,11 @@ pub async fn supervise(
                 }
             }
             () = sleep_until(restart_at), if restart_at.is_some() => {
-                current.restart_due(&engine, &tenant);
+                current.restart_due(&with, &tenant);
             }
             Some(command) = commands.recv(), if swapping.is_none() => match command {
                 Command::Swap { config, pre, reply } => {
-                    swapping = Some(PendingSwap::start(&engine, &tenant, config, pre, reply));
+                    swapping = Some(PendingSwap::start(&with, &tenant, config, pre, reply));
                 }
             },
         }

@@ -4,7 +4,7 @@
 //! woken as its last connection closes.
 
 use super::outcome::GuestError;
-use super::version::{Instance, Version};
+use super::version::{Instance, Supervision, Version};
 use crate::config::model::TenantConfig;
 use crate::runtime::engine::Prepared;
 use crate::tenancy::tenant::{State, Tenant};
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use wasmtime::Engine;
 
 /// How long a new guest version may take to start listening during a live
 /// swap before the swap is abandoned.
@@ -63,14 +62,14 @@ impl PendingSwap {
     /// Starts `pre` beside the current version; it takes over new
     /// connections once all its instances listen.
     pub(super) fn start(
-        engine: &Engine,
+        with: &Supervision,
         tenant: &Arc<Tenant>,
         config: Arc<TenantConfig>,
         pre: Arc<Prepared>,
         reply: oneshot::Sender<Result<Duration, String>>,
     ) -> Self {
         PendingSwap {
-            next: Version::start(engine, tenant, pre, config, true),
+            next: Version::start(with, tenant, pre, config, true),
             started: Instant::now(),
             listened: None,
             deadline: tokio::time::Instant::now() + SWAP_TIMEOUT,

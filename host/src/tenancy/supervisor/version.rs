@@ -6,6 +6,7 @@ use super::outcome::{GuestError, run_once};
 use crate::account::{Counters, InstanceAccount};
 use crate::config::model::TenantConfig;
 use crate::runtime::engine::Prepared;
+use crate::runtime::workers::GuestThreads;
 use crate::tenancy::tenant::Tenant;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,17 +30,31 @@ impl Drop for Instance {
     }
 }
 
+/// What a tenant's supervisor runs its guests with (one host's): the
+/// engine, the guest threads, and how many replaced versions may drain at
+/// once.
+#[derive(Clone)]
+pub struct Supervision {
+    /// The engine every component is compiled for.
+    pub engine: Engine,
+    /// Where instances run.
+    pub threads: Arc<GuestThreads>,
+    /// Replaced versions of one tenant that may drain at once (see
+    /// super::MAX_DRAINING).
+    pub draining_limit: usize,
+}
+
 impl Instance {
     /// Starts `account`'s instance of `pre` on a guest thread.
     pub(super) fn start(
-        engine: &Engine,
+        with: &Supervision,
         pre: &Arc<Prepared>,
         tenant: &Arc<Tenant>,
         config: Arc<TenantConfig>,
         account: Arc<InstanceAccount>,
     ) -> Self {
-        let task = crate::runtime::workers::spawn(run_once(
-            engine.clone(),
+        let task = with.threads.spawn(run_once(
+            with.engine.clone(),
             pre.clone(),
             tenant.clone(),
             config,
@@ -104,17 +119,14 @@ impl Version {
     /// instances listens, or, for a `swap`, once all of them do (the old
     /// version serves meanwhile).
     pub(super) fn start(
-        engine: &Engine,
+        with: &Supervision,
         tenant: &Arc<Tenant>,
         pre: Arc<Prepared>,
         config: Arc<TenantConfig>,
         swap: bool,
     ) -> Self {
         let generation = tenant.next_generation();
-        let count = config
-            .limits
-            .instances
-            .resolve(crate::runtime::workers::threads());
+        let count = config.limits.instances.resolve(with.threads.count());
         let accounts: Vec<Arc<InstanceAccount>> = (0..count)
             .map(|index| Arc::new(InstanceAccount::new(generation, index)))
             .collect();
@@ -124,7 +136,7 @@ impl Version {
             .into_iter()
             .map(|account| Slot {
                 running: Some(Instance::start(
-                    engine,
+                    with,
                     &pre,
                     tenant,
                     config.clone(),
@@ -184,7 +196,7 @@ impl Version {
     }
 
     /// Starts again the instances whose backoff is over.
-    pub(super) fn restart_due(&mut self, engine: &Engine, tenant: &Arc<Tenant>) {
+    pub(super) fn restart_due(&mut self, with: &Supervision, tenant: &Arc<Tenant>) {
         let now = tokio::time::Instant::now();
         for slot in &mut self.slots {
             if slot.restart_at.is_some_and(|at| at <= now) {
@@ -193,7 +205,7 @@ impl Version {
                 Counters::bump(&tenant.counters().restarts);
                 Counters::bump(&slot.account.restarts);
                 slot.running = Some(Instance::start(
-                    engine,
+                    with,
                     &self.pre,
                     tenant,
                     self.config.clone(),
