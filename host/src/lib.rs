@@ -52,10 +52,18 @@
 //!   connection caps and file-descriptor back-off in `limits::admission`,
 //!   bytes and idle time in `limits::connection`, log lines in
 //!   `account::log_budget`.
-//! - **A tenant is started, restarted, swapped and stopped** by
+//! - **A component is swapped** through `tenancy::control::swap`
+//!   (`Control::swap_to`), whatever state the tenant is in and whoever
+//!   asks (the control endpoint, a component file's change, a reload, a
+//!   failed tenant's retry): live through the supervisor's
+//!   `tenancy::supervisor::swap` for a running tenant, by starting it again
+//!   for a stopped or failed one.
+//! - **The manifest is reloaded** in `tenancy::control::reload`: prepared
+//!   whole, planned as a pure difference (`config::reload`), then applied.
+//! - **A tenant is started, restarted and stopped** by
 //!   `tenancy::supervisor` (one task per tenant, running the tenant's
 //!   `instances` of its component, each restarted on its own), on the orders of
-//!   `tenancy::control` (add, swap, remove, reload, graceful stop). A
+//!   `tenancy::control` (add, remove, graceful stop). A
 //!   tenant's state is written only from within `tenancy` (its writers are
 //!   `pub(in crate::tenancy)`): by the supervisor as its guest runs, ends
 //!   and is restarted or swapped; by control when it starts a tenant (new,
@@ -72,6 +80,11 @@
 //!   the caps, per client address too), then the tenant, through the seam,
 //!   to count it open (`OpenConnection`) and to police it (`Policed`);
 //!   outbound connections are counted by `limits::admission::Outbound`.
+//!
+//! Nothing of a running host is process-wide (the guest threads, the
+//! host's own endpoints, the draining bound are values a `Control` holds),
+//! so a test can run hosts in-process, side by side
+//! (`tenancy::control::running`'s tests do).
 
 pub mod account;
 pub mod app;

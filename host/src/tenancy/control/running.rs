@@ -423,3 +423,74 @@ pub(super) async fn drain_removed(running: RunningTenant) {
     }
     drop(running);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::manifest;
+    use crate::runtime::engine::new_engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A host made in-process as the process makes one (no subprocess, no
+    /// global state): its control, and the address of its one tenant.
+    async fn host(component: &str) -> (Arc<Control>, std::net::SocketAddr) {
+        let text = format!(
+            "[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\n"
+        );
+        let manifest = manifest::parse(std::path::Path::new("tenants.toml"), &text).unwrap();
+        let loader = Loader::new(new_engine(None).unwrap(), None).unwrap();
+        let puller = Puller::new(manifest.registry.clone(), None).unwrap();
+        let control = Control::new(loader, puller, None, None, GuestThreads::on_caller());
+        let mut tenant = manifest.tenants.into_iter().next().unwrap();
+        let listener = crate::tenancy::listeners::open(tenant.listen[0], "").unwrap();
+        let addr = listener.local_addr().unwrap();
+        tenant.listen = vec![addr];
+        let (_, pre) = control
+            .load(&tenant.component, "", FetchPolicy::START)
+            .await
+            .unwrap();
+        control.start(tenant, vec![Arc::new(listener)], pre);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let state = control.tenants()[0]
+            .until_state(|s| s != State::Starting, deadline)
+            .await;
+        assert_eq!(state, Some(State::Running));
+        (control, addr)
+    }
+
+    /// One request and its reply, within a bound.
+    async fn ask(addr: std::net::SocketAddr, message: &[u8]) -> String {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(message).await.unwrap();
+            let mut reply = vec![0; 2048];
+            let n = stream.read(&mut reply).await.unwrap();
+            String::from_utf8_lossy(&reply[..n]).into_owned()
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .expect("a reply within 20 s")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_hosts_run_side_by_side_in_one_process_and_swap_apart() {
+        let (a, a_addr) = host("builtin:seed").await;
+        let (b, b_addr) = host("builtin:seed").await;
+        assert!(ask(a_addr, b"hi\n").await.starts_with("rust socket server : "));
+        assert!(ask(b_addr, b"hi\n").await.starts_with("rust socket server : "));
+        // A live swap on one host leaves the other as it was.
+        a.swap("t", ComponentSource::Builtin("echo".into()), None)
+            .await
+            .unwrap();
+        assert_eq!(ask(a_addr, b"hi\n").await, "hi\n");
+        assert!(ask(b_addr, b"hi\n").await.starts_with("rust socket server : "));
+        // So does an endpoint one of them serves: its grants alone refuse it.
+        a.host_endpoints().forbid(b_addr);
+        assert!(a.host_endpoints().reached_by(b_addr));
+        assert!(!b.host_endpoints().reached_by(b_addr));
+        // A graceful stop of one: nothing open, so drained at once.
+        a.stop_accepting();
+        assert_eq!(a.drained().await, 0);
+        assert!(!b.is_stopping());
+    }
+}
