@@ -2,8 +2,8 @@
 //! (listeners, guest threads, engine, tenants, endpoints, file watch), then
 //! waits for signals: SIGHUP reloads, SIGINT and SIGTERM stop gracefully.
 //!
-//! Its parts: [`settings`] resolves what to run, [`control_socket`] makes
-//! the control endpoint's socket, [`shutdown`] handles signals and the
+//! Its parts: `settings` resolves what to run, `control_socket` makes
+//! the control endpoint's socket, `shutdown` handles signals and the
 //! graceful stop, [`exit`] names the exit statuses.
 
 mod control_socket;

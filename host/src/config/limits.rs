@@ -1,6 +1,6 @@
 //! Every limit a tenant runs under, declared once: its manifest key, its
 //! type, its default, the syntax it is written in and whether zero turns it
-//! off. [`limits!`] makes from that table the tenant's effective [`Limits`],
+//! off. `limits!` makes from that table the tenant's effective [`Limits`],
 //! their defaults, and [`LimitsTable`], the keys as a manifest's `[limits]`
 //! or a tenant's `limits` writes them (each optional, over a fallback).
 //! Adding a limit is one entry here plus its enforcement (crate::limits

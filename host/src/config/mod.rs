@@ -1,8 +1,8 @@
 //! The operator's configuration: its model ([`model`]; the limits declared
 //! once in [`limits`]), the manifest's parser ([`manifest`]: validated
-//! whole, with `file:line: key` errors; [`values`] the value syntax), where a
+//! whole, with `file:line: key` errors; `values` the value syntax), where a
 //! component comes from ([`source`]: `builtin:`, a file, `oci://`), and what
-//! a reload is to change ([`reload`]: a pure plan), and the Kubernetes
+//! a reload is to change (`reload`: a pure plan), and the Kubernetes
 //! objects that run a manifest ([`kubernetes`]: rendered from it). Depends
 //! on nothing else in the host.
 

@@ -4,9 +4,9 @@
 //! SIGHUP, the file watchers (`tenancy::watch`) and the control endpoint;
 //! operations run one at a time.
 //!
-//! Its parts: [`running`] the running set (start, remove, the graceful
-//! stop); [`load`] where components come from, [`swap`] the one swap
-//! path, [`reload`] the manifest reload.
+//! Its parts: `running` the running set (start, remove, the graceful
+//! stop); `load` where components come from, `swap` the one swap
+//! path, `reload` the manifest reload.
 
 mod load;
 mod reload;

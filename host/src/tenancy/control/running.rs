@@ -476,14 +476,26 @@ mod tests {
     async fn two_hosts_run_side_by_side_in_one_process_and_swap_apart() {
         let (a, a_addr) = host("builtin:seed").await;
         let (b, b_addr) = host("builtin:seed").await;
-        assert!(ask(a_addr, b"hi\n").await.starts_with("rust socket server : "));
-        assert!(ask(b_addr, b"hi\n").await.starts_with("rust socket server : "));
+        assert!(
+            ask(a_addr, b"hi\n")
+                .await
+                .starts_with("rust socket server : ")
+        );
+        assert!(
+            ask(b_addr, b"hi\n")
+                .await
+                .starts_with("rust socket server : ")
+        );
         // A live swap on one host leaves the other as it was.
         a.swap("t", ComponentSource::Builtin("echo".into()), None)
             .await
             .unwrap();
         assert_eq!(ask(a_addr, b"hi\n").await, "hi\n");
-        assert!(ask(b_addr, b"hi\n").await.starts_with("rust socket server : "));
+        assert!(
+            ask(b_addr, b"hi\n")
+                .await
+                .starts_with("rust socket server : ")
+        );
         // So does an endpoint one of them serves: its grants alone refuse it.
         a.host_endpoints().forbid(b_addr);
         assert!(a.host_endpoints().reached_by(b_addr));

@@ -7,8 +7,8 @@
 //! the operator can act on: a clean exit, an error status, a trap with its
 //! wasm backtrace, the CPU limit, the memory limit.
 //!
-//! Its parts: [`outcome`] one run of an instance and how it ended,
-//! [`version`] a version's instances and their restarts, [`swap`] the live
+//! Its parts: `outcome` one run of an instance and how it ended,
+//! `version` a version's instances and their restarts, `swap` the live
 //! swap and the drain of the replaced version.
 
 mod outcome;

@@ -2,7 +2,7 @@
 //! in [`turn`], in one order (its version accepts, accepting is not
 //! paused, a client waits, no idle sibling should take it instead), for a
 //! guest's accept (super::accept) and for its listener's readiness
-//! ([`poll_accept`]) alike.
+//! (`poll_accept`) alike.
 
 use crate::account::InstanceAccount;
 use crate::limits::admission::GateWaiter;
