@@ -216,19 +216,26 @@ fn host_binary(dir: &Path, binary: &Path, component: &str, name: &'static str) -
 }
 
 fn native() -> Server {
+    native_server("serve-native", "native tokio")
+}
+
+/// Native tokio logging each connection and payload as the host logs the
+/// seed guest's lines (its subscriber, its sink): the fair comparison for
+/// a guest that logs every payload.
+fn native_logging() -> Server {
+    native_server("serve-native-logging", "native tokio, logging each payload")
+}
+
+fn native_server(mode: &str, name: &'static str) -> Server {
     let addr = free_addr();
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["serve-native", &addr.to_string()])
+        .args([mode, &addr.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_accepting(addr, Instant::now());
-    Server {
-        name: "native tokio",
-        child,
-        addr,
-    }
+    Server { name, child, addr }
 }
 
 fn go_seed(dir: &Path) -> Option<Server> {
@@ -262,19 +269,45 @@ fn go_seed(dir: &Path) -> Option<Server> {
 }
 
 /// The native baseline: tokio, a task per connection, the seed's reply.
-fn serve_native(addr: &str) {
+fn serve_native(addr: &str, logging: bool) {
+    if logging {
+        // The host's own subscriber and sink, as it logs the seed guest's
+        // lines.
+        tracing_subscriber::fmt()
+            .with_writer(host::wasi::stdio::LogWriter)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_ansi(false)
+            .init();
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
+            let (mut stream, peer) = listener.accept().await.unwrap();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
+                if logging {
+                    tracing::info!(tenant = "native", "connected: {peer}");
+                }
                 let mut buf = [0u8; 2048];
                 loop {
                     match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {
+                        Ok(0) | Err(_) => {
+                            if logging {
+                                tracing::info!(tenant = "native", "disconnected: {peer}");
+                            }
+                            return;
+                        }
+                        Ok(n) => {
+                            // Each payload, as the seed guest logs it.
+                            if logging {
+                                let data = String::from_utf8_lossy(&buf[..n]);
+                                tracing::info!(
+                                    tenant = "native",
+                                    "received {n} bytes from {peer}: {}",
+                                    data.escape_debug()
+                                );
+                            }
                             let n: u32 = rand_below_100();
                             if stream
                                 .write_all(format!("rust socket server : {n}\n").as_bytes())
@@ -473,7 +506,8 @@ fn load_spread(addrs: &[SocketAddr], pid: u32, busy: usize, idle: usize) -> Outc
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("serve-native") => return serve_native(&args[2]),
+        Some("serve-native") => return serve_native(&args[2], false),
+        Some("serve-native-logging") => return serve_native(&args[2], true),
         // `load ADDR BUSY IDLE`: one case against a server started by hand.
         Some("python-start-up") => {
             // Only the Python example's start-up and swaps, printed.
@@ -514,7 +548,13 @@ fn main() {
     // All servers run throughout (idle ones cost nothing) and take turns,
     // case by case, in every round, so a drift in the machine's speed
     // during the run falls on all of them alike.
-    let mut servers = vec![native(), host(&dir), host_portable(&dir), host_p3(&dir)];
+    let mut servers = vec![
+        native(),
+        native_logging(),
+        host(&dir),
+        host_portable(&dir),
+        host_p3(&dir),
+    ];
     if let Some(baseline) = std::env::var_os("TCPHOST_BENCH_BASELINE") {
         servers.push(host_binary(
             &dir,
