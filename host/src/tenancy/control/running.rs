@@ -434,8 +434,11 @@ mod tests {
     /// A host made in-process as the process makes one (no subprocess, no
     /// global state): its control, and the address of its one tenant.
     async fn host(component: &str) -> (Arc<Control>, std::net::SocketAddr) {
+        // The CPU limit counts wall-clock ticks while a guest is in wasm:
+        // raised, so other unit tests compiling on the same two cores
+        // cannot starve a guest past it and restart it mid-request.
         let text = format!(
-            "[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\n"
+            "[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ cpu_limit = \"60s\" }}\n"
         );
         let manifest = manifest::parse(std::path::Path::new("tenants.toml"), &text).unwrap();
         let loader = Loader::new(new_engine(None).unwrap(), None).unwrap();
@@ -458,14 +461,21 @@ mod tests {
         (control, addr)
     }
 
-    /// One request and its reply, within a bound.
-    async fn ask(addr: std::net::SocketAddr, message: &[u8]) -> String {
+    /// One request to `control`'s tenant at `addr`, and its reply, within
+    /// a bound; a failure names the tenant's state and last error.
+    async fn ask(control: &Control, addr: std::net::SocketAddr, message: &[u8]) -> String {
         let exchange = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.write_all(message).await.unwrap();
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.write_all(message).await?;
             let mut reply = vec![0; 2048];
-            let n = stream.read(&mut reply).await.unwrap();
-            String::from_utf8_lossy(&reply[..n]).into_owned()
+            let n = stream.read(&mut reply).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&reply[..n]).into_owned())
+        };
+        let exchange = async {
+            exchange.await.unwrap_or_else(|e| {
+                let tenant = control.tenants()[0].snapshot();
+                panic!("{e}; the tenant: {tenant:?}")
+            })
         };
         tokio::time::timeout(Duration::from_secs(20), exchange)
             .await
@@ -477,12 +487,12 @@ mod tests {
         let (a, a_addr) = host("builtin:seed").await;
         let (b, b_addr) = host("builtin:seed").await;
         assert!(
-            ask(a_addr, b"hi\n")
+            ask(&a, a_addr, b"hi\n")
                 .await
                 .starts_with("rust socket server : ")
         );
         assert!(
-            ask(b_addr, b"hi\n")
+            ask(&b, b_addr, b"hi\n")
                 .await
                 .starts_with("rust socket server : ")
         );
@@ -490,9 +500,9 @@ mod tests {
         a.swap("t", ComponentSource::Builtin("echo".into()), None)
             .await
             .unwrap();
-        assert_eq!(ask(a_addr, b"hi\n").await, "hi\n");
+        assert_eq!(ask(&a, a_addr, b"hi\n").await, "hi\n");
         assert!(
-            ask(b_addr, b"hi\n")
+            ask(&b, b_addr, b"hi\n")
                 .await
                 .starts_with("rust socket server : ")
         );
