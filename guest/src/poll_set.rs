@@ -3,8 +3,9 @@
 //! the host's ready set, so the loop is one piece of code either way.
 //!
 //! Each `wait` hands `poll` the list of every member, so its cost follows
-//! the members held, not the ready ones (the host keeps that cost to a
-//! readiness check per quiet socket). When more members are ready than a
+//! the members held, not the ready ones (the host keeps a list it is given
+//! again as a ready set of its own, but the list is still built and passed,
+//! handle by handle, on every call). When more members are ready than a
 //! wait returns, the next wait starts after the last one returned, so every
 //! ready member is served in turn.
 

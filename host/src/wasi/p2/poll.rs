@@ -2,6 +2,9 @@
 //! (crate::wasi::poll): pollables the host can check directly are checked
 //! against their socket's readiness; every other pollable (clocks, output
 //! streams, stdio, connects) goes through wasmtime-wasi's `poll` unchanged.
+//! A list given again, as an event loop gives its every connection on each
+//! call, is kept as a ready set from its second time, so only the
+//! pollables woken since are checked.
 
 use super::delegated::delegated_ready;
 use super::version::VERSION;
@@ -95,6 +98,10 @@ async fn poll_list<T: WasiHost>(
     if store.data_mut().wasi().fast.let_io_in() {
         tokio::task::yield_now().await;
     }
+    let reps: Vec<u32> = list.iter().map(Resource::rep).collect();
+    if let Some(ready) = poll_repeated(store, &reps).await? {
+        return Ok(ready);
+    }
     let state = store.data_mut().wasi();
     let mut fast: Vec<(u32, Fast)> = Vec::new();
     let mut generic: Vec<(u32, u32)> = Vec::new();
@@ -124,6 +131,34 @@ async fn poll_list<T: WasiHost>(
         }
         if !ready.is_empty() {
             return Ok(ready);
+        }
+    }
+}
+
+/// `poll` over the list given last time too (see
+/// crate::wasi::poll::DirectPoll::repeated_list): `None` if it was not.
+async fn poll_repeated<T: WasiHost>(
+    store: &mut StoreContextMut<'_, T>,
+    list: &[u32],
+) -> wasmtime::Result<Option<Vec<u32>>> {
+    loop {
+        let Some(set) = store.data_mut().wasi().fast.repeated_list(list) else {
+            return Ok(None);
+        };
+        // Tokens are positions in the list.
+        let mut ready = set.ready_now(usize::MAX);
+        let generic = set.generic_members();
+        let notify = set.notify();
+        let reps: Vec<u32> = generic.iter().map(|(_, rep)| *rep).collect();
+        // A wake since `ready_now` left a permit: no wakeup is lost.
+        let wait = ready.is_empty();
+        if let Some(others) = delegated_ready(store, &reps, &notify, wait).await? {
+            ready.extend(others.into_iter().map(|i| generic[i].0));
+        }
+        if !ready.is_empty() {
+            let mut ready: Vec<u32> = ready.into_iter().map(|t| t as u32).collect();
+            ready.sort_unstable();
+            return Ok(Some(ready));
         }
     }
 }

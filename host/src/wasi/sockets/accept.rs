@@ -268,6 +268,15 @@ impl AcceptReadiness {
             Readiness::Private { queue, .. } => queue.poll_ready(cx),
         }
     }
+
+    /// The address of what the readiness is read from (the listener, or
+    /// the private queue): pollables with the same source share its waker.
+    pub fn source(&self) -> usize {
+        match &self.0 {
+            Readiness::Host { listener, .. } => Arc::as_ptr(listener) as *const () as usize,
+            Readiness::Private { queue, .. } => Arc::as_ptr(queue) as *const () as usize,
+        }
+    }
 }
 
 /// Whether an accept failed because of one client (it went away, or Linux
