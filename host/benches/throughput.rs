@@ -45,6 +45,9 @@ struct Server {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    /// The host's admin endpoint, whose metrics count guest-host crossings
+    /// (the host's rows only).
+    admin: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -168,6 +171,7 @@ fn wasmtime_portable(wasmtime: &Path) -> Server {
         name: "stock wasmtime + portable seed guest",
         child,
         addr,
+        admin: None,
     }
 }
 
@@ -190,17 +194,19 @@ fn wasmtime_p3(wasmtime: &Path) -> Server {
         name: "stock wasmtime + WASI 0.3 seed guest",
         child,
         addr,
+        admin: None,
     }
 }
 
 /// [`host`] with the host binary `binary`, named `name` in the report.
 fn host_binary(dir: &Path, binary: &Path, component: &str, name: &'static str) -> Server {
     let addr = free_addr();
+    let admin = free_addr();
     let manifest = dir.join(format!("bench-{}.toml", addr.port()));
     std::fs::write(
         &manifest,
         format!(
-            "[host]\ncache_dir = \"cache\"\n\n[[tenant]]\nname = \"seed\"\ncomponent = \"{component}\"\nlisten = [\"{addr}\"]\nlimits = {{ max_connections = 20000 }}\n"
+            "[host]\ncache_dir = \"cache\"\nadmin = \"{admin}\"\n\n[[tenant]]\nname = \"seed\"\ncomponent = \"{component}\"\nlisten = [\"{addr}\"]\nlimits = {{ max_connections = 20000 }}\n"
         ),
     )
     .unwrap();
@@ -212,7 +218,12 @@ fn host_binary(dir: &Path, binary: &Path, component: &str, name: &'static str) -
         .spawn()
         .unwrap();
     wait_accepting(addr, Instant::now());
-    Server { name, child, addr }
+    Server {
+        name,
+        child,
+        addr,
+        admin: Some(admin),
+    }
 }
 
 fn native() -> Server {
@@ -235,7 +246,12 @@ fn native_server(mode: &str, name: &'static str) -> Server {
         .spawn()
         .unwrap();
     wait_accepting(addr, Instant::now());
-    Server { name, child, addr }
+    Server {
+        name,
+        child,
+        addr,
+        admin: None,
+    }
 }
 
 fn go_seed(dir: &Path) -> Option<Server> {
@@ -265,6 +281,7 @@ fn go_seed(dir: &Path) -> Option<Server> {
         name: "seed's Go server",
         child,
         addr,
+        admin: None,
     })
 }
 
@@ -351,6 +368,9 @@ struct Outcome {
     median_client: usize,
     /// The server's CPU time (user + system) per round trip, in µs.
     cpu_us: f64,
+    /// Calls between guest and host per request, in the host's own count
+    /// (NaN for other servers).
+    crossings: f64,
 }
 
 impl Outcome {
@@ -364,6 +384,7 @@ impl Outcome {
             fewest: 0,
             median_client: 0,
             cpu_us: f64::NAN,
+            crossings: f64::NAN,
         }
     }
 }
@@ -378,6 +399,7 @@ struct Summary {
     fewest: f64,
     median_client: f64,
     cpu_us: f64,
+    crossings: f64,
 }
 
 impl Summary {
@@ -397,6 +419,7 @@ impl Summary {
             fewest: median(|o| o.fewest as f64),
             median_client: median(|o| o.median_client as f64),
             cpu_us: median(|o| o.cpu_us),
+            crossings: median(|o| o.crossings),
         }
     }
 }
@@ -404,12 +427,41 @@ impl Summary {
 /// `busy` clients doing round trips beside `idle` silent connections, to
 /// the server at `addr`, process `pid` (0: its CPU time is not read).
 fn load(addr: SocketAddr, pid: u32, busy: usize, idle: usize) -> Outcome {
-    load_spread(&[addr], pid, busy, idle)
+    load_spread(&[addr], pid, busy, idle, None)
+}
+
+/// The message each busy client sends.
+const PING: &[u8] = b"ping\n";
+
+/// The host's counts of guest-host crossings and of requests received,
+/// from its admin endpoint's metrics (`admin`), for the tenant `seed`.
+fn crossings_and_requests(admin: SocketAddr) -> Option<(f64, f64)> {
+    let text = ureq::get(format!("http://{admin}/metrics"))
+        .call()
+        .ok()?
+        .into_body()
+        .read_to_string()
+        .ok()?;
+    let value = |metric: &str| {
+        text.lines()
+            .find(|l| l.starts_with(metric) && l.contains("tenant=\"seed\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let crossings = value("tcphost_guest_host_crossings_total{")?;
+    let received = value("tcphost_received_bytes_total{")?;
+    Some((crossings, received / PING.len() as f64))
 }
 
 /// [`load`] with the clients spread over `addrs` in turn (client `i`
-/// connects to `addrs[i % len]`).
-fn load_spread(addrs: &[SocketAddr], pid: u32, busy: usize, idle: usize) -> Outcome {
+/// connects to `addrs[i % len]`); with `admin`, the host's crossings per
+/// request over the measured time are read from its metrics there.
+fn load_spread(
+    addrs: &[SocketAddr],
+    pid: u32,
+    busy: usize,
+    idle: usize,
+    admin: Option<SocketAddr>,
+) -> Outcome {
     let addr = addrs[0];
     let addrs = addrs.to_vec();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -443,7 +495,7 @@ fn load_spread(addrs: &[SocketAddr], pid: u32, busy: usize, idle: usize) -> Outc
                 let mut buf = [0u8; 256];
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    stream.write_all(b"ping\n").await.expect("sending");
+                    stream.write_all(PING).await.expect("sending");
                     let mut got = 0;
                     while !buf[..got].contains(&b'\n') {
                         let n = stream.read(&mut buf[got..]).await.expect("a reply");
@@ -460,9 +512,15 @@ fn load_spread(addrs: &[SocketAddr], pid: u32, busy: usize, idle: usize) -> Outc
         tokio::time::sleep(WARM_UP).await;
         measuring.store(true, Ordering::Relaxed);
         let cpu_before = cpu_time(pid);
+        // A blocking read of a few ms, at the edges of the measured time.
+        let crossed_before = admin.and_then(crossings_and_requests);
         tokio::time::sleep(MEASURE).await;
         measuring.store(false, Ordering::Relaxed);
         let cpu = cpu_time(pid).saturating_sub(cpu_before);
+        let crossings = match (crossed_before, admin.and_then(crossings_and_requests)) {
+            (Some((c0, r0)), Some((c1, r1))) if r1 > r0 => (c1 - c0) / (r1 - r0),
+            _ => f64::NAN,
+        };
         stop.store(true, Ordering::Relaxed);
         // A client still waiting for a reply after this is one the server
         // does not serve: it is left behind, not waited for.
@@ -499,6 +557,7 @@ fn load_spread(addrs: &[SocketAddr], pid: u32, busy: usize, idle: usize) -> Outc
             p99_us: at(0.99),
             fewest: per_client[0],
             median_client: per_client[per_client.len() / 2],
+            crossings,
         }
     })
 }
@@ -590,8 +649,8 @@ fn main() {
                 let outcome = if stopped[s] {
                     Outcome::failed()
                 } else {
-                    let (addr, pid) = (server.addr, server.child.id());
-                    std::panic::catch_unwind(|| load(addr, pid, *busy, *idle))
+                    let (addr, pid, admin) = (server.addr, server.child.id(), server.admin);
+                    std::panic::catch_unwind(|| load_spread(&[addr], pid, *busy, *idle, admin))
                         .unwrap_or_else(|_| Outcome::failed())
                 };
                 if outcome.per_sec == 0.0 && !stopped[s] {
@@ -611,12 +670,12 @@ fn main() {
 
     writeln!(
         report,
-        "| case | server | round trips/s | range | vs native | CPU per round trip | CPU vs native | p50 | p99 | p99 vs native | per client: fewest / median |"
+        "| case | server | round trips/s | range | vs native | CPU per round trip | CPU vs native | crossings per round trip | p50 | p99 | p99 vs native | per client: fewest / median |"
     )
     .unwrap();
     writeln!(
         report,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     .unwrap();
     for (c, (label, _, _)) in cases.iter().enumerate() {
@@ -632,7 +691,7 @@ fn main() {
             if served.is_empty() {
                 writeln!(
                     report,
-                    "| {label} | {} | failed | | | | | | | | |",
+                    "| {label} | {} | failed | | | | | | | | | |",
                     server.name
                 )
                 .unwrap();
@@ -646,7 +705,7 @@ fn main() {
             let o = Summary::of(&served);
             writeln!(
                 report,
-                "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.1} µs | {:.2}x | {:.0} µs | {:.0} µs | {:.2}x | {:.0} / {:.0} |",
+                "| {label} | {} | {:.0} | {:.0}-{:.0} | {:.2}x | {:.1} µs | {:.2}x | {} | {:.0} µs | {:.0} µs | {:.2}x | {:.0} / {:.0} |",
                 name,
                 o.per_sec,
                 o.per_sec_min,
@@ -654,6 +713,11 @@ fn main() {
                 o.per_sec / native.per_sec,
                 o.cpu_us,
                 o.cpu_us / native.cpu_us,
+                if o.crossings.is_nan() {
+                    String::new()
+                } else {
+                    format!("{:.1}", o.crossings)
+                },
                 o.p50_us,
                 o.p99_us,
                 o.p99_us / native.p99_us,

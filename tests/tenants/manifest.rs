@@ -163,6 +163,9 @@ fn metrics_count_each_tenants_traffic_refusals_traps_and_restarts() {
         assert!(get(&format!("tcphost_guest_preopen_queries_total{{{h}}}")) >= 1.0);
     }
     assert_eq!(get(&format!("tcphost_guest_traps_total{{{h}}}")), 1.0);
+    // The trapped instance's calls into the host were added when it ended
+    // (instances add theirs in batches).
+    assert!(get(&format!("tcphost_guest_host_crossings_total{{{h}}}")) >= 10.0);
     assert_eq!(get(&format!("tcphost_guest_restarts_total{{{h}}}")), 1.0);
     assert!(get(&format!("tcphost_memory_bytes{{{h}}}")) > 0.0);
     assert_eq!(

@@ -54,6 +54,7 @@ fn host(
         name,
         child,
         addr: wait[0],
+        admin: None,
     };
     (server, admin)
 }
@@ -167,7 +168,7 @@ fn measure(
                         split(admin, tenant)
                     })
                 });
-                outcomes[s][c].push(load_spread(addrs, *pid, *busy, 0));
+                outcomes[s][c].push(load_spread(addrs, *pid, *busy, 0, None));
                 if let Some(reader) = reader {
                     spreads.push(reader.join().unwrap());
                 }

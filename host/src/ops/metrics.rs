@@ -83,7 +83,7 @@ impl std::fmt::Debug for Tenants {
 type Field = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
 /// Per-tenant counters, each also summed into a `host_` total.
-const COUNTERS: [Field; 15] = [
+const COUNTERS: [Field; 16] = [
     (
         "connections_accepted",
         "Client connections handed to the guest.",
@@ -138,6 +138,11 @@ const COUNTERS: [Field; 15] = [
         "cpu_yields",
         "Times a running guest was interrupted so that others could run.",
         |c| &c.cpu_yields,
+    ),
+    (
+        "guest_host_crossings",
+        "Calls between the tenant's guests and the host, either way (component-model crossings), added by each instance in batches of 256.",
+        |c| &c.crossings,
     ),
     (
         "cpu_limit_kills",

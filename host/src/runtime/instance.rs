@@ -25,6 +25,36 @@ pub struct InstanceState {
     limiter: MemoryLimiter,
     /// Time run in wasm without a host call, against the CPU limit.
     cpu: CpuClock,
+    /// Crossings between guest and host not yet added to the tenant's
+    /// count: added in batches, so a call costs no shared write.
+    crossings: u64,
+}
+
+/// Crossings an instance counts before adding them to its tenant's count.
+const CROSSING_BATCH: u64 = 256;
+
+impl InstanceState {
+    /// Counts one crossing between guest and host.
+    fn crossed(&mut self) {
+        self.crossings += 1;
+        if self.crossings >= CROSSING_BATCH {
+            self.add_crossings();
+        }
+    }
+
+    fn add_crossings(&mut self) {
+        let n = std::mem::take(&mut self.crossings);
+        self.account
+            .counters
+            .crossings
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for InstanceState {
+    fn drop(&mut self) {
+        self.add_crossings();
+    }
 }
 
 impl InstanceState {
@@ -60,6 +90,7 @@ pub fn store(
         limiter: MemoryLimiter::new(account.clone(), config.limits.max_memory),
         cpu: CpuClock::new(config.limits.cpu_limit),
         account,
+        crossings: 0,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -77,8 +108,10 @@ pub fn store(
     // The epoch check itself enters and leaves the host, so the return from
     // the epoch callback must not count as a host call.
     store.call_hook(|mut store, hook| {
-        if matches!(hook, CallHook::ReturningFromHost) {
-            store.data_mut().cpu.returned_from_host();
+        match hook {
+            CallHook::ReturningFromHost => store.data_mut().cpu.returned_from_host(),
+            CallHook::CallingHost | CallHook::CallingWasm => store.data_mut().crossed(),
+            CallHook::ReturningFromWasm => {}
         }
         Ok(())
     });
