@@ -172,11 +172,25 @@ impl LineLogger {
     fn emit(&mut self) {
         let tenant = &self.output.account;
         let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
-        let mut size = Measure(0);
-        escape(line, &mut size);
-        if let Some(left_out) = tenant.output_log.admit(size.0) {
-            let mut text = String::with_capacity(size.0);
-            escape(line, &mut text);
+        // Printable ASCII, what most lines are, is its own escape.
+        let plain = line.iter().all(|b| (b' '..=b'~').contains(b));
+        let size = if plain {
+            line.len()
+        } else {
+            let mut size = Measure(0);
+            escape(line, &mut size);
+            size.0
+        };
+        if let Some(left_out) = tenant.output_log.admit(size) {
+            let escaped;
+            let text = if plain {
+                std::str::from_utf8(line).unwrap_or_default()
+            } else {
+                let mut text = String::with_capacity(size);
+                escape(line, &mut text);
+                escaped = text;
+                &escaped
+            };
             let note = crate::account::log_budget::left_out_note(left_out);
             tracing::info!(
                 target: "guest",
@@ -206,6 +220,11 @@ impl LineLogger {
     /// Logs `bytes` (at most [`PERMIT`] of them), charging the time to the
     /// instance's CPU limit.
     fn log(&mut self, bytes: &[u8]) -> Result<(), HostWorkExceeded> {
+        // Below the log level in force, nothing is split or formatted.
+        if !tracing::enabled!(target: "guest", tracing::Level::INFO) {
+            self.line.clear();
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         batched(|| self.push(bytes));
         let output = &self.output;
