@@ -332,8 +332,41 @@ impl Drop for LineLogger {
 
 #[cfg(test)]
 mod tests {
-    use super::{HELD, LogWriter, MAX_HELD, Measure, batched, escape};
+    use super::{
+        GuestOutput, HELD, LineLogger, LogWriter, MAX_HELD, Measure, Stream, batched, escape,
+    };
+    use crate::account::Account;
+    use crate::limits::cpu::HostWork;
     use std::io::Write;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    /// Logs `lines` through a guest's stderr, under a subscriber at
+    /// `filter`, with a budget of one line: the lines left out.
+    fn left_out_under(filter: &str, lines: &[u8]) -> u64 {
+        let account = Arc::new(Account::new("t"));
+        account.output_log.set_rates(1, 0);
+        let work = Arc::new(Mutex::new(HostWork::new(std::time::Duration::from_secs(1))));
+        let mut logger = LineLogger {
+            output: GuestOutput::new(account.clone(), work, Stream::Stderr),
+            line: Vec::new(),
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || logger.log(lines).unwrap());
+        account.counters.log_lines_dropped.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn below_the_log_level_guest_lines_are_not_even_weighed_against_the_budget() {
+        let lines = b"one\ntwo\nthree\n";
+        // At the level in force, the budget keeps one line of three.
+        assert_eq!(left_out_under("info", lines), 2);
+        // Filtered out, nothing is split, formatted or counted.
+        assert_eq!(left_out_under("info,guest=off", lines), 0);
+    }
 
     #[test]
     fn log_output_during_a_guest_write_is_held_and_written_once_at_its_end() {
