@@ -17,7 +17,8 @@ fn a_guest_that_computes_forever_is_cut_off_and_restarted() {
     );
     let neighbour = Neighbour::start(t.addr("neighbour"));
     fire(t.addr("hostile"), "spin");
-    t.host.wait_for_log("guest 'hostile' was stopped: it ran");
+    t.host
+        .wait_for_log("guest 'hostile' was stopped: it computed");
     wait_restarted(&t, 1);
     let status = t.status("hostile");
     assert_eq!(count(&status, "cpu_limit_kills"), 1, "{status}");

@@ -1,12 +1,15 @@
 //! CPU time: how long a guest may compute without returning to the host
-//! (the tenant's `cpu_limit`), counted in epoch ticks. The runtime's epoch
-//! callback (crate::runtime::instance) asks a [`CpuClock`] at every tick.
+//! (the tenant's `cpu_limit`), in its thread's CPU time, read at each epoch
+//! tick. The runtime's epoch callback (crate::runtime::instance) asks a
+//! [`CpuClock`] at every tick.
 //!
 //! Work the host does for a guest inside a host call (filling random bytes,
 //! logging its output) is counted too, by [`HostWork`]: a host call ends
 //! the guest's own computing, but must not be a way to make the host
 //! compute for it without bound instead.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -16,34 +19,51 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// The guest computed past its CPU limit without returning to the host.
 #[derive(Debug, Error)]
-#[error("ran {ran_ms} ms without yielding to the host, past its CPU limit of {limit_ms} ms")]
+#[error(
+    "computed {ran_ms} ms of CPU time without calling the host, past its CPU limit of {limit_ms} ms"
+)]
 pub struct CpuLimitExceeded {
-    /// How long it had run, in ms (a multiple of the epoch tick).
+    /// How long it had computed, in ms of its thread's CPU time.
     pub ran_ms: u128,
     /// The limit, in ms.
     pub limit_ms: u128,
 }
 
-/// Epoch ticks an instance has run into in wasm since it last called the
-/// host, against its limit.
+/// CPU time an instance has computed in wasm since it last called the
+/// host, against its limit. Read from its thread's CPU clock at each epoch
+/// tick that finds it running, not counted in ticks: on a loaded machine
+/// the thread may get a fraction of a core, and counting wall-clock ticks
+/// would cut a guest off long before it had computed its limit. To within
+/// a tick: what it computed before the first tick after a host call is
+/// not counted.
 #[derive(Debug)]
 pub struct CpuClock {
-    /// Ticks run into in wasm since the guest last called the host.
-    ticks_in_wasm: u64,
+    /// CPU time counted since the guest last called the host.
+    computed: Duration,
+    /// The thread's CPU time at the last tick that found the guest running
+    /// since its last host call.
+    last_tick: Option<Duration>,
+    /// The thread's CPU time when the guest last resumed after yielding
+    /// its thread (in ns; 0: not since the last tick), set by the yield
+    /// ([`CpuClock::yield_now`]): what other tenants computed on the
+    /// thread meanwhile is not this guest's.
+    resumed: Arc<AtomicU64>,
     /// Set while the epoch callback runs, so its own return to wasm is not
     /// taken for the end of a host call.
     in_epoch_callback: bool,
-    /// The limit, in ticks (at least one).
-    limit_ticks: u128,
+    /// The limit.
+    limit: Duration,
 }
 
 impl CpuClock {
     /// A clock for a limit of `cpu_limit`.
     pub fn new(cpu_limit: Duration) -> Self {
         CpuClock {
-            ticks_in_wasm: 0,
+            computed: Duration::ZERO,
+            last_tick: None,
+            resumed: Arc::default(),
             in_epoch_callback: false,
-            limit_ticks: (cpu_limit.as_millis() / EPOCH_TICK.as_millis()).max(1),
+            limit: cpu_limit,
         }
     }
 
@@ -51,23 +71,68 @@ impl CpuClock {
     /// its own (unless this is the return from the epoch callback itself).
     pub fn returned_from_host(&mut self) {
         if !std::mem::take(&mut self.in_epoch_callback) {
-            self.ticks_in_wasm = 0;
+            self.computed = Duration::ZERO;
+            self.last_tick = None;
         }
+    }
+
+    /// The host called into the guest (a WASI 0.3 callback, an export):
+    /// a new run, whatever the thread did since the guest last ran.
+    pub fn entered_guest(&mut self) {
+        self.computed = Duration::ZERO;
+        self.last_tick = None;
     }
 
     /// An epoch tick found the guest running: past the limit, it is to be
     /// cut off.
     pub fn tick(&mut self) -> Result<(), CpuLimitExceeded> {
+        self.tick_at(thread_cpu_time())
+    }
+
+    /// [`CpuClock::tick`] with the thread's CPU time `now`.
+    fn tick_at(&mut self, now: Duration) -> Result<(), CpuLimitExceeded> {
         self.in_epoch_callback = true;
-        self.ticks_in_wasm += 1;
-        if u128::from(self.ticks_in_wasm) > self.limit_ticks {
+        let resumed = Duration::from_nanos(self.resumed.swap(0, Ordering::Relaxed));
+        if let Some(last) = self.last_tick {
+            self.computed += now.saturating_sub(last.max(resumed));
+        }
+        self.last_tick = Some(now);
+        if self.computed > self.limit {
             return Err(CpuLimitExceeded {
-                ran_ms: u128::from(self.ticks_in_wasm) * EPOCH_TICK.as_millis(),
-                limit_ms: self.limit_ticks * EPOCH_TICK.as_millis(),
+                // Rounded up: past the limit, never shown equal to it.
+                ran_ms: self.computed.as_micros().div_ceil(1000),
+                limit_ms: self.limit.as_millis(),
             });
         }
         Ok(())
     }
+
+    /// The guest's yield at a tick: lets its thread run the rest of its
+    /// work (tokio's yield), then notes when the guest resumes.
+    pub fn yield_now(&self) -> impl Future<Output = ()> + Send + 'static {
+        let resumed = self.resumed.clone();
+        async move {
+            tokio::task::yield_now().await;
+            let now = u64::try_from(thread_cpu_time().as_nanos()).unwrap_or(u64::MAX);
+            resumed.store(now.max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock and a valid pointer to fill in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The guest made the host work for it past its CPU limit.
@@ -182,22 +247,59 @@ mod tests {
     }
 
     #[test]
-    fn a_guest_is_cut_off_only_after_its_limit_without_a_host_call() {
-        let mut clock = CpuClock::new(Duration::from_millis(3));
-        for _ in 0..3 {
-            clock.tick().unwrap();
+    fn a_guest_is_cut_off_after_computing_its_limit_without_a_host_call() {
+        let ms = Duration::from_millis;
+        let mut clock = CpuClock::new(ms(3));
+        // The first tick starts the count; each one after adds the CPU
+        // time the thread used since.
+        for at in 0..4 {
+            clock.tick_at(ms(at)).unwrap();
         }
         // Returning from the epoch callback is not a host call...
         clock.returned_from_host();
-        let err = clock.tick().unwrap_err();
+        let err = clock.tick_at(ms(4)).unwrap_err();
         assert_eq!((err.ran_ms, err.limit_ms), (4, 3));
         // ...a real one starts the count again.
-        let mut clock = CpuClock::new(Duration::from_millis(3));
-        clock.tick().unwrap();
+        let mut clock = CpuClock::new(ms(3));
+        clock.tick_at(ms(0)).unwrap();
+        clock.tick_at(ms(2)).unwrap();
         clock.returned_from_host();
         clock.returned_from_host();
-        for _ in 0..3 {
-            clock.tick().unwrap();
+        for at in 10..14 {
+            clock.tick_at(ms(at)).unwrap();
         }
+        // So does an entry into the guest: what the thread did between two
+        // runs of it is not its.
+        clock.entered_guest();
+        for at in 20..24 {
+            clock.tick_at(ms(at)).unwrap();
+        }
+    }
+
+    #[test]
+    fn ticks_while_the_thread_did_not_run_the_guest_cost_it_nothing() {
+        let ms = Duration::from_millis;
+        let mut clock = CpuClock::new(ms(3));
+        // A loaded machine: many ticks, little CPU time between them.
+        for tick in 0..1000 {
+            clock.tick_at(Duration::from_micros(tick)).unwrap();
+        }
+        // Another tenant computed on the thread while this guest yielded:
+        // counted from when it resumed.
+        let mut clock = CpuClock::new(ms(3));
+        clock.tick_at(ms(0)).unwrap();
+        clock
+            .resumed
+            .store(u64::try_from(ms(50).as_nanos()).unwrap(), Ordering::Relaxed);
+        clock.tick_at(ms(51)).unwrap();
+        clock.tick_at(ms(52)).unwrap();
+        assert!(clock.tick_at(ms(54)).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_yield_notes_when_the_guest_resumed() {
+        let clock = CpuClock::new(Duration::from_millis(3));
+        clock.yield_now().await;
+        assert!(clock.resumed.load(Ordering::Relaxed) > 0);
     }
 }

@@ -102,15 +102,20 @@ pub fn store(
     //   waiting. A server that waits between requests is not made to
     //   yield: on a shared guest thread each yield waits for the others'
     //   slices.
-    // - The CPU limit: ticks spent in wasm without any host call count;
-    //   past the limit the guest is cut off (a guest that calls the host
+    // - The CPU limit: the thread's CPU time in wasm without any host call
+    //   counts (read at each tick); past the limit the guest is cut off (a guest that calls the host
     //   is not stuck in a loop of its own, and yields by the first rule).
     // The epoch check itself enters and leaves the host, so the return from
     // the epoch callback must not count as a host call.
     store.call_hook(|mut store, hook| {
         match hook {
             CallHook::ReturningFromHost => store.data_mut().cpu.returned_from_host(),
-            CallHook::CallingHost | CallHook::CallingWasm => store.data_mut().crossed(),
+            CallHook::CallingHost => store.data_mut().crossed(),
+            CallHook::CallingWasm => {
+                let state = store.data_mut();
+                state.cpu.entered_guest();
+                state.crossed();
+            }
             CallHook::ReturningFromWasm => {}
         }
         Ok(())
@@ -131,7 +136,7 @@ pub fn store(
         // between its slices (a plain re-wake would run it again at once).
         Ok(UpdateDeadline::YieldCustom(
             1,
-            Box::pin(tokio::task::yield_now()),
+            Box::pin(state.cpu.yield_now()),
         ))
     });
     store.set_epoch_deadline(1);

@@ -434,11 +434,11 @@ mod tests {
     /// A host made in-process as the process makes one (no subprocess, no
     /// global state): its control, and the address of its one tenant.
     async fn host(component: &str) -> (Arc<Control>, std::net::SocketAddr) {
-        // The CPU limit counts wall-clock ticks while a guest is in wasm:
-        // raised, so other unit tests compiling on the same two cores
-        // cannot starve a guest past it and restart it mid-request.
+        // The default CPU limit: it counts the guest thread's CPU time, so
+        // other tests running on the same two cores cannot starve a guest
+        // past it.
         let text = format!(
-            "[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ cpu_limit = \"60s\" }}\n"
+            "[[tenant]]\nname = \"t\"\ncomponent = \"{component}\"\nlisten = [\"127.0.0.1:0\"]\n"
         );
         let manifest = manifest::parse(std::path::Path::new("tenants.toml"), &text).unwrap();
         let loader = Loader::new(new_engine(None).unwrap(), None).unwrap();

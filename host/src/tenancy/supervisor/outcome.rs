@@ -40,12 +40,12 @@ pub enum GuestError {
         /// Where, as far as the guest's symbols tell.
         backtrace: Option<String>,
     },
-    /// The guest computed past its CPU limit without yielding.
+    /// The guest computed past its CPU limit without calling the host.
     #[error("guest '{tenant}' was stopped: it {cpu}")]
     CpuLimit {
         /// The tenant.
         tenant: String,
-        /// How long it ran.
+        /// How long it computed.
         cpu: CpuLimitExceeded,
     },
     /// The guest called `wasi:cli/exit` with a non-zero status.
