@@ -85,9 +85,10 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     /// Times a running guest was interrupted (epoch tick) to let others run.
     pub cpu_yields: AtomicU64,
-    /// Calls between the guest and the host, either way (component-model
-    /// crossings: each import the guest calls, each entry into the guest),
-    /// added by each instance in batches (crate::runtime::instance).
+    /// Calls between the guest and the host, either way, as wasmtime's call
+    /// hook sees them (each import the guest calls, each entry into the
+    /// guest, its allocator's included), added by each instance in batches
+    /// (crate::runtime::instance).
     pub crossings: AtomicU64,
     /// Linear memory the tenant's instances hold now, in bytes (a gauge).
     pub memory_bytes: AtomicU64,

@@ -141,7 +141,7 @@ const COUNTERS: [Field; 16] = [
     ),
     (
         "guest_host_crossings",
-        "Calls between the tenant's guests and the host, either way (component-model crossings), added by each instance in batches of 256.",
+        "Calls between the tenant's guests and the host, either way, as wasmtime's call hook sees them: imports the guests call (and wasmtime's own built-ins, such as memory growth), entries into the guests (exports, WASI 0.3 callbacks, the guest's allocator when the host returns a list). Added by each instance in batches of 256.",
         |c| &c.crossings,
     ),
     (

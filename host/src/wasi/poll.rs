@@ -100,12 +100,21 @@ pub struct DirectPoll {
     last_io: Option<std::time::Instant>,
     /// The list WASI 0.2 `poll` was last given (see [`RepeatedList`]).
     repeated: RepeatedList,
+    /// Pollables of TCP sockets with no direct check (subscribed before
+    /// the socket listened), by `rep`.
+    unchecked_sockets: std::collections::HashSet<u32>,
 }
 
+/// Calls in a row with the same list from which on it is kept as a set:
+/// building the set costs about what a few direct checks of every
+/// pollable do, so a list that changes every few calls (clients coming
+/// and going) is not rebuilt each time.
+const KEEP_AFTER: u32 = 4;
+
 /// The list a WASI 0.2 `poll` was last given. An event loop passes the same
-/// list (every connection it holds) call after call; from the second time
-/// the list is kept as a [`ReadySet`] whose tokens are the positions in it,
-/// so a wait checks the pollables woken since and those ready last time,
+/// list (every connection it holds) call after call; from its fourth time
+/// in a row ([`KEEP_AFTER`]) the list is kept as a [`ReadySet`] whose
+/// tokens are the positions in it, so a wait checks the pollables woken since and those ready last time,
 /// not every one: what a guest gets from the host's ready set, through the
 /// standard interface. A guest that builds new pollables for every call
 /// (wasi-libc's `poll()`) never passes the same list twice and keeps the
@@ -114,6 +123,8 @@ pub struct DirectPoll {
 struct RepeatedList {
     /// The pollables' reps, in order.
     reps: Vec<u32>,
+    /// Calls in a row that gave this list, up to [`KEEP_AFTER`].
+    calls: u32,
     /// The same list as a ready set, once it came twice.
     set: Option<ReadySet>,
     /// Two of its pollables wait on the same socket, whose readiness keeps
@@ -151,9 +162,15 @@ impl DirectPoll {
         self.streams.remove(&stream);
     }
 
+    /// Records a pollable of a TCP socket that has no direct check.
+    pub fn add_unchecked_socket(&mut self, pollable: u32) {
+        self.unchecked_sockets.insert(pollable);
+    }
+
     /// Forgets pollable `pollable` (the guest dropped it).
     pub fn remove_pollable(&mut self, pollable: u32) {
         self.pollables.remove(&pollable);
+        self.unchecked_sockets.remove(&pollable);
         // Its rep may come back as another pollable's.
         self.forget_repeated_list();
     }
@@ -174,13 +191,35 @@ impl DirectPoll {
         if repeated.reps != list {
             repeated.reps.clear();
             repeated.reps.extend_from_slice(list);
+            repeated.calls = 1;
             repeated.set = None;
             repeated.unfit = false;
             return None;
         }
+        if repeated.calls < KEEP_AFTER {
+            repeated.calls += 1;
+            if repeated.calls < KEEP_AFTER {
+                return None;
+            }
+        }
         if repeated.set.is_none() && !repeated.unfit {
+            // A socket keeps one waker: no member may share its socket with
+            // another member, or with a pollable in a guest's ready set
+            // (whose member's waker it would take).
+            let mut sources: std::collections::HashSet<usize> = self
+                .watched
+                .keys()
+                .filter_map(|rep| self.pollables.get(rep))
+                .map(Fast::source)
+                .collect();
+            // A socket's pollable without a direct check (subscribed before
+            // it listened) waits through wasmtime-wasi on the listener's
+            // one waker too.
+            if list.iter().any(|rep| self.unchecked_sockets.contains(rep)) {
+                repeated.unfit = true;
+                return None;
+            }
             let mut set = ReadySet::default();
-            let mut sources = std::collections::HashSet::new();
             for (position, &rep) in list.iter().enumerate() {
                 // A pollable in a guest's ready set is checked through
                 // wasmtime-wasi's path: its socket keeps the set's waker.
@@ -532,8 +571,14 @@ mod tests {
         assert!(set.members.is_empty() && set.tokens.is_empty());
     }
 
+    /// How many more calls `poll` makes with `list` (given once before)
+    /// until it is kept as a set, if it ever is.
+    fn calls_until_kept(poll: &mut DirectPoll, list: &[u32]) -> Option<u32> {
+        (1..=super::KEEP_AFTER + 2).find(|_| poll.repeated_list(list).is_some())
+    }
+
     #[tokio::test]
-    async fn a_list_polled_twice_is_kept_as_a_set_that_reports_positions() {
+    async fn a_list_polled_again_and_again_is_kept_as_a_set_that_reports_positions() {
         let (quiet, _peer_quiet) = readable(b"");
         let (busy, mut peer_busy) = readable(b"");
         let mut poll = DirectPoll::default();
@@ -545,16 +590,20 @@ mod tests {
             poll.repeated_list(&list).is_none(),
             "first time: remembered"
         );
-        let set = poll.repeated_list(&list).expect("second time: kept");
+        assert_eq!(
+            calls_until_kept(&mut poll, &list),
+            Some(super::KEEP_AFTER - 1)
+        );
+        let set = poll.repeated_list(&list).expect("kept");
         assert_eq!(set.generic_members(), vec![(2, 13)]);
         assert!(set.ready_now(usize::MAX).is_empty());
         peer_busy.write_all(b"x").unwrap();
         // The busy connection, by its position in the list.
         assert_eq!(next(set, usize::MAX).await, vec![1]);
-        // Another list is not the kept one.
+        // Another list is not the kept one, and ends it.
         assert!(poll.repeated_list(&[12, 11, 13]).is_none());
         assert!(poll.repeated_list(&list).is_none());
-        assert!(poll.repeated_list(&list).is_some());
+        assert!(calls_until_kept(&mut poll, &list).is_some());
     }
 
     #[tokio::test]
@@ -565,16 +614,23 @@ mod tests {
         poll.add_pollable(1, Fast::Read(stream.clone()));
         poll.add_pollable(2, Fast::Read(other));
         let list = [1, 2];
-        poll.repeated_list(&list);
-        assert!(poll.repeated_list(&list).is_some());
+        assert!(calls_until_kept(&mut poll, &list).is_some());
         // Its rep may come back as another pollable's: forgotten at once.
         poll.remove_pollable(2);
-        poll.add_pollable(2, Fast::Read(stream));
+        poll.add_pollable(2, Fast::Read(stream.clone()));
         assert!(poll.repeated_list(&list).is_none());
         // Now both pollables wait on one socket, which keeps one waker:
         // never kept, however often it comes.
-        for _ in 0..3 {
-            assert!(poll.repeated_list(&list).is_none());
-        }
+        assert_eq!(calls_until_kept(&mut poll, &list), None);
+        // Nor when a ready set watches another pollable of its socket.
+        let (third, _third_peer) = readable(b"");
+        poll.add_pollable(3, Fast::Read(third));
+        poll.add_pollable(4, Fast::Read(stream));
+        poll.watched.insert(4, (99, 0));
+        assert_eq!(calls_until_kept(&mut poll, &[1, 3]), None);
+        assert!(calls_until_kept(&mut poll, &[3]).is_some());
+        // Nor with a socket's pollable checked through wasmtime-wasi.
+        poll.add_unchecked_socket(5);
+        assert_eq!(calls_until_kept(&mut poll, &[3, 5]), None);
     }
 }

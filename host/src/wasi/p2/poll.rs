@@ -3,7 +3,7 @@
 //! against their socket's readiness; every other pollable (clocks, output
 //! streams, stdio, connects) goes through wasmtime-wasi's `poll` unchanged.
 //! A list given again, as an event loop gives its every connection on each
-//! call, is kept as a ready set from its second time, so only the
+//! call, is kept as a ready set from its fourth time in a row, so only the
 //! pollables woken since are checked.
 
 use super::delegated::delegated_ready;

@@ -348,8 +348,9 @@ impl HostTcpSocket for GuestWasi {
             .accept_readiness()
             .map(Fast::Accept);
         let pollable = wasmtime_wasi::p2::subscribe(self.table(), this)?;
-        if let Some(fast) = fast {
-            self.fast.add_pollable(pollable.rep(), fast);
+        match fast {
+            Some(fast) => self.fast.add_pollable(pollable.rep(), fast),
+            None => self.fast.add_unchecked_socket(pollable.rep()),
         }
         Ok(pollable)
     }
